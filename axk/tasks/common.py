@@ -1,0 +1,95 @@
+"""Setup shared by the tasks: config checks, model directory, data, tokenizer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from axk import hf
+from axk.data import auditorybench as ab
+from axk.data import encode as enc
+from axk.data import types
+from axk.models import bert as bert_lib
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; raised before any work starts."""
+
+
+def check_config(config) -> None:
+  """Fails fast, with one line, on values that cannot work."""
+  tc = config.train
+  for name in ("batch_size", "eval_batch_size", "epochs", "log_every"):
+    if int(tc[name]) <= 0:
+      raise ConfigError(f"--config.train.{name}={tc[name]}: must be a positive integer.")
+  if not tc.learning_rate > 0:
+    raise ConfigError(f"--config.train.learning_rate={tc.learning_rate}: must be positive.")
+  if not 0 <= tc.warmup_ratio < 1:
+    raise ConfigError(f"--config.train.warmup_ratio={tc.warmup_ratio}: must be in [0, 1).")
+  n = jax.process_count()
+  if tc.batch_size % n or tc.eval_batch_size % n:
+    raise ConfigError(f"Batch sizes ({tc.batch_size}, {tc.eval_batch_size}) must divide by the "
+                      f"{n} processes.")
+  for t in config.data.tasks:
+    if t not in types.TASKS:
+      raise ConfigError(f"--config.data.tasks: unknown task {t!r}; known: {types.TASKS}.")
+  init = str(config.model.init)
+  if init and (init.startswith((".", "/", "~")) or os.sep in init[:1]) and not os.path.isdir(
+      os.path.expanduser(init)):
+    raise ConfigError(f"--config.model.init={init}: no such directory.")
+  if config.get("resume") and not os.path.isdir(config.resume) and "://" not in config.resume:
+    raise ConfigError(f"--config.resume={config.resume}: no such directory.")
+
+
+def model_dir(config, workdir: str) -> str:
+  """The local HF directory the task starts from.
+
+  `config.model.tiny` set: a random BERT of those sizes, written once to
+  `<workdir>/tiny_model` with the tokenizer of `config.model.init`. Otherwise
+  `config.model.init` itself (a hub id is downloaded; offline that fails in seconds).
+  """
+  source = hf.resolve(config.model.init)
+  if not config.model.tiny:
+    return source
+  out = os.path.join(workdir, "tiny_model")
+  if not os.path.exists(os.path.join(out, "config.json")):
+    tokenizer = enc.load_tokenizer(source)
+    cfg = bert_lib.BertConfig(vocab_size=len(tokenizer), **dict(config.model.tiny))
+    module = bert_lib.Bert(cfg, head="mlm")
+    params = bert_lib.init_params(module, jax.random.key(config.seed + 1))
+    if jax.process_index() == 0:
+      hf.save(params, cfg, out, head="mlm", tokenizer_from=source)
+    logging.info("Wrote a random BERT (%s) to %s", dict(config.model.tiny), out)
+  return out
+
+
+def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
+  """The architecture at `path` with the run's numerics and dropout."""
+  return bert_lib.BertConfig.from_hf(
+      hf.io.read_config(path), dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+      remat=config.model.remat, hidden_dropout_prob=config.model.dropout,
+      attention_probs_dropout_prob=config.model.dropout, **overrides)
+
+
+def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str, ab.SplitData]]:
+  """{task: {split: SplitData}} for the configured tasks (wiki when its files exist)."""
+  data_dir = ab.resolve_data_dir(config.data.dir, config.data.cache_dir or None)
+  return {t: ab.load_task(data_dir, t, keep_missing_spans=keep_missing_spans)
+          for t in config.data.tasks}
+
+
+def eval_keys(data: dict[str, dict[str, ab.SplitData]]) -> list[str]:
+  return [f"{t}/{s}" for t, splits in data.items() for s in splits if s != "train"]
+
+
+def majority_baseline(examples: Sequence[types.Example]) -> float:
+  """Accuracy (%) of always giving the most frequent answer of `examples` themselves."""
+  answers = [e.answer for e in examples]
+  if not answers:
+    return float("nan")
+  values, counts = np.unique(answers, return_counts=True)
+  return 100.0 * counts.max() / len(answers)

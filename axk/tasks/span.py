@@ -1,0 +1,178 @@
+"""The auditory span detector: which word pieces of a sentence belong to an auditory span.
+
+BERT token classification with two labels (0 outside, 1 inside), trained on the gold spans
+of all configured tasks together. Loss and metrics ignore special and padding tokens.
+Contiguous positive tokens form a predicted span; its text is cut from the sentence by
+character offsets. Metrics: token F1 of the positive class, and span exact-match precision,
+recall and F1 (a predicted span counts when its first and last tokens equal a gold span's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from axk import hf
+from axk.data import encode as enc
+from axk.data import types
+from axk.models import bert as bert_lib
+from axk.tasks import common
+from axk.train import loop
+from axk.train import metrics as metrics_lib
+
+LABELS = {0: "O", 1: "SPAN"}
+
+
+def runs(flags: np.ndarray) -> list[tuple[int, int]]:
+  """Maximal runs of True in a 1-D array as (first, last) index pairs."""
+  out, start = [], None
+  for i, f in enumerate(np.asarray(flags).tolist() + [False]):
+    if f and start is None:
+      start = i
+    elif not f and start is not None:
+      out.append((start, i - 1))
+      start = None
+  return out
+
+
+def gold_runs(span_ids: np.ndarray) -> list[tuple[int, int]]:
+  """Token (first, last) of each gold span, from `span_ids` (k on the k-th span)."""
+  out = []
+  for k in sorted(set(np.asarray(span_ids).tolist()) - {0}):
+    out += runs(span_ids == k)
+  return out
+
+
+def spans_of_prediction(pred: np.ndarray, valid: np.ndarray, offsets: np.ndarray,
+                        sentence: str) -> list[types.Span]:
+  """Predicted token labels of one row -> character spans of the sentence."""
+  out = []
+  for first, last in runs((pred == 1) & valid):
+    start, end = int(offsets[first][0]), int(offsets[last][1])
+    if end > start:
+      out.append(types.Span(start, end, sentence[start:end]))
+  return out
+
+
+def span_metrics(pred: np.ndarray, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
+  """Token F1 and span exact-match P/R/F1 (percent) of predictions [N, L]."""
+  labels = arrays["span_labels"][:, :pred.shape[1]]
+  valid = labels != enc.IGNORE
+  tp = float(((pred == 1) & (labels == 1) & valid).sum())
+  fp = float(((pred == 1) & (labels == 0) & valid).sum())
+  fn = float(((pred != 1) & (labels == 1) & valid).sum())
+  span_tp = span_pred = span_gold = 0
+  for i in range(len(pred)):
+    predicted = set(runs((pred[i] == 1) & valid[i]))
+    gold = set(gold_runs(arrays["span_ids"][i][:pred.shape[1]]))
+    span_tp += len(predicted & gold)
+    span_pred += len(predicted)
+    span_gold += len(gold)
+
+  def f1(p, r):
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+  tp_, tr = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+  sp, sr = span_tp / max(span_pred, 1), span_tp / max(span_gold, 1)
+  return {"token_f1": 100 * f1(tp_, tr), "token_precision": 100 * tp_,
+          "token_recall": 100 * tr, "span_precision": 100 * sp, "span_recall": 100 * sr,
+          "span_f1": 100 * f1(sp, sr), "examples": len(pred)}
+
+
+class SpanTask:
+  """`axk.train.loop.Task` of the span detector."""
+
+  name = "span detector"
+  selection = "mean/dev/token_f1"
+
+  def __init__(self, config, workdir: str):
+    common.check_config(config)
+    self.config = config
+    self.path = common.model_dir(config, workdir)
+    self.tokenizer = enc.load_tokenizer(self.path)
+    self.bert_config = common.bert_config(config, self.path, num_labels=len(LABELS))
+    self.module = bert_lib.Bert(self.bert_config, head="token_classification")
+    data = common.load_data(config)
+    max_length = config.data.max_length
+    train = [e for t in data.values() for e in t["train"].examples]
+    self.train_ids = [e.id for e in train]
+    self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
+                                   protocol="single")
+    self.examples, self.eval_arrays = {}, {}
+    for key in common.eval_keys(data):
+      task, split = key.split("/")
+      self.examples[key] = data[task][split].examples
+      self.eval_arrays[key] = enc.encode(self.examples[key], self.tokenizer,
+                                         max_length=max_length, protocol="single")
+
+  def init_params(self, rng):
+    return bert_lib.init_params(self.module, rng)
+
+  def logical_axes(self):
+    return bert_lib.logical_axes(self.module)
+
+  def pretrained_params(self):
+    if self.config.model.tiny:  # The tiny model's weights are random: init as usual.
+      return None
+    return jax.device_get(hf.load_params(self.path, self.module))
+
+  def loss(self, params, batch, rng):
+    logits = self.module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                               batch["token_type_ids"], deterministic=False,
+                               rngs={"dropout": rng})["logits"]
+    labels = batch["span_labels"]
+    valid = labels != enc.IGNORE
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+    loss = jnp.sum(losses * valid) / jnp.maximum(valid.sum(), 1)
+    accuracy = jnp.sum((logits.argmax(-1) == labels) * valid) / jnp.maximum(valid.sum(), 1)
+    return loss, {"token_accuracy": accuracy}
+
+  def predict(self, params, batch):
+    logits = self.module.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                               batch["token_type_ids"])["logits"]
+    return {"pred": logits.argmax(-1).astype(jnp.int32)}
+
+  def evaluate(self, key, arrays, outputs):
+    return span_metrics(outputs["pred"], arrays)
+
+  def predicted_spans(self, key: str, pred: np.ndarray) -> list[list[types.Span]]:
+    arrays = self.eval_arrays[key]
+    valid = arrays["span_labels"][:, :pred.shape[1]] != enc.IGNORE
+    return [spans_of_prediction(pred[i], valid[i], arrays["offsets"][i], e.sentence)
+            for i, e in enumerate(self.examples[key])]
+
+  def finish(self, params, workdir, outputs):
+    if jax.process_index() != 0:
+      return []
+    pred_dir = os.path.join(workdir, "predictions")
+    os.makedirs(pred_dir, exist_ok=True)
+    for key, out in outputs.items():
+      write_predictions(os.path.join(pred_dir, key.replace("/", "_") + ".jsonl"),
+                        self.examples[key], self.predicted_spans(key, out["pred"]))
+    hf.save(params, self.bert_config, os.path.join(workdir, "export"),
+            head="token_classification", tokenizer_from=self.path, id2label=LABELS)
+    return ["Predicted spans: predictions/<task>_<split>.jsonl; detector: export/ "
+            "(transformers BertForTokenClassification, label 1 = inside a span)."]
+
+
+def write_predictions(path: str, examples: Sequence[types.Example],
+                      spans: Sequence[Sequence[types.Span]]) -> None:
+  """JSON lines `{"id", "sentence", "spans": [{"start", "end", "text"}]}`, atomically."""
+  lines = [json.dumps({"id": e.id, "sentence": e.sentence,
+                       "spans": [{"start": s.start, "end": s.end, "text": s.text} for s in ss]})
+           for e, ss in zip(examples, spans)]
+  metrics_lib.write_text(path, "\n".join(lines) + "\n")
+
+
+def run(config, workdir: str):
+  if not workdir:
+    raise common.ConfigError("--workdir is required.")
+  task = SpanTask(config, workdir)
+  return loop.train_and_evaluate(config, workdir, task)

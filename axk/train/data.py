@@ -1,0 +1,109 @@
+"""Batches for the train and eval steps: seeded, resumable, per-host, few shapes.
+
+A split is a dict of numpy arrays with the same number of rows (the output of
+`axk.data.encode`). Training batches come from a grain `MapDataset` over row indices,
+shuffled with the run's seed, repeated for the epochs and batched, which has random access:
+batch `step` is the same whatever happened before, so a resumed run continues with exactly
+the batches the interrupted one would have seen. Each process takes its own contiguous rows
+of every global batch. Token axes are cut to the batch's longest row rounded up to
+`bucket` tokens, so the jitted steps compile once per bucket, not once per length.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Mapping
+
+import grain
+import jax
+import numpy as np
+
+# Keys whose axis 1 is the token axis (trimmed to the bucket length).
+TOKEN_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "span_ids",
+                        "span_labels", "mlm_labels", "offsets", "labels"})
+
+
+def num_rows(arrays: Mapping[str, np.ndarray]) -> int:
+  sizes = {len(v) for v in arrays.values()}
+  if len(sizes) != 1:
+    raise ValueError(f"Arrays of different row counts: { {k: len(v) for k, v in arrays.items()} }")
+  return sizes.pop()
+
+
+def bucket_length(attention_mask: np.ndarray, bucket: int, limit: int) -> int:
+  longest = int(attention_mask.sum(axis=1).max()) if len(attention_mask) else 1
+  return min(limit, max(bucket, int(math.ceil(longest / bucket)) * bucket))
+
+
+def take(arrays: Mapping[str, np.ndarray], rows: np.ndarray, length: int) -> dict:
+  out = {}
+  for k, v in arrays.items():
+    x = v[rows]
+    if k in TOKEN_KEYS:
+      x = x[:, :length]
+    out[k] = x
+  return out
+
+
+def process_rows(global_batch: int) -> slice:
+  """This process's contiguous slice of a global batch."""
+  n = jax.process_count()
+  if global_batch % n:
+    raise ValueError(f"Batch size {global_batch} is not divisible by {n} processes.")
+  per = global_batch // n
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+class TrainBatches:
+  """Random-access training batches: `batches[step]` -> this process's rows of that step."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], *, batch_size: int, epochs: int,
+               seed: int, bucket: int = 16):
+    self.arrays = dict(arrays)
+    self.n = num_rows(arrays)
+    if batch_size > self.n:
+      raise ValueError(f"Batch size {batch_size} exceeds the {self.n} training examples.")
+    self.batch_size = batch_size
+    self.bucket = bucket
+    self.limit = self.arrays["input_ids"].shape[1]
+    # Each epoch is reshuffled (grain reseeds a shuffle per repetition); batches may span an
+    # epoch boundary, as in a stream; the last incomplete batch is dropped.
+    self.indices = (grain.MapDataset.range(self.n).seed(seed).shuffle()
+                    .repeat(epochs).batch(batch_size, drop_remainder=True))
+    self.local = process_rows(batch_size)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  @property
+  def steps_per_epoch(self) -> float:
+    return self.n / self.batch_size
+
+  def __getitem__(self, step: int) -> dict:
+    rows = np.asarray(self.indices[step])
+    # The length is decided on the global batch so every process agrees on the shape.
+    length = bucket_length(self.arrays["attention_mask"][rows], self.bucket, self.limit)
+    return take(self.arrays, rows[self.local], length)
+
+  def iterate(self, start: int) -> Iterator[tuple[int, dict]]:
+    for step in range(start, len(self)):
+      yield step, self[step]
+
+
+def eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int,
+                 bucket: int = 16) -> Iterator[dict]:
+  """Every row once, in order; the last batch is padded with copies of row 0 and carries
+  `valid` (1 for real rows) so that shapes stay fixed."""
+  n = num_rows(arrays)
+  limit = arrays["input_ids"].shape[1]
+  local = process_rows(batch_size)
+  for start in range(0, n, batch_size):
+    rows = np.arange(start, min(start + batch_size, n))
+    valid = np.ones(batch_size, np.int32)
+    if len(rows) < batch_size:
+      valid[len(rows):] = 0
+      rows = np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])
+    length = bucket_length(arrays["attention_mask"][rows], bucket, limit)
+    batch = take(arrays, rows[local], length)
+    batch["valid"] = valid[local]
+    yield batch

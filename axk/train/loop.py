@@ -1,0 +1,346 @@
+"""The training loop every axk model goes through.
+
+A model plugs in as a `Task` (below): its parameters, loss, predictions and metrics. The loop
+owns everything else: the mesh and shardings, the optimizer and freezing, the resumable input
+order, checkpoints and resume, NaN/Inf stops, preemption, progress, metrics and results.
+
+Resume order: a checkpoint in this workdir, then `config.resume` (another run's parameters),
+then the task's pretrained weights (`config.model.init`), then random initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Any, Mapping, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from axk.train import checkpoint as ckpt_lib
+from axk.train import data as data_lib
+from axk.train import metrics as metrics_lib
+from axk.train import optim
+from axk.train import sharding
+from axk.utils.tree import flatten, unflatten
+
+
+class Task(Protocol):
+  """What a model provides to the loop.
+
+  Attributes:
+    name: used in titles and file names.
+    train_arrays: training rows (dict of numpy arrays, as `axk.data.encode` makes them).
+    eval_arrays: `{"<task>/<split>": arrays}` to evaluate.
+    selection: the metric that picks the best checkpoint, `"<task>/<split>/<metric>"` or
+      `"mean/<split>/<metric>"` (mean over tasks), higher is better.
+  """
+
+  name: str
+  train_arrays: Mapping[str, np.ndarray]
+  eval_arrays: Mapping[str, Mapping[str, np.ndarray]]
+  selection: str
+
+  def init_params(self, rng: jax.Array) -> dict:
+    """Random parameters (also traced abstractly for shapes)."""
+
+  def logical_axes(self) -> dict:
+    """Logical PartitionSpecs with the structure of the parameters."""
+
+  def pretrained_params(self) -> dict | None:
+    """Host parameters from pretrained weights, or None to start from scratch."""
+
+  def loss(self, params: dict, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    """Scalar loss and auxiliary scalars (jittable)."""
+
+  def predict(self, params: dict, batch: dict) -> dict:
+    """Per-row outputs (jittable); leading axis = batch rows."""
+
+  def evaluate(self, key: str, arrays: Mapping[str, np.ndarray],
+               outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Metrics of one eval set from all its rows' outputs (host)."""
+
+  def finish(self, params: dict, workdir: str, outputs: Mapping[str, Mapping]) -> list[str]:
+    """Writes predictions and exports (process 0); returns notes for results.md."""
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class _Stop:
+  """Set by SIGTERM or the first Ctrl-C: finish the step, save, exit cleanly."""
+
+  requested: bool = False
+  signame: str = ""
+
+  def __call__(self, signum, frame):
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C: stop now.
+    self.requested, self.signame = True, signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint and stopping after this step.",
+                    self.signame)
+
+
+def _install(stop: _Stop):
+  previous = {}
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    try:
+      previous[sig] = signal.signal(sig, stop)
+    except ValueError:  # Not the main thread (e.g. inside some test runners).
+      pass
+  return previous
+
+
+def _gather(tree):
+  """Global (possibly sharded, possibly multi-host) arrays -> host numpy."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def selection_value(results: Mapping[str, Mapping[str, Mapping[str, float]]],
+                    selection: str) -> float:
+  task, split, metric = selection.split("/")
+  if task == "mean":
+    values = [s[split][metric] for s in results.values() if split in s and metric in s[split]]
+    return float(np.mean(values)) if values else float("nan")
+  return float(results[task][split][metric])
+
+
+class Trainer:
+  """Builds the sharded train/eval steps of a task and runs them."""
+
+  def __init__(self, config, workdir: str, task: Task, devices=None):
+    self.config, self.workdir, self.task = config, workdir, task
+    tc = config.train
+    self.mesh = sharding.make_mesh(dict(config.mesh.shape), devices)
+    self.rules = sharding.rules_of(config.mesh.rules)
+    self.batches = data_lib.TrainBatches(task.train_arrays, batch_size=tc.batch_size,
+                                         epochs=tc.epochs, seed=config.seed)
+    self.total_steps = len(self.batches)
+    self.tx, self.lr = optim.make(tc, self.total_steps)
+    self.rng = jax.random.key(config.seed)
+
+    abstract = jax.eval_shape(task.init_params, self.rng)
+    flat_abstract = flatten(abstract)
+    self.trainable = optim.trainable_paths(flat_abstract, tc.trainable, tc.frozen)
+    param_sh = sharding.logical_to_sharding(task.logical_axes(), self.mesh, self.rules)
+    flat_sh = flatten(param_sh)
+    train_sh = {k: flat_sh[k] for k in self.trainable}
+    abstract_opt = jax.eval_shape(self.tx.init, {k: flat_abstract[k] for k in self.trainable})
+    rep = sharding.replicated(self.mesh)
+    opt_sh = optax.tree_utils.tree_map_params(
+        self.tx, lambda _, s: s, abstract_opt, train_sh, transform_non_params=lambda _: rep,
+        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+    self.param_sharding = param_sh
+    self.state_sharding = {"step": rep, "params": param_sh, "opt": opt_sh}
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract,
+                      "opt": abstract_opt}
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
+        self.state_sharding)
+    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding,
+                                                              self.batch_sharding),
+                              out_shardings=(self.state_sharding, rep), donate_argnums=0)
+    self.predict_step = jax.jit(task.predict, in_shardings=(param_sh, self.batch_sharding),
+                                out_shardings=self.batch_sharding)
+    n_train = sum(int(np.prod(flat_abstract[k].shape)) for k in self.trainable)
+    n_all = sum(int(np.prod(v.shape)) for v in flat_abstract.values())
+    logging.info("Parameters: %d, trained: %d (%d tensors); mesh %s; %d steps",
+                 n_all, n_train, len(self.trainable), dict(self.mesh.shape), self.total_steps)
+
+  # -- steps -------------------------------------------------------------------------------
+  def _train_step(self, state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(self.rng, step)
+    flat = flatten(state["params"])
+    train = {k: flat[k] for k in self.trainable}
+
+    def loss_fn(train):
+      return self.task.loss(unflatten({**flat, **train}), batch, rng)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
+    updates, opt = self.tx.update(grads, state["opt"], train)
+    train = optax.apply_updates(train, updates)
+    new_state = {"step": step + 1, "params": unflatten({**flat, **train}), "opt": opt}
+    scalars = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": self.lr(step), **aux}
+    return new_state, scalars
+
+  # -- state -------------------------------------------------------------------------------
+  def _put_params(self, params) -> dict:
+    return jax.device_put(params, self.param_sharding)
+
+  def init_state(self, checkpoints: ckpt_lib.Checkpoints) -> tuple[dict, str]:
+    """The starting state and where it came from (see the module docstring)."""
+    if checkpoints.latest_step() is not None:
+      return checkpoints.restore(self.abstract_state), f"checkpoint step {checkpoints.latest_step()}"
+    if self.config.get("resume"):
+      params, step = ckpt_lib.restore_params_from(self.config.resume,
+                                                  self.abstract_state["params"])
+      source = f"--config.resume={self.config.resume} (step {step})"
+    else:
+      host = self.task.pretrained_params()
+      if host is not None:
+        params, source = self._put_params(host), "pretrained weights"
+      else:
+        with sharding.activate(self.mesh, self.rules):
+          params = jax.jit(self.task.init_params, out_shardings=self.param_sharding)(self.rng)
+        source = "random initialisation"
+    flat = flatten(params)
+    opt = jax.jit(self.tx.init, out_shardings=self.state_sharding["opt"])(
+        {k: flat[k] for k in self.trainable})
+    step = jax.device_put(jnp.zeros((), jnp.int32), self.state_sharding["step"])
+    return {"step": step, "params": params, "opt": opt}, source
+
+  # -- evaluation --------------------------------------------------------------------------
+  def predict(self, params, arrays) -> dict[str, np.ndarray]:
+    """Outputs for every row of `arrays`, in order, on the host."""
+    chunks = []
+    with sharding.activate(self.mesh, self.rules):
+      for batch in data_lib.eval_batches(arrays, self.config.train.eval_batch_size):
+        valid = batch.pop("valid")
+        out = self.predict_step(params, sharding.global_batch(batch, self.batch_sharding))
+        out = _gather(out)
+        keep = np.asarray(_gather(sharding.global_batch({"v": valid}, self.batch_sharding))["v"])
+        chunks.append({k: np.asarray(v)[keep.astype(bool)] for k, v in out.items()})
+    return {k: _concat([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+
+  def evaluate(self, params, keys) -> tuple[dict, dict]:
+    """results[task][split] = metrics, and the raw outputs, for the eval sets in `keys`."""
+    results, outputs = {}, {}
+    for key in keys:
+      arrays = self.task.eval_arrays[key]
+      outputs[key] = self.predict(params, arrays)
+      task, split = key.split("/")
+      results.setdefault(task, {})[split] = self.task.evaluate(key, arrays, outputs[key])
+    return results, outputs
+
+
+def _concat(chunks: list[np.ndarray]) -> np.ndarray:
+  """Concatenates batch outputs whose axis 1 (tokens) may differ by bucket: pads with 0."""
+  if chunks[0].ndim >= 2:
+    width = max(c.shape[1] for c in chunks)
+    chunks = [np.pad(c, [(0, 0), (0, width - c.shape[1])] + [(0, 0)] * (c.ndim - 2))
+              for c in chunks]
+  return np.concatenate(chunks)
+
+
+def _example_ids(batch: Mapping[str, np.ndarray], ids: list[str] | None) -> list[str]:
+  rows = batch.get("example_index")
+  if rows is None:
+    return []
+  return [ids[i] if ids else str(i) for i in np.asarray(rows).tolist()]
+
+
+def train_and_evaluate(config, workdir: str, task: Task) -> dict:
+  """Trains `task` as `config` says, evaluates, writes everything into `workdir`.
+
+  Returns the results dict (`results[task][split][metric]`), also written to
+  `results.json` and `results.md`.
+  """
+  from tqdm import tqdm
+
+  os.makedirs(workdir, exist_ok=True)
+  metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  tc = config.train
+  trainer = Trainer(config, workdir, task)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
+                                     best_metric="selection")
+  writer = metrics_lib.MetricWriter(workdir)
+  state, source = trainer.init_state(checkpoints)
+  start = int(jax.device_get(state["step"]))
+  logging.info("Starting at step %d of %d from %s.", start, trainer.total_steps, source)
+  steps_per_epoch = trainer.batches.steps_per_epoch
+  eval_every = tc.eval_every or max(1, int(steps_per_epoch))
+  dev_keys = [k for k in task.eval_arrays if k.endswith("/" + tc.selection_split)]
+  train_ids = getattr(task, "train_ids", None)
+
+  stop = _Stop()
+  previous = _install(stop)
+  bar = tqdm(total=trainer.total_steps, initial=start, desc=task.name, unit="step",
+             disable=not metrics_lib.is_writer(), dynamic_ncols=True)
+  pending: list[dict] = []
+  interrupted = False
+  t0 = time.time()
+  try:
+    with sharding.activate(trainer.mesh, trainer.rules):
+      for step, local in trainer.batches.iterate(start):
+        batch = sharding.global_batch(local, trainer.batch_sharding)
+        state, scalars = trainer.train_step(state, batch)
+        scalars = jax.device_get(scalars)
+        if not all(np.isfinite(scalars[k]) for k in ("loss", "grad_norm")):
+          raise NonFiniteError(
+              f"Step {step}: loss={scalars['loss']}, grad_norm={scalars['grad_norm']} are not "
+              f"finite. Batch examples: {_example_ids(local, train_ids)}. Nothing was saved "
+              f"after the last good checkpoint ({checkpoints.latest_step()}).")
+        pending.append(scalars)
+        done = step + 1
+        bar.update(1)
+        if done % tc.log_every == 0 or done == trainer.total_steps:
+          mean = {f"train/{k}": float(np.mean([p[k] for p in pending])) for k in pending[0]}
+          mean["train/epoch"] = done / steps_per_epoch
+          mean["train/steps_per_s"] = len(pending) / max(time.time() - t0, 1e-9)
+          writer.write(done, mean)
+          bar.set_postfix(loss=f"{mean['train/loss']:.4f}")
+          pending, t0 = [], time.time()
+        if done % eval_every == 0 and done < trainer.total_steps:
+          results, _ = trainer.evaluate(state["params"], dev_keys)
+          value = selection_value(results, task.selection)
+          writer.write(done, {f"{t}/{s}/{m}": v for t, r in results.items()
+                              for s, ms in r.items() for m, v in ms.items()})
+          checkpoints.save(done, state, metrics={"selection": value})
+        elif tc.checkpoint_every and done % tc.checkpoint_every == 0:
+          checkpoints.save(done, state)
+        if stop.requested or (tc.stop_at_step and done >= tc.stop_at_step
+                              and done < trainer.total_steps):
+          if checkpoints.latest_step() != done:
+            checkpoints.save(done, state)
+          interrupted = True
+          logging.warning("Stopped at step %d (%s); rerun the same command to continue.",
+                          done, stop.signame or "train.stop_at_step")
+          break
+  finally:
+    bar.close()
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+
+  if interrupted:
+    writer.close()
+    checkpoints.close()
+    return {}
+
+  # Final evaluation: dev selects between the last and the best evaluated checkpoint.
+  with sharding.activate(trainer.mesh, trainer.rules):
+    results, _ = trainer.evaluate(state["params"], dev_keys)
+    final_value = selection_value(results, task.selection)
+    if checkpoints.latest_step() != trainer.total_steps:
+      checkpoints.save(trainer.total_steps, state, metrics={"selection": final_value})
+    best = checkpoints.best_step()
+    params, chosen = state["params"], trainer.total_steps
+    if tc.select_best and best is not None and best != trainer.total_steps:
+      params = checkpoints.restore(trainer.abstract_state, best)["params"]
+      chosen = best
+    results, outputs = trainer.evaluate(params, list(task.eval_arrays))
+  writer.write(trainer.total_steps, {f"final/{t}/{s}/{m}": v for t, r in results.items()
+                                     for s, ms in r.items() for m, v in ms.items()})
+  host_params = _gather(params)
+  notes = [f"Parameters from step {chosen} of {trainer.total_steps} (selected on "
+           f"{task.selection}); started from {source}."]
+  notes += task.finish(host_params, workdir, outputs) or []
+  metrics_lib.write_json(os.path.join(workdir, "results.json"), results)
+  metrics_lib.write_text(os.path.join(workdir, "results.md"),
+                         metrics_lib.results_markdown(task.name, results, notes))
+  writer.close()
+  checkpoints.close()
+  logging.info("Results written to %s", os.path.join(workdir, "results.md"))
+  return results

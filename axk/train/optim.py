@@ -1,0 +1,49 @@
+"""AdamW with warm-up + cosine, gradient clipping, and freezing by parameter path.
+
+Freezing is a selection of parameter paths (regular expressions in the config), not a copy
+of the model: the train step differentiates only the selected leaves, so frozen weights get
+neither gradients nor optimizer state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import optax
+
+
+def trainable_paths(flat_params: Mapping[str, object], patterns: Sequence[str],
+                    frozen: Sequence[str] = ()) -> list[str]:
+  """Paths that match any of `patterns` (full match) and none of `frozen`."""
+  keep = [re.compile(p) for p in patterns]
+  drop = [re.compile(p) for p in frozen]
+  out = [k for k in flat_params
+         if any(r.fullmatch(k) for r in keep) and not any(r.fullmatch(k) for r in drop)]
+  if not out:
+    raise ValueError(f"No parameter matches train.trainable={list(patterns)} "
+                     f"(minus train.frozen={list(frozen)}).")
+  return sorted(out)
+
+
+def schedule(train_config, total_steps: int) -> optax.Schedule:
+  """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to zero."""
+  warmup = int(round(train_config.warmup_ratio * total_steps))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=0.0)
+
+
+def make(train_config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW (decoupled weight decay, not on biases and LayerNorm) with global-norm clipping."""
+  lr = schedule(train_config, total_steps)
+
+  def decay_mask(params):  # params: a flat {path: array} dict.
+    return {k: not k.endswith(("/bias", "/scale")) for k in params}
+
+  parts = []
+  if train_config.clip_norm:
+    parts.append(optax.clip_by_global_norm(train_config.clip_norm))
+  parts.append(optax.adamw(lr, b1=train_config.b1, b2=train_config.b2, eps=train_config.eps,
+                           weight_decay=train_config.weight_decay, mask=decay_mask))
+  return optax.chain(*parts), lr

