@@ -81,3 +81,50 @@ def base_config():
   c.mesh.shape = (("data", -1), ("model", 1))  # -1: all remaining devices.
   c.mesh.rules = RULES
   return c
+
+
+def parse_variants(arg, bases, modifiers):
+  """`arg` = "base[,modifier...]" -> (base, set of modifiers); unknown names end the program."""
+  names = [n.strip() for n in (arg or "").split(",") if n.strip()]
+  base = names[0] if names and names[0] in bases else ""
+  mods = set(names[1:] if base else names)
+  unknown = mods - set(modifiers)
+  if unknown:
+    raise SystemExit(f"error: unknown config variant {sorted(unknown)[0]!r}; known: "
+                     f"{', '.join(list(bases) + list(modifiers))}.")
+  return base, mods
+
+
+def masked_word_config():
+  """Fields shared by AudioBERT and ITH (masked-word prediction with span audio)."""
+  c = base_config()
+  c.name = ""  # Title of results.md.
+  c.seeds = (0,)  # One run per seed; results are the mean and standard deviation.
+  c.data.max_spans = 4  # Spans per example kept (pitch has 2); more are dropped.
+
+  c.spans = ml_collections.ConfigDict()
+  # Without features: the span detector's predictions/ folder for evaluation splits ("": gold
+  # spans everywhere; "auto": run configs/span.py first, into <workdir>/stages/span).
+  c.spans.predictions = ""
+
+  c.features = ml_collections.ConfigDict()
+  # Feature shards (configs/features.py output: the folder holding manifest.json); "" for
+  # text only; "auto": run the span detector and the feature pipeline first, into
+  # <workdir>/stages/.
+  c.features.dir = ""
+  c.features.audio_dim = 768  # AST width (read from the manifest when features are given).
+  c.features.audio_tokens = 16  # AST tokens per span (ITH; read from the manifest too).
+
+  c.stages = ml_collections.ConfigDict()  # Used when spans/features are "auto".
+  c.stages.span_config = "configs/span.py"  # The span detector's config (with variant).
+  c.stages.features_config = "configs/features.py:retrieval"  # The feature pipeline's.
+
+  c.model.use_lora = True  # Train a LoRA subtree (params["lora"]).
+  c.model.lora_rank = 64  # LoRA rank.
+  c.model.lora_alpha = 128.0  # LoRA alpha (scale = alpha / rank).
+  c.model.lora_dropout = 0.01  # Dropout on LoRA inputs.
+  c.model.lora_targets = ("query", "key", "value")  # Attention projections with LoRA.
+  # Per-example LoRA gate: "span_audio" (a span with audio), "span" (any span), "always".
+  c.model.lora_gate = "span_audio"
+  c.train.eval_batch_size = 64
+  return c

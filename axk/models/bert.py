@@ -19,10 +19,9 @@ Parameter tree of `Bert(config, head="mlm")`:
 Hooks that the audio models use, all optional and all no-ops when absent:
   * `lora` / `lora_gate`: per-layer low-rank updates of the attention projections, multiplied
     per example by a gate (AudioBERT). The LoRA parameters live outside this module's tree.
-  * `inputs_embeds_delta`: a vector added to the word embeddings before positions and
-    LayerNorm (AudioBERT's audio injection).
-  * `Bert.embed` / `Bert.encode(..., start, stop)`: run the stack in pieces, so a module can
-    sit between the embeddings and the encoder or after layer k (ITH's fusion).
+  * `Bert.embed` / `Bert.encode(..., start, stop)` / `Bert.heads`: run the stack in pieces,
+    so a module can act on the embedding output (AudioBERT's audio injection) or sit after
+    layer k (ITH's fusion).
 """
 
 from __future__ import annotations
@@ -167,15 +166,12 @@ class Embeddings(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, *, deterministic: bool,
-               inputs_embeds_delta: Array | None = None) -> Array:
+  def __call__(self, input_ids, token_type_ids, *, deterministic: bool) -> Array:
     c = self.config
     embed = functools.partial(nn.Embed, features=c.hidden_size, dtype=c.dtype,
                               param_dtype=c.param_dtype)
     words = embed(c.vocab_size, embedding_init=_init(c, ("vocab", "embed")),
                   name="word_embeddings")(input_ids)
-    if inputs_embeds_delta is not None:
-      words = words + inputs_embeds_delta.astype(words.dtype)
     positions = jnp.arange(input_ids.shape[-1])[None, :]
     x = (words
          + embed(c.max_position_embeddings, embedding_init=_init(c, ("position", "embed")),
@@ -305,9 +301,8 @@ class BertBackbone(nn.Module):
       self.pooler = Dense(c, c.hidden_size, ("embed", "embed_out"))
 
   def __call__(self, input_ids, attention_mask, token_type_ids, *, deterministic=True,
-               inputs_embeds_delta=None, lora=None, lora_gate=None, lora_dropout=0.0):
-    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic,
-                        inputs_embeds_delta=inputs_embeds_delta)
+               lora=None, lora_gate=None, lora_dropout=0.0):
+    x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
     x = self.encoder(x, attention_bias_from_mask(attention_mask), deterministic=deterministic,
                      lora=lora, lora_gate=lora_gate, lora_dropout=lora_dropout)
     return x
@@ -358,9 +353,8 @@ class Bert(nn.Module):
       self.classifier = Dense(c, c.num_labels, ("embed", "labels"))
 
   # The pieces, for models that insert modules between them.
-  def embed(self, input_ids, token_type_ids, *, deterministic=True, inputs_embeds_delta=None):
-    return self.bert.embeddings(input_ids, token_type_ids, deterministic=deterministic,
-                                inputs_embeds_delta=inputs_embeds_delta)
+  def embed(self, input_ids, token_type_ids, *, deterministic=True):
+    return self.bert.embeddings(input_ids, token_type_ids, deterministic=deterministic)
 
   def encode(self, x, attention_mask, *, deterministic=True, lora=None, lora_gate=None,
              lora_dropout=0.0, start=0, stop=None):
@@ -383,14 +377,13 @@ class Bert(nn.Module):
     return out
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               deterministic=True, positions=None, inputs_embeds_delta=None, lora=None,
-               lora_gate=None, lora_dropout=0.0):
+               deterministic=True, positions=None, lora=None, lora_gate=None,
+               lora_dropout=0.0):
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = self.embed(input_ids, token_type_ids, deterministic=deterministic,
-                   inputs_embeds_delta=inputs_embeds_delta)
+    x = self.embed(input_ids, token_type_ids, deterministic=deterministic)
     x = self.encode(x, attention_mask, deterministic=deterministic, lora=lora,
                     lora_gate=lora_gate, lora_dropout=lora_dropout)
     return self.heads(x, deterministic=deterministic, positions=positions)

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from axk import hf
 from axk.data import auditorybench as ab
@@ -23,9 +24,11 @@ class ConfigError(ValueError):
 def check_config(config) -> None:
   """Fails fast, with one line, on values that cannot work."""
   tc = config.train
-  for name in ("batch_size", "eval_batch_size", "epochs", "log_every"):
+  for name in ("batch_size", "eval_batch_size", "log_every"):
     if int(tc[name]) <= 0:
       raise ConfigError(f"--config.train.{name}={tc[name]}: must be a positive integer.")
+  if int(tc.epochs) < 0:
+    raise ConfigError(f"--config.train.epochs={tc.epochs}: must be >= 0 (0: evaluate only).")
   if not tc.learning_rate > 0:
     raise ConfigError(f"--config.train.learning_rate={tc.learning_rate}: must be positive.")
   if not 0 <= tc.warmup_ratio < 1:
@@ -56,14 +59,16 @@ def model_dir(config, workdir: str) -> str:
   if not config.model.tiny:
     return source
   out = os.path.join(workdir, "tiny_model")
-  if not os.path.exists(os.path.join(out, "config.json")):
+  if jax.process_index() == 0 and not os.path.exists(os.path.join(out, "config.json")):
     tokenizer = enc.load_tokenizer(source)
     cfg = bert_lib.BertConfig(vocab_size=len(tokenizer), **dict(config.model.tiny))
     module = bert_lib.Bert(cfg, head="mlm")
     params = bert_lib.init_params(module, jax.random.key(config.seed + 1))
-    if jax.process_index() == 0:
-      hf.save(params, cfg, out, head="mlm", tokenizer_from=source)
+    hf.save(params, cfg, out, head="mlm", tokenizer_from=source)
     logging.info("Wrote a random BERT (%s) to %s", dict(config.model.tiny), out)
+  if jax.process_count() > 1:
+    # The other processes read the model that process 0 writes (the workdir is shared).
+    multihost_utils.sync_global_devices("axk: tiny model written")
   return out
 
 

@@ -109,8 +109,8 @@ class SpanTask:
     for key in common.eval_keys(data):
       task, split = key.split("/")
       self.examples[key] = data[task][split].examples
-      self.eval_arrays[key] = enc.encode(self.examples[key], self.tokenizer,
-                                         max_length=max_length, protocol="single")
+      self.eval_arrays[key] = {"tokens": enc.encode(
+          self.examples[key], self.tokenizer, max_length=max_length, protocol="single")}
 
   def init_params(self, rng):
     return bert_lib.init_params(self.module, rng)
@@ -139,11 +139,11 @@ class SpanTask:
                                batch["token_type_ids"])["logits"]
     return {"pred": logits.argmax(-1).astype(jnp.int32)}
 
-  def evaluate(self, key, arrays, outputs):
-    return span_metrics(outputs["pred"], arrays)
+  def evaluate(self, key, views, outputs):
+    return span_metrics(outputs["tokens"]["pred"], views["tokens"])
 
   def predicted_spans(self, key: str, pred: np.ndarray) -> list[list[types.Span]]:
-    arrays = self.eval_arrays[key]
+    arrays = self.eval_arrays[key]["tokens"]
     valid = arrays["span_labels"][:, :pred.shape[1]] != enc.IGNORE
     return [spans_of_prediction(pred[i], valid[i], arrays["offsets"][i], e.sentence)
             for i, e in enumerate(self.examples[key])]
@@ -155,7 +155,7 @@ class SpanTask:
     os.makedirs(pred_dir, exist_ok=True)
     for key, out in outputs.items():
       write_predictions(os.path.join(pred_dir, key.replace("/", "_") + ".jsonl"),
-                        self.examples[key], self.predicted_spans(key, out["pred"]))
+                        self.examples[key], self.predicted_spans(key, out["tokens"]["pred"]))
     hf.save(params, self.bert_config, os.path.join(workdir, "export"),
             head="token_classification", tokenizer_from=self.path, id2label=LABELS)
     return ["Predicted spans: predictions/<task>_<split>.jsonl; detector: export/ "

@@ -4,9 +4,10 @@ A split is a dict of numpy arrays with the same number of rows (the output of
 `axk.data.encode`). Training batches come from a grain `MapDataset` over row indices,
 shuffled with the run's seed, repeated for the epochs and batched, which has random access:
 batch `step` is the same whatever happened before, so a resumed run continues with exactly
-the batches the interrupted one would have seen. Each process takes its own contiguous rows
-of every global batch. Token axes are cut to the batch's longest row rounded up to
-`bucket` tokens, so the jitted steps compile once per bucket, not once per length.
+the batches the interrupted one would have seen. Every process computes the same global
+batch of row indices and reads only the rows its own devices hold (`process_rows`). Token
+axes are cut to the batch's longest row rounded up to `bucket` tokens, so the jitted steps
+compile once per bucket, not once per length.
 """
 
 from __future__ import annotations
@@ -45,20 +46,32 @@ def take(arrays: Mapping[str, np.ndarray], rows: np.ndarray, length: int) -> dic
   return out
 
 
-def process_rows(global_batch: int) -> slice:
-  """This process's contiguous slice of a global batch."""
-  n = jax.process_count()
-  if global_batch % n:
-    raise ValueError(f"Batch size {global_batch} is not divisible by {n} processes.")
-  per = global_batch // n
-  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+def process_rows(global_batch: int, sharding: jax.sharding.Sharding | None = None) -> np.ndarray:
+  """Rows of a global batch that this process feeds, in the order in which
+  `jax.make_array_from_process_local_data` lays process-local rows onto its devices.
+
+  With the batch `sharding`, these are the rows this process's devices hold, wherever the
+  mesh puts those devices (a batch axis replicated over processes needs every row on every
+  process). Without it, the process's contiguous share, which is the same for the default
+  mesh (the devices of one process are adjacent along `data`).
+  """
+  if sharding is None:
+    n = jax.process_count()
+    if global_batch % n:
+      raise ValueError(f"Batch size {global_batch} is not divisible by {n} processes.")
+    per = global_batch // n
+    return np.arange(jax.process_index() * per, (jax.process_index() + 1) * per)
+  index = sharding.addressable_devices_indices_map((global_batch,))
+  spans = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop)
+                  for s in index.values()})
+  return np.concatenate([np.arange(a, b) for a, b in spans])
 
 
 class TrainBatches:
   """Random-access training batches: `batches[step]` -> this process's rows of that step."""
 
   def __init__(self, arrays: Mapping[str, np.ndarray], *, batch_size: int, epochs: int,
-               seed: int, bucket: int = 16):
+               seed: int, bucket: int = 16, sharding: jax.sharding.Sharding | None = None):
     self.arrays = dict(arrays)
     self.n = num_rows(arrays)
     if batch_size > self.n:
@@ -70,7 +83,7 @@ class TrainBatches:
     # epoch boundary, as in a stream; the last incomplete batch is dropped.
     self.indices = (grain.MapDataset.range(self.n).seed(seed).shuffle()
                     .repeat(epochs).batch(batch_size, drop_remainder=True))
-    self.local = process_rows(batch_size)
+    self.local = process_rows(batch_size, sharding)
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -90,13 +103,14 @@ class TrainBatches:
       yield step, self[step]
 
 
-def eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int,
-                 bucket: int = 16) -> Iterator[dict]:
+def eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, bucket: int = 16,
+                 sharding: jax.sharding.Sharding | None = None) -> Iterator[dict]:
   """Every row once, in order; the last batch is padded with copies of row 0 and carries
-  `valid` (1 for real rows) so that shapes stay fixed."""
+  `valid` (1 for real rows) so that shapes stay fixed. Each process gets its rows of every
+  batch (`process_rows`)."""
   n = num_rows(arrays)
   limit = arrays["input_ids"].shape[1]
-  local = process_rows(batch_size)
+  local = process_rows(batch_size, sharding)
   for start in range(0, n, batch_size):
     rows = np.arange(start, min(start + batch_size, n))
     valid = np.ones(batch_size, np.int32)

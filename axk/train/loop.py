@@ -37,7 +37,8 @@ class Task(Protocol):
   Attributes:
     name: used in titles and file names.
     train_arrays: training rows (dict of numpy arrays, as `axk.data.encode` makes them).
-    eval_arrays: `{"<task>/<split>": arrays}` to evaluate.
+    eval_arrays: `{"<task>/<split>": {view: arrays}}` to evaluate; a view is one encoding of
+      the split's examples (e.g. the paper protocol's inputs and the candidates' inputs).
     selection: the metric that picks the best checkpoint, `"<task>/<split>/<metric>"` or
       `"mean/<split>/<metric>"` (mean over tasks), higher is better.
   """
@@ -62,9 +63,9 @@ class Task(Protocol):
   def predict(self, params: dict, batch: dict) -> dict:
     """Per-row outputs (jittable); leading axis = batch rows."""
 
-  def evaluate(self, key: str, arrays: Mapping[str, np.ndarray],
-               outputs: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Metrics of one eval set from all its rows' outputs (host)."""
+  def evaluate(self, key: str, views: Mapping[str, Mapping[str, np.ndarray]],
+               outputs: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """Metrics of one eval set from its views' arrays and all their rows' outputs (host)."""
 
   def finish(self, params: dict, workdir: str, outputs: Mapping[str, Mapping]) -> list[str]:
     """Writes predictions and exports (process 0); returns notes for results.md."""
@@ -106,6 +107,17 @@ def _gather(tree):
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process; every process gets the same answer.
+
+  A signal reaches the processes of a job at different steps; deciding alone would have one
+  process save (a collective) while another runs the next train step, and both would hang.
+  """
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
 def selection_value(results: Mapping[str, Mapping[str, Mapping[str, float]]],
                     selection: str) -> float:
   task, split, metric = selection.split("/")
@@ -123,9 +135,13 @@ class Trainer:
     tc = config.train
     self.mesh = sharding.make_mesh(dict(config.mesh.shape), devices)
     self.rules = sharding.rules_of(config.mesh.rules)
-    self.batches = data_lib.TrainBatches(task.train_arrays, batch_size=tc.batch_size,
-                                         epochs=tc.epochs, seed=config.seed)
-    self.total_steps = len(self.batches)
+    # Before the batches: each process reads the rows that its devices hold in this sharding.
+    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
+    # epochs = 0: evaluation of the starting parameters only (e.g. a pretrained baseline).
+    self.batches = data_lib.TrainBatches(
+        task.train_arrays, batch_size=tc.batch_size, epochs=tc.epochs, seed=config.seed,
+        sharding=self.batch_sharding) if tc.epochs else None
+    self.total_steps = len(self.batches) if self.batches else 0
     self.tx, self.lr = optim.make(tc, self.total_steps)
     self.rng = jax.random.key(config.seed)
 
@@ -147,7 +163,6 @@ class Trainer:
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         self.state_sharding)
-    self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding,
                                                               self.batch_sharding),
                               out_shardings=(self.state_sharding, rep), donate_argnums=0)
@@ -207,7 +222,8 @@ class Trainer:
     """Outputs for every row of `arrays`, in order, on the host."""
     chunks = []
     with sharding.activate(self.mesh, self.rules):
-      for batch in data_lib.eval_batches(arrays, self.config.train.eval_batch_size):
+      for batch in data_lib.eval_batches(arrays, self.config.train.eval_batch_size,
+                                         sharding=self.batch_sharding):
         valid = batch.pop("valid")
         out = self.predict_step(params, sharding.global_batch(batch, self.batch_sharding))
         out = _gather(out)
@@ -219,10 +235,10 @@ class Trainer:
     """results[task][split] = metrics, and the raw outputs, for the eval sets in `keys`."""
     results, outputs = {}, {}
     for key in keys:
-      arrays = self.task.eval_arrays[key]
-      outputs[key] = self.predict(params, arrays)
+      views = self.task.eval_arrays[key]
+      outputs[key] = {view: self.predict(params, arrays) for view, arrays in views.items()}
       task, split = key.split("/")
-      results.setdefault(task, {})[split] = self.task.evaluate(key, arrays, outputs[key])
+      results.setdefault(task, {})[split] = self.task.evaluate(key, views, outputs[key])
     return results, outputs
 
 
@@ -260,7 +276,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   state, source = trainer.init_state(checkpoints)
   start = int(jax.device_get(state["step"]))
   logging.info("Starting at step %d of %d from %s.", start, trainer.total_steps, source)
-  steps_per_epoch = trainer.batches.steps_per_epoch
+  steps_per_epoch = trainer.batches.steps_per_epoch if trainer.batches else 1.0
   eval_every = tc.eval_every or max(1, int(steps_per_epoch))
   dev_keys = [k for k in task.eval_arrays if k.endswith("/" + tc.selection_split)]
   train_ids = getattr(task, "train_ids", None)
@@ -274,7 +290,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   t0 = time.time()
   try:
     with sharding.activate(trainer.mesh, trainer.rules):
-      for step, local in trainer.batches.iterate(start):
+      for step, local in (trainer.batches.iterate(start) if trainer.batches else ()):
         batch = sharding.global_batch(local, trainer.batch_sharding)
         state, scalars = trainer.train_step(state, batch)
         scalars = jax.device_get(scalars)
@@ -301,13 +317,15 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
           checkpoints.save(done, state, metrics={"selection": value})
         elif tc.checkpoint_every and done % tc.checkpoint_every == 0:
           checkpoints.save(done, state)
-        if stop.requested or (tc.stop_at_step and done >= tc.stop_at_step
-                              and done < trainer.total_steps):
+        signalled = _any_process(stop.requested)
+        if signalled or (tc.stop_at_step and done >= tc.stop_at_step
+                         and done < trainer.total_steps):
           if checkpoints.latest_step() != done:
             checkpoints.save(done, state)
           interrupted = True
-          logging.warning("Stopped at step %d (%s); rerun the same command to continue.",
-                          done, stop.signame or "train.stop_at_step")
+          logging.warning("Stopped at step %d (%s); rerun the same command to continue.", done,
+                          stop.signame or ("a signal to another process" if signalled
+                                           else "train.stop_at_step"))
           break
   finally:
     bar.close()
@@ -323,7 +341,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   with sharding.activate(trainer.mesh, trainer.rules):
     results, _ = trainer.evaluate(state["params"], dev_keys)
     final_value = selection_value(results, task.selection)
-    if checkpoints.latest_step() != trainer.total_steps:
+    if trainer.total_steps and checkpoints.latest_step() != trainer.total_steps:
       checkpoints.save(trainer.total_steps, state, metrics={"selection": final_value})
     best = checkpoints.best_step()
     params, chosen = state["params"], trainer.total_steps
@@ -342,5 +360,8 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
                          metrics_lib.results_markdown(task.name, results, notes))
   writer.close()
   checkpoints.close()
+  if jax.process_count() > 1:
+    # Process 0 writes the files; no process returns before they exist.
+    multihost_utils.sync_global_devices("axk: results written")
   logging.info("Results written to %s", os.path.join(workdir, "results.md"))
   return results

@@ -1,0 +1,126 @@
+"""Imagine to Hear: BERT with a gated cross-attention fusion of each span's audio tokens.
+
+For every span with accepted audio, the span's text tokens (queries) attend to that span's
+audio tokens (keys and values, after a two-layer audio MLP); residual + LayerNorm, a GELU
+feed-forward (4x width) + residual + LayerNorm give `z`; a gate
+`g = sigmoid(W1 x + b1 + W2 z + b2)` mixes `fused = g * x + (1 - g) * z`, written back at the
+span's positions. By default the fusion acts on the embedding output (before layer 0);
+`fusion_layer=k` puts it after encoder layer k.
+
+All spans of all examples go through one batched operation: the audio is padded to
+[batch, spans, audio_tokens], every token attends to the audio of each span, and a one-hot
+over spans picks, for each token, its own span's result (attention, LayerNorm, feed-forward
+and gate act per token, so this equals attending span by span). Tokens outside every span and
+spans without audio are left exactly as they were (a select, bit for bit).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from axk.models import bert as bert_lib
+from axk.models import lora as lora_lib
+from axk.models.audiobert import span_onehot
+
+
+class AudioMLP(nn.Module):
+  """Two layers over the stored AST tokens: audio_dim -> width -> width."""
+
+  config: bert_lib.BertConfig
+
+  @nn.compact
+  def __call__(self, tokens):
+    c = self.config
+    h = bert_lib.Dense(c, c.hidden_size, ("audio_embed", "embed"), name="fc1")(tokens)
+    h = nn.gelu(h, approximate=False)
+    return bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="fc2")(h)
+
+
+class GatedCrossAttentionFusion(nn.Module):
+  """The fusion module (see the module docstring)."""
+
+  config: bert_lib.BertConfig
+
+  @nn.compact
+  def __call__(self, x, span_ids, audio, audio_mask, span_has_audio, *, deterministic=True):
+    """Fuses `audio` [b, s, t, e] into the span tokens of `x` [b, l, e].
+
+    Args:
+      x: hidden states [batch, length, embed].
+      span_ids: [batch, length], k on the tokens of the k-th span, 0 elsewhere.
+      audio: [batch, spans, audio_tokens, embed], after the audio MLP.
+      audio_mask: [batch, spans, audio_tokens], 1 on real audio tokens.
+      span_has_audio: [batch, spans], 1 where the span has accepted audio.
+    """
+    c = self.config
+    h, d = c.num_attention_heads, c.head_dim
+    qkv_axes = ("embed", "heads", "kv")
+    q = bert_lib.Projection(c, (h, d), 1, qkv_axes, name="query")(x)
+    k = bert_lib.Projection(c, (h, d), 1, qkv_axes, name="key")(audio)
+    v = bert_lib.Projection(c, (h, d), 1, qkv_axes, name="value")(audio)
+    q = bert_lib.constrain(q, ("batch", "length", "heads", "kv"))
+    scores = jnp.einsum("blhd,bsthd->bshlt", q, k, preferred_element_type=jnp.float32)
+    bias = (1.0 - audio_mask.astype(jnp.float32)) * jnp.finfo(jnp.float32).min
+    scores = scores / jnp.sqrt(jnp.float32(d)) + bias[:, :, None, None, :]
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    ctx = jnp.einsum("bshlt,bsthd->bslhd", probs.astype(v.dtype), v)
+    inside = span_onehot(span_ids, audio.shape[1])  # [b, s, l]
+    ctx = jnp.einsum("bsl,bslhd->blhd", inside.astype(ctx.dtype), ctx)
+    a = bert_lib.Projection(c, c.hidden_size, 2, ("heads", "kv", "embed"), name="out")(ctx)
+    a = nn.Dropout(c.hidden_dropout_prob)(a, deterministic=deterministic)
+    y = bert_lib.LayerNorm(c, name="attention_norm")(x + a)
+    f = bert_lib.Dense(c, 4 * c.hidden_size, ("embed", "mlp"), name="ffn_in")(y)
+    f = nn.gelu(f, approximate=False)
+    f = bert_lib.Dense(c, c.hidden_size, ("mlp", "embed"), name="ffn_out")(f)
+    f = nn.Dropout(c.hidden_dropout_prob)(f, deterministic=deterministic)
+    z = bert_lib.LayerNorm(c, name="ffn_norm")(y + f)
+    gate = jax.nn.sigmoid(
+        bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="gate_x")(x)
+        + bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="gate_z")(z))
+    fused = gate * x + (1.0 - gate) * z
+    fuse_here = jnp.einsum("bsl,bs->bl", inside.astype(jnp.float32),
+                           (span_has_audio > 0).astype(jnp.float32)) > 0
+    out = jnp.where(fuse_here[..., None], fused.astype(x.dtype), x)
+    return bert_lib.constrain(out, ("batch", "length", "embed"))
+
+
+class ImagineToHear(nn.Module):
+  """ITH: `bert/...`, `mlm_head/...`, `audio_mlp/...`, `fusion/...` (+ `lora/...`).
+
+  `use_lora` trains LoRA adapters (on for every input) instead of the full BERT.
+  """
+
+  config: bert_lib.BertConfig
+  audio_dim: int = 768
+  fusion_layer: int = 0
+  use_lora: bool = False
+  lora_rank: int = 64
+  lora_alpha: float = 128.0
+  lora_dropout: float = 0.01
+  lora_targets: tuple[str, ...] = ("query", "key", "value")
+
+  def setup(self):
+    if not 0 <= self.fusion_layer <= self.config.num_hidden_layers:
+      raise ValueError(f"fusion_layer={self.fusion_layer} not in "
+                       f"[0, {self.config.num_hidden_layers}]")
+    self.bert = bert_lib.Bert(self.config, head="mlm")
+    self.audio_mlp = AudioMLP(self.config)
+    self.fusion = GatedCrossAttentionFusion(self.config)
+    if self.use_lora:
+      self.lora = lora_lib.Lora(self.config, self.lora_rank, self.lora_alpha, self.lora_targets)
+
+  def __call__(self, input_ids, attention_mask, token_type_ids, span_ids, span_audio_tokens,
+               span_has_audio, *, positions=None, deterministic=True):
+    lora = self.lora() if self.use_lora else None
+    encode = dict(deterministic=deterministic, lora=lora, lora_dropout=self.lora_dropout)
+    x = self.bert.embed(input_ids, token_type_ids, deterministic=deterministic)
+    x = self.bert.encode(x, attention_mask, stop=self.fusion_layer, **encode)
+    audio = self.audio_mlp(span_audio_tokens.astype(x.dtype))
+    audio_mask = jnp.broadcast_to(span_has_audio[:, :, None], audio.shape[:3])
+    x = self.fusion(x, span_ids, audio, audio_mask, span_has_audio,
+                    deterministic=deterministic)
+    x = self.bert.encode(x, attention_mask, start=self.fusion_layer, **encode)
+    return self.bert.heads(x, deterministic=deterministic, positions=positions)

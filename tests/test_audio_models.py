@@ -1,0 +1,191 @@
+"""AudioBERT and ITH in JAX against their exports run in PyTorch, gating exactness, sharding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+
+from axk.models import audiobert as audiobert_lib
+from axk.models import bert as bert_lib
+from axk.models import ith as ith_lib
+from axk.pt.audiobert import AudioBertTorch
+from axk.pt.ith import IthTorch
+from axk.tasks import audiobert as audiobert_task
+from axk.tasks import ith as ith_task
+from axk.train import sharding
+
+CFG = bert_lib.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=48,
+                          max_position_embeddings=64)
+B, L, S, D, T = 4, 12, 2, 24, 5
+
+
+def batch(seed=0):
+  r = np.random.RandomState(seed)
+  ids = r.randint(5, 120, (B, L)).astype(np.int32)
+  mask = np.ones((B, L), np.int32)
+  mask[3, 9:] = 0  # padding
+  span_ids = np.zeros((B, L), np.int32)
+  span_ids[1, 2:4] = 1  # example 1: one span with audio
+  span_ids[2, 1:3], span_ids[2, 6:9] = 1, 2  # example 2: two spans, the second without audio
+  span_ids[3, 4:6] = 1  # example 3: one span, no audio; example 0: no span
+  has = np.array([[0, 0], [1, 0], [1, 0], [0, 0]], np.int32)
+  has[2, 1] = 0
+  has[2, 0] = 1
+  return dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
+              span_ids=span_ids, span_has_audio=has,
+              span_audio=r.randn(B, S, D).astype(np.float32),
+              span_audio_tokens=r.randn(B, S, T, D).astype(np.float32),
+              lora_gate=has.any(1).astype(np.float32))
+
+
+def randomize(params, seed):
+  """Random values everywhere (LoRA's B starts at zero, which would hide the adapter)."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, x.shape, x.dtype)
+                                   for k, x in zip(keys, leaves)])
+
+
+def to_torch(b):
+  return {k: torch.tensor(v) for k, v in b.items()}
+
+
+def audiobert_inputs(b):
+  return (b["input_ids"], b["attention_mask"], b["token_type_ids"], b["span_ids"],
+          b["span_audio"], b["span_has_audio"], b["lora_gate"])
+
+
+def ith_inputs(b):
+  return (b["input_ids"], b["attention_mask"], b["token_type_ids"], b["span_ids"],
+          b["span_audio_tokens"], b["span_has_audio"])
+
+
+def base_logits(params, b):
+  return bert_lib.Bert(CFG, head="mlm").apply({"params": params["bert"]}, b["input_ids"],
+                                               b["attention_mask"], b["token_type_ids"])["logits"]
+
+
+@pytest.fixture(scope="module")
+def audiobert():
+  module = audiobert_lib.AudioBert(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
+  b = batch()
+  params = nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))["params"])
+  return module, randomize(params, 1), b
+
+
+def test_audiobert_gate_off_is_exactly_the_base_model(audiobert):
+  module, params, b = audiobert
+  out = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
+  base = np.asarray(base_logits(params, b))
+  # Example 0 (no span) and 3 (span without audio, gate 0): bit for bit the base model.
+  np.testing.assert_array_equal(out[0], base[0])
+  np.testing.assert_array_equal(out[3], base[3])
+  assert np.abs(out[1] - base[1]).max() > 1e-3  # LoRA and audio do act where gated on.
+
+
+def test_audiobert_export_matches_pytorch_peft(audiobert, tmp_path):
+  module, params, b = audiobert
+  audiobert_task.export(jax.device_get(params), module, CFG, "span_audio", str(tmp_path))
+  pt = AudioBertTorch.from_export(str(tmp_path))
+  ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
+  theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
+  valid = b["attention_mask"].astype(bool)
+  assert np.abs(ours - theirs)[valid].max() <= 1e-4
+
+
+def test_audiobert_mask_positions_head(audiobert):
+  module, params, b = audiobert
+  pos = jnp.asarray([[3], [5], [1], [2]])
+  full = module.apply({"params": params}, *audiobert_inputs(b))["logits"]
+  part = module.apply({"params": params}, *audiobert_inputs(b), positions=pos)["logits"]
+  np.testing.assert_allclose(part, jnp.take_along_axis(full, pos[..., None], 1), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def ith():
+  module = ith_lib.ImagineToHear(CFG, audio_dim=D)
+  b = batch(1)
+  params = nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"])
+  return module, randomize(params, 2), b
+
+
+def test_ith_leaves_tokens_outside_fused_spans_unchanged(ith):
+  module, params, b = ith
+  x = jax.random.normal(jax.random.key(3), (B, L, CFG.hidden_size))
+  audio = jax.random.normal(jax.random.key(4), (B, S, T, CFG.hidden_size))
+  fusion = ith_lib.GatedCrossAttentionFusion(CFG)
+  mask = jnp.broadcast_to(jnp.asarray(b["span_has_audio"])[:, :, None], (B, S, T))
+  y = np.asarray(fusion.apply({"params": params["fusion"]}, x, b["span_ids"], audio, mask,
+                              b["span_has_audio"]))
+  x = np.asarray(x)
+  fused = np.zeros((B, L), bool)
+  for i in range(B):
+    for s in range(S):
+      if b["span_has_audio"][i, s]:
+        fused[i] |= b["span_ids"][i] == s + 1
+  np.testing.assert_array_equal(y[~fused], x[~fused])
+  assert (np.abs(y[fused] - x[fused]).max(axis=-1) > 1e-4).all()
+  out = np.asarray(module.apply({"params": params}, *ith_inputs(b))["logits"])
+  base = np.asarray(base_logits(params, b))
+  np.testing.assert_array_equal(out[0], base[0])  # no span
+  np.testing.assert_array_equal(out[3], base[3])  # span without audio
+
+
+@pytest.mark.parametrize("fusion_layer", [0, 1])
+def test_ith_export_matches_pytorch_span_by_span(fusion_layer, tmp_path):
+  module = ith_lib.ImagineToHear(CFG, audio_dim=D, fusion_layer=fusion_layer)
+  b = batch(2)
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"]), 5)
+  ith_task.export(jax.device_get(params), module, CFG, str(tmp_path))
+  pt = IthTorch.from_export(str(tmp_path))
+  ours = np.asarray(module.apply({"params": params}, *ith_inputs(b))["logits"])
+  tb = to_torch(b)
+  theirs = pt(tb["input_ids"], tb["attention_mask"], tb["token_type_ids"], tb["span_ids"],
+              tb["span_audio_tokens"], tb["span_has_audio"]).numpy()
+  valid = b["attention_mask"].astype(bool)
+  assert np.abs(ours - theirs)[valid].max() <= 1e-4
+
+
+def test_ith_forward_and_train_step_on_a_4x2_mesh_equal_one_device(ith):
+  module, params, b = ith
+  rules = sharding.DEFAULT_RULES
+  boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *ith_inputs(b))["params"])
+  logical = nn.get_partition_spec(boxed)
+  # Plain SGD: Adam's first step divides each gradient by its own magnitude, which turns
+  # float-rounding noise in near-zero gradients into full-size steps on any two devices.
+  tx = optax.sgd(0.1)
+
+  def step(p, opt, batch):
+    def loss(p):
+      logits = module.apply({"params": p}, *ith_inputs(batch), deterministic=True)["logits"]
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch["input_ids"]).mean()
+    value, grads = jax.value_and_grad(loss)(p)
+    updates, opt = tx.update(grads, opt, p)
+    return optax.apply_updates(p, updates), opt, value
+
+  results = []
+  for devices, shape in ((jax.devices(), {"data": 4, "model": 2}),
+                         (jax.devices()[:1], {"data": 1, "model": 1})):
+    mesh = sharding.make_mesh(shape, devices)
+    p_sh = sharding.logical_to_sharding(logical, mesh, rules)
+    with sharding.activate(mesh, rules):
+      p = jax.device_put(params, p_sh)
+      data = jax.device_put({k: jnp.asarray(v) for k, v in b.items()},
+                            sharding.batch_sharding(mesh, rules))
+      fwd = jax.jit(lambda p, x: module.apply({"params": p}, *ith_inputs(x))["logits"])(p, data)
+      opt = jax.jit(tx.init)(p)
+      p2, _, value = jax.jit(step, out_shardings=(p_sh, None, None))(p, opt, data)
+      if len(devices) == 8:
+        kernel = p2["fusion"]["query"]["kernel"]
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
+    results.append((np.asarray(fwd), jax.device_get(p2), float(value)))
+  (f8, p8, v8), (f1, p1, v1) = results
+  np.testing.assert_allclose(f8, f1, atol=1e-5)
+  assert abs(v8 - v1) <= 1e-5
+  for a, c in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
+    np.testing.assert_allclose(a, c, atol=1e-5)
