@@ -18,10 +18,14 @@ from ml_collections import config_flags
 
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
+from axk.features.shards import FeaturesMismatch
 from axk.tasks.common import ConfigError
+from axk.tasks.mlm import FeaturesError
+from axk.tasks.stages import StageError
 
 # Errors that name a bad config value, path or data file; anything else keeps its traceback.
-SETUP_ERRORS = (ConfigError, CheckpointError, DataError, FileNotFoundError)
+SETUP_ERRORS = (ConfigError, CheckpointError, DataError, FeaturesError, FeaturesMismatch,
+                StageError, FileNotFoundError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:variant]`.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")

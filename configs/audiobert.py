@@ -43,18 +43,8 @@ def get_config(arg=None):
     c.model.init = common.minilm_dir()
     c.stages.span_config = "configs/span.py:minilm"
   elif base == "smoke":
-    c.data.dir = "sample"
-    c.model.init = common.minilm_dir()  # Only its tokenizer: `tiny` makes random weights.
-    c.model.tiny.update(common.TINY_BERT)
-    c.model.lora_rank = 4
-    c.model.lora_alpha = 8.0
-    c.train.epochs = 2
-    c.train.batch_size = 8
-    c.train.eval_batch_size = 16
-    c.train.learning_rate = 1e-3
-    c.train.log_every = 2
-    c.stages.span_config = "configs/span.py:smoke"
-    c.stages.features_config = "configs/features.py:smoke"
+    common.smoke(c, epochs=2, learning_rate=1e-3)
+    c.stages.features_output = "features_retrieval"  # features.py:smoke builds both sources.
   if "no_audio" in mods or "no_train" in mods:
     c.model.use_audio = False
     c.features.dir = ""

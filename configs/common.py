@@ -83,6 +83,25 @@ def base_config():
   return c
 
 
+def smoke(c, epochs: int, learning_rate: float):
+  """The `:smoke` settings every method shares: the sample data, a tiny random BERT (with
+  MiniLM's tokenizer), small batches; the whole run offline in seconds."""
+  c.data.dir = "sample"
+  c.model.init = minilm_dir()  # Only its tokenizer: `tiny` makes random weights.
+  c.model.tiny.update(TINY_BERT)
+  c.train.epochs = epochs
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 16
+  c.train.learning_rate = learning_rate
+  c.train.log_every = 2
+  if "lora_rank" in c.model:
+    c.model.lora_rank = 4
+    c.model.lora_alpha = 8.0
+  if "stages" in c:
+    c.stages.span_config = "configs/span.py:smoke"
+    c.stages.features_config = "configs/features.py:smoke"
+
+
 def parse_variants(arg, bases, modifiers):
   """`arg` = "base[,modifier...]" -> (base, set of modifiers); unknown names end the program."""
   names = [n.strip() for n in (arg or "").split(",") if n.strip()]
@@ -118,6 +137,8 @@ def masked_word_config():
   c.stages = ml_collections.ConfigDict()  # Used when spans/features are "auto".
   c.stages.span_config = "configs/span.py"  # The span detector's config (with variant).
   c.stages.features_config = "configs/features.py:retrieval"  # The feature pipeline's.
+  c.stages.features_output = "features"  # Its output folder (the one with manifest.json).
+  c.stages.features_args = ()  # Extra flags for it, e.g. ("--config.database.dir=/db",).
 
   c.model.use_lora = True  # Train a LoRA subtree (params["lora"]).
   c.model.lora_rank = 64  # LoRA rank.

@@ -50,18 +50,8 @@ def get_config(arg=None):
     c.model.init = common.minilm_dir()
     c.stages.span_config = "configs/span.py:minilm"
   elif base == "smoke":
-    c.data.dir = "sample"
-    c.model.init = common.minilm_dir()  # Only its tokenizer: `tiny` makes random weights.
-    c.model.tiny.update(common.TINY_BERT)
-    c.model.lora_rank = 4
-    c.model.lora_alpha = 8.0
-    c.train.epochs = 2
-    c.train.batch_size = 8
-    c.train.eval_batch_size = 16
+    common.smoke(c, epochs=2, learning_rate=1e-3)
     c.train.task_learning_rates = {"animal": 1e-3, "pitch": 1e-3}
-    c.train.log_every = 2
-    c.stages.span_config = "configs/span.py:smoke"
-    c.stages.features_config = "configs/features.py:smoke"
   if "lora" in mods:
     c.model.use_lora = True
     c.train.trainable = ("lora/.*", "audio_mlp/.*", "fusion/.*")

@@ -29,12 +29,5 @@ def get_config(arg=None):
     c.model.init = common.minilm_dir()
     c.train.learning_rate = 5e-5  # A 6-layer model fine-tunes well at a higher rate.
   elif variant == "smoke":
-    c.data.dir = "sample"
-    c.model.init = common.minilm_dir()  # Only its tokenizer: `tiny` makes random weights.
-    c.model.tiny.update(common.TINY_BERT)
-    c.train.epochs = 3
-    c.train.batch_size = 8
-    c.train.eval_batch_size = 16
-    c.train.learning_rate = 1e-3
-    c.train.log_every = 2
+    common.smoke(c, epochs=3, learning_rate=1e-3)
   return c

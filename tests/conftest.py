@@ -7,3 +7,24 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ith_smoke(tmp_path_factory):
+  """The main command's offline chain, run once: `configs/ith.py:smoke` from the raw sample
+  CSVs (span detector, features by generation and retrieval, ITH per task). Returns its
+  workdir; other tests reuse its stages (`stages/span`, `stages/features`)."""
+  workdir = tmp_path_factory.mktemp("ith_smoke") / "run"
+  proc = subprocess.run([sys.executable, "-m", "axk.main", "--config=configs/ith.py:smoke",
+                         f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return workdir

@@ -15,7 +15,10 @@ from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
 from axk.tasks import audiobert as audiobert_task
 from axk.tasks import ith as ith_task
+from axk.train import checkpoint as ckpt_lib
+from axk.train import loop
 from axk.train import sharding
+from configs import common as common_config
 
 CFG = bert_lib.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=48,
@@ -148,11 +151,19 @@ def test_ith_export_matches_pytorch_span_by_span(fusion_layer, tmp_path):
               tb["span_audio_tokens"], tb["span_has_audio"]).numpy()
   valid = b["attention_mask"].astype(bool)
   assert np.abs(ours - theirs)[valid].max() <= 1e-4
+  # The batched PyTorch fusion (the benchmark's) equals the span-by-span one.
+  torch.manual_seed(0)
+  hidden = torch.randn(B, L, CFG.hidden_size)
+  audio = torch.randn(B, S, T, CFG.hidden_size)
+  args = (hidden, tb["span_ids"], audio, tb["span_has_audio"])
+  with torch.no_grad():
+    torch.testing.assert_close(pt.fusion.forward_batched(*args), pt.fusion(*args),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_ith_forward_and_train_step_on_a_4x2_mesh_equal_one_device(ith):
   module, params, b = ith
-  rules = sharding.DEFAULT_RULES
+  rules = common_config.RULES
   boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *ith_inputs(b))["params"])
   logical = nn.get_partition_spec(boxed)
   # Plain SGD: Adam's first step divides each gradient by its own magnitude, which turns
@@ -189,3 +200,33 @@ def test_ith_forward_and_train_step_on_a_4x2_mesh_equal_one_device(ith):
   assert abs(v8 - v1) <= 1e-5
   for a, c in zip(jax.tree.leaves(p8), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, c, atol=1e-5)
+
+
+def test_audiobert_trains_only_lora_and_audio_projection(tmp_path):
+  from configs import audiobert as audiobert_config
+  from axk.utils.tree import flatten
+  config = audiobert_config.get_config("smoke")
+  config.features.dir = ""  # Text only: the frozen/trained split is the same.
+  config.spans.predictions = ""
+  task = audiobert_task.AudioBertTask(config, str(tmp_path))
+  trainer = loop.Trainer(config, str(tmp_path), task, devices=jax.devices()[:1])
+  assert trainer.trainable and all(p.startswith(("lora/", "audio_proj/"))
+                                   for p in trainer.trainable)
+  assert any(p.startswith("audio_proj/") for p in trainer.trainable)
+  state, _ = trainer.init_state(ckpt_lib.Checkpoints(str(tmp_path / "ckpt")))
+  before = flatten(jax.device_get(state["params"]))
+  # The optimizer holds state for the trained tensors only.
+  opt_leaves = sum(x.size for x in jax.tree.leaves(state["opt"]))
+  trained = sum(before[p].size for p in trainer.trainable)
+  assert opt_leaves <= 2 * trained + 8
+  with sharding.activate(trainer.mesh, trainer.rules):
+    for step in range(2):
+      state, _ = trainer.train_step(state, sharding.global_batch(trainer.batches[step],
+                                                                 trainer.batch_sharding))
+  after = flatten(jax.device_get(state["params"]))
+  for p in before:
+    if p in trainer.trainable:
+      continue
+    np.testing.assert_array_equal(after[p], before[p], err_msg=p)
+  assert any(not np.array_equal(after[p], before[p]) for p in trainer.trainable
+             if p.startswith("lora/"))

@@ -11,12 +11,12 @@ added to the embedding output at the span's first token (a forward hook on the e
 
 from __future__ import annotations
 
-import json
 import os
 
 import torch
-import transformers
 from safetensors.torch import load_file
+
+from axk.pt import load_export
 
 
 def first_token_onehot(span_ids: torch.Tensor, num_spans: int) -> torch.Tensor:
@@ -40,13 +40,7 @@ class AudioBertTorch(torch.nn.Module):
 
   @classmethod
   def from_export(cls, export_dir: str) -> "AudioBertTorch":
-    with open(os.path.join(export_dir, "audiobert.json")) as f:
-      meta = json.load(f)
-    model = transformers.BertForMaskedLM.from_pretrained(
-        os.path.join(export_dir, "base"), local_files_only=True)
-    if meta["use_lora"]:
-      import peft
-      model = peft.PeftModel.from_pretrained(model, os.path.join(export_dir, "adapter"))
+    model, meta = load_export(export_dir, "audiobert.json")
     proj = None
     if meta["use_audio"]:
       state = load_file(os.path.join(export_dir, "audio_projection.safetensors"))

@@ -10,13 +10,13 @@ axk's JAX module fuses all spans of a batch in one masked operation; the two mus
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import torch
-import transformers
 from safetensors.torch import load_file
+
+from axk.pt import load_export
 from torch import nn
 from torch.nn import functional as F
 
@@ -60,7 +60,29 @@ class Fusion(nn.Module):
     g = torch.sigmoid(self.gate_x(x) + self.gate_z(z))
     return g * x + (1 - g) * z
 
+  def forward_batched(self, hidden, span_ids, audio, span_has_audio):
+    """All spans at once (every token attends to each span's audio, then keeps its own
+    span's result); equal to `forward`, and what a training loop should use."""
+    b, l, w = hidden.shape
+    s, t = audio.shape[1], audio.shape[2]
+    h, d = self.heads, w // self.heads
+    q = self.query(hidden).view(b, l, h, d)
+    k = self.key(audio).view(b, s, t, h, d)
+    v = self.value(audio).view(b, s, t, h, d)
+    probs = torch.softmax(torch.einsum("blhd,bsthd->bshlt", q, k) / math.sqrt(d), dim=-1)
+    ctx = torch.einsum("bshlt,bsthd->bslhd", probs, v)
+    inside = (span_ids[:, None, :] == torch.arange(1, s + 1, device=span_ids.device)[
+        None, :, None]).to(hidden.dtype)
+    ctx = torch.einsum("bsl,bslhd->blhd", inside, ctx).reshape(b, l, w)
+    y = self.attention_norm(hidden + self.out(ctx))
+    z = self.ffn_norm(y + self.ffn_out(F.gelu(self.ffn_in(y))))
+    g = torch.sigmoid(self.gate_x(hidden) + self.gate_z(z))
+    fused = g * hidden + (1 - g) * z
+    here = torch.einsum("bsl,bs->bl", inside, (span_has_audio > 0).to(hidden.dtype)) > 0
+    return torch.where(here[..., None], fused, hidden)
+
   def forward(self, hidden, span_ids, audio, span_has_audio):
+    """Span by span: the reference form."""
     out = hidden.clone()
     for b in range(hidden.shape[0]):
       for s in range(audio.shape[1]):
@@ -83,13 +105,7 @@ class IthTorch(nn.Module):
 
   @classmethod
   def from_export(cls, export_dir: str) -> "IthTorch":
-    with open(os.path.join(export_dir, "ith.json")) as f:
-      meta = json.load(f)
-    model = transformers.BertForMaskedLM.from_pretrained(
-        os.path.join(export_dir, "base"), local_files_only=True)
-    if meta["use_lora"]:
-      import peft
-      model = peft.PeftModel.from_pretrained(model, os.path.join(export_dir, "adapter"))
+    model, meta = load_export(export_dir, "ith.json")
     width = meta["hidden_size"]
     mlp = AudioMLP(meta["audio_dim"], width)
     fusion = Fusion(width, meta["num_attention_heads"], meta["layer_norm_eps"])

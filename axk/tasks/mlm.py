@@ -40,7 +40,8 @@ from axk.train import metrics as metrics_lib
 
 
 class FeaturesError(ValueError):
-  """Feature shards that do not fit the data (missing example, other sentence)."""
+  """Feature shards or span predictions that do not fit the data (missing example, other
+  sentence)."""
 
 
 def read_predicted_spans(folder: str, task: str, split: str) -> dict[str, list[types.Span]]:
@@ -94,13 +95,18 @@ class MaskedWordTask:
     self.features_dir = config.features.dir
     self.audio_dim = config.features.audio_dim
     self.audio_tokens = config.features.audio_tokens
-    if self.features_dir:  # The shards' dimensions win over the config's.
-      dims = _read_manifest(self.features_dir).get("dims", {})
+    manifest = _read_manifest(self.features_dir) if self.features_dir else None
+    if manifest:  # The shards' dimensions win over the config's.
+      dims = manifest.get("dims", {})
       self.audio_dim = int(dims.get("ast", self.audio_dim))
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
     self.module = self.build_module()
     self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")
     data = common.load_data(config, keep_missing_spans=True)
+    if manifest:  # Refuse features built from other CSV files than these.
+      from axk.features.shards import check_manifest
+      check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
+                                           for s, d in splits.items()})
 
     train = [e for t in data.values() for e in t["train"].examples]
     self.train_ids = [e.id for e in train]

@@ -100,6 +100,9 @@ class SpanTask:
     self.bert_config = common.bert_config(config, self.path, num_labels=len(LABELS))
     self.module = bert_lib.Bert(self.bert_config, head="token_classification")
     data = common.load_data(config)
+    # Predictions cover every row the masked-word tasks read, rows whose gold span is not
+    # in the sentence included; metrics use the rows with all their gold spans.
+    every_row = common.load_data(config, keep_missing_spans=True)
     max_length = config.data.max_length
     train = [e for t in data.values() for e in t["train"].examples]
     self.train_ids = [e.id for e in train]
@@ -108,9 +111,12 @@ class SpanTask:
     self.examples, self.eval_arrays = {}, {}
     for key in common.eval_keys(data):
       task, split = key.split("/")
-      self.examples[key] = data[task][split].examples
-      self.eval_arrays[key] = {"tokens": enc.encode(
-          self.examples[key], self.tokenizer, max_length=max_length, protocol="single")}
+      self.examples[key] = every_row[task][split].examples
+      self.eval_arrays[key] = {
+          "tokens": enc.encode(data[task][split].examples, self.tokenizer,
+                               max_length=max_length, protocol="single"),
+          "all": enc.encode(self.examples[key], self.tokenizer, max_length=max_length,
+                            protocol="single")}
 
   def init_params(self, rng):
     return bert_lib.init_params(self.module, rng)
@@ -143,7 +149,8 @@ class SpanTask:
     return span_metrics(outputs["tokens"]["pred"], views["tokens"])
 
   def predicted_spans(self, key: str, pred: np.ndarray) -> list[list[types.Span]]:
-    arrays = self.eval_arrays[key]["tokens"]
+    """Spans predicted for every row of `self.examples[key]` (the "all" view)."""
+    arrays = self.eval_arrays[key]["all"]
     valid = arrays["span_labels"][:, :pred.shape[1]] != enc.IGNORE
     return [spans_of_prediction(pred[i], valid[i], arrays["offsets"][i], e.sentence)
             for i, e in enumerate(self.examples[key])]
@@ -155,7 +162,7 @@ class SpanTask:
     os.makedirs(pred_dir, exist_ok=True)
     for key, out in outputs.items():
       write_predictions(os.path.join(pred_dir, key.replace("/", "_") + ".jsonl"),
-                        self.examples[key], self.predicted_spans(key, out["tokens"]["pred"]))
+                        self.examples[key], self.predicted_spans(key, out["all"]["pred"]))
     hf.save(params, self.bert_config, os.path.join(workdir, "export"),
             head="token_classification", tokenizer_from=self.path, id2label=LABELS)
     return ["Predicted spans: predictions/<task>_<split>.jsonl; detector: export/ "

@@ -65,11 +65,12 @@ def prepare(config, workdir: str) -> None:
     predictions = os.path.join(span_dir, "predictions")
   if config.features.dir == "auto":
     feat_dir = os.path.join(stages, "features")
-    out = os.path.join(feat_dir, "features")
+    out = os.path.join(feat_dir, config.stages.get("features_output", "features"))
     if not os.path.exists(os.path.join(out, "manifest.json")):
       spans = ([f"--config.spans.source=predictions", f"--config.spans.predictions={predictions}"]
                if need_spans else [])
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
-            *_data_overrides(config), *spans], "features", feat_dir)
+            *_data_overrides(config), *spans, *config.stages.get("features_args", ())],
+           "features", feat_dir)
     config.features.dir = out

@@ -1,9 +1,10 @@
 """The one place where logical axis names meet a device mesh.
 
 Models name their axes (`batch`, `length`, `embed`, `heads`, `kv`, `mlp`, `vocab`, ...); the
-config holds the mesh shape and the rules that map logical names to mesh axes (t5x's minimal
-set by default: batch -> data; vocab, mlp, heads -> model). Everything here derives shardings
-from those two, so a new mesh or rule set never touches model code.
+config holds the mesh shape and the rules that map logical names to mesh axes
+(`configs/common.py`: t5x's minimal set, batch -> data; vocab, mlp, heads -> model). Names
+without a rule are replicated. Everything here derives shardings from those two, so a new
+mesh or rule set never touches model code.
 """
 
 from __future__ import annotations
@@ -15,16 +16,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-
-DEFAULT_RULES = (
-    ("batch", "data"),
-    ("vocab", "model"),
-    ("mlp", "model"),
-    ("heads", "model"),
-    ("embed", None),
-    ("kv", None),
-    ("length", None),
-)
 
 
 def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]],

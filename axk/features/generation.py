@@ -1,0 +1,340 @@
+"""ITH's audio source: text-to-audio generation with CLAP rejection sampling.
+
+For each distinct span, up to `max_rounds` rounds draw `candidates` clips from a frozen
+generator (one batched call per round, covering up to `spans_per_call` spans). A clip's
+score is the cosine between its CLAP audio embedding and the CLAP text embedding of
+`score_template.format(span=...)`. The first round with a clip scoring above `tau`
+accepts its best clip; when no round does, the span has no audio (ITH drops it from
+fusion).
+
+Determinism: candidate j of round r of a span is generated from its own seed,
+`candidate_seed(base_seed, span, r, j)` (a hash), through a per-candidate
+`torch.Generator`, so a clip does not depend on the batch it was drawn in and a rerun
+draws the same clip.
+
+Cache: every candidate gets a JSON sidecar at `<cache_dir>/<key[:2]>/<key>.json`, keyed
+by `clip_key` (a hash of the model, the prompt, the generation parameters and the seed),
+holding its prompt, seed, parameters and CLAP score; accepted clips (and, with
+`keep_rejected`, all of them) are stored beside it as 16-bit FLAC. A later run (after an
+interruption, or with other feature settings) decides a round from the sidecars when
+every candidate is known under the same CLAP model, and calls the generator only when a
+clip it needs is missing. Scores are always computed on the clip as stored (after the
+FLAC round trip), so a cached clip and a fresh one score the same.
+
+Supported generators (`generation.pipeline_class`): `StableAudioPipeline` (default,
+tested), other diffusers text-to-audio pipelines that take `audio_length_in_s`
+(`AudioLDMPipeline`, `AudioLDM2Pipeline`; wired, not tested offline), and
+`MusicgenForConditionalGeneration` through transformers (sampling seeded once per round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from axk.features import audio as audio_lib
+from axk.features import hub
+from axk.features.clap import pick_device
+
+logger = logging.getLogger(__name__)
+
+STABLE_AUDIO = "StableAudioPipeline"
+MUSICGEN = "MusicgenForConditionalGeneration"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams:
+  """Everything that decides which clips are drawn and which are accepted."""
+
+  pipeline_class: str = STABLE_AUDIO
+  steps: int = 50
+  seconds: float = 5.0
+  guidance_scale: float = 7.0
+  negative_prompt: str = "Low quality"
+  prompt_template: str = "{span}"
+  score_template: str = "{span}"
+  candidates: int = 5
+  max_rounds: int = 2
+  tau: float = 0.0
+  base_seed: int = 0
+
+  def clip_params(self) -> dict:
+    """The parameters that change a clip (not the ones that only change acceptance)."""
+    return {"pipeline_class": self.pipeline_class, "steps": self.steps,
+            "seconds": self.seconds, "guidance_scale": self.guidance_scale,
+            "negative_prompt": self.negative_prompt}
+
+
+def candidate_seed(base_seed: int, span: str, round_index: int, candidate: int) -> int:
+  """The seed of one candidate: a 63-bit hash of the base seed, span, round and index."""
+  text = f"{base_seed}\0{span}\0{round_index}\0{candidate}"
+  return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16) & ((1 << 63) - 1)
+
+
+def clip_key(model_fingerprint: str, prompt: str, params: GenerationParams, seed: int) -> str:
+  """Cache key of one generated clip."""
+  return hub.digest({"model": model_fingerprint, "prompt": prompt,
+                     "params": params.clip_params(), "seed": seed}, n=32)
+
+
+class AudioGenerator:
+  """A frozen text-to-audio model: prompts and seeds in, waveforms `[C, T]` out.
+
+  Attributes:
+    info: manifest entry (`hub.describe`).
+    sampling_rate: rate of the generated audio.
+    calls: number of batched generation calls.
+  """
+
+  def __init__(self, name_or_path: str, pipeline_class: str = STABLE_AUDIO, *,
+               device: str = "auto", torch_dtype: str = "float32",
+               what: str = "generation.model"):
+    self.path = hub.resolve(name_or_path, what)
+    self.info = {**hub.describe(name_or_path, self.path), "pipeline_class": pipeline_class}
+    self.pipeline_class = pipeline_class
+    self.device = pick_device(device)
+    dtype = getattr(torch, torch_dtype)
+    self.calls = 0
+    if pipeline_class == MUSICGEN:
+      import transformers  # pylint: disable=g-import-not-at-top
+      self.processor = transformers.AutoProcessor.from_pretrained(self.path)
+      self.model = transformers.MusicgenForConditionalGeneration.from_pretrained(
+          self.path, dtype=dtype).to(self.device).eval()
+      self.sampling_rate = int(self.model.config.audio_encoder.sampling_rate)
+      return
+    import diffusers  # pylint: disable=g-import-not-at-top
+    cls = getattr(diffusers, pipeline_class, None)
+    if cls is None:
+      raise ValueError(f"generation.pipeline_class={pipeline_class!r} is not a diffusers "
+                       "class")
+    self.pipe = cls.from_pretrained(self.path, dtype=dtype).to(self.device)
+    self.pipe.set_progress_bar_config(disable=True)
+    if pipeline_class == STABLE_AUDIO:
+      self.sampling_rate = int(self.pipe.vae.config.sampling_rate)
+    elif hasattr(self.pipe, "vocoder"):
+      self.sampling_rate = int(self.pipe.vocoder.config.sampling_rate)
+    else:
+      raise ValueError(f"cannot tell the sampling rate of {pipeline_class}")
+
+  @torch.no_grad()
+  def __call__(self, prompts: Sequence[str], seeds: Sequence[int],
+               params: GenerationParams) -> list[np.ndarray]:
+    """One batched call: clip i from `prompts[i]` and `seeds[i]`; returns `[C, T]` arrays."""
+    self.calls += 1
+    if self.pipeline_class == MUSICGEN:
+      return self._musicgen(prompts, seeds, params)
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    kwargs = dict(prompt=list(prompts), num_inference_steps=params.steps,
+                  guidance_scale=params.guidance_scale, num_waveforms_per_prompt=1,
+                  generator=generators, output_type="np")
+    if params.negative_prompt:
+      kwargs["negative_prompt"] = [params.negative_prompt] * len(prompts)
+    if self.pipeline_class == STABLE_AUDIO:
+      kwargs["audio_end_in_s"] = params.seconds
+    else:
+      kwargs["audio_length_in_s"] = params.seconds
+    with warnings.catch_warnings():
+      # torchsde warns about floating-point jitter at the ends of its Brownian interval.
+      warnings.simplefilter("ignore", UserWarning)
+      audios = np.asarray(self.pipe(**kwargs).audios, dtype=np.float32)
+    return [a if a.ndim == 2 else a[None] for a in audios]
+
+  def _musicgen(self, prompts, seeds, params) -> list[np.ndarray]:
+    # MusicGen samples with the global RNG: seeded once per call from the first seed.
+    torch.manual_seed(int(seeds[0]))
+    inputs = self.processor(text=list(prompts), padding=True, return_tensors="pt")
+    frame_rate = self.model.config.audio_encoder.frame_rate
+    out = self.model.generate(**inputs.to(self.device), do_sample=True,
+                              guidance_scale=params.guidance_scale,
+                              max_new_tokens=int(params.seconds * frame_rate))
+    return [a for a in out.float().cpu().numpy()]
+
+
+@dataclasses.dataclass
+class Acquired:
+  """The outcome of rejection sampling for one span.
+
+  Attributes:
+    has_audio: a clip passed `tau`.
+    score: the accepted clip's CLAP score, else the best score seen.
+    key: the accepted clip's cache key, "" when none.
+    wave: the accepted clip, mono float32 at `rate`, or None.
+    rate: its sampling rate.
+    clap_audio: its CLAP audio embedding `[D]` (zeros when none).
+    clap_text: the CLAP text embedding the clips were scored against `[D]`.
+    rounds: rounds drawn (or decided from the cache).
+  """
+
+  has_audio: bool
+  score: float
+  key: str
+  wave: np.ndarray | None
+  rate: int
+  clap_audio: np.ndarray
+  clap_text: np.ndarray
+  rounds: int
+
+
+class ClipCache:
+  """Generated clips as FLAC plus JSON sidecars, keyed by `clip_key`."""
+
+  def __init__(self, folder: str):
+    self.folder = folder
+    os.makedirs(folder, exist_ok=True)
+
+  def _path(self, key: str, ext: str) -> str:
+    return os.path.join(self.folder, key[:2], f"{key}.{ext}")
+
+  def sidecar(self, key: str) -> dict | None:
+    try:
+      with open(self._path(key, "json"), encoding="utf-8") as f:
+        return json.load(f)
+    except (OSError, json.JSONDecodeError):
+      return None
+
+  def audio(self, key: str) -> tuple[np.ndarray, int] | None:
+    """The stored clip, `[C, T]` float32 and its rate, or None."""
+    path = self._path(key, "flac")
+    if not os.path.exists(path):
+      return None
+    import soundfile as sf  # pylint: disable=g-import-not-at-top
+    wave, rate = sf.read(path, dtype="float32", always_2d=True)
+    return wave.T, int(rate)
+
+  def put(self, key: str, sidecar: dict, flac: bytes | None) -> None:
+    """Writes the clip (when given) and then its sidecar, each atomically."""
+    os.makedirs(os.path.join(self.folder, key[:2]), exist_ok=True)
+    if flac is not None:
+      _atomic_write(self._path(key, "flac"), flac)
+    _atomic_write(self._path(key, "json"),
+                  json.dumps({**sidecar, "audio": flac is not None}, indent=1,
+                             sort_keys=True).encode())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:
+  """Encodes `[C, T]` to 16-bit FLAC bytes and decodes them back (what the cache holds)."""
+  import soundfile as sf  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  sf.write(buf, np.clip(wave, -1.0, 1.0).T, rate, format="FLAC", subtype="PCM_16")
+  data = buf.getvalue()
+  decoded, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+  return data, decoded.T
+
+
+class RejectionSampler:
+  """CLAP rejection sampling over a generator, with the clip cache."""
+
+  def __init__(self, generator: AudioGenerator, clap, cache: ClipCache,
+               params: GenerationParams, *, spans_per_call: int = 1,
+               keep_rejected: bool = False):
+    if params.candidates < 1 or params.max_rounds < 1:
+      raise ValueError("generation.candidates and generation.max_rounds must be >= 1")
+    self.generator = generator
+    self.clap = clap
+    self.cache = cache
+    self.params = params
+    self.spans_per_call = max(1, spans_per_call)
+    self.keep_rejected = keep_rejected
+    self.model_fp = generator.info["fingerprint"]
+
+  def _candidates(self, span: str, round_index: int) -> list[tuple[str, str, int]]:
+    """(key, prompt, seed) of each candidate of one round."""
+    prompt = self.params.prompt_template.format(span=span)
+    out = []
+    for j in range(self.params.candidates):
+      seed = candidate_seed(self.params.base_seed, span, round_index, j)
+      out.append((clip_key(self.model_fp, prompt, self.params, seed), prompt, seed))
+    return out
+
+  def _from_cache(self, cands) -> tuple[list[float], int | None] | None:
+    """Scores of a round and its accepted candidate, when the cache can decide it."""
+    sidecars = [self.cache.sidecar(key) for key, _, _ in cands]
+    if any(s is None or s.get("clap") != self.clap.info["fingerprint"] for s in sidecars):
+      return None
+    scores = [float(s["clap_score"]) for s in sidecars]
+    best = int(np.argmax(scores))
+    if scores[best] <= self.params.tau:
+      return scores, None
+    if not sidecars[best].get("audio"):
+      return None  # the clip that would now be accepted was not kept
+    return scores, best
+
+  def _mono(self, wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    return audio_lib.from_array(wave, rate, target, channels_last=False)
+
+  def __call__(self, spans: Sequence[str]) -> list[Acquired]:
+    """Rejection sampling for each (normalised) span."""
+    p = self.params
+    texts = self.clap.text([p.score_template.format(span=s) for s in spans])
+    best_score = [-np.inf] * len(spans)
+    results: list[Acquired | None] = [None] * len(spans)
+    pending = list(range(len(spans)))
+    for r in range(p.max_rounds):
+      to_generate = []
+      for i in pending:
+        cands = self._candidates(spans[i], r)
+        decided = self._from_cache(cands)
+        if decided is None:
+          to_generate.append(i)
+          continue
+        scores, accepted = decided
+        best_score[i] = max(best_score[i], max(scores))
+        if accepted is not None:
+          key = cands[accepted][0]
+          wave, rate = self.cache.audio(key)
+          mono = self._mono(wave, rate, self.clap.sampling_rate)
+          results[i] = Acquired(True, scores[accepted], key,
+                                self._mono(wave, rate, rate), rate,
+                                self.clap.audio([mono])[0], texts[i], r + 1)
+      for lo in range(0, len(to_generate), self.spans_per_call):
+        group = to_generate[lo:lo + self.spans_per_call]
+        cands = {i: self._candidates(spans[i], r) for i in group}
+        flat = [c for i in group for c in cands[i]]
+        waves = self.generator([c[1] for c in flat], [c[2] for c in flat], p)
+        rate = self.generator.sampling_rate
+        stored = [_flac_round_trip(w, rate) for w in waves]
+        embs = self.clap.audio([self._mono(w, rate, self.clap.sampling_rate)
+                                for _, w in stored])
+        for n, i in enumerate(group):
+          sl = slice(n * p.candidates, (n + 1) * p.candidates)
+          scores = embs[sl] @ texts[i]
+          best = int(np.argmax(scores))
+          accepted = best if scores[best] > p.tau else None
+          best_score[i] = max(best_score[i], float(scores[best]))
+          for j, (key, prompt, seed) in enumerate(cands[i]):
+            keep = j == accepted or self.keep_rejected
+            self.cache.put(key, {
+                "key": key, "span": spans[i], "prompt": prompt, "seed": seed,
+                "round": r, "candidate": j, "model": self.generator.info,
+                "params": p.clip_params(), "clap": self.clap.info["fingerprint"],
+                "clap_score": float(scores[j]), "rate": rate,
+            }, stored[sl][j][0] if keep else None)
+          if accepted is not None:
+            key = cands[i][accepted][0]
+            wave = stored[sl][accepted][1]
+            results[i] = Acquired(True, float(scores[accepted]), key,
+                                  self._mono(wave, rate, rate), rate,
+                                  embs[sl][accepted], texts[i], r + 1)
+      pending = [i for i in pending if results[i] is None]
+      if not pending:
+        break
+    for i in pending:
+      results[i] = Acquired(False, float(best_score[i]), "", None, 0,
+                            np.zeros(self.clap.dim, np.float32), texts[i], p.max_rounds)
+    return results

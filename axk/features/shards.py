@@ -1,0 +1,282 @@
+"""Feature shards: a TFDS `array_record` dataset per task, and a torch-free reader.
+
+On-disk layout (`<features_dir>` is `<workdir>/features` by default; see
+`configs/features.py`):
+
+    <features_dir>/
+      manifest.json                       models, parameters, inputs (`read_manifest`)
+      acquisitions.jsonl                  one line per distinct span: what was acquired
+      axk_features/<task>/1.0.0/          a TFDS dataset, one builder config per task
+        dataset_info.json  features.json
+        axk_features-<split>.array_record-00000-of-0000N
+
+Each record is one example:
+
+    id        str     "animal/test/3" (see `axk.data.types.Example.id`)
+    sentence  str
+    spans     sequence, one entry per span of the example, in sentence order:
+      start, end   int32    character offsets, `sentence[start:end] == text`
+      text         str      the span as it appears in the sentence
+      has_audio    bool     a clip was retrieved / accepted by rejection sampling
+      clap_score   float32  cosine(CLAP text, CLAP audio) of that clip (generation: the
+                            best rejected score when none passed)
+      source       str      retrieved clip id or generated clip key, "" when none
+      ast_pooled   float16[D_ast]                     mean of AST's last hidden states
+      ast_tokens   float16[num_audio_tokens, D_ast]   AST tokens, pooled along time
+      clap_text    float16[D_clap]   CLAP text embedding of the query / scoring text
+      clap_audio   float16[D_clap]   CLAP audio embedding (zeros when no audio)
+
+Spans with the same normalised text share one acquisition, so their features are equal.
+The datasets are readable without TensorFlow (`tfds.data_source`,
+`tfds.builder_from_directory(...).as_data_source()`, grain); `load_features` is the
+reader the JAX side uses. This module never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+import glob
+import json
+import os
+import shutil
+
+import numpy as np
+
+BUILDER_NAME = "axk_features"
+VERSION = "1.0.0"
+MANIFEST = "manifest.json"
+ACQUISITIONS = "acquisitions.jsonl"
+# Bumped whenever the record layout changes; the manifest carries it.
+FORMAT_VERSION = 1
+SPAN_FIELDS = ("start", "end", "text", "has_audio", "clap_score", "source", "ast_pooled",
+               "ast_tokens", "clap_text", "clap_audio")
+
+
+class FeaturesMismatch(ValueError):
+  """Features built from other data, spans or models than the caller expects."""
+
+
+def builder_dir(features_dir: str, task: str) -> str:
+  """The TFDS builder folder of `task` (holding `dataset_info.json`)."""
+  return os.path.join(features_dir, BUILDER_NAME, task, VERSION)
+
+
+def _feature_spec(dims: Mapping[str, int]):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  f = tfds.features
+  # Raw bytes: 2 bytes a value on disk (a float list in the proto would store float32).
+  raw = f.Encoding.BYTES
+  return f.FeaturesDict({
+      "id": f.Text(),
+      "sentence": f.Text(),
+      "spans": f.Sequence({
+          "start": np.int32,
+          "end": np.int32,
+          "text": f.Text(),
+          "has_audio": np.bool_,
+          "clap_score": np.float32,
+          "source": f.Text(),
+          "ast_pooled": f.Tensor(shape=(dims["ast"],), dtype=np.float16, encoding=raw),
+          "ast_tokens": f.Tensor(shape=(dims["num_audio_tokens"], dims["ast"]),
+                                 dtype=np.float16, encoding=raw),
+          "clap_text": f.Tensor(shape=(dims["clap"],), dtype=np.float16, encoding=raw),
+          "clap_audio": f.Tensor(shape=(dims["clap"],), dtype=np.float16, encoding=raw),
+      }),
+  })
+
+
+def _builder_class():
+  """The TFDS builder, defined lazily so that importing this module stays cheap."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class AxkFeatures(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """AST and CLAP features of AuditoryBench spans, one builder config per task."""
+
+    name = BUILDER_NAME
+    VERSION = tfds.core.Version(VERSION)
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t) for t in ("animal", "pitch")]
+    # TFDS locates a builder's source file through `importlib_resources`, which it does
+    # not install on Python >= 3.9; nothing here needs that file (no checksums).
+    code_path = None
+
+    def __init__(self, *, rows: Mapping[str, Iterable[dict]], dims: Mapping[str, int],
+                 **kwargs):
+      self._rows = rows
+      self._dims = dict(dims)
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          features=_feature_spec(self._dims),
+          description="AST and CLAP features of AuditoryBench spans (axk).",
+          disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(rows) for split, rows in self._rows.items()}
+
+    def _generate_examples(self, rows):
+      for row in rows:
+        yield row["id"], row
+
+  return AxkFeatures
+
+
+def encode_row(example_id: str, sentence: str, spans: Sequence[Mapping],
+               dims: Mapping[str, int]) -> dict:
+  """A record in the layout of the module docstring, from per-span dicts."""
+  n = len(spans)
+  col = lambda k, dtype: np.asarray([s[k] for s in spans], dtype=dtype)
+  shape = lambda *s: (n, *s)
+  return {
+      "id": example_id,
+      "sentence": sentence,
+      "spans": {
+          "start": col("start", np.int32).reshape(n),
+          "end": col("end", np.int32).reshape(n),
+          "text": [s["text"] for s in spans],
+          "has_audio": col("has_audio", np.bool_).reshape(n),
+          "clap_score": col("clap_score", np.float32).reshape(n),
+          "source": [s["source"] for s in spans],
+          "ast_pooled": col("ast_pooled", np.float16).reshape(shape(dims["ast"])),
+          "ast_tokens": col("ast_tokens", np.float16).reshape(
+              shape(dims["num_audio_tokens"], dims["ast"])),
+          "clap_text": col("clap_text", np.float16).reshape(shape(dims["clap"])),
+          "clap_audio": col("clap_audio", np.float16).reshape(shape(dims["clap"])),
+      },
+  }
+
+
+def write_task(features_dir: str, task: str, rows: Mapping[str, Iterable[dict]],
+               dims: Mapping[str, int]) -> str:
+  """Writes one task's splits (`encode_row` records) as a TFDS array_record dataset.
+
+  Each split's rows may be a generator; it is consumed once, so that a large split is
+  never held in memory as encoded records.
+
+  Returns:
+    The builder folder (`builder_dir`).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = _builder_class()(rows=rows, dims=dims,
+                             config=task, data_dir=features_dir,
+                             file_format="array_record")
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(verify_ssl=False))
+  # TFDS leaves an empty `downloads/extracted` tree behind; nothing is downloaded here.
+  downloads = os.path.join(features_dir, "downloads")
+  if os.path.isdir(downloads) and not any(files for _, _, files in os.walk(downloads)):
+    shutil.rmtree(downloads)
+  return str(builder.data_dir)
+
+
+def data_source(features_dir: str, task: str, split: str):
+  """The random-access source of one split (for grain): `source[i]` -> record dict."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  path = builder_dir(features_dir, task)
+  if not os.path.exists(os.path.join(path, "dataset_info.json")):
+    found = glob.glob(os.path.join(features_dir, BUILDER_NAME, "*", "*", "dataset_info.json"))
+    have = sorted({os.path.relpath(os.path.dirname(os.path.dirname(p)),
+                                   os.path.join(features_dir, BUILDER_NAME)) for p in found})
+    raise FileNotFoundError(f"no features for task {task!r} in {features_dir} (expected "
+                            f"{path}; tasks present: {have or 'none'})")
+  sources = tfds.builder_from_directory(path).as_data_source()
+  if split not in sources:
+    raise KeyError(f"{path}: no split {split!r}; splits: {sorted(sources)}")
+  return sources[split]
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def decode_record(record: Mapping, dims: Mapping[str, int] | None = None) -> dict:
+  """A record as read from the data source -> `{"id", "sentence", "spans": [dict]}`."""
+  raw = record["spans"]
+  n = len(raw["start"])
+  spans = []
+  for i in range(n):
+    spans.append({
+        "start": int(raw["start"][i]),
+        "end": int(raw["end"][i]),
+        "text": _text(raw["text"][i]),
+        "has_audio": bool(raw["has_audio"][i]),
+        "clap_score": float(raw["clap_score"][i]),
+        "source": _text(raw["source"][i]),
+        "ast_pooled": np.asarray(raw["ast_pooled"][i], dtype=np.float16),
+        "ast_tokens": np.asarray(raw["ast_tokens"][i], dtype=np.float16),
+        "clap_text": np.asarray(raw["clap_text"][i], dtype=np.float16),
+        "clap_audio": np.asarray(raw["clap_audio"][i], dtype=np.float16),
+    })
+  del dims
+  return {"id": _text(record["id"]), "sentence": _text(record["sentence"]), "spans": spans}
+
+
+def load_features(features_dir: str, task: str, split: str) -> dict[str, dict]:
+  """Reads one split's features.
+
+  Args:
+    features_dir: the folder holding `manifest.json` and `axk_features/`.
+    task: one of `axk.data.types.TASKS`.
+    split: one of the splits written (see the manifest).
+
+  Returns:
+    Example id -> `{"sentence": str, "spans": [span dict]}`, span dicts with the fields of
+    the module docstring (`ast_pooled`, `ast_tokens`, `clap_text`, `clap_audio` as
+    np.float16 arrays).
+  """
+  source = data_source(features_dir, task, split)
+  out = {}
+  for i in range(len(source)):
+    record = decode_record(source[i])
+    out[record.pop("id")] = record
+  return out
+
+
+def read_manifest(features_dir: str) -> dict:
+  """The manifest written beside the datasets (models, parameters, inputs' sha256)."""
+  path = os.path.join(features_dir, MANIFEST)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: no feature manifest; build features with "
+                            "`python -m axk.main --config=configs/features.py:... "
+                            "--workdir=...`") from None
+
+
+def check_manifest(manifest: Mapping, *, csv_sha256: Mapping[str, str] | None = None,
+                   spans_source: str | None = None,
+                   num_audio_tokens: int | None = None) -> None:
+  """Refuses features that do not match what the caller trains or evaluates on.
+
+  Args:
+    manifest: from `read_manifest`.
+    csv_sha256: `"<task>/<split>"` -> sha256 of the CSV file the caller loaded
+      (`SplitData.sha256`); each must equal the manifest's.
+    spans_source: `"gold"`, `"predictions"` or `"detector"`, when the caller needs one.
+    num_audio_tokens: the audio token count the model expects.
+
+  Raises:
+    FeaturesMismatch: naming every mismatch.
+  """
+  problems = []
+  if manifest.get("format_version") != FORMAT_VERSION:
+    problems.append(f"format_version {manifest.get('format_version')} != {FORMAT_VERSION}")
+  inputs = manifest.get("inputs", {})
+  for name, digest in (csv_sha256 or {}).items():
+    have = inputs.get(name, {}).get("sha256")
+    if have is None:
+      problems.append(f"{name}: not in the features")
+    elif have != digest:
+      problems.append(f"{name}: built from a CSV with sha256 {have[:12]}..., caller has "
+                      f"{digest[:12]}...")
+  if spans_source is not None and manifest.get("spans", {}).get("source") != spans_source:
+    problems.append(f"spans from {manifest.get('spans', {}).get('source')!r}, caller wants "
+                    f"{spans_source!r}")
+  if num_audio_tokens is not None and manifest.get("dims", {}).get(
+      "num_audio_tokens") != num_audio_tokens:
+    problems.append(f"num_audio_tokens {manifest.get('dims', {}).get('num_audio_tokens')} "
+                    f"!= {num_audio_tokens}")
+  if problems:
+    raise FeaturesMismatch("features do not match: " + "; ".join(problems))
