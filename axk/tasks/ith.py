@@ -60,8 +60,9 @@ def export(params, module: ith_lib.ImagineToHear, bert_config, out_dir: str,
                "layer_norm_eps": bert_config.layer_norm_eps,
                "fusion_layer": module.fusion_layer, "use_lora": module.use_lora}, f, indent=2)
   os.replace(tmp, os.path.join(out_dir, "ith.json"))
-  return ["Export: export/base (BertForMaskedLM), export/fusion.safetensors (audio MLP + "
-          "fusion); run with axk.pt.ith.IthTorch."]
+  lora = ", export/adapter (PEFT LoRA)" if module.use_lora else ""
+  return [f"Export: export/base (BertForMaskedLM), export/fusion.safetensors (audio MLP + "
+          f"fusion){lora}; run with axk.pt.ith.IthTorch."]
 
 
 def run(config, workdir: str):
