@@ -42,3 +42,27 @@ def test_audiobert_smoke_on_retrieval_features(ith_smoke, tmp_path):
   lines = (tmp_path / "predictions" / "pitch_dev.jsonl").read_text().splitlines()
   assert len(lines) == results["pitch"]["dev"]["examples"]
   assert {json.loads(l)["predicted"] for l in lines} <= {"higher", "lower"}
+
+
+def test_several_seeds_report_mean_and_standard_deviation(tmp_path, monkeypatch):
+  from axk.tasks import mlm
+  from axk.train import loop
+  seen = []
+
+  def fake_train(config, workdir, task):
+    seen.append((config.seed, workdir))
+    acc = {0: 40.0, 1: 50.0, 2: 60.0}[config.seed]
+    return {"pitch": {"dev": {"accuracy": acc, "majority": 59.0, "examples": 16}}}
+
+  monkeypatch.setattr(loop, "train_and_evaluate", fake_train)
+  config = audiobert_config.get_config("smoke,no_audio")
+  config.seeds = (0, 1, 2)
+  merged = mlm.run_seeds(config, str(tmp_path), lambda c, w: None)
+  assert [s for s, _ in seen] == [0, 1, 2]
+  assert [w for _, w in seen] == [str(tmp_path / f"seed_{s}") for s in (0, 1, 2)]
+  dev = merged["pitch"]["dev"]
+  assert dev["accuracy"] == 50.0
+  assert abs(dev["accuracy_std"] - np.sqrt(200 / 3)) < 1e-9  # population std of 40, 50, 60
+  assert dev["majority"] == 59.0 and "majority_std" not in dev
+  assert json.loads((tmp_path / "results.json").read_text()) == merged
+  assert "mean over seeds [0, 1, 2]" in (tmp_path / "results.md").read_text()
