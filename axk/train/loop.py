@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
@@ -218,12 +219,16 @@ class Trainer:
     return {"step": step, "params": params, "opt": opt}, source
 
   # -- evaluation --------------------------------------------------------------------------
-  def predict(self, params, arrays) -> dict[str, np.ndarray]:
+  def predict(self, params, arrays, desc: str = "eval") -> dict[str, np.ndarray]:
     """Outputs for every row of `arrays`, in order, on the host."""
     chunks = []
+    n = data_lib.num_rows(arrays)
+    batches = data_lib.eval_batches(arrays, self.config.train.eval_batch_size,
+                                    sharding=self.batch_sharding)
+    total = -(-n // self.config.train.eval_batch_size)
     with sharding.activate(self.mesh, self.rules):
-      for batch in data_lib.eval_batches(arrays, self.config.train.eval_batch_size,
-                                         sharding=self.batch_sharding):
+      for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
+                        disable=not metrics_lib.is_writer() or total < 4):
         valid = batch.pop("valid")
         out = self.predict_step(params, sharding.global_batch(batch, self.batch_sharding))
         out = _gather(out)
@@ -236,7 +241,8 @@ class Trainer:
     results, outputs = {}, {}
     for key in keys:
       views = self.task.eval_arrays[key]
-      outputs[key] = {view: self.predict(params, arrays) for view, arrays in views.items()}
+      outputs[key] = {view: self.predict(params, arrays, f"eval {key} {view}")
+                      for view, arrays in views.items()}
       task, split = key.split("/")
       results.setdefault(task, {})[split] = self.task.evaluate(key, views, outputs[key])
     return results, outputs
@@ -264,8 +270,6 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   Returns the results dict (`results[task][split][metric]`), also written to
   `results.json` and `results.md`.
   """
-  from tqdm import tqdm
-
   os.makedirs(workdir, exist_ok=True)
   metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   tc = config.train
