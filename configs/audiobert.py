@@ -40,8 +40,7 @@ def get_config(arg=None):
   c.stages.features_config = "configs/features.py:retrieval"
   c.spans.predictions = "auto"
   if base == "minilm":
-    c.model.init = common.minilm_dir()
-    c.stages.span_config = "configs/span.py:minilm"
+    common.minilm(c)
   elif base == "smoke":
     common.smoke(c, epochs=2, learning_rate=1e-3)
     c.stages.features_output = "features_retrieval"  # features.py:smoke builds both sources.

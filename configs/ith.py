@@ -47,8 +47,7 @@ def get_config(arg=None):
   c.spans.predictions = "auto"
   c.stages.features_config = "configs/features.py:generation"
   if base == "minilm":
-    c.model.init = common.minilm_dir()
-    c.stages.span_config = "configs/span.py:minilm"
+    common.minilm(c)
   elif base == "smoke":
     common.smoke(c, epochs=2, learning_rate=1e-3)
     c.train.task_learning_rates = {"animal": 1e-3, "pitch": 1e-3}

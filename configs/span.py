@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.train.learning_rate = 1e-5
   c.train.log_every = 50
   if variant == "minilm":
-    c.model.init = common.minilm_dir()
+    common.minilm(c)
     c.train.learning_rate = 5e-5  # A 6-layer model fine-tunes well at a higher rate.
   elif variant == "smoke":
     common.smoke(c, epochs=3, learning_rate=1e-3)

@@ -123,12 +123,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   p = parser()
-  argv, passthrough = launchlib.split_passthrough(argv)
-  args, extra = p.parse_known_args(argv)
-  if args.command != "run" and (extra or passthrough):
-    p.error(f"unrecognized arguments: {' '.join(extra + passthrough)}")
-  launchlib.check_overrides(p, extra)
-  extra += passthrough
+  args, extra = launchlib.parse(p, argv)
   run = launchlib.Runner(args.dry_run)
   if args.command == "install":
     install(args, run)

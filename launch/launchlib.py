@@ -118,6 +118,18 @@ def split_passthrough(argv: Sequence[str] | None) -> tuple[list[str], list[str]]
   return argv, []
 
 
+def parse(parser: argparse.ArgumentParser,
+          argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+  """(parsed flags, arguments for axk.main): `--config.*` overrides and everything after a
+  lone `--`, which only the `run` subcommand takes."""
+  argv, passthrough = split_passthrough(argv)
+  args, extra = parser.parse_known_args(argv)
+  if args.command != "run" and (extra or passthrough):
+    parser.error(f"unrecognized arguments: {' '.join(extra + passthrough)}")
+  check_overrides(parser, extra)
+  return args, extra + passthrough
+
+
 def check_overrides(parser: argparse.ArgumentParser, extra: Sequence[str]) -> None:
   """Flags that the script does not know must be config overrides: a typo in one of the
   script's own flags (`--dry-rn`) must not reach axk.main and start a real run."""

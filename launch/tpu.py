@@ -269,11 +269,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
   p = parser()
-  argv, passthrough = launchlib.split_passthrough(argv)
-  args, extra = p.parse_known_args(argv)
-  if args.command != "run" and (extra or passthrough):
-    p.error(f"unrecognized arguments: {' '.join(extra + passthrough)}")
-  launchlib.check_overrides(p, extra)
+  args, extra = launchlib.parse(p, argv)
   launchlib.require(args, p, name="AXK_TPU_NAME", zone="AXK_ZONE")
   if args.command in ("mount",) and not args.bucket:
     p.error("--bucket is required (or set AXK_BUCKET).")
@@ -282,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
       p.error(f"--env={e}: expected KEY=VALUE.")
   tpu = Tpu(args, launchlib.Runner(args.dry_run))
   if args.command == "run":
-    tpu.run_axk(extra + passthrough)
+    tpu.run_axk(extra)
   else:
     getattr(tpu, args.command)()
   return 0
