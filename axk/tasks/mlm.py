@@ -31,6 +31,7 @@ import optax
 
 from axk import hf
 from axk.data import encode as enc
+from axk.data import spans as spans_lib
 from axk.data import types
 from axk.models import bert as bert_lib
 from axk.tasks import common
@@ -42,24 +43,6 @@ from axk.train import metrics as metrics_lib
 class FeaturesError(ValueError):
   """Feature shards or span predictions that do not fit the data (missing example, other
   sentence)."""
-
-
-def read_predicted_spans(folder: str, task: str, split: str) -> dict[str, list[types.Span]]:
-  """The span detector's `predictions/<task>_<split>.jsonl` -> {example id: spans}."""
-  path = os.path.join(folder, f"{task}_{split}.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path}: no span predictions (--config.spans.predictions names "
-                            "the span detector's predictions/ folder).")
-  out = {}
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-        out[row["id"]] = [types.Span(int(s["start"]), int(s["end"]), s["text"])
-                          for s in row["spans"]]
-      except (KeyError, ValueError, TypeError) as e:
-        raise FileNotFoundError(f"{path}, line {line_no}: not a span prediction ({e}).") from e
-  return out
 
 
 def _span_arrays(spans: Sequence[Sequence[dict]], max_spans: int, audio_dim: int,
@@ -102,7 +85,7 @@ class MaskedWordTask:
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
     self.module = self.build_module()
     self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")
-    data = common.load_data(config, keep_missing_spans=True)
+    self.data = data = common.load_data(config, keep_missing_spans=True)
     if manifest:  # Refuse features built from other CSV files than these.
       from axk.features.shards import check_manifest
       check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
@@ -155,11 +138,17 @@ class MaskedWordTask:
                               "features than in the data.")
         return sorted(row["spans"], key=lambda s: s["start"])
     elif split != "train" and self.config.spans.predictions:
-      predicted = read_predicted_spans(self.config.spans.predictions, task, split)
+      path = spans_lib.predictions_path(self.config.spans.predictions, task, split)
+      if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no span predictions (--config.spans.predictions "
+                                "names the span detector's predictions/ folder).")
+      try:
+        predicted = spans_lib.read_predictions(path, self.data[task][split].examples,
+                                               strict=True)
+      except ValueError as e:
+        raise FeaturesError(str(e)) from None
 
       def source(e):
-        if e.id not in predicted:
-          raise FeaturesError(f"{self.config.spans.predictions}: no predicted spans for {e.id}.")
         return [{"start": s.start, "end": s.end, "text": s.text} for s in predicted[e.id]]
     else:
       def source(e):
@@ -211,7 +200,8 @@ class MaskedWordTask:
   def pretrained_params(self):
     if self.config.model.tiny:
       return None
-    params = jax.device_get(self.init_params(jax.random.key(self.config.seed)))
+    # The heads and audio modules start random; the BERT subtree comes from the checkpoint.
+    params = jax.device_get(jax.jit(self.init_params)(jax.random.key(self.config.seed)))
     params["bert"] = jax.device_get(hf.load_params(self.path, self.bert_module))
     return params
 
@@ -235,27 +225,35 @@ class MaskedWordTask:
             "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1),
             "pitch_logits": logits[:, 0, jnp.asarray(self.pitch_ids)]}
 
-  def evaluate(self, key, views, outputs):
+  def answers(self, key, views, outputs) -> list[dict]:
+    """Per example: its answer, the paper protocol's and the candidate protocol's
+    prediction, and whether each is right."""
     examples = self.examples[key]
-    task = key.split("/")[0]
     paper = outputs["paper"]
-    if task == "pitch":
+    if key.split("/")[0] == "pitch":
       predicted = [types.PITCH_OPTIONS[i] for i in paper["pitch_logits"].argmax(-1)]
       correct = [p == e.answer for p, e in zip(predicted, examples)]
-    else:
+    else:  # Every word piece right; the decoded pieces are shown.
+      predicted = [self.tokenizer.decode([t for t in row if t >= 0]) for row in paper["argmax"]]
       correct = list((paper["argmax"] == paper["labels"]).all(axis=1))
-    cand = outputs["candidates"]
     rows = views["candidates"]
     best = {}
     for ex, opt, score in zip(rows["example_index"], rows["option_index"],
-                              cand["label_logprob"]):
+                              outputs["candidates"]["label_logprob"]):
       if ex not in best or score > best[ex][1]:
-        best[ex] = (opt, score)
-    correct_c = [best[i][0] == e.label for i, e in enumerate(examples)]
+        best[ex] = (int(opt), score)
+    return [{"id": e.id, "answer": e.answer, "predicted": p, "correct": bool(c),
+             "predicted_candidate": e.options[best[i][0]],
+             "correct_candidate": best[i][0] == e.label}
+            for i, (e, p, c) in enumerate(zip(examples, predicted, correct))]
+
+  def evaluate(self, key, views, outputs):
+    answers = self.answers(key, views, outputs)
     with_audio = float(views["paper"]["span_has_audio"].any(axis=1).mean())
-    return {"accuracy": 100 * float(np.mean(correct)),
-            "accuracy_candidates": 100 * float(np.mean(correct_c)),
-            "majority": self.majority[key], "examples": len(examples),
+    return {"accuracy": 100 * float(np.mean([a["correct"] for a in answers])),
+            "accuracy_candidates": 100 * float(np.mean([a["correct_candidate"]
+                                                        for a in answers])),
+            "majority": self.majority[key], "examples": len(answers),
             "with_audio": 100 * with_audio}
 
   def finish(self, params, workdir, outputs):
@@ -266,8 +264,10 @@ class MaskedWordTask:
              "examples with at least one span with audio."]
     if jax.process_index() == 0:
       for key, out in outputs.items():
-        _write_answers(os.path.join(workdir, "predictions", key.replace("/", "_") + ".jsonl"),
-                       self.examples[key], out, key.split("/")[0])
+        answers = self.answers(key, self.eval_arrays[key], out)
+        metrics_lib.write_text(
+            os.path.join(workdir, "predictions", key.replace("/", "_") + ".jsonl"),
+            "".join(json.dumps(a) + "\n" for a in answers))
       notes += self.export(params, os.path.join(workdir, "export"))
     return notes
 
@@ -275,18 +275,6 @@ class MaskedWordTask:
 def _read_manifest(features_dir: str) -> dict:
   from axk.features.shards import read_manifest
   return read_manifest(features_dir)
-
-
-def _write_answers(path, examples, outputs, task):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  paper = outputs["paper"]
-  lines = []
-  for i, e in enumerate(examples):
-    row = {"id": e.id, "answer": e.answer}
-    if task == "pitch":
-      row["predicted"] = types.PITCH_OPTIONS[int(paper["pitch_logits"][i].argmax())]
-    lines.append(json.dumps(row))
-  metrics_lib.write_text(path, "\n".join(lines) + "\n")
 
 
 def run_seeds(config, workdir: str, make_task) -> dict:

@@ -9,10 +9,8 @@ recall and F1 (a predicted span counts when its first and last tokens equal a go
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -21,11 +19,11 @@ import optax
 
 from axk import hf
 from axk.data import encode as enc
+from axk.data import spans as spans_lib
 from axk.data import types
 from axk.models import bert as bert_lib
 from axk.tasks import common
 from axk.train import loop
-from axk.train import metrics as metrics_lib
 
 LABELS = {0: "O", 1: "SPAN"}
 
@@ -47,17 +45,6 @@ def gold_runs(span_ids: np.ndarray) -> list[tuple[int, int]]:
   out = []
   for k in sorted(set(np.asarray(span_ids).tolist()) - {0}):
     out += runs(span_ids == k)
-  return out
-
-
-def spans_of_prediction(pred: np.ndarray, valid: np.ndarray, offsets: np.ndarray,
-                        sentence: str) -> list[types.Span]:
-  """Predicted token labels of one row -> character spans of the sentence."""
-  out = []
-  for first, last in runs((pred == 1) & valid):
-    start, end = int(offsets[first][0]), int(offsets[last][1])
-    if end > start:
-      out.append(types.Span(start, end, sentence[start:end]))
   return out
 
 
@@ -150,9 +137,9 @@ class SpanTask:
 
   def predicted_spans(self, key: str, pred: np.ndarray) -> list[list[types.Span]]:
     """Spans predicted for every row of `self.examples[key]` (the "all" view)."""
-    arrays = self.eval_arrays[key]["all"]
-    valid = arrays["span_labels"][:, :pred.shape[1]] != enc.IGNORE
-    return [spans_of_prediction(pred[i], valid[i], arrays["offsets"][i], e.sentence)
+    offsets = self.eval_arrays[key]["all"]["offsets"]  # (0, 0) on special and pad tokens
+    return [list(spans_lib.spans_from_labels(e.sentence, offsets[i][:pred.shape[1]].tolist(),
+                                             pred[i].tolist()))
             for i, e in enumerate(self.examples[key])]
 
   def finish(self, params, workdir, outputs):
@@ -161,21 +148,14 @@ class SpanTask:
     pred_dir = os.path.join(workdir, "predictions")
     os.makedirs(pred_dir, exist_ok=True)
     for key, out in outputs.items():
-      write_predictions(os.path.join(pred_dir, key.replace("/", "_") + ".jsonl"),
-                        self.examples[key], self.predicted_spans(key, out["all"]["pred"]))
+      spans = self.predicted_spans(key, out["all"]["pred"])
+      spans_lib.write_predictions(
+          os.path.join(pred_dir, key.replace("/", "_") + ".jsonl"), self.examples[key],
+          {e.id: s for e, s in zip(self.examples[key], spans)})
     hf.save(params, self.bert_config, os.path.join(workdir, "export"),
             head="token_classification", tokenizer_from=self.path, id2label=LABELS)
     return ["Predicted spans: predictions/<task>_<split>.jsonl; detector: export/ "
             "(transformers BertForTokenClassification, label 1 = inside a span)."]
-
-
-def write_predictions(path: str, examples: Sequence[types.Example],
-                      spans: Sequence[Sequence[types.Span]]) -> None:
-  """JSON lines `{"id", "sentence", "spans": [{"start", "end", "text"}]}`, atomically."""
-  lines = [json.dumps({"id": e.id, "sentence": e.sentence,
-                       "spans": [{"start": s.start, "end": s.end, "text": s.text} for s in ss]})
-           for e, ss in zip(examples, spans)]
-  metrics_lib.write_text(path, "\n".join(lines) + "\n")
 
 
 def run(config, workdir: str):

@@ -53,8 +53,8 @@ def _data_overrides(config) -> list[str]:
 def prepare(config, workdir: str) -> None:
   """Replaces "auto" in `config.spans.predictions` / `config.features.dir` by stage outputs."""
   stages = os.path.join(os.path.abspath(workdir), "stages")
-  need_spans = config.spans.predictions == "auto" or (
-      config.features.dir == "auto" and config.stages.get("detected_spans", True))
+  # Features are built from detected spans (gold for train), so "auto" features need them.
+  need_spans = "auto" in (config.spans.predictions, config.features.dir)
   if need_spans:
     span_dir = os.path.join(stages, "span")
     if not os.path.exists(os.path.join(span_dir, "results.json")):
@@ -67,8 +67,7 @@ def prepare(config, workdir: str) -> None:
     feat_dir = os.path.join(stages, "features")
     out = os.path.join(feat_dir, config.stages.get("features_output", "features"))
     if not os.path.exists(os.path.join(out, "manifest.json")):
-      spans = ([f"--config.spans.source=predictions", f"--config.spans.predictions={predictions}"]
-               if need_spans else [])
+      spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}"]
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
             *_data_overrides(config), *spans, *config.stages.get("features_args", ())],

@@ -21,7 +21,7 @@ import numpy as np
 
 # Keys whose axis 1 is the token axis (trimmed to the bucket length).
 TOKEN_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "span_ids",
-                        "span_labels", "mlm_labels", "offsets", "labels"})
+                        "span_labels", "mlm_labels", "offsets"})
 
 
 def num_rows(arrays: Mapping[str, np.ndarray]) -> int:

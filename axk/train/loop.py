@@ -343,8 +343,8 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
 
   # Final evaluation: dev selects between the last and the best evaluated checkpoint.
   with sharding.activate(trainer.mesh, trainer.rules):
-    results, _ = trainer.evaluate(state["params"], dev_keys)
-    final_value = selection_value(results, task.selection)
+    dev_results, dev_outputs = trainer.evaluate(state["params"], dev_keys)
+    final_value = selection_value(dev_results, task.selection)
     if trainer.total_steps and checkpoints.latest_step() != trainer.total_steps:
       checkpoints.save(trainer.total_steps, state, metrics={"selection": final_value})
     best = checkpoints.best_step()
@@ -352,7 +352,16 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
     if tc.select_best and best is not None and best != trainer.total_steps:
       params = checkpoints.restore(trainer.abstract_state, best)["params"]
       chosen = best
-    results, outputs = trainer.evaluate(params, list(task.eval_arrays))
+      results, outputs = trainer.evaluate(params, list(task.eval_arrays))
+    else:  # The last parameters: their dev results are in hand, evaluate the rest.
+      rest_results, outputs = trainer.evaluate(
+          params, [k for k in task.eval_arrays if k not in dev_keys])
+      outputs.update(dev_outputs)
+      results = {}
+      for key in task.eval_arrays:  # In the task's order of tasks and splits.
+        t, split = key.split("/")
+        source = dev_results if key in dev_keys else rest_results
+        results.setdefault(t, {})[split] = source[t][split]
   writer.write(trainer.total_steps, {f"final/{t}/{s}/{m}": v for t, r in results.items()
                                      for s, ms in r.items() for m, v in ms.items()})
   host_params = _gather(params)

@@ -34,8 +34,10 @@ def write_json(path: str, payload: Any) -> None:
 
 
 def write_text(path: str, text: str) -> None:
+  """Atomic text write (temp file + rename), process 0 only."""
   if not is_writer():
     return
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
     f.write(text)

@@ -1,0 +1,130 @@
+"""Predicted auditory spans: the JSON-lines format, and spans from token labels.
+
+One file per task and split, one object per example:
+`{"id": "animal/test/3", "sentence": ..., "spans": [{"start": 0, "end": 5, "text": "Chirp"}]}`.
+The span detector writes them to `<workdir>/predictions/<task>_<split>.jsonl`; the feature
+pipeline and the masked-word tasks read them. Character offsets are the truth: a span's text
+is cut from the sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import json
+import logging
+import os
+
+from axk.data.auditorybench import normalise
+from axk.data.types import Example
+from axk.data.types import Span
+
+logger = logging.getLogger(__name__)
+
+
+def predictions_path(pattern: str, task: str, split: str) -> str:
+  """Resolves `config.spans.predictions` for one task and split."""
+  pattern = os.path.expanduser(pattern)
+  if os.path.isdir(pattern):
+    return os.path.join(pattern, f"{task}_{split}.jsonl")
+  return pattern.format(task=task, split=split)
+
+
+def _checked_span(example: Example, start: int, end: int, text: str | None,
+                  counts: dict[str, int]) -> Span | None:
+  """A span from offsets, its text taken from the sentence (the offsets are the truth)."""
+  sentence = example.sentence
+  if not (0 <= start < end <= len(sentence)):
+    counts["offsets out of range"] = counts.get("offsets out of range", 0) + 1
+    return None
+  cut = sentence[start:end]
+  if text is not None and normalise(text) != normalise(cut):
+    counts["text differs from sentence"] = counts.get("text differs from sentence", 0) + 1
+  if not cut.strip():
+    counts["blank span"] = counts.get("blank span", 0) + 1
+    return None
+  return Span(start, end, cut)
+
+
+def read_predictions(path: str, examples: Sequence[Example], *,
+                     strict: bool = False) -> dict[str, tuple[Span, ...]]:
+  """Reads a JSON-lines predictions file for `examples`.
+
+  Ids in the file that are not among `examples` are ignored; examples absent from the file
+  get no spans (with `strict`, they are an error). Both are counted and logged, as are
+  malformed spans.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: a line that is not a JSON object with `id` and `spans`; with `strict`, an
+      example that the file lacks.
+  """
+  by_id = {e.id: e for e in examples}
+  result: dict[str, tuple[Span, ...]] = {}
+  counts: dict[str, int] = {}
+  with open(path, encoding="utf-8") as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        example_id, raw_spans = record["id"], record["spans"]
+      except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}:{line_number}: expected a JSON object with `id` and "
+                         f"`spans` ({e})") from e
+      example = by_id.get(example_id)
+      if example is None:
+        counts["unknown id"] = counts.get("unknown id", 0) + 1
+        continue
+      spans = []
+      for s in raw_spans:
+        span = _checked_span(example, int(s["start"]), int(s["end"]), s.get("text"), counts)
+        if span is not None:
+          spans.append(span)
+      result[example_id] = tuple(sorted(set(spans), key=lambda s: (s.start, s.end)))
+  missing = [e.id for e in examples if e.id not in result]
+  if missing and strict:
+    raise ValueError(f"{path}: no spans for {len(missing)} examples ({missing[:3]} ...); "
+                     "the predictions were made for other data.")
+  if missing:
+    counts["example not in file"] = len(missing)
+    for example_id in missing:
+      result[example_id] = ()
+  if counts:
+    logger.warning("%s: %s", path, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+  return result
+
+
+def write_predictions(path: str, examples: Sequence[Example],
+                      spans: Mapping[str, Sequence[Span]]) -> None:
+  """Writes spans in the predictions format (with each sentence, for readers), atomically."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for e in examples:
+      record = {"id": e.id, "sentence": e.sentence,
+                "spans": [{"start": s.start, "end": s.end, "text": s.text}
+                          for s in spans.get(e.id, ())]}
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+  os.replace(tmp, path)
+
+
+def spans_from_labels(sentence: str, offsets: Sequence[tuple[int, int]],
+                      labels: Sequence[int]) -> tuple[Span, ...]:
+  """Contiguous positive tokens -> spans by character offsets.
+
+  Tokens with empty offsets (special tokens, padding) end a run and are never part of a
+  span.
+  """
+  spans, start, end = [], None, None
+  for (a, b), label in zip(offsets, labels):
+    if b <= a or label != 1:
+      if start is not None:
+        spans.append((start, end))
+      start = None
+      continue
+    if start is None:
+      start = a
+    end = b
+  if start is not None:
+    spans.append((start, end))
+  return tuple(Span(a, b, sentence[a:b]) for a, b in spans if sentence[a:b].strip())
