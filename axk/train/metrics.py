@@ -24,13 +24,7 @@ def is_writer() -> bool:
 
 def write_json(path: str, payload: Any) -> None:
   """Atomic JSON write (temp file + rename), process 0 only."""
-  if not is_writer():
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_jsonable)
-  os.replace(tmp, path)
+  write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
 
 
 def write_text(path: str, text: str) -> None:
