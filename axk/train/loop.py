@@ -72,6 +72,11 @@ class Task(Protocol):
     """Writes predictions and exports (process 0); returns notes for results.md."""
 
 
+# results.json: `results[task][split][metric]` plus this key, the step the final parameters
+# come from and its selection metric.
+SELECTION_KEY = "selection"
+
+
 class NonFiniteError(FloatingPointError):
   pass
 
@@ -348,8 +353,9 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
     if trainer.total_steps and checkpoints.latest_step() != trainer.total_steps:
       checkpoints.save(trainer.total_steps, state, metrics={"selection": final_value})
     best = checkpoints.best_step()
-    params, chosen = state["params"], trainer.total_steps
+    params, chosen, chosen_value = state["params"], trainer.total_steps, final_value
     if tc.select_best and best is not None and best != trainer.total_steps:
+      chosen_value = float(checkpoints.metrics(best)["selection"])
       params = checkpoints.restore(trainer.abstract_state, best)["params"]
       chosen = best
       results, outputs = trainer.evaluate(params, list(task.eval_arrays))
@@ -360,15 +366,20 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
       results = {}
       for key in task.eval_arrays:  # In the task's order of tasks and splits.
         t, split = key.split("/")
-        source = dev_results if key in dev_keys else rest_results
-        results.setdefault(t, {})[split] = source[t][split]
+        part = dev_results if key in dev_keys else rest_results
+        results.setdefault(t, {})[split] = part[t][split]
   writer.write(trainer.total_steps, {f"final/{t}/{s}/{m}": v for t, r in results.items()
                                      for s, ms in r.items() for m, v in ms.items()})
   host_params = _gather(params)
-  notes = [f"Parameters from step {chosen} of {trainer.total_steps} (selected on "
-           f"{task.selection}); started from {source}."]
+  how = "best on" if tc.select_best else "last step; best-on-dev selection off, metric"
+  notes = [f"Parameters from step {chosen} of {trainer.total_steps} ({how} "
+           f"{task.selection} = {chosen_value:.4g}); started from {source}."]
   notes += task.finish(host_params, workdir, outputs) or []
-  metrics_lib.write_json(os.path.join(workdir, "results.json"), results)
+  selection = {"step": int(chosen), "total_steps": int(trainer.total_steps),
+               "metric": task.selection, "value": chosen_value,
+               "select_best": bool(tc.select_best), "started_from": source}
+  metrics_lib.write_json(os.path.join(workdir, "results.json"),
+                         {**results, SELECTION_KEY: selection})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),
                          metrics_lib.results_markdown(task.name, results, notes))
   writer.close()
