@@ -66,7 +66,7 @@ def test_smoke_run_writes_everything(smoke_run):
   for name in ("config.json", "results.json", "results.md", "metrics.jsonl"):
     assert os.path.exists(os.path.join(workdir, name)), name
   saved = json.load(open(os.path.join(workdir, "results.json")))
-  assert set(saved) == {"animal", "pitch"}
+  assert set(saved) == {"animal", "pitch", "selection"}
   assert {"dev", "test", "wiki"} <= set(saved["animal"])
   assert 0 <= saved["pitch"]["dev"]["token_f1"] <= 100
   assert os.listdir(os.path.join(workdir, "tensorboard"))

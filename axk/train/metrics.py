@@ -15,35 +15,13 @@ import math
 import os
 from typing import Any, Mapping
 
-import jax
+from axk.utils import files
 
 
-def is_writer() -> bool:
-  return jax.process_index() == 0
-
-
-def write_json(path: str, payload: Any) -> None:
-  """Atomic JSON write (temp file + rename), process 0 only."""
-  write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable))
-
-
-def write_text(path: str, text: str) -> None:
-  """Atomic text write (temp file + rename), process 0 only."""
-  if not is_writer():
-    return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def _jsonable(x):
-  if hasattr(x, "tolist"):
-    return x.tolist()
-  if isinstance(x, (set, tuple)):
-    return list(x)
-  return str(x)
+is_writer = files.is_writer
+# Process 0 writes the job's files; the writes are atomic (`axk.utils.files`).
+write_json = files.writer_only(files.write_json)
+write_text = files.writer_only(files.write_text)
 
 
 class MetricWriter:
