@@ -36,17 +36,24 @@ def parse_variant(arg, known):
   return variant
 
 
+def data_config():
+  """The `data` fields of every config family (training, span detector, features)."""
+  d = ml_collections.ConfigDict()
+  d.dir = "github"  # AuditoryBench folder; "github" downloads it, "sample" is the demo set.
+  d.cache_dir = ""  # Where "github" downloads go (default ~/.cache/axk/auditorybench).
+  d.tasks = ("animal", "pitch")  # Which AuditoryBench tasks.
+  d.splits = ("train", "dev", "test", "wiki")  # Which splits (wiki only where its file exists).
+  d.max_length = 128  # Longest tokenised sentence allowed (longer is an error).
+  return d
+
+
 def base_config():
   c = ml_collections.ConfigDict()
   c.entry = ""  # "module:function" that `axk.main` calls with (config, workdir).
   c.seed = 0  # Initialisation, dropout and data order.
   c.resume = ""  # Another run's workdir to take parameters from (after this workdir's own).
 
-  c.data = ml_collections.ConfigDict()
-  c.data.dir = "github"  # AuditoryBench folder; "github" downloads it, "sample" is the demo set.
-  c.data.cache_dir = ""  # Where "github" downloads go (default ~/.cache/axk/auditorybench).
-  c.data.tasks = ("animal", "pitch")  # Which AuditoryBench tasks.
-  c.data.max_length = 128  # Longest tokenised sentence allowed (longer is an error).
+  c.data = data_config()
 
   c.model = ml_collections.ConfigDict()
   c.model.init = "bert-base-uncased"  # Pretrained weights: hub id or local HF directory.

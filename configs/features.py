@@ -32,6 +32,8 @@ Features land in `<workdir>/features` (see `axk/features/shards.py` for the layo
 
 import ml_collections
 
+from configs import common
+
 VARIANTS = ("retrieval", "generation", "smoke")
 
 
@@ -51,10 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 64  # distinct spans per part file (the unit of resumption)
   c.torch_threads = 0  # torch intra-op threads (0: torch's default)
 
-  c.data = ml_collections.ConfigDict()
-  c.data.dir = "github"  # AuditoryBench folder, "sample" (shipped), or "github" (download)
-  c.data.tasks = "animal,pitch"  # comma-separated tasks
-  c.data.splits = "train,dev,test,wiki"  # comma-separated splits (wiki when present)
+  c.data = common.data_config()  # The same data fields as the training configs.
   # Keep rows whose gold span is missing (no row is lost when spans come from a model).
   c.data.keep_missing_spans = True
 

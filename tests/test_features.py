@@ -88,8 +88,8 @@ def _config(models, audio_db, **overrides):
       models["clap"], models["ast"], models["generator"])
   c.database.synthetic_clips = 0
   c.database.dir = audio_db
-  c.data.tasks = "pitch"
-  c.data.splits = "dev"
+  c.data.tasks = ("pitch",)
+  c.data.splits = ("dev",)
   c.batch_size = 8
   c.ast.num_audio_tokens = 3
   c.generation.steps = 2
@@ -157,7 +157,7 @@ def test_predictions_file(tmp_path):
 
 def test_spans_stage_predictions_with_gold_train(models, audio_db, tmp_path):
   config = _config(models, audio_db, stage="spans", **{
-      "data.splits": "train,dev", "spans.source": "predictions",
+      "data.splits": ("train", "dev"), "spans.source": "predictions",
       "spans.predictions": str(tmp_path / "predictions")})
   examples, _ = pipeline.load_data(config)
   dev = examples["pitch"]["dev"]

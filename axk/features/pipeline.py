@@ -84,7 +84,7 @@ def _sha256(path: str) -> str:
 
 def load_data(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, dict]]:
   """Examples by task and split, and the inputs' provenance for the manifest."""
-  data_dir = auditorybench.resolve_data_dir(config.data.dir)
+  data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None)
   tasks = _split_list(config.data.tasks, TASKS, "data.tasks")
   splits = _split_list(config.data.splits, SPLITS, "data.splits")
   examples, inputs = {}, {}
