@@ -248,14 +248,16 @@ def _validate_row(
     answer = normalise(fields["animal"])
     if not answer:
       return EMPTY_ANSWER, None, (), (), []
-    letter = fields["Answer"].strip().upper()
-    if letter not in ANIMAL_LETTERS:
-      return BAD_LETTER, None, (), (), []
-    options = tuple(normalise(fields[k]) for k in ANIMAL_LETTERS)
-    # The letter and the `animal` column are two statements of the gold answer; when they
-    # disagree ("bird" vs option "parrot") neither can be trusted.
-    if options[ANIMAL_LETTERS.index(letter)] != answer:
-      return OPTION_DISAGREES, None, (), (), []
+    options = ()
+    if "Answer" in fields:  # A file without options (see `load_split`) skips these checks.
+      letter = fields["Answer"].strip().upper()
+      if letter not in ANIMAL_LETTERS:
+        return BAD_LETTER, None, (), (), []
+      options = tuple(normalise(fields[k]) for k in ANIMAL_LETTERS)
+      # The letter and the `animal` column are two statements of the gold answer; when they
+      # disagree ("bird" vs option "parrot") neither can be trusted.
+      if options[ANIMAL_LETTERS.index(letter)] != answer:
+        return OPTION_DISAGREES, None, (), (), []
     span_texts = [fields["span"]]
 
   spans, notes = [], []
@@ -326,9 +328,17 @@ def load_split(
     wanted = {"sentence": ("sentence",), "answer": ("answer",), "span1": ("span1",),
               "span2": ("span2",)}
   else:
-    wanted = {"animal": ("animal",), "span": ANIMAL_SPAN_COLUMNS, "sentence": ("sentence",),
-              "Answer": ("Answer",)}
-    wanted.update({k: (k,) for k in ANIMAL_LETTERS})
+    wanted = {"animal": ("animal",), "span": ANIMAL_SPAN_COLUMNS, "sentence": ("sentence",)}
+    # The options are optional as a group: the upstream flat layout's wiki file has only
+    # `animal, description, sentence`, which the paper protocol needs. One of them alone is
+    # a damaged file.
+    present = [k for k in ("Answer", *ANIMAL_LETTERS) if k.lower() in
+               {h.lower() for h in header}]
+    if present:
+      wanted.update({k: (k,) for k in ("Answer", *ANIMAL_LETTERS)})
+    else:
+      logger.info("%s: no option columns (A-D, Answer): its examples have no options, so the "
+                  "candidate protocol leaves them out.", path)
   columns = {key: _column_index(header, names, path) for key, names in wanted.items()}
 
   examples: list[Example] = []
@@ -355,7 +365,7 @@ def load_split(
         answer=answer,
         spans=spans,
         options=options,
-        label=options.index(answer),
+        label=options.index(answer) if options else -1,
     ))
 
   reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"

@@ -15,6 +15,7 @@ from axk.data import auditorybench as ab
 from axk.data import encode as enc
 from axk.data import types
 from axk.models import bert as bert_lib
+from axk.train import sharding
 
 
 class ConfigError(ValueError):
@@ -37,6 +38,7 @@ def check_config(config) -> None:
   if tc.batch_size % n or tc.eval_batch_size % n:
     raise ConfigError(f"Batch sizes ({tc.batch_size}, {tc.eval_batch_size}) must divide by the "
                       f"{n} processes.")
+  sharding.check_config(config)  # Mesh vs devices, batch vs data axis.
   for t in config.data.tasks:
     if t not in types.TASKS:
       raise ConfigError(f"--config.data.tasks: unknown task {t!r}; known: {types.TASKS}.")

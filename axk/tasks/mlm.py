@@ -239,20 +239,22 @@ class MaskedWordTask:
     rows = views["candidates"]
     best = {}
     for ex, opt, score in zip(rows["example_index"], rows["option_index"],
-                              outputs["candidates"]["label_logprob"]):
+                              outputs["candidates"].get("label_logprob", ())):
       if ex not in best or score > best[ex][1]:
         best[ex] = (int(opt), score)
+    # Examples without options (an animal file without A-D) have no candidate answer.
     return [{"id": e.id, "answer": e.answer, "predicted": p, "correct": bool(c),
-             "predicted_candidate": e.options[best[i][0]],
-             "correct_candidate": best[i][0] == e.label}
+             "predicted_candidate": e.options[best[i][0]] if i in best else None,
+             "correct_candidate": best[i][0] == e.label if i in best else None}
             for i, (e, p, c) in enumerate(zip(examples, predicted, correct))]
 
   def evaluate(self, key, views, outputs):
     answers = self.answers(key, views, outputs)
     with_audio = float(views["paper"]["span_has_audio"].any(axis=1).mean())
+    candidates = [a["correct_candidate"] for a in answers if a["correct_candidate"] is not None]
     return {"accuracy": 100 * float(np.mean([a["correct"] for a in answers])),
-            "accuracy_candidates": 100 * float(np.mean([a["correct_candidate"]
-                                                        for a in answers])),
+            "accuracy_candidates": (100 * float(np.mean(candidates)) if candidates
+                                    else float("nan")),
             "majority": self.majority[key], "examples": len(answers),
             "with_audio": 100 * with_audio}
 

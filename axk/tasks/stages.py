@@ -10,8 +10,10 @@ stage is its own `python -m axk.main` process, so the training process never imp
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -22,19 +24,56 @@ import axk
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(axk.__file__)))
 
 
+# Exit status of `axk.main` after a one-line setup error (bad config, data, workdir): a rerun
+# of the same command fails the same way.
+SETUP_EXIT = 3
+_PR_SET_PDEATHSIG = 1
+
+
 class StageError(RuntimeError):
   pass
 
 
-def _run(command: list[str], what: str, workdir: str) -> None:
+def _die_with_parent():
+  """A `preexec_fn`: the child gets SIGKILL when this process dies (Linux), so a killed run
+  leaves no stage running on in its workdir. Resolved here, before the fork: the child may
+  only call it (no library loading between fork and exec)."""
+  try:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+  except (OSError, AttributeError):  # Not Linux: children outlive a killed parent.
+    return None
+  parent = os.getpid()
+
+  def preexec():
+    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # The parent died before prctl took effect.
+      os._exit(1)
+
+  return preexec
+
+
+def _run(command: list[str], what: str, workdir: str, output: str) -> None:
+  """Runs a stage; `output` is the file a finished stage leaves."""
   logging.info("Stage %s: %s", what, " ".join(command))
   if jax.process_count() > 1:
     raise StageError(f"Stage {what} must be run before a multi-process job: run "
                      f"`{' '.join(command)}` once, then pass its output explicitly.")
-  proc = subprocess.run(command, cwd=REPO)
-  if proc.returncode:
-    raise StageError(f"Stage {what} failed (exit {proc.returncode}); its workdir is {workdir}. "
-                     "Rerun the same command to resume it.")
+  # From this thread: the death signal follows the thread that started the child.
+  proc = subprocess.run(command, cwd=REPO, preexec_fn=_die_with_parent())
+  code = proc.returncode
+  if code == SETUP_EXIT:
+    raise StageError(f"Stage {what} refused its input (its error is the line above); fix "
+                     f"that, then rerun. Its workdir is {workdir}.")
+  if code < 0:
+    raise StageError(f"Stage {what} was stopped by {signal.Signals(-code).name}; rerun the "
+                     f"same command to resume it (its workdir is {workdir}).")
+  if code:
+    raise StageError(f"Stage {what} failed (exit {code}, its error is above); its workdir "
+                     f"{workdir} keeps its checkpoints and caches for a rerun once that is "
+                     "fixed.")
+  if not os.path.exists(output):  # Stopped cleanly before the end (SIGTERM, stop_at_step).
+    raise StageError(f"Stage {what} stopped before it finished; rerun the same command to "
+                     f"resume it (its workdir is {workdir}).")
 
 
 def _config_path(spec: str) -> str:
@@ -59,7 +98,8 @@ def prepare(config, workdir: str) -> None:
     span_dir = os.path.join(stages, "span")
     if not os.path.exists(os.path.join(span_dir, "results.json")):
       _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
-            f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir)
+            f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir,
+           os.path.join(span_dir, "results.json"))
     if config.spans.predictions == "auto":
       config.spans.predictions = os.path.join(span_dir, "predictions")
     predictions = os.path.join(span_dir, "predictions")
@@ -71,5 +111,5 @@ def prepare(config, workdir: str) -> None:
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
             *_data_overrides(config), *spans, *config.stages.get("features_args", ())],
-           "features", feat_dir)
+           "features", feat_dir, os.path.join(out, "manifest.json"))
     config.features.dir = out
