@@ -34,7 +34,7 @@ from axk.hf import CheckpointError
 from axk.features.shards import FeaturesMismatch
 from axk.tasks.common import ConfigError
 from axk.tasks.mlm import FeaturesError
-from axk.tasks.stages import SETUP_EXIT, StageError
+from axk.tasks.stages import SETUP_EXIT, StageError, follow_parent
 from axk.train.checkpoint import CheckpointDamaged
 from axk.train.sharding import MeshError
 from axk.utils import workdir as workdir_lib
@@ -174,4 +174,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  follow_parent()  # A stage child of another run dies with it.
   app.run(main, flags_parser=_parse_flags)

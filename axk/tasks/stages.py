@@ -28,28 +28,30 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(axk.__file__)))
 # of the same command fails the same way.
 SETUP_EXIT = 3
 _PR_SET_PDEATHSIG = 1
+PARENT_ENV = "AXK_STAGE_PARENT"  # The pid of the run that started this stage child.
 
 
 class StageError(RuntimeError):
   pass
 
 
-def _die_with_parent():
-  """A `preexec_fn`: the child gets SIGKILL when this process dies (Linux), so a killed run
-  leaves no stage running on in its workdir. Resolved here, before the fork: the child may
-  only call it (no library loading between fork and exec)."""
+def follow_parent() -> None:
+  """In a stage child (`PARENT_ENV` set by `_run`): die with SIGKILL when the parent dies
+  (Linux `PR_SET_PDEATHSIG`), so a killed run leaves no stage running on in its workdir.
+
+  Set in the child rather than in a `preexec_fn`: running Python between fork and exec in a
+  multithreaded parent (JAX's) can deadlock, and without it subprocess can use posix_spawn.
+  """
+  parent = os.environ.pop(PARENT_ENV, None)
+  if not parent:
+    return
   try:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-  except (OSError, AttributeError):  # Not Linux: children outlive a killed parent.
-    return None
-  parent = os.getpid()
-
-  def preexec():
-    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent:  # The parent died before prctl took effect.
-      os._exit(1)
-
-  return preexec
+  except (OSError, AttributeError):  # Not Linux: the child outlives a killed parent.
+    return
+  prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+  if os.getppid() != int(parent):  # The parent died before the signal was armed.
+    os._exit(1)
 
 
 def _run(command: list[str], what: str, workdir: str, output: str) -> None:
@@ -58,8 +60,9 @@ def _run(command: list[str], what: str, workdir: str, output: str) -> None:
   if jax.process_count() > 1:
     raise StageError(f"Stage {what} must be run before a multi-process job: run "
                      f"`{' '.join(command)}` once, then pass its output explicitly.")
-  # From this thread: the death signal follows the thread that started the child.
-  proc = subprocess.run(command, cwd=REPO, preexec_fn=_die_with_parent())
+  # From this thread: the death signal (`follow_parent`) follows the thread that started
+  # the child.
+  proc = subprocess.run(command, cwd=REPO, env={**os.environ, PARENT_ENV: str(os.getpid())})
   code = proc.returncode
   if code == SETUP_EXIT:
     raise StageError(f"Stage {what} refused its input (its error is the line above); fix "

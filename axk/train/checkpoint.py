@@ -251,11 +251,15 @@ def restore_params_from(directory: str, target_params: Any) -> tuple[Any, int]:
   steps = list(manager.all_steps())
   if not steps:
     raise FileNotFoundError(f"--config.resume={directory}: no checkpoint there.")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)
+  abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)}
+  # The parameters alone out of a saved {"step", "params", "opt"}: a partial restore, which
+  # StandardRestore refuses (its tree must match the saved one).
+  args = ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True)
   # Another run's folder: damaged steps are reported and skipped, never moved.
   restored, step, failed = _first_restorable(
-      steps, lambda s: os.path.join(directory, str(s)),
-      lambda s: manager.restore(s, args=ocp.args.StandardRestore({"params": abstract})))
+      steps, lambda s: os.path.join(directory, str(s)), lambda s: manager.restore(s, args=args))
   manager.close()
   faults = "; ".join(f"step {s}: {detail}" for s, _, detail in failed)
   if step is None:
