@@ -27,8 +27,9 @@ def _shape_items(shape) -> list[tuple[str, int]]:
   return [(str(n), int(s)) for n, s in items]
 
 
-def resolve_shape(shape, num_devices: int) -> dict[str, int]:
-  """Mesh axis sizes with -1 resolved; `MeshError` (one line) when they cannot fit."""
+def resolve_shape(shape, num_devices: int, exact: bool = True) -> dict[str, int]:
+  """Mesh axis sizes with -1 resolved; `MeshError` (one line) when they cannot fit
+  (`exact`: when they do not use all `num_devices`; else only when they need more)."""
   items = _shape_items(shape)
   sizes = [s for _, s in items]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
@@ -40,7 +41,7 @@ def resolve_shape(shape, num_devices: int) -> dict[str, int]:
       raise MeshError(f"--config.mesh.shape={tuple(items)}: {num_devices} devices do not "
                       f"divide into axes of {known}.")
     sizes[sizes.index(-1)] = num_devices // known
-  if int(np.prod(sizes)) != num_devices:
+  if int(np.prod(sizes)) > num_devices or (exact and int(np.prod(sizes)) != num_devices):
     raise MeshError(f"--config.mesh.shape={tuple(items)}: needs {int(np.prod(sizes))} devices, "
                     f"{num_devices} are available.")
   return dict(zip([n for n, _ in items], sizes))
@@ -49,7 +50,8 @@ def resolve_shape(shape, num_devices: int) -> dict[str, int]:
 def check_config(config) -> None:
   """Fails fast, before any work, when `config.mesh` cannot be built on this job's devices or
   a batch size does not divide by the mesh axes the batch is split over."""
-  sizes = resolve_shape(config.mesh.shape, jax.device_count())
+  # Not `exact`: a Trainer may be given a subset of the devices.
+  sizes = resolve_shape(config.mesh.shape, jax.device_count(), exact=False)
   axes = nn.logical_to_mesh_axes(("batch",), rules_of(config.mesh.rules))[0]
   axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
   unknown = [a for a in axes if a not in sizes]
