@@ -24,10 +24,12 @@ from configs import common
 def get_config(arg=None):
   base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train"))
   c = common.masked_word_config()
-  c.entry = "axk.tasks.audiobert:run"
   c.name = "AudioBERT"
+  c.model.name = "audiobert"  # axk/models/audiobert.py
   c.model.init = "bert-base-uncased"
   c.model.use_audio = True  # Add the projected AST vector at each span's first token.
+  # Per-example LoRA gate: "span_audio" (a span with audio), "span" (any span), "always".
+  c.model.lora_gate = "span_audio"
   c.model.dropout = 0.1
   c.train.epochs = 20
   c.train.batch_size = 32
