@@ -41,10 +41,8 @@ def get_config(arg=None):
   c.features.dir = "auto"
   c.stages.features_config = "configs/features.py:retrieval"
   c.spans.predictions = "auto"
-  if base == "minilm":
-    common.minilm(c)
-  elif base == "smoke":
-    common.smoke(c, epochs=2, learning_rate=1e-3)
+  common.apply_base(c, base)
+  if base == "smoke":
     c.stages.features_output = "features_retrieval"  # features.py:smoke builds both sources.
   if "no_audio" in mods or "no_train" in mods:
     c.model.use_audio = False

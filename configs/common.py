@@ -107,6 +107,14 @@ def smoke(c, epochs: int, learning_rate: float):
     c.stages.features_config = "configs/features.py:smoke"
 
 
+def apply_base(c, base: str, *, epochs: int = 2, learning_rate: float = 1e-3) -> None:
+  """The shared base variants of the masked-word configs: "minilm" or "smoke"."""
+  if base == "minilm":
+    minilm(c)
+  elif base == "smoke":
+    smoke(c, epochs=epochs, learning_rate=learning_rate)
+
+
 def parse_variants(arg, bases, modifiers=()):
   """`arg` = "base[,modifier...]" -> (base, set of modifiers); an unknown name ends the
   program with one line (a SystemExit passes through the flag parser, which would print a

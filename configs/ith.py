@@ -47,10 +47,8 @@ def get_config(arg=None):
   c.features.audio_tokens = 16
   c.spans.predictions = "auto"
   c.stages.features_config = "configs/features.py:generation"
-  if base == "minilm":
-    common.minilm(c)
-  elif base == "smoke":
-    common.smoke(c, epochs=2, learning_rate=1e-3)
+  common.apply_base(c, base)
+  if base == "smoke":
     c.train.learning_rate = 0.0
     c.train.task_learning_rates.update({"animal": 1e-3, "pitch": 1e-3})
   if "lora" in mods:

@@ -122,11 +122,7 @@ def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = N
   hf.save(params["bert"], model.config, os.path.join(out_dir, "base"), head="mlm",
           tokenizer_from=tokenizer_from)
   if model.use_lora:
-    lora_lib.write_adapter(flatten(params["lora"]), rank=model.lora_rank,
-                           alpha=model.lora_alpha, dropout=model.lora_dropout,
-                           targets=model.lora_targets,
-                           adapter_dir=os.path.join(out_dir, "adapter"),
-                           base_model_name_or_path=base_model_name_or_path)
+    lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
   if model.use_audio:
     aux = convert.aux_to_torch(flatten({"audio_proj": params["audio_proj"]}), AUX_TABLE)
     with files.atomic_path(os.path.join(out_dir, "audio_projection.safetensors")) as tmp:

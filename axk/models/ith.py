@@ -193,11 +193,7 @@ def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = N
   with files.atomic_path(os.path.join(out_dir, "fusion.safetensors")) as tmp:
     save_file({k: v.astype(np.float32) for k, v in aux.items()}, tmp)
   if model.use_lora:
-    lora_lib.write_adapter(flatten(params["lora"]), rank=model.lora_rank,
-                           alpha=model.lora_alpha, dropout=model.lora_dropout,
-                           targets=model.lora_targets,
-                           adapter_dir=os.path.join(out_dir, "adapter"),
-                           base_model_name_or_path=base_model_name_or_path)
+    lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
   files.write_json(os.path.join(out_dir, "ith.json"), {
       "audio_dim": model.audio_dim, "hidden_size": c.hidden_size,
       "num_attention_heads": c.num_attention_heads, "layer_norm_eps": c.layer_norm_eps,

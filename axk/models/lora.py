@@ -169,3 +169,13 @@ def write_adapter(flat_lora: Mapping[str, np.ndarray], *, rank: int, alpha: floa
       "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
       "init_lora_weights": True, "modules_to_save": None,
       "base_model_name_or_path": base_model_name_or_path})
+
+
+def export_adapter(params, model, out_dir: str, base_model_name_or_path: str | None) -> None:
+  """`out_dir/adapter/` from `params["lora"]` of a model with the LoRA fields (`lora_rank`,
+  `lora_alpha`, `lora_dropout`, `lora_targets`)."""
+  from axk.utils.tree import flatten
+  write_adapter(flatten(params["lora"]), rank=model.lora_rank, alpha=model.lora_alpha,
+                dropout=model.lora_dropout, targets=model.lora_targets,
+                adapter_dir=os.path.join(out_dir, "adapter"),
+                base_model_name_or_path=base_model_name_or_path)

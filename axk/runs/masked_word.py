@@ -1,7 +1,7 @@
 """Masked-word prediction on AuditoryBench with span audio: the run of AudioBERT and ITH.
 
-The model is a method file under `axk/models/` named by `config.model.name` ("audiobert",
-"ith", or a full module path such as "mypackage.my_fusion"). What the run needs from it is
+The model is a method file named by `config.model.name`: `axk/models/<name>.py` ("audiobert",
+"ith"), or any importable module ("mylab.my_fusion"). What the run needs from it is
 declared there: `Model` (built as `Model(bert_config, audio_dim=..., **method fields)`, the
 method fields being `config.model` minus `BERT_FIELDS`), `Model.check()`, `AUDIO`, `INPUTS`,
 `lora_gate_of` and `export`. Everything else is shared: inputs (`axk/runs/inputs.py`), the
@@ -50,18 +50,24 @@ BERT_FIELDS = ("name", "init", "tiny", "dtype", "param_dtype", "remat", "dropout
 
 
 def model_module(name: str) -> ModuleType:
-  """The method file `config.model.name` names: `axk.models.<name>` or a dotted path."""
-  path = name if "." in name else f"axk.models.{name}"
-  try:
-    module = importlib.import_module(path)
-  except ModuleNotFoundError as e:
-    if e.name and path.startswith(e.name):
-      raise common.ConfigError(f"--config.model.name={name!r}: no module {path}.") from None
-    raise
+  """The method file `config.model.name` names: `axk.models.<name>`, else the importable
+  module `<name>` itself (a method kept outside axk, e.g. "mylab.fusions.no_gate")."""
+  module = None
+  for path in (f"axk.models.{name}", name):
+    try:
+      module = importlib.import_module(path)
+      break
+    except ModuleNotFoundError as e:
+      if not (e.name and path.startswith(e.name)):
+        raise  # The module exists but one of its imports is missing.
+  if module is None or not name:
+    raise common.ConfigError(f"--config.model.name={name!r}: no module axk.models.{name} or "
+                             f"{name}.")
   missing = [a for a in ("Model", "AUDIO", "INPUTS", "lora_gate_of", "export")
              if not hasattr(module, a)]
   if missing:
-    raise common.ConfigError(f"--config.model.name={name!r}: {path} lacks {missing}.")
+    raise common.ConfigError(f"--config.model.name={name!r}: {module.__name__} lacks "
+                             f"{', '.join(missing)}.")
   return module
 
 
