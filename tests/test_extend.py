@@ -24,12 +24,12 @@ def test_a_new_fusion_variant_trains_two_steps_through_the_normal_loop(ith_smoke
   config.features.dir = str(ith_smoke / "stages" / "features" / "features")
   config.spans.predictions = str(ith_smoke / "stages" / "span" / "predictions")
   config.data.tasks = ("pitch",)
-  config.mesh.shape = (("data", 1), ("model", 1))
+  config.mesh.shape = (("data", 4), ("model", 2))
   config.train.epochs = 1
   experiment = masked_word.MaskedWord(config, str(tmp_path / "probe"), masked_word.Inputs(
       config.spans.predictions, config.features.dir))
   rows = len(experiment.train_ids)
-  config.train.batch_size = rows // 2  # exactly two steps
+  config.train.batch_size = rows // 8 * 4  # divides by the data axis; exactly two steps
   workdir = tmp_path / "run"
   results = masked_word.run(config, str(workdir))
 
