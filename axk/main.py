@@ -32,9 +32,9 @@ from ml_collections import config_flags
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
 from axk.features.shards import FeaturesMismatch
-from axk.tasks.common import ConfigError
-from axk.tasks.mlm import FeaturesError
-from axk.tasks.stages import SETUP_EXIT, StageError, follow_parent
+from axk.runs.common import ConfigError
+from axk.runs.inputs import FeaturesError
+from axk.runs.stages import SETUP_EXIT, StageError, follow_parent
 from axk.train.checkpoint import CheckpointDamaged
 from axk.train.sharding import MeshError
 from axk.utils import workdir as workdir_lib

@@ -24,8 +24,8 @@ from safetensors.numpy import load_file
 
 from axk.data import auditorybench as ab
 from axk.data import encode as enc
-from axk.tasks import span as span_lib
-from axk.tasks import stages
+from axk.runs import span as span_lib
+from axk.runs import stages
 from axk.train import checkpoint as ckpt_lib
 from axk.utils import workdir as workdir_lib
 from configs import span as span_config
@@ -55,9 +55,13 @@ def _params(workdir):
 
 def _results(workdir):
   with open(os.path.join(workdir, "results.json")) as f:
-    results = json.load(f)
-  results["selection"].pop("started_from")  # Where the last invocation started differs.
-  return results
+    return json.load(f)
+
+
+def _started_from(workdir):
+  """Where the last invocation started, from results.md's note."""
+  with open(os.path.join(workdir, "results.md")) as f:
+    return f.read().split("started from ", 1)[1].split(".\n", 1)[0]
 
 
 def assert_same_run(workdir, reference):
@@ -136,8 +140,7 @@ def test_damaged_latest_checkpoints_are_moved_aside_and_the_run_resumes(
     moved = os.path.join(workdir, ckpt_lib.DAMAGED, f"{step}-{reason}")
     assert os.path.isdir(moved), os.listdir(os.path.join(workdir, ckpt_lib.DAMAGED))
     assert any(f"step {step} " in w and text in w and moved in w for w in warnings), warnings
-  assert json.load(open(os.path.join(workdir, "results.json")))["selection"][
-      "started_from"] == "checkpoint step 4"
+  assert _started_from(workdir) == "checkpoint step 4"
   assert_same_run(workdir, reference)
 
 
@@ -162,8 +165,7 @@ def test_resume_from_another_run_skips_its_damaged_checkpoints(partial, tmp_path
   config.resume = str(other)
   with caplog.at_level(logging.WARNING):
     span_lib.run(config, str(tmp_path / "run"))
-  started = json.load(open(tmp_path / "run" / "results.json"))["selection"]["started_from"]
-  assert started == f"--config.resume={other} (step 10)"
+  assert _started_from(tmp_path / "run") == f"--config.resume={other} (step 10)"
   assert any("step 12: " in r.getMessage() for r in caplog.records)
   assert os.path.isdir(other / "checkpoints" / "12")  # Another run's folder is left alone.
 
@@ -232,10 +234,10 @@ def test_stage_child_dies_with_its_parent(tmp_path):
   """A parent running a stage is killed with SIGKILL; its child must not outlive it."""
   pid_file = tmp_path / "child.pid"
   # The child arms the death signal as `python -m axk.main` does, first thing.
-  child = ("import os, time; from axk.tasks import stages; stages.follow_parent(); "
+  child = ("import os, time; from axk.runs import stages; stages.follow_parent(); "
            f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
   parent = subprocess.Popen([sys.executable, "-c", (
-      "import sys; from axk.tasks import stages; "
+      "import sys; from axk.runs import stages; "
       f"stages._run([sys.executable, '-c', {child!r}], 'test', '.', 'none')")], cwd=ROOT)
   deadline = time.monotonic() + 60
   while not pid_file.exists() or not pid_file.read_text():
