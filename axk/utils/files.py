@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 from typing import Any, Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,6 +42,30 @@ def atomic_path(path: str) -> Iterator[str]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+  """Yields a temporary folder to fill; on success it takes the place of folder `path`.
+
+  A reader sees the old folder or the whole new one (the old one is moved aside, the new
+  one renamed in, then the old one removed). An exception leaves `path` untouched.
+  """
+  path = os.path.abspath(os.fspath(path))
+  parent, name = os.path.split(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
+  old = os.path.join(parent, f".{name}.old-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.exists(path):
+      os.replace(path, old)
+    os.replace(tmp, path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path: str, data: bytes) -> None:
