@@ -273,8 +273,8 @@ class MaskedWordTask:
 
 
 def _read_manifest(features_dir: str) -> dict:
-  from axk.features.shards import read_manifest
-  return read_manifest(features_dir)
+  from axk.features.shards import verify  # sizes always, hashes when changed
+  return verify(features_dir)
 
 
 def run_seeds(config, workdir: str, make_task) -> dict:

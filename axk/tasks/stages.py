@@ -18,6 +18,7 @@ import sys
 import jax
 
 import axk
+from axk.features import shards
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(axk.__file__)))
 
@@ -66,7 +67,7 @@ def prepare(config, workdir: str) -> None:
   if config.features.dir == "auto":
     feat_dir = os.path.join(stages, "features")
     out = os.path.join(feat_dir, config.stages.get("features_output", "features"))
-    if not os.path.exists(os.path.join(out, "manifest.json")):
+    if not shards.verified(out):  # done only when every file matches its manifest
       spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}"]
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
