@@ -271,3 +271,38 @@ def test_local_writes_print_no_download_lines(models, copy, capfd):
   out, err = capfd.readouterr()
   assert "Downloading and preparing" not in out + err
   assert "downloaded and prepared" not in out + err
+
+
+def test_feature_stage_counts_as_done_only_when_it_verifies(reference, tmp_path, monkeypatch):
+  from axk.tasks import stages
+  from configs import audiobert as audiobert_config
+  workdir = tmp_path / "run"
+  (workdir / "stages" / "span").mkdir(parents=True)
+  (workdir / "stages" / "span" / "results.json").write_text("{}")
+  shutil.copytree(os.path.join(reference, FEATURES), workdir / "stages" / "features" / "out")
+  ran = []
+  monkeypatch.setattr(stages, "_run", lambda command, what, folder: ran.append(what))
+
+  def prepare():
+    config = audiobert_config.get_config("smoke")
+    config.features.dir, config.stages.features_output = "auto", "out"
+    stages.prepare(config, str(workdir))
+    return config
+
+  assert prepare().features.dir == str(workdir / "stages" / "features" / "out") and not ran
+  os.remove(workdir / "stages" / "features" / "out" / (DEV_SHARD + "-00000-of-00001"))
+  prepare()
+  assert ran == ["features"]  # a damaged output reruns its stage
+
+
+def test_training_refuses_damaged_features_before_any_step(reference, copy, tmp_path):
+  from axk.tasks import audiobert as audiobert_task
+  from configs import audiobert as audiobert_config
+  shard = os.path.join(copy, FEATURES, DEV_SHARD + "-00000-of-00001")
+  with open(shard, "r+b") as f:
+    f.truncate(100)
+  config = audiobert_config.get_config("smoke")
+  config.features.dir = os.path.join(copy, FEATURES)
+  with pytest.raises(shards.FeaturesMismatch, match="100 bytes") as e:
+    audiobert_task.AudioBertTask(config, str(tmp_path / "train"))
+  assert shard in str(e.value)

@@ -481,6 +481,39 @@ def test_retrieval_sharded_equals_single(models, audio_db, tmp_path):
     assert shards.read_manifest(features_dir)["database"]["num_undecodable"] == 1
 
 
+def test_a_new_source_is_one_class_and_a_config_section(models, audio_db, clap, tmp_path,
+                                                         monkeypatch):
+  from axk.data.auditorybench import normalise as norm  # pylint: disable=reimported
+  from axk.features import sources
+
+  class AnswerSource(sources.RetrievalSource):
+    """Retrieval for each span's gold answer instead of its text (the module's example)."""
+    name = "answer"
+
+    def keys(self, example, spans):
+      return [norm(example.answer)] * len(spans)
+
+  monkeypatch.setitem(sources.SOURCES, "answer", AnswerSource)
+  config = _config(models, audio_db, source="answer")
+  config.answer = config.retrieval.copy_and_resolve_references()
+  config.answer.features_dir = "features_answer"
+  out = pipeline.run(config, str(tmp_path / "w"))["answer"]
+  manifest = shards.verify(out)
+  assert manifest["source"] == "answer"
+  with open(os.path.join(out, shards.ACQUISITIONS), encoding="utf-8") as f:
+    acquired = {r["text"]: r["source"] for r in map(json.loads, f)}
+  # Reference: the top-1 clip of "<answer> sound", searched by hand.
+  db = retrieval.AudioDatabase(retrieval.list_folder(audio_db))
+  db.embed(clap, str(tmp_path / "cache"), chunk_size=4)
+  idx, _ = db.search(clap.text(["higher sound", "lower sound"]), top_k=1)
+  assert acquired == {"higher": db.clips[idx[0, 0]].id, "lower": db.clips[idx[1, 0]].id}
+  examples, _ = pipeline.load_data(config)
+  answers = {e.id: e.answer for e in examples["pitch"]["dev"]}
+  for example_id, row in _read_all(out, "pitch", "dev").items():
+    assert row["spans"] and {s["source"] for s in row["spans"]} == {
+        acquired[answers[example_id]]}
+
+
 def test_reader_imports_no_torch(models, audio_db, tmp_path):
   out = pipeline.run(_config(models, audio_db), str(tmp_path / "w"))["retrieval"]
   code = ("import sys; from axk.features import shards; "
