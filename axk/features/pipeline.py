@@ -221,9 +221,9 @@ def acquire_stage(source: sources_lib.FeatureSource, config, keys: Sequence[str]
     source.prepare()
   if stage in source.stages or not pending:
     if not pending:
-      logger.info("%s has all %d keys done", where, len(mine))
+      logger.info("%s has all %d acquisitions done", where, len(mine))
     return
-  logger.info("%s: %d keys, %d done, %d to go", where, len(mine), len(mine) - len(pending),
+  logger.info("%s: %d acquisitions, %d done, %d to go", where, len(mine), len(mine) - len(pending),
               len(pending))
   bar = tqdm.tqdm(total=len(mine), initial=len(mine) - len(pending), unit="span", desc=where)
   for lo in range(0, len(pending), config.batch_size):
