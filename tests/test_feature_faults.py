@@ -306,3 +306,34 @@ def test_training_refuses_damaged_features_before_any_step(reference, copy, tmp_
   with pytest.raises(shards.FeaturesMismatch, match="100 bytes") as e:
     audiobert_task.AudioBertTask(config, str(tmp_path / "train"))
   assert shard in str(e.value)
+
+
+def test_verify_hashes_only_files_that_changed(copy, monkeypatch):
+  features_dir = os.path.join(copy, FEATURES)
+  shards.verify(features_dir)
+  hashed = []
+  original = shards.sha256_file
+  monkeypatch.setattr(shards, "sha256_file", lambda p: hashed.append(p) or original(p))
+  monkeypatch.setattr(shards, "_HASHED", {})  # a new process: only verified.json remembers
+  shards.verify(features_dir)
+  assert not hashed
+  shard = os.path.join(features_dir, DEV_SHARD + "-00000-of-00001")
+  os.utime(shard, ns=(0, 10**18))  # same content, new modification time
+  shards.verify(features_dir)
+  assert hashed == [os.path.abspath(shard)]
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
+  from axk.utils import files
+  target = tmp_path / "out"
+  with files.atomic_dir(str(target)) as tmp:
+    files.write_text(os.path.join(tmp, "a.txt"), "one")
+  with pytest.raises(RuntimeError):
+    with files.atomic_dir(str(target)) as tmp:
+      files.write_text(os.path.join(tmp, "b.txt"), "two")
+      raise RuntimeError("interrupted")
+  assert sorted(os.listdir(target)) == ["a.txt"]
+  with files.atomic_dir(str(target)) as tmp:
+    files.write_text(os.path.join(tmp, "b.txt"), "two")
+  assert sorted(os.listdir(target)) == ["b.txt"]
+  assert sorted(os.listdir(tmp_path)) == ["out"]  # no temporary folder left behind

@@ -361,7 +361,7 @@ def run(config, workdir: str) -> dict[str, str]:
     torch.set_num_threads(int(config.torch_threads))
   paths = model_paths(config, workdir)
   assembles = config.stage == "assemble" or (config.stage == "all" and config.num_shards == 1)
-  own_stages = {st for cls in sources_lib.SOURCES.values() for st in cls.stages}
+  own_stages = {st for c in sources_lib.SOURCES.values() for st in c.stages}
   out = {}
   for name in names:
     cls = sources_lib.SOURCES[name]

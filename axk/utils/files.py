@@ -56,7 +56,8 @@ def atomic_dir(path: str) -> Iterator[str]:
   os.makedirs(parent, exist_ok=True)
   tmp = os.path.join(parent, f".{name}.tmp-{os.getpid()}")
   old = os.path.join(parent, f".{name}.old-{os.getpid()}")
-  shutil.rmtree(tmp, ignore_errors=True)
+  for stale in (tmp, old):  # left by a process with this pid that was killed
+    shutil.rmtree(stale, ignore_errors=True)
   os.makedirs(tmp)
   try:
     yield tmp
