@@ -238,7 +238,7 @@ def test_stage_child_dies_with_its_parent(tmp_path):
            f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)")
   parent = subprocess.Popen([sys.executable, "-c", (
       "import sys; from axk.runs import stages; "
-      f"stages._run([sys.executable, '-c', {child!r}], 'test', '.', 'none')")], cwd=ROOT)
+      f"stages._run([sys.executable, '-c', {child!r}], 'test', '.')")], cwd=ROOT)
   deadline = time.monotonic() + 60
   while not pid_file.exists() or not pid_file.read_text():
     assert time.monotonic() < deadline and parent.poll() is None
@@ -259,11 +259,11 @@ def test_stage_child_dies_with_its_parent(tmp_path):
 def test_stage_messages_say_rerun_only_where_a_rerun_resumes(tmp_path):
   with pytest.raises(stages.StageError, match="rerun the same command to resume") as killed:
     stages._run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), 9)"], "x",
-                str(tmp_path), str(tmp_path / "out"))
+                str(tmp_path))
   assert "SIGKILL" in str(killed.value)
   with pytest.raises(stages.StageError, match="refused its input") as refused:
     stages._run([sys.executable, "-m", "axk.main", "--config=configs/span.py:nosuch",
-                 f"--workdir={tmp_path}/w"], "x", str(tmp_path), str(tmp_path / "out"))
+                 f"--workdir={tmp_path}/w"], "x", str(tmp_path))
   assert "resume" not in str(refused.value)
 
 

@@ -58,8 +58,8 @@ def follow_parent() -> None:
     os._exit(1)
 
 
-def _run(command: list[str], what: str, workdir: str, output: str) -> None:
-  """Runs a stage; `output` is the file a finished stage leaves."""
+def _run(command: list[str], what: str, workdir: str) -> None:
+  """Runs a stage; its failure says whether a rerun resumes it."""
   logging.info("Stage %s: %s", what, " ".join(command))
   if jax.process_count() > 1:
     raise StageError(f"Stage {what} must be run before a multi-process job: run "
@@ -78,7 +78,12 @@ def _run(command: list[str], what: str, workdir: str, output: str) -> None:
     raise StageError(f"Stage {what} failed (exit {code}, its error is above); its workdir "
                      f"{workdir} keeps its checkpoints and caches for a rerun once that is "
                      "fixed.")
-  if not os.path.exists(output):  # Stopped cleanly before the end (SIGTERM, stop_at_step).
+
+
+def _finished(output: str, what: str, workdir: str) -> None:
+  """After a stage that exited 0: it may have stopped cleanly before the end (SIGTERM,
+  `train.stop_at_step`), without `output`."""
+  if not os.path.exists(output):
     raise StageError(f"Stage {what} stopped before it finished; rerun the same command to "
                      f"resume it (its workdir is {workdir}).")
 
@@ -121,8 +126,8 @@ def prepare(config, workdir: str) -> dict[str, str]:
     span_dir = os.path.join(stages, "span")
     if not os.path.exists(os.path.join(span_dir, "results.json")):
       _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
-            f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir,
-           os.path.join(span_dir, "results.json"))
+            f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir)
+      _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
     predictions = os.path.join(span_dir, "predictions")
     if config.spans.predictions == AUTO:
       out["spans_predictions"] = predictions
@@ -135,6 +140,7 @@ def prepare(config, workdir: str) -> dict[str, str]:
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
             *_data_overrides(config), *spans, *config.stages.get("features_args", ())],
-           "features", feat_dir, os.path.join(features, "manifest.json"))
+           "features", feat_dir)
+      _finished(os.path.join(features, "manifest.json"), "features", feat_dir)
     out["features_dir"] = features
   return out
