@@ -18,6 +18,8 @@ from ml_collections import config_flags
 
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
+from axk.hf import push
+from axk.hub import ModelNotAvailable
 from axk.features.shards import FeaturesMismatch
 from axk.tasks.common import ConfigError
 from axk.tasks.mlm import FeaturesError
@@ -25,7 +27,7 @@ from axk.tasks.stages import StageError
 
 # Errors that name a bad config value, path or data file; anything else keeps its traceback.
 SETUP_ERRORS = (ConfigError, CheckpointError, DataError, FeaturesError, FeaturesMismatch,
-                StageError, FileNotFoundError)
+                StageError, FileNotFoundError, ModelNotAvailable, push.PushError)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py[:variant]`.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
@@ -56,7 +58,11 @@ def main(argv):
   module_name, _, fn_name = config.entry.partition(":")
   entry = getattr(importlib.import_module(module_name), fn_name or "run")
   try:
-    entry(config, _WORKDIR.value)
+    if config.get("export", {}).get("push_to_hub"):
+      push.check_repo_id(config.export.push_to_hub)  # Before the run, not after it.
+    if entry(config, _WORKDIR.value):
+      # A finished run (not stopped early): model cards for its exports, then the upload.
+      push.finish_run(config, _WORKDIR.value)
   except SETUP_ERRORS as e:  # Bad input found before any work: one line, no traceback.
     sys.exit(f"error: {e}")
 

@@ -45,9 +45,10 @@ def fingerprint(path: str) -> str:
 
 
 def describe(name_or_path: str, path: str) -> dict[str, str]:
-  """Manifest entry for a model: as configured, where it was found, fingerprint."""
+  """Manifest entry for a model: as configured, where it was found, fingerprint, and its
+  exact revision (hub commit or content hash, `axk.hub.describe`)."""
   return {"name": str(name_or_path), "path": os.path.abspath(path),
-          "fingerprint": fingerprint(path)}
+          "fingerprint": fingerprint(path), **hub.describe(name_or_path, path)}
 
 
 def stable_json(obj) -> str:

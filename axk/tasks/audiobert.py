@@ -63,18 +63,14 @@ def export(params, module: audiobert_lib.AudioBert, bert_config, lora_gate: str,
 
 
 def write_adapter(lora_params, module, adapter_dir: str) -> None:
-  """The LoRA subtree as a PEFT adapter directory for the exported `BertForMaskedLM`."""
-  from safetensors.numpy import save_file
-  os.makedirs(adapter_dir, exist_ok=True)
-  state = convert.lora_to_peft(flatten(lora_params))
-  save_file({k: v.astype(np.float32) for k, v in state.items()},
-            os.path.join(adapter_dir, "adapter_model.safetensors"))
-  _write_json(os.path.join(adapter_dir, "adapter_config.json"), {
-      "peft_type": "LORA", "task_type": None, "r": module.lora_rank,
-      "lora_alpha": module.lora_alpha, "lora_dropout": module.lora_dropout,
-      "target_modules": convert.peft_target_modules(module.lora_targets),
-      "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-      "init_lora_weights": True, "modules_to_save": None, "base_model_name_or_path": None})
+  """The LoRA subtree as a PEFT adapter directory for the exported `BertForMaskedLM`
+  (`<adapter_dir>/../base`), written by PEFT itself (`axk.pt.peft_adapter`)."""
+  from axk.pt import peft_adapter  # Runs PEFT in a child process: no torch here.
+  peft_adapter.write_adapter(
+      convert.lora_to_peft(flatten(lora_params)), adapter_dir,
+      os.path.join(os.path.dirname(adapter_dir), "base"), rank=module.lora_rank,
+      alpha=module.lora_alpha, dropout=module.lora_dropout,
+      target_modules=convert.peft_target_modules(module.lora_targets))
 
 
 def _write_json(path, payload):

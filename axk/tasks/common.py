@@ -55,7 +55,7 @@ def model_dir(config, workdir: str) -> str:
   `<workdir>/tiny_model` with the tokenizer of `config.model.init`. Otherwise
   `config.model.init` itself (a hub id is downloaded; offline that fails in seconds).
   """
-  source = hf.resolve(config.model.init)
+  source = hf.resolve(config.model.init, config.model.get("revision") or None)
   if not config.model.tiny:
     return source
   out = os.path.join(workdir, "tiny_model")
@@ -82,7 +82,8 @@ def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
 
 def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str, ab.SplitData]]:
   """{task: {split: SplitData}} for the configured tasks (wiki when its files exist)."""
-  data_dir = ab.resolve_data_dir(config.data.dir, config.data.cache_dir or None)
+  data_dir = ab.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
+                                  config.data.get("revision", ""))
   return {t: ab.load_task(data_dir, t, keep_missing_spans=keep_missing_spans)
           for t in config.data.tasks}
 

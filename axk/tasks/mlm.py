@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from axk import hf
+from axk import provenance
 from axk.data import encode as enc
 from axk.data import spans as spans_lib
 from axk.data import types
@@ -89,7 +90,8 @@ class MaskedWordTask:
     if manifest:  # Refuse features built from other CSV files than these.
       from axk.features.shards import check_manifest
       check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
-                                           for s, d in splits.items()})
+                                           for s, d in splits.items()},
+                     data_revision=provenance.data_record(config.data)["revision"])
 
     train = [e for t in data.values() for e in t["train"].examples]
     self.train_ids = [e.id for e in train]
@@ -306,7 +308,8 @@ def run_seeds(config, workdir: str, make_task) -> dict:
         out[m] = float(np.mean(values))
         if m not in ("examples", "majority"):
           out[m + "_std"] = float(np.std(values))
-  metrics_lib.write_json(os.path.join(workdir, "results.json"), merged)
+  metrics_lib.write_json(os.path.join(workdir, "results.json"),
+                         {**merged, provenance.REVISIONS_KEY: provenance.collect(config)})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
       f"{config.get('name', 'run')}: mean over seeds {seeds}", merged,
       [f"Per-seed runs in seed_<s>/; *_std is the standard deviation over {len(seeds)} seeds."]))
@@ -336,7 +339,8 @@ def run(config, workdir: str, make_task) -> dict:
     if not result:
       return {}
     merged.update(result)
-  metrics_lib.write_json(os.path.join(workdir, "results.json"), merged)
+  metrics_lib.write_json(os.path.join(workdir, "results.json"),
+                         {**merged, provenance.REVISIONS_KEY: provenance.collect(config)})
   parts = [open(os.path.join(workdir, t, "results.md")).read() for t in tasks]
   metrics_lib.write_text(os.path.join(workdir, "results.md"), "\n".join(parts))
   return merged

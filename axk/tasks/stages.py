@@ -47,6 +47,8 @@ def _data_overrides(config) -> list[str]:
   out = [f"--config.data.dir={config.data.dir}"]
   if config.data.get("cache_dir"):
     out.append(f"--config.data.cache_dir={config.data.cache_dir}")
+  if config.data.get("revision"):
+    out.append(f"--config.data.revision={config.data.revision}")
   return out
 
 

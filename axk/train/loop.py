@@ -24,6 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from axk import provenance
 from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
 from axk.train import metrics as metrics_lib
@@ -276,7 +277,10 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   `results.json` and `results.md`.
   """
   os.makedirs(workdir, exist_ok=True)
-  metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  # The exact data commit and model revisions this run reads (axk/provenance.py).
+  revisions = provenance.collect(config)
+  metrics_lib.write_json(os.path.join(workdir, "config.json"),
+                         {**config.to_dict(), provenance.REVISIONS_KEY: revisions})
   tc = config.train
   trainer = Trainer(config, workdir, task)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
@@ -379,7 +383,8 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
                "metric": task.selection, "value": chosen_value,
                "select_best": bool(tc.select_best), "started_from": source}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
-                         {**results, SELECTION_KEY: selection})
+                         {**results, SELECTION_KEY: selection,
+                          provenance.REVISIONS_KEY: revisions})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),
                          metrics_lib.results_markdown(task.name, results, notes))
   writer.close()
