@@ -60,7 +60,7 @@ def main(argv):
   try:
     if config.get("export", {}).get("push_to_hub"):
       push.check_repo_id(config.export.push_to_hub)  # Before the run, not after it.
-    if entry(config, _WORKDIR.value):
+    if entry(config, _WORKDIR.value) and "export" in config:
       # A finished run (not stopped early): model cards for its exports, then the upload.
       push.finish_run(config, _WORKDIR.value)
   except SETUP_ERRORS as e:  # Bad input found before any work: one line, no traceback.
