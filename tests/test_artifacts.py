@@ -466,3 +466,15 @@ def test_push_of_an_adapter_names_the_repo_as_its_base(audiobert_export, monkeyp
 def test_provenance_names_axk_commit():
   commit = provenance.axk_commit()
   assert commit == "unknown" or len(commit.split("-")[0]) == 40
+
+
+def test_license_and_citation_name_the_code_and_both_papers():
+  import yaml
+  root = pathlib.Path(__file__).resolve().parents[1]
+  assert "Apache License" in (root / "LICENSE").read_text()
+  cff = yaml.safe_load((root / "CITATION.cff").read_text())
+  assert cff["license"] == "Apache-2.0" and cff["cff-version"] == "1.2.0"
+  titles = {r["title"].split(":")[0]: r for r in cff["references"]}
+  assert set(titles) == {"AudioBERT", "Imagine to Hear"}
+  assert "2409.08199" in titles["AudioBERT"]["url"]
+  assert "2503.16853" in titles["Imagine to Hear"]["url"]
