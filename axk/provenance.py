@@ -54,16 +54,25 @@ def data_record(data_config) -> dict:
 
 def collect(config) -> dict:
   """The revisions record of a run of `config` (see the module docstring)."""
+  from axk import hf  # pylint: disable=g-import-not-at-top
+  from axk.data import auditorybench as ab  # pylint: disable=g-import-not-at-top
   record: dict = {"axk": {"commit": axk_commit()}}
+  # A task read its data and model before the loop calls this, so these resolve again from
+  # the cache; a task that reads neither (a test's) gets the reason instead of a revision.
   if "data" in config:
-    record["data"] = data_record(config.data)
+    try:
+      record["data"] = data_record(config.data)
+    except ab.DataError as e:
+      record["data"] = {"revision": None, "error": str(e)}
   models = {}
   model = config.get("model")
   if model is not None and model.get("init"):
-    from axk import hf  # pylint: disable=g-import-not-at-top
     revision = model.get("revision") or None
-    path = hf.resolve(model.init, revision)
-    models["model.init"] = hub.describe(model.init, path, revision)
+    try:
+      path = hf.resolve(model.init, revision)
+      models["model.init"] = hub.describe(model.init, path, revision)
+    except hf.CheckpointError as e:
+      models["model.init"] = {"name": str(model.init), "revision": None, "error": str(e)}
     if model.get("tiny"):
       models["model.init"]["note"] = "tokenizer only: model.tiny builds random weights"
   features_dir = config.get("features", {}).get("dir", "")

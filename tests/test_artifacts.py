@@ -302,6 +302,19 @@ def test_audiobert_loads_by_name_in_pytorch_and_jax(audiobert_export, tmp_path):
   inputs = torch_inputs(b, exports.INPUTS["audiobert"])
   np.testing.assert_allclose(by_name(**inputs).numpy(), local(**inputs).numpy(), atol=1e-5,
                              rtol=0)
+  # The card's PEFT-only recipe for a hub repo: base from `base/`, adapter from `adapter/`.
+  import peft
+  import transformers
+  path = huggingface_hub.snapshot_download("org/axk-audiobert", **kwargs)
+  base = transformers.BertForMaskedLM.from_pretrained(f"{path}/base")
+  peft_model = peft.PeftModel.from_pretrained(base, f"{path}/adapter").eval()
+  with torch.no_grad():
+    direct = peft_model(**{k: inputs[k] for k in ("input_ids", "attention_mask",
+                                                  "token_type_ids")}).logits
+    local.model.eval()
+    reference = local.model(**{k: inputs[k] for k in ("input_ids", "attention_mask",
+                                                      "token_type_ids")}).logits
+  np.testing.assert_allclose(direct.numpy(), reference.numpy(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("use_lora", [False, True])

@@ -140,7 +140,7 @@ def _usage(kind: str, repo_id: str) -> list[str]:
   cls = "AudioBertTorch" if kind == "audiobert" else "IthTorch"
   module = "audiobert" if kind == "audiobert" else "ith"
   loader = "load_audiobert" if kind == "audiobert" else "load_ith"
-  lines = ["PyTorch (needs `pip install axk`'s requirements):", "", "```python",
+  lines = ["PyTorch (with axk and its requirements installed):", "", "```python",
            f"from axk.pt.{module} import {cls}",
            f'model = {cls}.from_pretrained("{repo_id}")  # or a local folder, revision=...',
            "logits = model(input_ids, attention_mask, token_type_ids, span_ids,",
@@ -150,14 +150,22 @@ def _usage(kind: str, repo_id: str) -> list[str]:
            "```", "", "JAX (axk):", "", "```python", "from axk.hf import exports",
            f'model = exports.{loader}("{repo_id}")',
            "logits = model(**batch)  # the same inputs, as arrays", "```", ""]
-  if kind == "audiobert":
-    lines += ["The LoRA adapter alone, with PEFT (the base model's path is in its "
-              "`adapter_config.json`):", "", "```python",
-              "from peft import PeftConfig, PeftModel",
+  if kind == "audiobert" and os.path.isabs(repo_id):  # a local export
+    adapter = os.path.join(repo_id, "adapter")
+    lines += ["The LoRA adapter alone, with PEFT (its `adapter_config.json` names the base "
+              "model):", "", "```python", "from peft import PeftConfig, PeftModel",
               "from transformers import BertForMaskedLM",
-              'base = BertForMaskedLM.from_pretrained(PeftConfig.from_pretrained("adapter")'
+              f'base = BertForMaskedLM.from_pretrained(PeftConfig.from_pretrained("{adapter}")'
               ".base_model_name_or_path)",
-              'model = PeftModel.from_pretrained(base, "adapter")', "```", ""]
+              f'model = PeftModel.from_pretrained(base, "{adapter}")', "```", ""]
+  elif kind == "audiobert":
+    # PEFT 0.21 joins `subfolder` twice for hub adapters: load from the snapshot instead.
+    lines += ["The LoRA adapter alone, with PEFT (the base model is this repo's `base/`):",
+              "", "```python", "from huggingface_hub import snapshot_download",
+              "from peft import PeftModel", "from transformers import BertForMaskedLM",
+              f'path = snapshot_download("{repo_id}")',
+              'base = BertForMaskedLM.from_pretrained(f"{path}/base")',
+              'model = PeftModel.from_pretrained(base, f"{path}/adapter")', "```", ""]
   lines += ["Inputs: `span_ids` marks the k-th auditory span's tokens with k; the audio "
             "features of each span come from axk's feature pipeline (`configs/features.py`)."]
   return lines
@@ -255,7 +263,7 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
   generator = models.get("features.generator", {}).get("name", "")
   if "stable-audio" in generator:
     lines += ["", GENERATOR_NOTE.format(name=generator)]
-  lines += ["", "## Use", ""] + _usage(kind, repo_id or export_dir)
+  lines += ["", "## Use", ""] + _usage(kind, repo_id or os.path.abspath(export_dir))
   lines += ["", "## Citation", "",
             "AudioBERT: Audio Knowledge Augmented Language Model (Ok, Yoo, Lee; "
             "arXiv:2409.08199). Imagine to Hear: Auditory Knowledge Generation can be an "
