@@ -21,9 +21,9 @@ from axk.hf import CheckpointError
 from axk.hf import push
 from axk.hub import ModelNotAvailable
 from axk.features.shards import FeaturesMismatch
-from axk.tasks.common import ConfigError
-from axk.tasks.mlm import FeaturesError
-from axk.tasks.stages import StageError
+from axk.runs.common import ConfigError
+from axk.runs.inputs import FeaturesError
+from axk.runs.stages import StageError
 
 # Errors that name a bad config value, path or data file; anything else keeps its traceback.
 SETUP_ERRORS = (ConfigError, CheckpointError, DataError, FeaturesError, FeaturesMismatch,

@@ -52,8 +52,12 @@ def data_record(data_config) -> dict:
   return ab.data_revision(folder)
 
 
-def collect(config) -> dict:
-  """The revisions record of a run of `config` (see the module docstring)."""
+def collect(config, resolved: dict | None = None) -> dict:
+  """The revisions record of a run of `config` (see the module docstring).
+
+  `resolved`: what the run's stages produced (`features_dir`, `spans_predictions`), which
+  wins over the config's fields (there they may read "auto")."""
+  resolved = resolved or {}
   from axk import hf  # pylint: disable=g-import-not-at-top
   from axk.data import auditorybench as ab  # pylint: disable=g-import-not-at-top
   record: dict = {"axk": {"commit": axk_commit()}}
@@ -75,7 +79,7 @@ def collect(config) -> dict:
       models["model.init"] = {"name": str(model.init), "revision": None, "error": str(e)}
     if model.get("tiny"):
       models["model.init"]["note"] = "tokenizer only: model.tiny builds random weights"
-  features_dir = config.get("features", {}).get("dir", "")
+  features_dir = resolved.get("features_dir") or config.get("features", {}).get("dir", "")
   manifest_path = os.path.join(features_dir, "manifest.json") if features_dir else ""
   if manifest_path and os.path.exists(manifest_path):
     with open(manifest_path, encoding="utf-8") as f:
@@ -84,7 +88,8 @@ def collect(config) -> dict:
       models[f"features.{name}"] = entry
     record["features"] = {"dir": os.path.abspath(features_dir),
                           "data_revision": manifest.get("data", {}).get("revision")}
-  predictions = config.get("spans", {}).get("predictions", "")
+  predictions = (resolved.get("spans_predictions")
+                 or config.get("spans", {}).get("predictions", ""))
   detector_results = os.path.join(os.path.dirname(os.path.abspath(predictions)), "results.json")
   if predictions and os.path.isdir(predictions) and os.path.exists(detector_results):
     with open(detector_results, encoding="utf-8") as f:

@@ -30,8 +30,6 @@ from axk.models import bert as bert_lib
 from axk.models import ith as ith_lib
 from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
-from axk.tasks import audiobert as audiobert_task
-from axk.tasks import ith as ith_task
 
 CFG = bert_lib.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=48,
@@ -245,13 +243,13 @@ def torch_inputs(b, names):
 
 @pytest.fixture(scope="module")
 def audiobert_export(tmp_path_factory):
-  module = audiobert_lib.AudioBert(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
+  module = audiobert_lib.Model(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
   b = batch()
-  args = [b[k] for k in exports.INPUTS["audiobert"]]
-  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *args)["params"]), 1)
+  args = {k: b[k] for k in audiobert_lib.INPUTS}
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), args)["params"]), 1)
   out = tmp_path_factory.mktemp("audiobert") / "export"
-  audiobert_task.export(jax.device_get(params), module, CFG, "span_audio", str(out))
-  logits = np.asarray(module.apply({"params": params}, *args)["logits"])
+  audiobert_lib.export(jax.device_get(params), module, str(out))
+  logits = np.asarray(module.apply({"params": params}, args)["logits"])
   return out, b, logits
 
 
@@ -266,11 +264,9 @@ def test_peft_adapter_loads_with_the_base_it_records(audiobert_export):
   base = transformers.BertForMaskedLM.from_pretrained(config.base_model_name_or_path)
   model = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
   # Adapter on for every row, no audio: axk's AudioBERT with gate 1 and no audio.
-  module = audiobert_lib.AudioBert(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
   loaded = exports.load_audiobert(str(out))
   on = dict(b, lora_gate=np.ones(B, np.float32), span_has_audio=np.zeros((B, S), np.int32))
-  ours = np.asarray(module.apply({"params": loaded.params},
-                                 *[on[k] for k in exports.INPUTS["audiobert"]])["logits"])
+  ours = np.asarray(loaded(**on))
   with torch.no_grad():
     theirs = model(**torch_inputs(b, ("input_ids", "attention_mask", "token_type_ids"))).logits
   valid = b["attention_mask"].astype(bool)
@@ -283,7 +279,7 @@ def test_gated_pytorch_inference_is_one_pass_and_equals_axk(audiobert_export):
   passes = []
   model.model.get_base_model().bert.embeddings.register_forward_hook(
       lambda *_: passes.append(1))
-  theirs = model(**torch_inputs(b, exports.INPUTS["audiobert"])).numpy()
+  theirs = model(**torch_inputs(b, audiobert_lib.INPUTS)).numpy()
   assert len(passes) == 1
   assert set(b["lora_gate"].tolist()) == {0.0, 1.0}  # rows with and without a span
   valid = b["attention_mask"].astype(bool)
@@ -299,7 +295,7 @@ def test_audiobert_loads_by_name_in_pytorch_and_jax(audiobert_export, tmp_path):
   np.testing.assert_allclose(np.asarray(jax_model(**b)), logits, atol=1e-5, rtol=0)
   by_name = AudioBertTorch.from_pretrained("org/axk-audiobert", revision=REV, **kwargs)
   local = AudioBertTorch.from_export(str(out))
-  inputs = torch_inputs(b, exports.INPUTS["audiobert"])
+  inputs = torch_inputs(b, audiobert_lib.INPUTS)
   np.testing.assert_allclose(by_name(**inputs).numpy(), local(**inputs).numpy(), atol=1e-5,
                              rtol=0)
   # The card's PEFT-only recipe for a hub repo: base from `base/`, adapter from `adapter/`.
@@ -319,19 +315,19 @@ def test_audiobert_loads_by_name_in_pytorch_and_jax(audiobert_export, tmp_path):
 
 @pytest.mark.parametrize("use_lora", [False, True])
 def test_ith_loads_by_name_in_pytorch_and_jax(tmp_path, use_lora):
-  module = ith_lib.ImagineToHear(CFG, audio_dim=D, fusion_layer=1, use_lora=use_lora,
-                                 lora_rank=4, lora_alpha=8.0)
+  module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=1, use_lora=use_lora, lora_rank=4,
+                         lora_alpha=8.0)
   b = batch(3)
-  args = [b[k] for k in exports.INPUTS["ith"]]
-  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *args)["params"]), 4)
-  logits = np.asarray(module.apply({"params": params}, *args)["logits"])
-  ith_task.export(jax.device_get(params), module, CFG, str(tmp_path / "export"))
+  args = {k: b[k] for k in ith_lib.INPUTS}
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), args)["params"]), 4)
+  logits = np.asarray(module.apply({"params": params}, args)["logits"])
+  ith_lib.export(jax.device_get(params), module, str(tmp_path / "export"))
   hub_cache(tmp_path / "cache", "org/axk-ith", str(tmp_path / "export"))
   kwargs = dict(cache_dir=str(tmp_path / "cache"), local_files_only=True)
   jax_model = exports.load_ith("org/axk-ith", **kwargs)
   np.testing.assert_allclose(np.asarray(jax_model(**b)), logits, atol=1e-5, rtol=0)
   torch_model = IthTorch.from_pretrained("org/axk-ith", **kwargs)
-  theirs = torch_model(**torch_inputs(b, exports.INPUTS["ith"])).numpy()
+  theirs = torch_model(**torch_inputs(b, ith_lib.INPUTS)).numpy()
   valid = b["attention_mask"].astype(bool)
   assert np.abs(logits - theirs)[valid].max() <= 1e-4
 

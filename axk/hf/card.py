@@ -246,7 +246,8 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
                  + (" (pinned in axk)" if data.get("pinned") else "")
                  + "; sha256 of every file in `config.json` under `revisions.data.files`")
   manifest = {}
-  features_dir = config.get("features", {}).get("dir", "")
+  features_dir = (config.get("resolved", {}).get("features_dir")
+                  or config.get("features", {}).get("dir", ""))
   if features_dir:
     manifest = _read(os.path.join(features_dir, "manifest.json"))
   if manifest:

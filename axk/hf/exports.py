@@ -8,7 +8,7 @@
 
 The export's files are read as written: `base/` through `axk.hf.load_params`, the PEFT
 adapter by its PEFT names (`lora_A` [rank, in], `lora_B` [out, rank]), and the audio modules
-by `axk.hf.convert.AUX_TABLE`. Everything else (sizes, LoRA settings, fusion layer) comes
+by the model file's `AUX_TABLE`. Everything else (sizes, LoRA settings, fusion layer) comes
 from the export's JSON files, so the result is the trained model, not a new one.
 """
 
@@ -30,12 +30,10 @@ from axk.hf import io as hf_io
 from axk.models import bert as bert_lib
 from axk.utils.tree import flatten, unflatten
 
-INPUTS = {
-    "audiobert": ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio",
-                  "span_has_audio", "lora_gate"),
-    "ith": ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio_tokens",
-            "span_has_audio"),
-}
+
+def _model_file(kind: str):
+  from axk.models import audiobert, ith  # pylint: disable=g-import-not-at-top
+  return {"audiobert": audiobert, "ith": ith}[kind]
 _PEFT_NAME = re.compile(r"layer\.(?P<i>\d+)\.(?P<m>attention\.self\.query|attention\.self\.key|"
                         r"attention\.self\.value|attention\.output\.dense)\.lora_(?P<ab>[AB])"
                         r"\.weight$")
@@ -53,14 +51,15 @@ class Loaded:
   path: str
 
   def __post_init__(self):
-    self._apply = jax.jit(lambda p, *a: self.module.apply({"params": p}, *a)["logits"])
+    self._apply = jax.jit(lambda p, batch: self.module.apply({"params": p}, batch)["logits"])
 
   def __call__(self, **inputs) -> jax.Array:
-    """Logits [batch, length, vocab] from the named inputs (see `INPUTS`)."""
-    missing = [k for k in INPUTS[self.kind] if k not in inputs]
+    """Logits [batch, length, vocab] from the named inputs (the model file's `INPUTS`)."""
+    names = _model_file(self.kind).INPUTS
+    missing = [k for k in names if k not in inputs]
     if missing:
       raise KeyError(f"{self.kind} needs inputs {missing}")
-    return self._apply(self.params, *(jnp.asarray(inputs[k]) for k in INPUTS[self.kind]))
+    return self._apply(self.params, {k: jnp.asarray(inputs[k]) for k in names})
 
 
 def _read_json(path: str) -> dict:
@@ -97,11 +96,11 @@ def _lora_params(state: dict[str, np.ndarray], shapes: dict[str, tuple]) -> dict
   return out
 
 
-def _aux_params(file: str, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+def _aux_params(file: str, shapes: dict[str, tuple], table) -> dict[str, np.ndarray]:
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   state = load_file(file)
   out = {}
-  for axk_path, torch_name, transform in convert.AUX_TABLE:
+  for axk_path, torch_name, transform in table:
     if axk_path in shapes:
       out[axk_path] = convert._from_hf(state[torch_name], transform, shapes[axk_path])  # pylint: disable=protected-access
   return out
@@ -124,11 +123,16 @@ def _assemble(module: nn.Module, dummy: tuple, export_dir: str, extra: dict) -> 
 
 
 def _dummy(audio_dim: int, tokens: bool) -> tuple:
+  """A one-row batch (the model's positional argument) for shapes."""
   ids = jnp.zeros((1, 4), jnp.int32)
-  one = jnp.ones((1, 1), jnp.int32)
-  audio = jnp.zeros((1, 1, 2, audio_dim) if tokens else (1, 1, audio_dim), jnp.float32)
-  out = (ids, jnp.ones_like(ids), ids, ids, audio, one)
-  return out if tokens else out + (jnp.ones((1,), jnp.float32),)
+  batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "token_type_ids": ids,
+           "span_ids": ids, "span_has_audio": jnp.ones((1, 1), jnp.int32),
+           "lora_gate": jnp.ones((1,), jnp.float32)}
+  if tokens:
+    batch["span_audio_tokens"] = jnp.zeros((1, 1, 2, audio_dim), jnp.float32)
+  else:
+    batch["span_audio"] = jnp.zeros((1, 1, audio_dim), jnp.float32)
+  return (batch,)
 
 
 def load_audiobert(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any) -> Loaded:
@@ -143,15 +147,17 @@ def load_audiobert(name_or_dir: str, *, revision: str | None = None, **hub_kwarg
   if meta["use_lora"]:
     adapter_config, state = _adapter(path)
     lora = _lora_settings(adapter_config)
-  module = audiobert_lib.AudioBert(cfg, audio_dim=int(meta["audio_dim"]),
-                                   use_lora=bool(meta["use_lora"]),
-                                   use_audio=bool(meta["use_audio"]), **lora)
+  module = audiobert_lib.Model(cfg, audio_dim=int(meta["audio_dim"]),
+                               use_lora=bool(meta["use_lora"]),
+                               use_audio=bool(meta["use_audio"]),
+                               lora_gate=meta.get("lora_gate", "span_audio"), **lora)
   dummy = _dummy(int(meta["audio_dim"]), tokens=False)
   abstract = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.key(0), *dummy)["params"]))
   shapes = {k: tuple(v.shape) for k, v in flatten(abstract).items()}
   extra = _lora_params(state, shapes) if state else {}
   if meta["use_audio"]:
-    extra.update(_aux_params(os.path.join(path, "audio_projection.safetensors"), shapes))
+    extra.update(_aux_params(os.path.join(path, "audio_projection.safetensors"), shapes,
+                             audiobert_lib.AUX_TABLE))
   return Loaded(module, _assemble(module, dummy, path, extra), "audiobert", path)
 
 
@@ -167,12 +173,12 @@ def load_ith(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any
   if meta["use_lora"]:
     adapter_config, state = _adapter(path)
     lora = _lora_settings(adapter_config)
-  module = ith_lib.ImagineToHear(cfg, audio_dim=int(meta["audio_dim"]),
-                                 fusion_layer=int(meta["fusion_layer"]),
-                                 use_lora=bool(meta["use_lora"]), **lora)
+  module = ith_lib.Model(cfg, audio_dim=int(meta["audio_dim"]),
+                         fusion_layer=int(meta["fusion_layer"]),
+                         use_lora=bool(meta["use_lora"]), **lora)
   dummy = _dummy(int(meta["audio_dim"]), tokens=True)
   abstract = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.key(0), *dummy)["params"]))
   shapes = {k: tuple(v.shape) for k, v in flatten(abstract).items()}
   extra = _lora_params(state, shapes) if state else {}
-  extra.update(_aux_params(os.path.join(path, "fusion.safetensors"), shapes))
+  extra.update(_aux_params(os.path.join(path, "fusion.safetensors"), shapes, ith_lib.AUX_TABLE))
   return Loaded(module, _assemble(module, dummy, path, extra), "ith", path)

@@ -64,7 +64,8 @@ def operations(export_dir: str, repo_id: str) -> list:
       if rel == "adapter/adapter_config.json":
         with open(full, encoding="utf-8") as f:
           adapter = json.load(f)
-        adapter["base_model_name_or_path"] = repo_id  # its `base/` folder
+        if os.path.isabs(str(adapter.get("base_model_name_or_path") or "/")):
+          adapter["base_model_name_or_path"] = repo_id  # its `base/` folder, not a local path
         content = (json.dumps(adapter, indent=2, sort_keys=True) + "\n").encode()
       ops.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=content))
   text = card_lib.render(export_dir, repo_id=repo_id)

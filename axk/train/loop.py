@@ -1,6 +1,6 @@
 """The training loop every axk model goes through.
 
-A model plugs in as a `Task` (below): its parameters, loss, predictions and metrics. The loop
+A run plugs in as an `Experiment` (below): its parameters, loss, predictions and metrics. The loop
 owns everything else: the mesh and shardings, the optimizer and freezing, the resumable input
 order, checkpoints and resume, NaN/Inf stops, preemption, progress, metrics and results.
 
@@ -33,8 +33,8 @@ from axk.train import sharding
 from axk.utils.tree import flatten, unflatten
 
 
-class Task(Protocol):
-  """What a model provides to the loop.
+class Experiment(Protocol):
+  """What a run gives the loop: a model, its data and its metrics.
 
   Attributes:
     name: used in titles and file names.
@@ -137,7 +137,7 @@ def selection_value(results: Mapping[str, Mapping[str, Mapping[str, float]]],
 class Trainer:
   """Builds the sharded train/eval steps of a task and runs them."""
 
-  def __init__(self, config, workdir: str, task: Task, devices=None):
+  def __init__(self, config, workdir: str, task: Experiment, devices=None):
     self.config, self.workdir, self.task = config, workdir, task
     tc = config.train
     self.mesh = sharding.make_mesh(dict(config.mesh.shape), devices)
@@ -270,17 +270,20 @@ def _example_ids(batch: Mapping[str, np.ndarray], ids: list[str] | None) -> list
   return [ids[i] if ids else str(i) for i in np.asarray(rows).tolist()]
 
 
-def train_and_evaluate(config, workdir: str, task: Task) -> dict:
+def train_and_evaluate(config, workdir: str, task: Experiment,
+                       record: Mapping[str, Any] | None = None) -> dict:
   """Trains `task` as `config` says, evaluates, writes everything into `workdir`.
 
-  Returns the results dict (`results[task][split][metric]`), also written to
-  `results.json` and `results.md`.
+  `config.json` holds `config` and, beside it, the entries of `record` (what the run's
+  stages resolved, say). Returns the results dict (`results[task][split][metric]`), also
+  written to `results.json` (with the selected step under `SELECTION_KEY`) and `results.md`.
   """
   os.makedirs(workdir, exist_ok=True)
   # The exact data commit and model revisions this run reads (axk/provenance.py).
-  revisions = provenance.collect(config)
+  revisions = provenance.collect(config, (record or {}).get("resolved"))
   metrics_lib.write_json(os.path.join(workdir, "config.json"),
-                         {**config.to_dict(), provenance.REVISIONS_KEY: revisions})
+                         {**config.to_dict(), **(record or {}),
+                          provenance.REVISIONS_KEY: revisions})
   tc = config.train
   trainer = Trainer(config, workdir, task)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
