@@ -251,9 +251,12 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
   if features_dir:
     manifest = _read(os.path.join(features_dir, "manifest.json"))
   if manifest:
-    params = manifest.get("params", {})
+    params = {}
+    for key, value in manifest.get("params", {}).items():  # {"generation": {"tau": ...}}
+      items = value.items() if isinstance(value, dict) else [("", value)]
+      params.update({f"{key}.{k}" if k else key: v for k, v in items})
     lines.append(f"- audio features: {manifest.get('source')} ("
-                 + ", ".join(f"{k}={v}" for k, v in sorted(params.items())
+                 + ", ".join(f"{k}={v!r}" for k, v in sorted(params.items())
                              if not isinstance(v, (dict, list)))
                  + f"); spans: {manifest.get('spans', {}).get('source')}")
   for field, entry in models.items():

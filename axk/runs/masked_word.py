@@ -47,7 +47,7 @@ from axk.train import metrics as metrics_lib
 
 # `config.model` fields that describe the BERT every method starts from; the others are the
 # method's own and go to its `Model`.
-BERT_FIELDS = ("name", "init", "tiny", "dtype", "param_dtype", "remat", "dropout")
+BERT_FIELDS = ("name", "init", "revision", "tiny", "dtype", "param_dtype", "remat", "dropout")
 
 
 def model_module(name: str) -> ModuleType:
