@@ -9,7 +9,7 @@ is cut from the sentence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 import json
 import logging
 import os
@@ -127,3 +127,13 @@ def spans_from_labels(sentence: str, offsets: Sequence[tuple[int, int]],
   if start is not None:
     spans.append((start, end))
   return tuple(Span(a, b, sentence[a:b]) for a, b in spans if sentence[a:b].strip())
+
+
+def gold_spans(examples: Iterable[Example]) -> dict[str, tuple[Span, ...]]:
+  """Example id -> its gold spans."""
+  return {e.id: tuple(e.spans) for e in examples}
+
+
+def distinct(spans_by_id: Mapping[str, Sequence[Span]]) -> list[str]:
+  """Sorted distinct normalised span texts (the key that feature acquisition dedupes on)."""
+  return sorted({normalise(s.text) for spans in spans_by_id.values() for s in spans})

@@ -199,7 +199,8 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
   data = revisions.get("data", {})
   models = revisions.get("models", {})
   init = models.get("model.init", {})
-  base_model = init.get("name") if init.get("source") == "hub" else None
+  # As configured, maybe `id@revision`; the card names the id.
+  base_model = str(init.get("name")).partition("@")[0] if init.get("source") == "hub" else None
   license_id, license_from = _license(config, base_model, init.get("path", ""))
   title = TITLES[kind]
   metadata = ModelCardData(

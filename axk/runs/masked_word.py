@@ -158,8 +158,8 @@ class MaskedWord:
     self.audio_dim, self.audio_tokens = config.features.audio_dim, config.features.audio_tokens
     features = None
     if self.features_dir:
-      from axk.features.shards import check_manifest, read_manifest  # torch-free
-      manifest = read_manifest(self.features_dir)
+      from axk.features.shards import check_manifest, verify  # torch-free
+      manifest = verify(self.features_dir)  # sizes always, hashes when changed
       dims = manifest.get("dims", {})  # The shards' dimensions win over the config's.
       self.audio_dim = int(dims.get("ast", self.audio_dim))
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))

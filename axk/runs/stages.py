@@ -86,7 +86,8 @@ def prepare(config, workdir: str) -> dict[str, str]:
   if config.features.dir == AUTO:
     feat_dir = os.path.join(stages, "features")
     features = os.path.join(feat_dir, config.stages.get("features_output", "features"))
-    if not os.path.exists(os.path.join(features, "manifest.json")):
+    from axk.features import shards  # torch-free
+    if not shards.verified(features):  # done only when every file matches its manifest
       spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}"]
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",

@@ -384,7 +384,7 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
   notes += task.finish(host_params, workdir, outputs) or []
   selection = {"step": int(chosen), "total_steps": int(trainer.total_steps),
                "metric": task.selection, "value": chosen_value,
-               "select_best": bool(tc.select_best), "started_from": source}
+               "select_best": bool(tc.select_best)}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
                          {**results, SELECTION_KEY: selection,
                           provenance.REVISIONS_KEY: revisions})
