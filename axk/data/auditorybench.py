@@ -35,7 +35,6 @@ import urllib.request
 from axk.data import pins
 from axk.data.types import Example
 from axk.data.types import MASK
-from axk.data.types import PITCH_OPTIONS
 from axk.data.types import SPLITS
 from axk.data.types import Span
 from axk.data.types import TASK_DIRS
@@ -53,9 +52,6 @@ DEFAULT_CACHE_DIR = "~/.cache/axk/auditorybench"
 DOWNLOAD_TIMEOUT_S = 5.0
 # Beyond this fraction of shared sentences, two splits are one split under two names.
 MAX_SENTENCE_OVERLAP = 0.5
-ANIMAL_LETTERS = ("A", "B", "C", "D")
-# The newer upstream layout names the animal span column `span`, the older `description`.
-ANIMAL_SPAN_COLUMNS = ("description", "span")
 
 # Reasons for skipping a row, as they appear in `SplitData.skipped`.
 UNDECODABLE = "undecodable bytes"
@@ -239,27 +235,10 @@ def _validate_row(
   if num_masks > 1:
     return MANY_MASKS, None, (), (), []
 
-  if task == "pitch":
-    answer = normalise(fields["answer"])
-    if not answer:
-      return EMPTY_ANSWER, None, (), (), []
-    if answer not in PITCH_OPTIONS:
-      return BAD_PITCH_ANSWER, None, (), (), []
-    options = PITCH_OPTIONS
-    span_texts = [fields["span1"], fields["span2"]]
-  else:
-    answer = normalise(fields["animal"])
-    if not answer:
-      return EMPTY_ANSWER, None, (), (), []
-    letter = fields["Answer"].strip().upper()
-    if letter not in ANIMAL_LETTERS:
-      return BAD_LETTER, None, (), (), []
-    options = tuple(normalise(fields[k]) for k in ANIMAL_LETTERS)
-    # The letter and the `animal` column are two statements of the gold answer; when they
-    # disagree ("bird" vs option "parrot") neither can be trusted.
-    if options[ANIMAL_LETTERS.index(letter)] != answer:
-      return OPTION_DISAGREES, None, (), (), []
-    span_texts = [fields["span"]]
+  from axk.data import benchmark  # The benchmark tasks' row formats (imports this module).
+  reason, answer, options, span_texts = benchmark.spec(task).rows.read(fields)
+  if reason is not None:
+    return reason, None, (), (), []
 
   spans, notes = [], []
   for span_text in span_texts:
@@ -325,13 +304,17 @@ def load_split(
   """
   path = split_path(data_dir, task, split)
   header, records, raw = _read_records(path)
-  if task == "pitch":
-    wanted = {"sentence": ("sentence",), "answer": ("answer",), "span1": ("span1",),
-              "span2": ("span2",)}
-  else:
-    wanted = {"animal": ("animal",), "span": ANIMAL_SPAN_COLUMNS, "sentence": ("sentence",),
-              "Answer": ("Answer",)}
-    wanted.update({k: (k,) for k in ANIMAL_LETTERS})
+  from axk.data import benchmark
+  rows = benchmark.spec(task).rows
+  wanted = dict(rows.columns)
+  # Optional columns come as a group: all of them, or none (then the reader does without,
+  # e.g. an animal file without options: the paper protocol needs none). One of them alone
+  # is a damaged file.
+  header_names = {h.lower() for h in header}
+  if any(k.lower() in header_names for k in rows.optional):
+    wanted.update({k: (k,) for k in rows.optional})
+  elif rows.optional:
+    logger.info("%s: no %s columns: %s", path, "/".join(rows.optional), rows.without_optional)
   columns = {key: _column_index(header, names, path) for key, names in wanted.items()}
 
   examples: list[Example] = []
@@ -358,7 +341,7 @@ def load_split(
         answer=answer,
         spans=spans,
         options=options,
-        label=options.index(answer),
+        label=options.index(answer) if options else -1,
     ))
 
   reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"

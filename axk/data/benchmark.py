@@ -1,10 +1,10 @@
 """AuditoryBench's benchmark tasks as specs: what each asks, how answers are scored.
 
 A benchmark task (animal sound recognition, sound pitch comparison) is one `BenchmarkTask`
-entry of `TASK_SPECS`: its answer space, its paper-protocol scoring and its majority
-baseline. The masked-word runs read everything task-specific from here, so a third task is
-a new entry, not a new branch. (Each task's CSV columns and row checks live with the reader,
-`axk/data/auditorybench.py`.)
+entry of `TASK_SPECS`: its CSV columns and row reader (used by `axk/data/auditorybench.py`),
+its answer space, its paper-protocol scoring and its majority baseline. Loading, the runs and
+their scoring read everything task-specific from here, so a third task is a new entry (and
+its folder name in `axk.data.types.TASK_DIRS`), not a new branch.
 
 Protocols, per task and split:
   * paper (`accuracy`): tasks with a closed answer set (`choices`, pitch: higher/lower)
@@ -21,12 +21,78 @@ Protocols, per task and split:
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from axk.data import auditorybench as ab
 from axk.data.types import PITCH_OPTIONS
 from axk.data.types import Example
+
+# A row reader: the row's fields (by column key) -> (skip reason or None, answer, options,
+# gold span texts). Span texts are located in the sentence by the loader.
+RowReader = Callable[[Mapping[str, str]], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowFormat:
+  """How a benchmark task's CSV rows read.
+
+  Attributes:
+    columns: column key -> accepted header names (the first present is used; case is
+      ignored when no exact match), all required.
+    optional: column names read only as a group; a file with none of them loads without.
+    without_optional: logged for a file without the optional columns.
+    read: the row reader (`RowReader`).
+  """
+
+  columns: Mapping[str, tuple[str, ...]]
+  read: RowReader
+  optional: tuple[str, ...] = ()
+  without_optional: str = ""
+
+
+def _read_pitch(fields):
+  answer = ab.normalise(fields["answer"])
+  if not answer:
+    return ab.EMPTY_ANSWER, None, (), ()
+  if answer not in PITCH_OPTIONS:
+    return ab.BAD_PITCH_ANSWER, None, (), ()
+  return None, answer, PITCH_OPTIONS, (fields["span1"], fields["span2"])
+
+
+ANIMAL_LETTERS = ("A", "B", "C", "D")
+
+
+def _read_animal(fields):
+  answer = ab.normalise(fields["animal"])
+  if not answer:
+    return ab.EMPTY_ANSWER, None, (), ()
+  options = ()
+  if "Answer" in fields:  # Without option columns these checks have nothing to check.
+    letter = fields["Answer"].strip().upper()
+    if letter not in ANIMAL_LETTERS:
+      return ab.BAD_LETTER, None, (), ()
+    options = tuple(ab.normalise(fields[k]) for k in ANIMAL_LETTERS)
+    # The letter and the `animal` column are two statements of the gold answer; when they
+    # disagree ("bird" vs option "parrot") neither can be trusted.
+    if options[ANIMAL_LETTERS.index(letter)] != answer:
+      return ab.OPTION_DISAGREES, None, (), ()
+  return None, answer, options, (fields["span"],)
+
+
+PITCH_ROWS = RowFormat(
+    columns={"sentence": ("sentence",), "answer": ("answer",), "span1": ("span1",),
+             "span2": ("span2",)},
+    read=_read_pitch)
+ANIMAL_ROWS = RowFormat(
+    # The newer upstream layout names the span column `span`, the older `description`.
+    columns={"animal": ("animal",), "span": ("description", "span"), "sentence": ("sentence",)},
+    read=_read_animal,
+    # The upstream flat layout's wiki file has only `animal, description, sentence`.
+    optional=("Answer", *ANIMAL_LETTERS),
+    without_optional="its examples have no options, so the candidate protocol leaves them "
+    "out.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,12 +102,14 @@ class BenchmarkTask:
   Attributes:
     name: short name used in configs, keys (`"<name>/<split>"`) and file names.
     title: how results tables name it.
+    rows: its CSV columns and row reader.
     choices: the closed answer set scored by the paper protocol at one `[MASK]` (pitch:
       higher/lower); empty for an open answer (animal names, any number of word pieces).
   """
 
   name: str
   title: str
+  rows: RowFormat
   choices: tuple[str, ...] = ()
 
   @property
@@ -50,8 +118,9 @@ class BenchmarkTask:
 
 
 TASK_SPECS: dict[str, BenchmarkTask] = {
-    "animal": BenchmarkTask("animal", "animal sound recognition"),
-    "pitch": BenchmarkTask("pitch", "sound pitch comparison", choices=PITCH_OPTIONS),
+    "animal": BenchmarkTask("animal", "animal sound recognition", ANIMAL_ROWS),
+    "pitch": BenchmarkTask("pitch", "sound pitch comparison", PITCH_ROWS,
+                           choices=PITCH_OPTIONS),
 }
 
 
@@ -95,17 +164,19 @@ def paper_answers(task: BenchmarkTask, examples: Sequence[Example], outputs: Map
 
 
 def candidate_answers(num_examples: int, example_index: np.ndarray, option_index: np.ndarray,
-                      scores: np.ndarray) -> list[int]:
-  """Per example, the index of its best-scoring option (ties: the first option)."""
+                      scores: np.ndarray, without_options: Sequence[int] = ()) -> list:
+  """Per example, the index of its best-scoring option (ties: the first option); None for the
+  examples in `without_options` (an animal file without option columns)."""
   best: dict[int, tuple[int, float]] = {}
   for ex, opt, score in zip(np.asarray(example_index).tolist(),
                             np.asarray(option_index).tolist(), np.asarray(scores).tolist()):
     if ex not in best or score > best[ex][1]:
       best[ex] = (opt, score)
-  missing = [i for i in range(num_examples) if i not in best]
+  skip = set(without_options)
+  missing = [i for i in range(num_examples) if i not in best and i not in skip]
   if missing:
     raise ValueError(f"examples without candidate rows: {missing[:5]}")
-  return [best[i][0] for i in range(num_examples)]
+  return [best[i][0] if i in best else None for i in range(num_examples)]
 
 
 def majority_baseline(examples: Sequence[Example]) -> float:

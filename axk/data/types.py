@@ -38,8 +38,9 @@ class Example:
     answer: the gold answer, lower-cased with whitespace collapsed.
     spans: the gold auditory spans, as character offsets into `sentence`.
     options: candidate answers for the leak-free candidate protocol (animal: the four
-      options A-D normalised like `answer`; pitch: `PITCH_OPTIONS`).
-    label: `options.index(answer)`.
+      options A-D normalised like `answer`, or none when the file has no option columns;
+      pitch: `PITCH_OPTIONS`).
+    label: `options.index(answer)`, -1 without options.
   """
 
   id: str

@@ -12,6 +12,7 @@ from axk.data import auditorybench as ab
 from axk.data import encode as enc
 from axk.data import types
 from axk.models import bert as bert_lib
+from axk.train import sharding
 
 
 class ConfigError(ValueError):
@@ -34,6 +35,7 @@ def check_config(config) -> None:
   if tc.batch_size % n or tc.eval_batch_size % n:
     raise ConfigError(f"Batch sizes ({tc.batch_size}, {tc.eval_batch_size}) must divide by the "
                       f"{n} processes.")
+  sharding.check_config(config)  # Mesh vs devices, batch vs data axis.
   check_data(config.data)
   init = str(config.model.init)
   if init and (init.startswith((".", "/", "~")) or os.sep in init[:1]) and not os.path.isdir(

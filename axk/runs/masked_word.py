@@ -248,19 +248,23 @@ class MaskedWord:
     predicted, correct = benchmark.paper_answers(task, examples, outputs["paper"],
                                                  self.choice_words, self.tokenizer.decode)
     rows = views["candidates"]
-    best = benchmark.candidate_answers(len(examples), rows["example_index"],
-                                       rows["option_index"],
-                                       outputs["candidates"]["label_logprob"])
+    best = benchmark.candidate_answers(
+        len(examples), rows["example_index"], rows["option_index"],
+        outputs["candidates"].get("label_logprob", ()),
+        without_options=[i for i, e in enumerate(examples) if not e.options])
+    # Examples without options (an animal file without A-D) have no candidate answer.
     return [{"id": e.id, "answer": e.answer, "predicted": p, "correct": bool(c),
-             "predicted_candidate": e.options[b], "correct_candidate": b == e.label}
+             "predicted_candidate": None if b is None else e.options[b],
+             "correct_candidate": None if b is None else b == e.label}
             for e, p, c, b in zip(examples, predicted, correct, best)]
 
   def evaluate(self, key, views, outputs):
     answers = self.answers(key, views, outputs)
     with_audio = float(views["paper"]["span_has_audio"].any(axis=1).mean())
+    candidates = [a["correct_candidate"] for a in answers if a["correct_candidate"] is not None]
     return {"accuracy": 100 * float(np.mean([a["correct"] for a in answers])),
-            "accuracy_candidates": 100 * float(np.mean([a["correct_candidate"]
-                                                        for a in answers])),
+            "accuracy_candidates": (100 * float(np.mean(candidates)) if candidates
+                                    else float("nan")),
             "majority": self.majority[key], "examples": len(answers),
             "with_audio": 100 * with_audio}
 

@@ -12,8 +12,10 @@ torch (the feature pipeline's). Both stages receive the run's `data` fields.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import subprocess
 import sys
 
@@ -26,19 +28,64 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(axk.__file__)))
 AUTO = "auto"
 
 
+# Exit status of `axk.main` after a one-line setup error (bad config, data, workdir): a rerun
+# of the same command fails the same way.
+SETUP_EXIT = 3
+_PR_SET_PDEATHSIG = 1
+PARENT_ENV = "AXK_STAGE_PARENT"  # The pid of the run that started this stage child.
+
+
 class StageError(RuntimeError):
   pass
 
 
+def follow_parent() -> None:
+  """In a stage child (`PARENT_ENV` set by `_run`): die with SIGKILL when the parent dies
+  (Linux `PR_SET_PDEATHSIG`), so a killed run leaves no stage running on in its workdir.
+
+  Set in the child rather than in a `preexec_fn`: running Python between fork and exec in a
+  multithreaded parent (JAX's) can deadlock, and without it subprocess can use posix_spawn.
+  """
+  parent = os.environ.pop(PARENT_ENV, None)
+  if not parent:
+    return
+  try:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+  except (OSError, AttributeError):  # Not Linux: the child outlives a killed parent.
+    return
+  prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+  if os.getppid() != int(parent):  # The parent died before the signal was armed.
+    os._exit(1)
+
+
 def _run(command: list[str], what: str, workdir: str) -> None:
+  """Runs a stage; its failure says whether a rerun resumes it."""
   logging.info("Stage %s: %s", what, " ".join(command))
   if jax.process_count() > 1:
     raise StageError(f"Stage {what} must be run before a multi-process job: run "
                      f"`{' '.join(command)}` once, then pass its output explicitly.")
-  proc = subprocess.run(command, cwd=REPO)
-  if proc.returncode:
-    raise StageError(f"Stage {what} failed (exit {proc.returncode}); its workdir is {workdir}. "
-                     "Rerun the same command to resume it.")
+  # From this thread: the death signal (`follow_parent`) follows the thread that started
+  # the child.
+  proc = subprocess.run(command, cwd=REPO, env={**os.environ, PARENT_ENV: str(os.getpid())})
+  code = proc.returncode
+  if code == SETUP_EXIT:
+    raise StageError(f"Stage {what} refused its input (its error is the line above); fix "
+                     f"that, then rerun. Its workdir is {workdir}.")
+  if code < 0:
+    raise StageError(f"Stage {what} was stopped by {signal.Signals(-code).name}; rerun the "
+                     f"same command to resume it (its workdir is {workdir}).")
+  if code:
+    raise StageError(f"Stage {what} failed (exit {code}, its error is above); its workdir "
+                     f"{workdir} keeps its checkpoints and caches for a rerun once that is "
+                     "fixed.")
+
+
+def _finished(output: str, what: str, workdir: str) -> None:
+  """After a stage that exited 0: it may have stopped cleanly before the end (SIGTERM,
+  `train.stop_at_step`), without `output`."""
+  if not os.path.exists(output):
+    raise StageError(f"Stage {what} stopped before it finished; rerun the same command to "
+                     f"resume it (its workdir is {workdir}).")
 
 
 def _config_path(spec: str) -> str:
@@ -80,6 +127,7 @@ def prepare(config, workdir: str) -> dict[str, str]:
     if not os.path.exists(os.path.join(span_dir, "results.json")):
       _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
             f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir)
+      _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
     predictions = os.path.join(span_dir, "predictions")
     if config.spans.predictions == AUTO:
       out["spans_predictions"] = predictions
@@ -93,5 +141,6 @@ def prepare(config, workdir: str) -> dict[str, str]:
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
             *_data_overrides(config), *spans, *config.stages.get("features_args", ())],
            "features", feat_dir)
+      _finished(os.path.join(features, "manifest.json"), "features", feat_dir)
     out["features_dir"] = features
   return out

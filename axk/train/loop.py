@@ -205,7 +205,9 @@ class Trainer:
   def init_state(self, checkpoints: ckpt_lib.Checkpoints) -> tuple[dict, str]:
     """The starting state and where it came from (see the module docstring)."""
     if checkpoints.latest_step() is not None:
-      return checkpoints.restore(self.abstract_state), f"checkpoint step {checkpoints.latest_step()}"
+      # The newest step that restores; damaged newer ones are moved aside with a warning.
+      state, step = checkpoints.restore_latest(self.abstract_state)
+      return state, f"checkpoint step {step}"
     if self.config.get("resume"):
       params, step = ckpt_lib.restore_params_from(self.config.resume,
                                                   self.abstract_state["params"])

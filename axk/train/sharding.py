@@ -18,26 +18,63 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 
+class MeshError(ValueError):
+  """A mesh or batch size that cannot work on the available devices (a config fault)."""
+
+
+def _shape_items(shape) -> list[tuple[str, int]]:
+  items = list(shape.items()) if isinstance(shape, Mapping) else [tuple(x) for x in shape]
+  return [(str(n), int(s)) for n, s in items]
+
+
+def resolve_shape(shape, num_devices: int, exact: bool = True) -> dict[str, int]:
+  """Mesh axis sizes with -1 resolved; `MeshError` (one line) when they cannot fit
+  (`exact`: when they do not use all `num_devices`; else only when they need more)."""
+  items = _shape_items(shape)
+  sizes = [s for _, s in items]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise MeshError(f"--config.mesh.shape={tuple(items)}: sizes must be positive, with at "
+                    "most one -1 (all remaining devices).")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if num_devices % known:
+      raise MeshError(f"--config.mesh.shape={tuple(items)}: {num_devices} devices do not "
+                      f"divide into axes of {known}.")
+    sizes[sizes.index(-1)] = num_devices // known
+  if int(np.prod(sizes)) > num_devices or (exact and int(np.prod(sizes)) != num_devices):
+    raise MeshError(f"--config.mesh.shape={tuple(items)}: needs {int(np.prod(sizes))} devices, "
+                    f"{num_devices} are available.")
+  return dict(zip([n for n, _ in items], sizes))
+
+
+def check_config(config) -> None:
+  """Fails fast, before any work, when `config.mesh` cannot be built on this job's devices or
+  a batch size does not divide by the mesh axes the batch is split over."""
+  # Not `exact`: a Trainer may be given a subset of the devices.
+  sizes = resolve_shape(config.mesh.shape, jax.device_count(), exact=False)
+  axes = nn.logical_to_mesh_axes(("batch",), rules_of(config.mesh.rules))[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  unknown = [a for a in axes if a not in sizes]
+  if unknown:
+    raise MeshError(f"--config.mesh.rules: batch maps to mesh axis {unknown[0]!r}, which "
+                    f"--config.mesh.shape does not have ({', '.join(sizes)}).")
+  split = int(np.prod([sizes[a] for a in axes]))
+  for name in ("batch_size", "eval_batch_size"):
+    value = int(config.train[name])
+    if value % split:
+      raise MeshError(f"--config.train.{name}={value}: must divide by the {split} devices the "
+                      f"batch is split over (mesh {sizes}).")
+
+
 def make_mesh(shape: Mapping[str, int] | Sequence[tuple[str, int]],
               devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A mesh with named axes; one size may be -1 (all remaining devices).
 
   Axes are `Auto`, so shardings propagate through ops without explicit annotations.
   """
-  items = list(shape.items()) if isinstance(shape, Mapping) else [tuple(x) for x in shape]
-  names = tuple(n for n, _ in items)
-  sizes = [int(s) for _, s in items]
   devices = list(jax.devices() if devices is None else devices)
-  if sizes.count(-1) > 1:
-    raise ValueError(f"At most one mesh axis may be -1, got {dict(items)}")
-  known = int(np.prod([s for s in sizes if s != -1]))
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh {dict(items)}")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if int(np.prod(sizes)) != len(devices):
-    raise ValueError(f"Mesh {dict(zip(names, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"{len(devices)} are available")
+  resolved = resolve_shape(shape, len(devices))
+  names, sizes = tuple(resolved), list(resolved.values())
   grid = np.asarray(devices, dtype=object).reshape(sizes)
   return Mesh(grid, names, axis_types=(AxisType.Auto,) * len(names))
 
