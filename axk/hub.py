@@ -6,6 +6,14 @@ first; it is downloaded only when the hub answers a short connection probe, so a
 machine fails in seconds, with a message saying which flag takes a local directory, instead
 of retrying for minutes. `fingerprint` identifies a model directory by content, for
 manifests and cache keys. Imports neither torch nor jax.
+
+Revisions: a hub id resolves at the revision given (`revision=`, or `id@revision` in any
+model field, e.g. `laion/clap-htsat-fused@<commit>`), else at the hub's default branch.
+`describe` names what a resolved directory is, with its exact revision: the commit of a hub
+snapshot, or a content hash (`sha256:...`) of a local folder; runs record it in config.json,
+results.json and the feature manifest. A 401/403 from the hub (a gated model such as
+stabilityai/stable-audio-open-1.0 whose terms are not accepted, or no login) becomes one line
+saying what to do.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import urllib.parse
 from typing import Sequence
@@ -47,21 +56,53 @@ def hub_reachable() -> bool:
     return False
 
 
+# A file of a hub cache snapshot: .../models--org--name/snapshots/<commit>/...
+_SNAPSHOT = re.compile(r"[\\/]models--[^\\/]+[\\/]snapshots[\\/]([0-9a-f]{40})(?=[\\/]|$)")
+_GATED = ("stabilityai/stable-audio-open",)
+
+
+def split_revision(name_or_path: str, revision: str | None = None) -> tuple[str, str | None]:
+  """`"org/name@rev"` -> ("org/name", "rev"); an explicit `revision` wins. Paths are kept."""
+  name = str(name_or_path)
+  if "@" in name and not os.path.exists(os.path.expanduser(name)):
+    name, _, at = name.rpartition("@")
+    revision = revision or at
+  return name, (revision or None)
+
+
+def access_message(error: BaseException, repo_id: str, action: str = "download") -> str | None:
+  """One line for a 401/403 (or gated-repo) answer of the hub, else None."""
+  status = getattr(getattr(error, "response", None), "status_code", None)
+  gated = type(error).__name__ == "GatedRepoError"
+  if status not in (401, 403) and not gated:
+    return None
+  terms = (f"{repo_id} is gated (Stable Audio Open: non-commercial license): open "
+           f"https://huggingface.co/{repo_id}, accept its terms, then "
+           if gated or repo_id.startswith(_GATED) else "")
+  return (f"the Hugging Face Hub refused to {action} {repo_id} (HTTP {status or 403}): "
+          f"{terms}log in with `huggingface-cli login` (or set HF_TOKEN) with an account "
+          "that has access.")
+
+
 def resolve(name_or_path: str, what: str = "model", *,
             allow_patterns: Sequence[str] | None = None,
-            ignore_patterns: Sequence[str] | None = None, hint: str = "") -> str:
+            ignore_patterns: Sequence[str] | None = None, hint: str = "",
+            revision: str | None = None) -> str:
   """Returns a local directory holding `name_or_path`.
 
   Args:
-    name_or_path: a local directory, or a hub id such as `laion/clap-htsat-fused`.
+    name_or_path: a local directory, or a hub id such as `laion/clap-htsat-fused`
+      (optionally `id@revision`).
     what: the config field, for error messages (e.g. `models.clap`, `model.init`).
     allow_patterns, ignore_patterns: which files of a hub repository to download.
     hint: an extra sentence for the offline error (e.g. an offline variant to use).
+    revision: hub commit, tag or branch (None: the default branch).
 
   Raises:
     ModelNotAvailable: a path that is not a directory; or not in the local hub cache while
-      the hub cannot be reached (or `HF_HUB_OFFLINE` is set).
+      the hub cannot be reached (or `HF_HUB_OFFLINE` is set); or the hub refused access.
   """
+  name_or_path, revision = split_revision(name_or_path, revision)
   path = os.path.expanduser(str(name_or_path))
   if os.path.isdir(path):
     return path
@@ -75,7 +116,8 @@ def resolve(name_or_path: str, what: str = "model", *,
     raise ModelNotAvailable(f"--config.{what}={name_or_path!r} is not a local directory and "
                             f"huggingface_hub is not installed; {advice}.") from e
   kwargs = dict(allow_patterns=list(allow_patterns) if allow_patterns else None,
-                ignore_patterns=list(ignore_patterns) if ignore_patterns else None)
+                ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
+                revision=revision)
   try:
     return huggingface_hub.snapshot_download(name_or_path, local_files_only=True, **kwargs)
   except Exception:  # pylint: disable=broad-except
@@ -89,6 +131,9 @@ def resolve(name_or_path: str, what: str = "model", *,
     return huggingface_hub.snapshot_download(name_or_path, etag_timeout=PROBE_TIMEOUT_S,
                                              **kwargs)
   except Exception as e:  # pylint: disable=broad-except
+    denied = access_message(e, name_or_path)
+    if denied:
+      raise ModelNotAvailable(f"--config.{what}: {denied}") from None
     raise ModelNotAvailable(f"--config.{what}={name_or_path!r}: download failed ({e}); "
                             f"{advice}.") from e
 
@@ -114,10 +159,48 @@ def fingerprint(path: str) -> str:
   return h.hexdigest()[:16]
 
 
-def describe(name_or_path: str, path: str) -> dict[str, str]:
-  """Manifest entry for a model: as configured, where it was found, fingerprint."""
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def content_fingerprint(path: str) -> str:
+  """sha256 over every file of a folder (relative names and bytes; dot files left out)."""
+  entries = []
+  for root, dirs, names in os.walk(path):
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for name in sorted(names):
+      if not name.startswith("."):
+        full = os.path.join(root, name)
+        stat = os.stat(full)
+        entries.append((os.path.relpath(full, path), stat.st_size, stat.st_mtime_ns))
+  key = (os.path.abspath(path), tuple(entries))
+  if key not in _FINGERPRINTS:  # Large weights are hashed once per process.
+    digest = hashlib.sha256()
+    for rel, size, _ in entries:
+      digest.update(f"{rel}\0{size}\0".encode())
+      with open(os.path.join(path, rel), "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+          digest.update(block)
+    _FINGERPRINTS[key] = digest.hexdigest()
+  return _FINGERPRINTS[key]
+
+
+def revision_of(path: str) -> str:
+  """The exact revision of a resolved model directory: the commit of a hub cache snapshot,
+  else `sha256:<content fingerprint>` of the folder."""
+  found = _SNAPSHOT.search(os.path.realpath(path)) or _SNAPSHOT.search(os.path.abspath(path))
+  if found:
+    return found.group(1)
+  return "sha256:" + content_fingerprint(path)[:32]
+
+
+def describe(name_or_path: str, path: str, revision: str | None = None) -> dict[str, str]:
+  """Manifest entry for a model: as configured, where it was found, fingerprint, and the
+  revision asked for and the exact one (`revision_of`)."""
+  _, asked = split_revision(name_or_path, revision)
+  exact = revision_of(path)
   return {"name": str(name_or_path), "path": os.path.abspath(path),
-          "fingerprint": fingerprint(path)}
+          "fingerprint": fingerprint(path), "requested_revision": asked or "",
+          "revision": exact, "source": "local" if exact.startswith("sha256:") else "hub"}
 
 
 def stable_json(obj) -> str:

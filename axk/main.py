@@ -31,6 +31,8 @@ from ml_collections import config_flags
 
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
+from axk.hf import push
+from axk.hub import ModelNotAvailable
 from axk.features.shards import FeaturesMismatch
 from axk.runs.common import ConfigError
 from axk.runs.inputs import FeaturesError
@@ -42,7 +44,8 @@ from axk.utils import workdir as workdir_lib
 # Errors that name a bad config value, path or data file; anything else keeps its traceback.
 SETUP_ERRORS = (ConfigError, CheckpointError, DataError, FeaturesError, FeaturesMismatch,
                 StageError, FileNotFoundError, CheckpointDamaged, MeshError,
-                workdir_lib.WorkdirError)
+                workdir_lib.WorkdirError,
+                ModelNotAvailable, push.PushError)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, `path.py[:variant]` (configs/span.py, configs/audiobert.py, "
@@ -163,9 +166,13 @@ def main(argv):
   # The processes of one job share the workdir: process 0 holds the lock for all of them.
   lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
   try:
+    if config.get("export", {}).get("push_to_hub"):
+      push.check_repo_id(config.export.push_to_hub)  # Before the run, not after it.
     if lock:
       lock.acquire()
-    entry(config, workdir)
+    if entry(config, workdir) and "export" in config:
+      # A finished run (not stopped early): model cards for its exports, then the upload.
+      push.finish_run(config, workdir)
   except SETUP_ERRORS as e:  # Bad input found before any work: one line, no traceback.
     _fail(str(e))
   finally:

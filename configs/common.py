@@ -32,6 +32,10 @@ def data_config():
   d = ml_collections.ConfigDict()
   d.dir = "github"  # AuditoryBench folder; "github" downloads it, "sample" is the demo set.
   d.cache_dir = ""  # Where "github" downloads go (default ~/.cache/axk/auditorybench).
+  # -- Pinned inputs and published artifacts (axk/data/pins.py, axk/hf/push.py) ------------
+  # The HJ-Ok/AudioBERT commit "github" downloads (40 hex; moves the pin on purpose). Every
+  # file is checked against its sha256: pinned in axk, or recorded at the first download.
+  d.revision = ""
   d.tasks = ("animal", "pitch")  # Which AuditoryBench tasks.
   d.splits = ("train", "dev", "test", "wiki")  # Which splits (wiki only where its file exists).
   d.max_length = 128  # Longest tokenised sentence allowed (longer is an error).
@@ -53,6 +57,16 @@ def base_config():
   c.model.param_dtype = "float32"  # Storage dtype of the parameters.
   c.model.remat = False  # Recompute encoder layers in the backward pass (saves memory).
   c.model.dropout = 0.1  # Hidden and attention dropout.
+
+  # -- Pinned inputs and published artifacts (axk/hub.py, axk/hf/card.py, axk/hf/push.py) --
+  # Hub revision (commit, tag or branch) of model.init; "" takes the hub's default branch.
+  # Every run records the exact commit it used in config.json and results.json.
+  c.model.revision = ""
+  c.export = ml_collections.ConfigDict()
+  c.export.push_to_hub = ""  # Hub repo id to upload the export to when the run ends ("": no).
+  c.export.private = True  # A repo the upload creates is private.
+  c.export.overwrite = False  # Replace files an existing repo already holds (else refuse).
+  c.export.license = ""  # License of the exported weights ("": the base model's, if known).
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # Passes over the training rows.

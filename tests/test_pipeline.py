@@ -3,8 +3,10 @@
 import json
 import os
 
+import huggingface_hub
 import numpy as np
 
+from axk.hf import push
 from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
 from axk.runs import masked_word
@@ -17,8 +19,9 @@ def test_ith_smoke_runs_every_stage_and_writes_results(ith_smoke):
   manifest = json.loads((stages / "features" / "features" / "manifest.json").read_text())
   assert manifest["spans"]["source"] == "predictions"  # detected spans for evaluation
   results = json.loads((ith_smoke / "results.json").read_text())
-  assert set(results) == {"animal", "pitch", "selection"}
+  assert set(results) == {"animal", "pitch", "selection", "revisions"}
   assert set(results.pop("selection")) == {"animal", "pitch"}
+  assert results.pop("revisions")["data"]["source"] == "sample"
   for task in results:
     assert {"dev", "test", "wiki"} <= set(results[task])
     dev = results[task]["dev"]
@@ -40,6 +43,16 @@ def test_audiobert_smoke_on_retrieval_features(ith_smoke, tmp_path):
   assert not (tmp_path / "stages").exists()  # Given inputs: no stage ran.
   model = AudioBertTorch.from_export(str(tmp_path / "export"))
   assert model.use_lora and model.audio_proj is not None
+  # What axk.main does after a finished run: the export's model card.
+  assert push.finish_run(config, str(tmp_path)) == [str(tmp_path / "export" / "README.md")]
+  card = huggingface_hub.ModelCard.load(tmp_path / "export" / "README.md").data
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert {(r.dataset_config, r.dataset_split, r.metric_type): r.metric_value
+          for r in card.eval_results} == {
+              (t, s, m): v for t in ("animal", "pitch") for s, ms in saved[t].items()
+              for m, v in ms.items() if m not in ("examples", "majority", "with_audio")}
+  assert card.pipeline_tag == "fill-mask" and "peft" in card.tags
+  assert saved["revisions"]["models"]["features.clap"]["revision"]
   lines = (tmp_path / "predictions" / "pitch_dev.jsonl").read_text().splitlines()
   assert len(lines) == results["pitch"]["dev"]["examples"]
   assert {json.loads(l)["predicted"] for l in lines} <= {"higher", "lower"}
@@ -65,5 +78,6 @@ def test_several_seeds_report_mean_and_standard_deviation(tmp_path, monkeypatch)
   assert abs(dev["accuracy_std"] - np.sqrt(200 / 3)) < 1e-9  # population std of 40, 50, 60
   assert dev["majority"] == 59.0 and "majority_std" not in dev
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert {k: v for k, v in saved.items() if k != loop.SELECTION_KEY} == merged
+  assert {k: v for k, v in saved.items() if k not in (loop.SELECTION_KEY, "revisions")} == merged
+  assert saved["revisions"]["data"]["source"] == "sample"
   assert "mean over seeds [0, 1, 2]" in (tmp_path / "results.md").read_text()

@@ -66,7 +66,8 @@ def test_smoke_run_writes_everything(smoke_run):
   for name in ("config.json", "results.json", "results.md", "metrics.jsonl"):
     assert os.path.exists(os.path.join(workdir, name)), name
   saved = json.load(open(os.path.join(workdir, "results.json")))
-  assert set(saved) == {"animal", "pitch", "selection"}
+  assert set(saved) == {"animal", "pitch", "selection", "revisions"}
+  assert saved["revisions"]["data"]["revision"] and saved["revisions"]["models"]["model.init"]
   assert {"dev", "test", "wiki"} <= set(saved["animal"])
   assert 0 <= saved["pitch"]["dev"]["token_f1"] <= 100
   assert os.listdir(os.path.join(workdir, "tensorboard"))

@@ -71,7 +71,8 @@ def _split_list(value, allowed: Sequence[str], what: str) -> list[str]:
 
 def load_data(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, dict]]:
   """Examples by task and split, and the inputs' provenance for the manifest."""
-  data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None)
+  data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
+                                            config.data.get("revision", ""))
   tasks = _split_list(config.data.tasks, TASKS, "data.tasks")
   splits = _split_list(config.data.splits, SPLITS, "data.splits")
   examples, inputs = {}, {}
@@ -317,6 +318,9 @@ def assemble_stage(source: sources_lib.FeatureSource, workdir: str,
         "assembly_key": _assembly_key(source, inputs, spans_info),
         "dims": dims,
         "inputs": dict(inputs),
+        # The data's commit (or content fingerprint); readers refuse another revision.
+        "data": auditorybench.data_revision(os.path.dirname(os.path.dirname(
+            next(iter(inputs.values()))["path"]))),
         "spans": dict(spans_info),
         "counts": {"distinct_spans": len(distinct), "distinct_with_audio": with_audio,
                    "by_split": counts},

@@ -396,7 +396,8 @@ def verified(features_dir: str, **kwargs) -> bool:
 
 def check_manifest(manifest: Mapping, *, csv_sha256: Mapping[str, str] | None = None,
                    spans_source: str | None = None,
-                   num_audio_tokens: int | None = None) -> None:
+                   num_audio_tokens: int | None = None,
+                   data_revision: str | None = None) -> None:
   """Refuses features that do not match what the caller trains or evaluates on.
 
   Args:
@@ -405,6 +406,8 @@ def check_manifest(manifest: Mapping, *, csv_sha256: Mapping[str, str] | None = 
       (`SplitData.sha256`); each must equal the manifest's.
     spans_source: `"gold"`, `"predictions"` or `"detector"`, when the caller needs one.
     num_audio_tokens: the audio token count the model expects.
+    data_revision: the caller's data revision (`auditorybench.data_revision`); features
+      built from another revision, or with none recorded, are refused.
 
   Raises:
     FeaturesMismatch: naming every mismatch.
@@ -427,5 +430,10 @@ def check_manifest(manifest: Mapping, *, csv_sha256: Mapping[str, str] | None = 
       "num_audio_tokens") != num_audio_tokens:
     problems.append(f"num_audio_tokens {manifest.get('dims', {}).get('num_audio_tokens')} "
                     f"!= {num_audio_tokens}")
+  if data_revision is not None:
+    have = manifest.get("data", {}).get("revision")
+    if have != data_revision:
+      problems.append(f"built from data revision {have or 'unrecorded'}, caller has "
+                      f"{data_revision}")
   if problems:
     raise FeaturesMismatch("features do not match: " + "; ".join(problems))

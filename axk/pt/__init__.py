@@ -7,6 +7,26 @@ import json
 import os
 
 
+def resolve_export(name_or_dir: str, *, revision: str | None = None,
+                   cache_dir: str | None = None, token: str | bool | None = None,
+                   local_files_only: bool = False) -> str:
+  """A local folder holding the export `name_or_dir`: the folder itself, or the hub repo's
+  snapshot at `revision` (downloaded into the hub cache; from the cache alone offline)."""
+  if os.path.isdir(os.path.expanduser(name_or_dir)):
+    return os.path.expanduser(name_or_dir)
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  from axk import hub  # pylint: disable=g-import-not-at-top
+  try:
+    return huggingface_hub.snapshot_download(
+        name_or_dir, revision=revision, cache_dir=cache_dir, token=token,
+        local_files_only=local_files_only or hub.offline())
+  except Exception as e:  # pylint: disable=broad-except
+    denied = hub.access_message(e, name_or_dir)
+    if denied:
+      raise PermissionError(denied) from None
+    raise
+
+
 def load_export(export_dir: str, meta_file: str):
   """(`BertForMaskedLM` of `export_dir/base`, with its PEFT adapter when the export has one,
   the export's metadata dict from `meta_file`)."""

@@ -4,9 +4,12 @@
     logits = model(input_ids, attention_mask, token_type_ids, span_ids, span_audio,
                    span_has_audio, lora_gate)   # [batch, length, vocab]
 
-The base `BertForMaskedLM` runs with the PEFT adapter enabled for the examples whose gate
-is 1 and disabled for the others; the projected audio vector of each span with audio is
-added to the embedding output at the span's first token (a forward hook on the embeddings).
+    model = AudioBertTorch.from_pretrained("org/axk-audiobert")   # a hub id (or a folder)
+
+The base `BertForMaskedLM` runs once over the whole batch with PEFT's mixed-batch inference:
+`adapter_names` names the adapter for the rows whose gate is 1 and `"__base__"` (no
+adapter) for the others. The projected audio vector of each span with audio is added to the
+embedding output at the span's first token (a forward hook on the embeddings).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from axk.pt import load_export
+from axk.pt import resolve_export
 
 
 def first_token_onehot(span_ids: torch.Tensor, num_spans: int) -> torch.Tensor:
@@ -50,6 +54,13 @@ class AudioBertTorch(torch.nn.Module):
                             "bias": state["audio_proj.bias"]})
     return cls(model, proj, meta["use_lora"]).eval()
 
+  @classmethod
+  def from_pretrained(cls, name_or_dir: str, *, revision: str | None = None,
+                      **hub_kwargs) -> "AudioBertTorch":
+    """Loads an export from a local folder or a hub repo id (at `revision`); `hub_kwargs`:
+    `cache_dir`, `token`, `local_files_only`."""
+    return cls.from_export(resolve_export(name_or_dir, revision=revision, **hub_kwargs))
+
   def _inject(self, module, inputs, output):
     if self._delta is None:
       return output
@@ -69,9 +80,9 @@ class AudioBertTorch(torch.nn.Module):
                     token_type_ids=token_type_ids)
       if not self.use_lora:
         return self.model(**kwargs).logits
-      on = self.model(**kwargs).logits
-      with self.model.disable_adapter():
-        off = self.model(**kwargs).logits
-      return torch.where(lora_gate[:, None, None] > 0, on, off)
+      # One pass: PEFT applies the adapter only to the rows named with it.
+      adapter = self.model.active_adapter
+      names = [adapter if g > 0 else "__base__" for g in lora_gate.tolist()]
+      return self.model(**kwargs, adapter_names=names).logits
     finally:
       self._delta = None

@@ -1,6 +1,7 @@
 """Imagine to Hear inference in PyTorch from an axk export (`<workdir>/export/`).
 
     model = IthTorch.from_export("workdir/export")
+    model = IthTorch.from_pretrained("org/axk-ith")   # a hub id (or a folder)
     logits = model(input_ids, attention_mask, token_type_ids, span_ids, span_audio_tokens,
                    span_has_audio)   # [batch, length, vocab]
 
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from axk.pt import load_export
+from axk.pt import resolve_export
 from torch import nn
 from torch.nn import functional as F
 
@@ -115,6 +117,13 @@ class IthTorch(nn.Module):
     fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items()
                             if k.startswith("fusion.")})
     return cls(model, mlp, fusion, meta["fusion_layer"]).eval()
+
+  @classmethod
+  def from_pretrained(cls, name_or_dir: str, *, revision: str | None = None,
+                      **hub_kwargs) -> "IthTorch":
+    """Loads an export from a local folder or a hub repo id (at `revision`); `hub_kwargs`:
+    `cache_dir`, `token`, `local_files_only`."""
+    return cls.from_export(resolve_export(name_or_dir, revision=revision, **hub_kwargs))
 
   def _fuse(self, module, inputs, output):
     span_ids, audio, has_audio = self._inputs

@@ -64,7 +64,7 @@ def model_dir(config, workdir: str) -> str:
   `<workdir>/tiny_model` with the tokenizer of `config.model.init`. Otherwise
   `config.model.init` itself (a hub id is downloaded; offline that fails in seconds).
   """
-  source = hf.resolve(config.model.init)
+  source = hf.resolve(config.model.init, config.model.get("revision") or None)
   if not config.model.tiny:
     return source
   out = os.path.join(workdir, "tiny_model")
@@ -94,13 +94,14 @@ def bert_config_of(config) -> bert_lib.BertConfig:
   the `config.json` of `config.model.init` (a hub id is downloaded: fails fast offline)."""
   if config.model.tiny:
     return bert_lib.BertConfig(vocab_size=2, **dict(config.model.tiny))
-  return bert_config(config, hf.resolve(config.model.init))
+  return bert_config(config, hf.resolve(config.model.init, config.model.get("revision") or None))
 
 
 def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str, ab.SplitData]]:
   """{task: {split: SplitData}} for the configured tasks and splits (wiki where its file
   exists)."""
-  data_dir = ab.resolve_data_dir(config.data.dir, config.data.cache_dir or None)
+  data_dir = ab.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
+                                  config.data.get("revision", ""))
   return {t: ab.load_task(data_dir, t, tuple(config.data.splits),
                           keep_missing_spans=keep_missing_spans)
           for t in config.data.tasks}

@@ -35,6 +35,7 @@ import numpy as np
 import optax
 
 from axk import hf
+from axk import provenance
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.models import bert as bert_lib
@@ -46,7 +47,7 @@ from axk.train import metrics as metrics_lib
 
 # `config.model` fields that describe the BERT every method starts from; the others are the
 # method's own and go to its `Model`.
-BERT_FIELDS = ("name", "init", "tiny", "dtype", "param_dtype", "remat", "dropout")
+BERT_FIELDS = ("name", "init", "revision", "tiny", "dtype", "param_dtype", "remat", "dropout")
 
 
 def model_module(name: str) -> ModuleType:
@@ -168,7 +169,8 @@ class MaskedWord:
     self.data = data = common.load_data(config, keep_missing_spans=True)
     if self.features_dir:  # Refuse features built from other CSV files than these.
       check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
-                                           for s, d in splits.items()})
+                                           for s, d in splits.items()},
+                     data_revision=provenance.data_record(config.data)["revision"])
     self.tasks = {t: benchmark.spec(t) for t in data}
     self.choice_words = benchmark.choice_words(list(data))
     self.choice_ids = [enc.answer_pieces(self.tokenizer, w)[0] for w in self.choice_words]
@@ -330,8 +332,9 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
     return {}
   merged = _merge_seeds(runs)
   selection = {f"seed_{s}": _selection_of(os.path.join(workdir, f"seed_{s}")) for s in seeds}
-  metrics_lib.write_json(os.path.join(workdir, "results.json"),
-                         {**merged, loop.SELECTION_KEY: selection})
+  metrics_lib.write_json(os.path.join(workdir, "results.json"), {
+      **merged, loop.SELECTION_KEY: selection,
+      provenance.REVISIONS_KEY: provenance.collect(config, (record or {}).get("resolved"))})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
       f"{config.get('name') or 'run'}: mean over seeds {seeds}", merged,
       [f"Per-seed runs in seed_<s>/; *_std is the standard deviation over {len(seeds)} seeds."]))
@@ -369,8 +372,9 @@ def run(config, workdir: str) -> dict:
       return {}
     merged.update(result)
   selection = {g[0]: _selection_of(os.path.join(workdir, g[0])) for g in groups}
-  metrics_lib.write_json(os.path.join(workdir, "results.json"),
-                         {**merged, loop.SELECTION_KEY: selection})
+  metrics_lib.write_json(os.path.join(workdir, "results.json"), {
+      **merged, loop.SELECTION_KEY: selection,
+      provenance.REVISIONS_KEY: provenance.collect(config, resolved)})
   parts = []
   for g in groups:
     with open(os.path.join(workdir, g[0], "results.md")) as f:

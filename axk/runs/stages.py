@@ -98,7 +98,7 @@ def _data_overrides(config) -> list[str]:
   """Where the run's data comes from, as flags (every config family has these `data`
   fields). The benchmark tasks are not passed: the detector trains on every task, as in the
   paper, and the features cover every task, so that other runs can reuse both stages."""
-  return [f"--config.data.{key}={config.data[key]}" for key in ("dir", "cache_dir")]
+  return [f"--config.data.{key}={config.data[key]}" for key in ("dir", "cache_dir", "revision")]
 
 
 def check(config) -> None:

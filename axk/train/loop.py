@@ -24,6 +24,7 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from axk import provenance
 from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
 from axk.train import metrics as metrics_lib
@@ -280,8 +281,11 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
   written to `results.json` (with the selected step under `SELECTION_KEY`) and `results.md`.
   """
   os.makedirs(workdir, exist_ok=True)
+  # The exact data commit and model revisions this run reads (axk/provenance.py).
+  revisions = provenance.collect(config, (record or {}).get("resolved"))
   metrics_lib.write_json(os.path.join(workdir, "config.json"),
-                         {**config.to_dict(), **(record or {})})
+                         {**config.to_dict(), **(record or {}),
+                          provenance.REVISIONS_KEY: revisions})
   tc = config.train
   trainer = Trainer(config, workdir, task)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
@@ -384,7 +388,8 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
                "metric": task.selection, "value": chosen_value,
                "select_best": bool(tc.select_best)}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
-                         {**results, SELECTION_KEY: selection})
+                         {**results, SELECTION_KEY: selection,
+                          provenance.REVISIONS_KEY: revisions})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),
                          metrics_lib.results_markdown(task.name, results, notes))
   writer.close()
