@@ -526,7 +526,8 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
 
   Args:
     cache_dir: target folder, default `DEFAULT_CACHE_DIR`.
-    revision: a 40-hex commit of `pins.REPOSITORY` (default `pins.DEFAULT_REVISION`).
+    revision: a 40-hex commit of `pins.REPOSITORY`, or a branch pinned by content in
+      `pins.PINS` (default `pins.DEFAULT_REVISION`, "main").
 
   Returns:
     The folder of that commit, checked by `check_data_dir`.
@@ -543,7 +544,7 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
         f"--config.data.dir=github needs --config.data.revision=<commit of {pins.REPOSITORY}>: "
         "axk has no verified pin for the per-task layout (see axk/data/pins.py); or "
         + _DATA_DIR_HINT)
-  if not pins.COMMIT.match(revision):
+  if not pins.COMMIT.match(revision) and revision not in pins.PINS:
     raise DataError(f"--config.data.revision={revision}: not a 40-hex commit of "
                     f"{pins.REPOSITORY} (a branch or tag moves; name the commit).")
   pin = pins.PINS.get(revision)
@@ -575,6 +576,8 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
       if pin and want is None:
         if required:
           raise DataError(f"{pins.REPOSITORY}@{revision}: the pin lists no {upstream}.")
+        logger.info("%s@%s: the pin lists no %s; %s/%s left out (%s)", pins.REPOSITORY,
+                    revision, upstream, task, split, pin.note)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.touch()
         continue
