@@ -167,6 +167,23 @@ class AudioGenerator:
     else:
       raise ValueError(f"cannot tell the sampling rate of {pipeline_class}")
 
+  @classmethod
+  def from_pipeline(cls, pipe, pipeline_class: str = STABLE_AUDIO, *,
+                    device: str = "auto") -> "AudioGenerator":
+    """A generator around an in-memory diffusers pipeline (benchmarks); `info` has no
+    fingerprint beyond the class."""
+    self = cls.__new__(cls)
+    self.path, self.pipeline_class = "", pipeline_class
+    self.info = {"name": "<in memory>", "fingerprint": f"in-memory {pipeline_class}",
+                 "pipeline_class": pipeline_class}
+    self.device = pick_device(device)
+    self.pipe = pipe.to(self.device)
+    self.dtype = next(pipe.transformer.parameters()).dtype
+    self.pipe.set_progress_bar_config(disable=True)
+    self.sampling_rate = int(self.pipe.vae.config.sampling_rate)
+    self.calls = self.clips = 0
+    return self
+
   @torch.no_grad()
   def __call__(self, prompts: Sequence[str], seeds: Sequence[int],
                params: GenerationParams) -> list[np.ndarray]:
