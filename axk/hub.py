@@ -4,11 +4,14 @@ Every model field in axk (BERT weights, CLAP, AST, the generator, the span detec
 local directory (used as is) or a hub id. A hub id is looked up in the local hub cache
 first; it is downloaded only when the hub answers a short connection probe, so an offline
 machine fails in seconds, with a message saying which flag takes a local directory, instead
-of retrying for minutes. Imports neither torch nor jax.
+of retrying for minutes. `fingerprint` identifies a model directory by content, for
+manifests and cache keys. Imports neither torch nor jax.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -19,6 +22,10 @@ logger = logging.getLogger(__name__)
 
 # Seconds to wait for the hub before declaring the machine offline.
 PROBE_TIMEOUT_S = 3.0
+# Weights for other frameworks (stable-audio-open also ships a multi-GB training
+# checkpoint): never needed by transformers/diffusers loading in PyTorch.
+NOT_PYTORCH = ("*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.tflite", "*.ot")
+_JSON_LIMIT = 1 << 20  # hash the content of JSON files up to this size
 
 
 class ModelNotAvailable(RuntimeError):
@@ -84,3 +91,40 @@ def resolve(name_or_path: str, what: str = "model", *,
   except Exception as e:  # pylint: disable=broad-except
     raise ModelNotAvailable(f"--config.{what}={name_or_path!r}: download failed ({e}); "
                             f"{advice}.") from e
+
+
+def fingerprint(path: str) -> str:
+  """A short hash of a model directory: JSON file contents, weight file names and sizes.
+
+  Names are relative to `path`, so a copied or moved model keeps its fingerprint.
+  """
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      if name.startswith("."):
+        continue
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, path)
+      size = os.path.getsize(full)
+      h.update(f"{rel}\0{size}\0".encode())
+      if name.endswith((".json", ".txt", ".model")) and size <= _JSON_LIMIT:
+        with open(full, "rb") as f:
+          h.update(f.read())
+  return h.hexdigest()[:16]
+
+
+def describe(name_or_path: str, path: str) -> dict[str, str]:
+  """Manifest entry for a model: as configured, where it was found, fingerprint."""
+  return {"name": str(name_or_path), "path": os.path.abspath(path),
+          "fingerprint": fingerprint(path)}
+
+
+def stable_json(obj) -> str:
+  """Canonical JSON for hashing (sorted keys, no whitespace)."""
+  return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def digest(obj, n: int = 16) -> str:
+  """Hex sha256 of `stable_json(obj)`, truncated to `n` characters."""
+  return hashlib.sha256(stable_json(obj).encode()).hexdigest()[:n]

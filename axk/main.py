@@ -19,9 +19,9 @@ from ml_collections import config_flags
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
 from axk.features.shards import FeaturesMismatch
-from axk.tasks.common import ConfigError
-from axk.tasks.mlm import FeaturesError
-from axk.tasks.stages import StageError
+from axk.runs.common import ConfigError
+from axk.runs.inputs import FeaturesError
+from axk.runs.stages import StageError
 
 # Errors that name a bad config value, path or data file; anything else keeps its traceback.
 SETUP_ERRORS = (ConfigError, CheckpointError, DataError, FeaturesError, FeaturesMismatch,

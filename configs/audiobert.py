@@ -24,10 +24,12 @@ from configs import common
 def get_config(arg=None):
   base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train"))
   c = common.masked_word_config()
-  c.entry = "axk.tasks.audiobert:run"
   c.name = "AudioBERT"
+  c.model.name = "audiobert"  # axk/models/audiobert.py
   c.model.init = "bert-base-uncased"
   c.model.use_audio = True  # Add the projected AST vector at each span's first token.
+  # Per-example LoRA gate: "span_audio" (a span with audio), "span" (any span), "always".
+  c.model.lora_gate = "span_audio"
   c.model.dropout = 0.1
   c.train.epochs = 20
   c.train.batch_size = 32
@@ -39,10 +41,8 @@ def get_config(arg=None):
   c.features.dir = "auto"
   c.stages.features_config = "configs/features.py:retrieval"
   c.spans.predictions = "auto"
-  if base == "minilm":
-    common.minilm(c)
-  elif base == "smoke":
-    common.smoke(c, epochs=2, learning_rate=1e-3)
+  common.apply_base(c, base)
+  if base == "smoke":
     c.stages.features_output = "features_retrieval"  # features.py:smoke builds both sources.
   if "no_audio" in mods or "no_train" in mods:
     c.model.use_audio = False

@@ -27,15 +27,6 @@ def minilm_dir() -> str:
   return os.path.join(os.path.dirname(spec.origin), "model")
 
 
-def parse_variant(arg, known):
-  """`arg` of `get_config(arg)` -> the variant name; an unknown one ends the program with one
-  line (a SystemExit passes through the flag parser, which would print a traceback)."""
-  variant = (arg or "").strip()
-  if variant and variant not in known:
-    raise SystemExit(f"error: unknown config variant {variant!r}; known: {', '.join(known)}.")
-  return variant
-
-
 def data_config():
   """The `data` fields of every config family (training, span detector, features)."""
   d = ml_collections.ConfigDict()
@@ -116,8 +107,18 @@ def smoke(c, epochs: int, learning_rate: float):
     c.stages.features_config = "configs/features.py:smoke"
 
 
-def parse_variants(arg, bases, modifiers):
-  """`arg` = "base[,modifier...]" -> (base, set of modifiers); unknown names end the program."""
+def apply_base(c, base: str, *, epochs: int = 2, learning_rate: float = 1e-3) -> None:
+  """The shared base variants of the masked-word configs: "minilm" or "smoke"."""
+  if base == "minilm":
+    minilm(c)
+  elif base == "smoke":
+    smoke(c, epochs=epochs, learning_rate=learning_rate)
+
+
+def parse_variants(arg, bases, modifiers=()):
+  """`arg` = "base[,modifier...]" -> (base, set of modifiers); an unknown name ends the
+  program with one line (a SystemExit passes through the flag parser, which would print a
+  traceback for any other exception)."""
   names = [n.strip() for n in (arg or "").split(",") if n.strip()]
   base = names[0] if names and names[0] in bases else ""
   mods = set(names[1:] if base else names)
@@ -129,11 +130,22 @@ def parse_variants(arg, bases, modifiers):
 
 
 def masked_word_config():
-  """Fields shared by AudioBERT and ITH (masked-word prediction with span audio)."""
+  """Fields shared by AudioBERT and ITH (masked-word prediction with span audio).
+
+  `model.name` picks the method file (`axk/models/<name>.py`); the `model` fields other than
+  BERT's (`init`, `tiny`, `dtype`, `param_dtype`, `remat`, `dropout`) are that file's
+  `Model` fields, passed to it as they are.
+  """
   c = base_config()
+  c.entry = "axk.runs.masked_word:run"
   c.name = ""  # Title of results.md.
   c.seeds = (0,)  # One run per seed; results are the mean and standard deviation.
   c.data.max_spans = 4  # Spans per example kept (pitch has 2); more are dropped.
+  c.model.name = ""  # The method: axk/models/<name>.py ("audiobert", "ith") or a module path.
+  # A task trains at train.learning_rate when it is nonzero, else at
+  # train.task_learning_rates[task].
+  c.train.task_learning_rates = ml_collections.ConfigDict()
+  c.train.separate_tasks = False  # One model per benchmark task, in <workdir>/<task>/.
 
   c.spans = ml_collections.ConfigDict()
   # Without features: the span detector's predictions/ folder for evaluation splits ("": gold
@@ -154,12 +166,11 @@ def masked_word_config():
   c.stages.features_output = "features"  # Its output folder (the one with manifest.json).
   c.stages.features_args = ()  # Extra flags for it, e.g. ("--config.database.dir=/db",).
 
+  # LoRA fields of both methods' `Model` (see axk/models/lora.py).
   c.model.use_lora = True  # Train a LoRA subtree (params["lora"]).
   c.model.lora_rank = 64  # LoRA rank.
   c.model.lora_alpha = 128.0  # LoRA alpha (scale = alpha / rank).
   c.model.lora_dropout = 0.01  # Dropout on LoRA inputs.
   c.model.lora_targets = ("query", "key", "value")  # Attention projections with LoRA.
-  # Per-example LoRA gate: "span_audio" (a span with audio), "span" (any span), "always".
-  c.model.lora_gate = "span_audio"
   c.train.eval_batch_size = 64
   return c

@@ -45,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.features.pipeline:run"  # what axk.main calls: run(config, workdir)
-  c.source = "retrieval"  # "retrieval", "generation", or both: "retrieval,generation"
+  # Registered sources (axk/features/sources.py) to run: "retrieval", "generation", or both,
+  # "retrieval,generation"; each reads its own section below (c.retrieval, c.generation).
+  c.source = "retrieval"
   c.stage = "all"  # all | spans | database | acquire | assemble (see pipeline docstring)
   c.shard_index = 0  # this worker takes distinct spans with hash % num_shards == index
   c.num_shards = 1  # workers; with 1, `stage=all` also assembles the datasets

@@ -27,17 +27,18 @@ from configs import common
 def get_config(arg=None):
   base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train", "lora"))
   c = common.masked_word_config()
-  c.entry = "axk.tasks.ith:run"
   c.name = "Imagine to Hear"
+  c.model.name = "ith"  # axk/models/ith.py
   c.model.init = "bert-base-uncased"
   c.model.fusion_layer = 0  # 0: fusion on the embedding output; k: after encoder layer k.
-  c.model.use_lora = False  # Full fine-tuning, as the paper.
-  c.model.lora_gate = "always"  # With LoRA: on for every input.
+  c.model.use_lora = False  # Full fine-tuning, as the paper (LoRA, if on: every input).
   c.train.epochs = 8
   c.train.batch_size = 32
-  c.train.learning_rate = 3e-4
-  c.train.separate_tasks = True  # One model per task, each with its learning rate:
-  c.train.task_learning_rates = {"animal": 3e-4, "pitch": 4e-5}
+  # One model per task, each at its own rate: a task trains at train.learning_rate when it
+  # is nonzero (--config.train.learning_rate=1e-4 sets both), else at its entry here.
+  c.train.learning_rate = 0.0
+  c.train.separate_tasks = True
+  c.train.task_learning_rates.update({"animal": 3e-4, "pitch": 4e-5})
   c.train.warmup_ratio = 0.1
   c.train.clip_norm = 1.0
   c.train.trainable = (".*",)
@@ -46,11 +47,10 @@ def get_config(arg=None):
   c.features.audio_tokens = 16
   c.spans.predictions = "auto"
   c.stages.features_config = "configs/features.py:generation"
-  if base == "minilm":
-    common.minilm(c)
-  elif base == "smoke":
-    common.smoke(c, epochs=2, learning_rate=1e-3)
-    c.train.task_learning_rates = {"animal": 1e-3, "pitch": 1e-3}
+  common.apply_base(c, base)
+  if base == "smoke":
+    c.train.learning_rate = 0.0
+    c.train.task_learning_rates.update({"animal": 1e-3, "pitch": 1e-3})
   if "lora" in mods:
     c.model.use_lora = True
     c.train.trainable = ("lora/.*", "audio_mlp/.*", "fusion/.*")

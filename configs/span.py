@@ -17,9 +17,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  variant = common.parse_variant(arg, ("minilm", "smoke"))
+  variant, _ = common.parse_variants(arg, ("minilm", "smoke"))
   c = common.base_config()
-  c.entry = "axk.tasks.span:run"
+  c.entry = "axk.runs.span:run"
   c.model.init = "bert-base-uncased"
   c.train.epochs = 5
   c.train.batch_size = 16

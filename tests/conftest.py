@@ -23,8 +23,10 @@ def ith_smoke(tmp_path_factory):
   CSVs (span detector, features by generation and retrieval, ITH per task). Returns its
   workdir; other tests reuse its stages (`stages/span`, `stages/features`)."""
   workdir = tmp_path_factory.mktemp("ith_smoke") / "run"
+  # data.cache_dir reaches both stages (their configs share the data fields).
+  cache = tmp_path_factory.mktemp("data_cache")
   proc = subprocess.run([sys.executable, "-m", "axk.main", "--config=configs/ith.py:smoke",
-                         f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=900)
+                         f"--workdir={workdir}", f"--config.data.cache_dir={cache}"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return workdir

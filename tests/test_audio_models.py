@@ -13,8 +13,7 @@ from axk.models import bert as bert_lib
 from axk.models import ith as ith_lib
 from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
-from axk.tasks import audiobert as audiobert_task
-from axk.tasks import ith as ith_task
+from axk.runs import masked_word
 from axk.train import checkpoint as ckpt_lib
 from axk.train import loop
 from axk.train import sharding
@@ -58,13 +57,12 @@ def to_torch(b):
 
 
 def audiobert_inputs(b):
-  return (b["input_ids"], b["attention_mask"], b["token_type_ids"], b["span_ids"],
-          b["span_audio"], b["span_has_audio"], b["lora_gate"])
+  """The batch fields the AudioBERT module declares it reads (one positional argument)."""
+  return ({k: b[k] for k in audiobert_lib.INPUTS},)
 
 
 def ith_inputs(b):
-  return (b["input_ids"], b["attention_mask"], b["token_type_ids"], b["span_ids"],
-          b["span_audio_tokens"], b["span_has_audio"])
+  return ({k: b[k] for k in ith_lib.INPUTS},)
 
 
 def base_logits(params, b):
@@ -74,7 +72,7 @@ def base_logits(params, b):
 
 @pytest.fixture(scope="module")
 def audiobert():
-  module = audiobert_lib.AudioBert(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
+  module = audiobert_lib.Model(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
   b = batch()
   params = nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))["params"])
   return module, randomize(params, 1), b
@@ -92,7 +90,7 @@ def test_audiobert_gate_off_is_exactly_the_base_model(audiobert):
 
 def test_audiobert_export_matches_pytorch_peft(audiobert, tmp_path):
   module, params, b = audiobert
-  audiobert_task.export(jax.device_get(params), module, CFG, "span_audio", str(tmp_path))
+  audiobert_lib.export(jax.device_get(params), module, str(tmp_path))
   pt = AudioBertTorch.from_export(str(tmp_path))
   ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
   theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
@@ -110,7 +108,7 @@ def test_audiobert_mask_positions_head(audiobert):
 
 @pytest.fixture(scope="module")
 def ith():
-  module = ith_lib.ImagineToHear(CFG, audio_dim=D)
+  module = ith_lib.Model(CFG, audio_dim=D)
   b = batch(1)
   params = nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"])
   return module, randomize(params, 2), b
@@ -140,10 +138,10 @@ def test_ith_leaves_tokens_outside_fused_spans_unchanged(ith):
 
 @pytest.mark.parametrize("fusion_layer", [0, 1])
 def test_ith_export_matches_pytorch_span_by_span(fusion_layer, tmp_path):
-  module = ith_lib.ImagineToHear(CFG, audio_dim=D, fusion_layer=fusion_layer)
+  module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=fusion_layer)
   b = batch(2)
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"]), 5)
-  ith_task.export(jax.device_get(params), module, CFG, str(tmp_path))
+  ith_lib.export(jax.device_get(params), module, str(tmp_path))
   pt = IthTorch.from_export(str(tmp_path))
   ours = np.asarray(module.apply({"params": params}, *ith_inputs(b))["logits"])
   tb = to_torch(b)
@@ -208,7 +206,7 @@ def test_audiobert_trains_only_lora_and_audio_projection(tmp_path):
   config = audiobert_config.get_config("smoke")
   config.features.dir = ""  # Text only: the frozen/trained split is the same.
   config.spans.predictions = ""
-  task = audiobert_task.AudioBertTask(config, str(tmp_path))
+  task = masked_word.MaskedWord(config, str(tmp_path), masked_word.Inputs())
   trainer = loop.Trainer(config, str(tmp_path), task, devices=jax.devices()[:1])
   assert trainer.trainable and all(p.startswith(("lora/", "audio_proj/"))
                                    for p in trainer.trainable)

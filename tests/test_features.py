@@ -22,17 +22,20 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from axk import hub
+from axk.data import spans as spans_lib
+from axk.data.auditorybench import normalise
 from axk.data.types import Example
 from axk.data.types import Span
 from axk.features import ast as ast_lib
 from axk.features import audio as audio_lib
 from axk.features import clap as clap_lib
+from axk.features import detector as detector_lib
 from axk.features import generation
-from axk.features import hub
+from axk.features import parts
 from axk.features import pipeline
 from axk.features import retrieval
 from axk.features import shards
-from axk.features import spans as spans_lib
 from axk.features import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,9 +138,9 @@ def test_decode_resample_and_corrupt(tmp_path):
 def test_span_normalise_dedupe_and_sharding():
   spans = {"a": (Span(0, 5, "Dog  Bark"),), "b": (Span(0, 9, " dog bark "), Span(1, 2, "x"))}
   assert spans_lib.distinct(spans) == ["dog bark", "x"]
-  assert spans_lib.normalise("  The\tSound  of RAIN ") == "the sound of rain"
+  assert normalise("  The\tSound  of RAIN ") == "the sound of rain"
   keys = [f"span {i}" for i in range(200)]
-  counts = np.bincount([spans_lib.shard_of(k, 4) for k in keys], minlength=4)
+  counts = np.bincount([parts.shard_of(k, 4) for k in keys], minlength=4)
   assert counts.sum() == 200 and counts.min() > 20
   assert spans_lib.spans_from_labels("ab cd ef", [(0, 0), (0, 2), (3, 5), (6, 8), (0, 0)],
                                      [1, 1, 1, 0, 1]) == (Span(0, 5, "ab cd"),)
@@ -174,11 +177,11 @@ def test_spans_stage_predictions_with_gold_train(models, audio_db, tmp_path):
 
 def test_detector_spans(tmp_path):
   sentence = "the dog bark has a [MASK] pitch"
-  positive = spans_lib.Detector(tiny.build_detector(str(tmp_path / "pos"), positive_bias=5.0),
-                                device="cpu")
+  positive = detector_lib.Detector(
+      tiny.build_detector(str(tmp_path / "pos"), positive_bias=5.0), device="cpu")
   assert positive([sentence]) == [(Span(0, len(sentence), sentence),)]
-  negative = spans_lib.Detector(tiny.build_detector(str(tmp_path / "neg"), positive_bias=-5.0),
-                                device="cpu")
+  negative = detector_lib.Detector(
+      tiny.build_detector(str(tmp_path / "neg"), positive_bias=-5.0), device="cpu")
   assert negative([sentence, "a cat"]) == [(), ()]
 
 
@@ -511,7 +514,7 @@ def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, 
     return original_call(self, spans)
 
   monkeypatch.setattr(generation.RejectionSampler, "__call__", counting)
-  original_write = pipeline.write_part
+  original_write = parts.write_part
   writes = []
 
   def failing(*args, **kwargs):
@@ -520,13 +523,13 @@ def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, 
     writes.append(original_write(*args, **kwargs))
     return writes[-1]
 
-  monkeypatch.setattr(pipeline, "write_part", failing)
+  monkeypatch.setattr(parts, "write_part", failing)
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(config, workdir)
   first = [s for batch in seen[:2] for s in batch]
   assert len(first) == 16 and len(seen) == 3  # two batches written, the third lost
 
-  monkeypatch.setattr(pipeline, "write_part", original_write)
+  monkeypatch.setattr(parts, "write_part", original_write)
   seen.clear()
   out = pipeline.run(config, workdir)
   second = [s for batch in seen for s in batch]
@@ -537,7 +540,7 @@ def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, 
 
   # The shards read back (without torch) equal the part files.
   features = _read_all(out["generation"], "pitch", "dev")
-  parts = pipeline.read_parts(pipeline._part_dir(  # pylint: disable=protected-access
+  stored = parts.read_parts(parts.folder(
       workdir, "generation", shards.read_manifest(out["generation"])["run_key"]))
   assert len(features) == len(examples["pitch"]["dev"])
   has_audio = []
@@ -547,7 +550,7 @@ def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, 
     assert [(s["start"], s["end"], s["text"]) for s in got["spans"]] == [
         (s.start, s.end, s.text) for s in e.spans]
     for s in got["spans"]:
-      part = parts[spans_lib.normalise(s["text"])]
+      part = stored[normalise(s["text"])]
       for key in ("ast_pooled", "ast_tokens", "clap_text", "clap_audio"):
         assert s[key].dtype == np.float16
         np.testing.assert_array_equal(s[key], part[key])
@@ -590,6 +593,39 @@ def test_retrieval_sharded_equals_single(models, audio_db, tmp_path):
   assert all(s["has_audio"] and s["source"] and s["source"] != "broken" for s in spans)
   for features_dir in (single, sharded):
     assert shards.read_manifest(features_dir)["database"]["num_undecodable"] == 1
+
+
+def test_a_new_source_is_one_class_and_a_config_section(models, audio_db, clap, tmp_path,
+                                                         monkeypatch):
+  from axk.data.auditorybench import normalise as norm  # pylint: disable=reimported
+  from axk.features import sources
+
+  class AnswerSource(sources.RetrievalSource):
+    """Retrieval for each span's gold answer instead of its text (the module's example)."""
+    name = "answer"
+
+    def keys(self, example, spans):
+      return [norm(example.answer)] * len(spans)
+
+  monkeypatch.setitem(sources.SOURCES, "answer", AnswerSource)
+  config = _config(models, audio_db, source="answer")
+  config.answer = config.retrieval.copy_and_resolve_references()
+  config.answer.features_dir = "features_answer"
+  out = pipeline.run(config, str(tmp_path / "w"))["answer"]
+  manifest = shards.verify(out)
+  assert manifest["source"] == "answer"
+  with open(os.path.join(out, shards.ACQUISITIONS), encoding="utf-8") as f:
+    acquired = {r["text"]: r["source"] for r in map(json.loads, f)}
+  # Reference: the top-1 clip of "<answer> sound", searched by hand.
+  db = retrieval.AudioDatabase(retrieval.list_folder(audio_db))
+  db.embed(clap, str(tmp_path / "cache"), chunk_size=4)
+  idx, _ = db.search(clap.text(["higher sound", "lower sound"]), top_k=1)
+  assert acquired == {"higher": db.clips[idx[0, 0]].id, "lower": db.clips[idx[1, 0]].id}
+  examples, _ = pipeline.load_data(config)
+  answers = {e.id: e.answer for e in examples["pitch"]["dev"]}
+  for example_id, row in _read_all(out, "pitch", "dev").items():
+    assert row["spans"] and {s["source"] for s in row["spans"]} == {
+        acquired[answers[example_id]]}
 
 
 def test_reader_imports_no_torch(models, audio_db, tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 
 from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
-from axk.tasks import audiobert as audiobert_task
+from axk.runs import masked_word
 from configs import audiobert as audiobert_config
 
 
@@ -17,7 +17,8 @@ def test_ith_smoke_runs_every_stage_and_writes_results(ith_smoke):
   manifest = json.loads((stages / "features" / "features" / "manifest.json").read_text())
   assert manifest["spans"]["source"] == "predictions"  # detected spans for evaluation
   results = json.loads((ith_smoke / "results.json").read_text())
-  assert set(results) == {"animal", "pitch"}
+  assert set(results) == {"animal", "pitch", "selection"}
+  assert set(results.pop("selection")) == {"animal", "pitch"}
   for task in results:
     assert {"dev", "test", "wiki"} <= set(results[task])
     dev = results[task]["dev"]
@@ -34,7 +35,7 @@ def test_audiobert_smoke_on_retrieval_features(ith_smoke, tmp_path):
   config = audiobert_config.get_config("smoke")
   config.features.dir = str(ith_smoke / "stages" / "features" / "features_retrieval")
   config.spans.predictions = str(ith_smoke / "stages" / "span" / "predictions")
-  results = audiobert_task.run(config, str(tmp_path))
+  results = masked_word.run(config, str(tmp_path))
   assert results["pitch"]["test"]["with_audio"] > 0
   assert not (tmp_path / "stages").exists()  # Given inputs: no stage ran.
   model = AudioBertTorch.from_export(str(tmp_path / "export"))
@@ -45,11 +46,10 @@ def test_audiobert_smoke_on_retrieval_features(ith_smoke, tmp_path):
 
 
 def test_several_seeds_report_mean_and_standard_deviation(tmp_path, monkeypatch):
-  from axk.tasks import mlm
   from axk.train import loop
   seen = []
 
-  def fake_train(config, workdir, task):
+  def fake_train(config, workdir, task, record=None):
     seen.append((config.seed, workdir))
     acc = {0: 40.0, 1: 50.0, 2: 60.0}[config.seed]
     return {"pitch": {"dev": {"accuracy": acc, "majority": 59.0, "examples": 16}}}
@@ -57,12 +57,13 @@ def test_several_seeds_report_mean_and_standard_deviation(tmp_path, monkeypatch)
   monkeypatch.setattr(loop, "train_and_evaluate", fake_train)
   config = audiobert_config.get_config("smoke,no_audio")
   config.seeds = (0, 1, 2)
-  merged = mlm.run_seeds(config, str(tmp_path), lambda c, w: None)
+  merged = masked_word.run_seeds(config, str(tmp_path), lambda c, w: None)
   assert [s for s, _ in seen] == [0, 1, 2]
   assert [w for _, w in seen] == [str(tmp_path / f"seed_{s}") for s in (0, 1, 2)]
   dev = merged["pitch"]["dev"]
   assert dev["accuracy"] == 50.0
   assert abs(dev["accuracy_std"] - np.sqrt(200 / 3)) < 1e-9  # population std of 40, 50, 60
   assert dev["majority"] == 59.0 and "majority_std" not in dev
-  assert json.loads((tmp_path / "results.json").read_text()) == merged
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert {k: v for k, v in saved.items() if k != loop.SELECTION_KEY} == merged
   assert "mean over seeds [0, 1, 2]" in (tmp_path / "results.md").read_text()

@@ -14,7 +14,7 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from axk.tasks import span as span_lib
+from axk.runs import span as span_lib
 from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
 from axk.train import loop

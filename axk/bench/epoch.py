@@ -158,18 +158,18 @@ def main(argv=None):
   parser.add_argument("--rounds", type=int, default=1, help="axk/PyTorch alternations")
   args = parser.parse_args(argv)
 
-  from axk.tasks import ith as ith_task
+  from axk.runs import masked_word
   from axk.train import data as data_lib
   config = load_config(args.config_file, args.variant)
   config.data.dir = args.data_dir
   config.data.tasks = (args.task,)
   if args.eval_splits:
     config.data.splits = ("train",) + tuple(args.eval_splits.split(","))
-  config.train.learning_rate = dict(config.train.task_learning_rates)[args.task]
+  config.train.learning_rate = masked_word.learning_rates(config)[args.task]
   config.train.epochs = 1
-  config.spans.predictions = ""  # Gold spans: text-only runs need no detector stage.
   with tempfile.TemporaryDirectory() as tmp:
-    task = ith_task.IthTask(config, os.path.join(tmp, "task"))
+    # Gold spans, no features (text only): the run's inputs without its stages.
+    task = masked_word.MaskedWord(config, os.path.join(tmp, "task"), masked_word.Inputs())
     full_rows = data_lib.num_rows(task.train_arrays)
     full_steps = full_rows // config.train.batch_size
     if args.max_steps and args.max_steps < full_steps:

@@ -179,7 +179,7 @@ def bench_dedup(data_dir: str) -> dict:
   """Total versus distinct gold spans of AuditoryBench."""
   from axk.data import auditorybench  # pylint: disable=g-import-not-at-top
   from axk.data.types import TASKS  # pylint: disable=g-import-not-at-top
-  from axk.features import spans as spans_lib  # pylint: disable=g-import-not-at-top
+  from axk.data import spans as spans_lib  # pylint: disable=g-import-not-at-top
 
   per_task, everything = {}, {}
   for task in TASKS:
@@ -264,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     spans = None
     if "dedup" in results:
       from axk.data import auditorybench  # pylint: disable=g-import-not-at-top
-      from axk.features import spans as spans_lib  # pylint: disable=g-import-not-at-top
+      from axk.data import spans as spans_lib  # pylint: disable=g-import-not-at-top
       loaded = auditorybench.load_task(args.data_dir, "pitch", ("dev",))
       spans = spans_lib.distinct({e.id: e.spans for e in loaded["dev"].examples})
       spans = spans[::max(1, len(spans) // args.spans)][:args.spans]

@@ -68,9 +68,9 @@ class SyntheticTask:
     self.model, self.bert_config, self.audio_dim = model, config, audio_dim
     self.name = f"synthetic {model}"
     if model == "ith":
-      self.module = ith_lib.ImagineToHear(config, audio_dim=audio_dim)
+      self.module = ith_lib.Model(config, audio_dim=audio_dim)
     elif model == "audiobert":
-      self.module = audiobert_lib.AudioBert(config, audio_dim=audio_dim, lora_dropout=0.0)
+      self.module = audiobert_lib.Model(config, audio_dim=audio_dim, lora_dropout=0.0)
     else:
       self.module = bert_lib.Bert(config, head="mlm")
     self.train_arrays = train_rows
@@ -83,40 +83,37 @@ class SyntheticTask:
   def trainable(self) -> tuple[str, ...]:
     return ("lora/.*", "audio_proj/.*") if self.model == "audiobert" else (".*",)
 
-  def _inputs(self, batch):
-    base = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-    if self.model == "ith":
-      return base + (batch["span_ids"], batch["span_audio_tokens"].astype(jnp.float32),
-                     batch["span_has_audio"])
-    if self.model == "audiobert":
-      return base + (batch["span_ids"], batch["span_audio"].astype(jnp.float32),
-                     batch["span_has_audio"], batch["lora_gate"])
-    return base
+  def _call(self, params_or_none, batch, *, deterministic=True, rngs=None, init_rng=None):
+    """The model on `batch` (method models take the batch dict, BERT its three arrays)."""
+    batch = dict(batch)
+    for k in ("span_audio", "span_audio_tokens"):
+      batch[k] = batch[k].astype(jnp.float32)
+    if self.model == "bert":
+      args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    else:
+      args = (batch,)
+    kwargs = dict(positions=batch["mask_positions"], deterministic=deterministic)
+    if init_rng is not None:
+      return self.module.init(init_rng, *args, **kwargs)
+    return self.module.apply({"params": params_or_none}, *args, rngs=rngs, **kwargs)
 
   def _logits(self, params, batch, deterministic=True):
-    return self.module.apply({"params": params}, *self._inputs(batch),
-                             positions=batch["mask_positions"],
-                             deterministic=deterministic)["logits"]
+    return self._call(params, batch, deterministic=deterministic)["logits"]
 
   def init_params(self, rng):
     sample = jax.tree.map(jnp.asarray, self._sample)
-    variables = self.module.init(rng, *self._inputs(sample),
-                                 positions=sample["mask_positions"])
-    return nn.meta.unbox(variables["params"])
+    return nn.meta.unbox(self._call(None, sample, init_rng=rng)["params"])
 
   def logical_axes(self):
     sample = jax.tree.map(jnp.asarray, self._sample)
-    abstract = jax.eval_shape(lambda: self.module.init(
-        jax.random.key(0), *self._inputs(sample), positions=sample["mask_positions"]))
+    abstract = jax.eval_shape(lambda: self._call(None, sample, init_rng=jax.random.key(0)))
     return nn.get_partition_spec(abstract["params"])
 
   def pretrained_params(self):
     return None
 
   def loss(self, params, batch, rng):
-    logits = self.module.apply({"params": params}, *self._inputs(batch),
-                               positions=batch["mask_positions"], deterministic=False,
-                               rngs={"dropout": rng})["logits"]
+    logits = self._call(params, batch, deterministic=False, rngs={"dropout": rng})["logits"]
     labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
     valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
     losses = optax.softmax_cross_entropy_with_integer_labels(

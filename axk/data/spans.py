@@ -9,7 +9,7 @@ is cut from the sentence.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 import json
 import logging
 import os
@@ -17,6 +17,7 @@ import os
 from axk.data.auditorybench import normalise
 from axk.data.types import Example
 from axk.data.types import Span
+from axk.utils import files
 
 logger = logging.getLogger(__name__)
 
@@ -97,15 +98,13 @@ def read_predictions(path: str, examples: Sequence[Example], *,
 def write_predictions(path: str, examples: Sequence[Example],
                       spans: Mapping[str, Sequence[Span]]) -> None:
   """Writes spans in the predictions format (with each sentence, for readers), atomically."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    for e in examples:
-      record = {"id": e.id, "sentence": e.sentence,
-                "spans": [{"start": s.start, "end": s.end, "text": s.text}
-                          for s in spans.get(e.id, ())]}
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-  os.replace(tmp, path)
+  lines = []
+  for e in examples:
+    record = {"id": e.id, "sentence": e.sentence,
+              "spans": [{"start": s.start, "end": s.end, "text": s.text}
+                        for s in spans.get(e.id, ())]}
+    lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+  files.write_text(path, "".join(lines))
 
 
 def spans_from_labels(sentence: str, offsets: Sequence[tuple[int, int]],
@@ -128,3 +127,13 @@ def spans_from_labels(sentence: str, offsets: Sequence[tuple[int, int]],
   if start is not None:
     spans.append((start, end))
   return tuple(Span(a, b, sentence[a:b]) for a, b in spans if sentence[a:b].strip())
+
+
+def gold_spans(examples: Iterable[Example]) -> dict[str, tuple[Span, ...]]:
+  """Example id -> its gold spans."""
+  return {e.id: tuple(e.spans) for e in examples}
+
+
+def distinct(spans_by_id: Mapping[str, Sequence[Span]]) -> list[str]:
+  """Sorted distinct normalised span texts (the key that feature acquisition dedupes on)."""
+  return sorted({normalise(s.text) for spans in spans_by_id.values() for s in spans})

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import transformers
 
-from axk.features import hub
+from axk import hub
 from axk.features.clap import pick_device
 
 TOKEN_POOLINGS = ("time", "flat")
@@ -36,7 +36,7 @@ class AstEncoder:
 
   def __init__(self, name_or_path: str, *, num_tokens: int, token_pooling: str = "time",
                device: str = "auto", batch_size: int = 8, what: str = "models.ast"):
-    path = hub.resolve(name_or_path, what)
+    path = hub.resolve(name_or_path, what, ignore_patterns=hub.NOT_PYTORCH)
     self._setup(transformers.ASTModel.from_pretrained(path),
                 transformers.ASTFeatureExtractor.from_pretrained(path),
                 hub.describe(name_or_path, path), num_tokens, token_pooling, device,

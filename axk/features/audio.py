@@ -15,6 +15,8 @@ import warnings
 
 import numpy as np
 
+from axk.utils import files
+
 logger = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -133,6 +135,5 @@ def write_flac(path: str, wave: np.ndarray, rate: int) -> None:
   wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
   if wave.ndim == 2:
     wave = wave.T  # soundfile wants [T, C]
-  tmp = f"{path}.tmp{os.getpid()}"
-  sf.write(tmp, wave, rate, format="FLAC", subtype="PCM_16")
-  os.replace(tmp, path)
+  with files.atomic_path(path) as tmp:
+    sf.write(tmp, wave, rate, format="FLAC", subtype="PCM_16")

@@ -19,7 +19,7 @@ import torch
 import transformers
 from transformers import audio_utils
 
-from axk.features import hub
+from axk import hub
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ClapEncoder:
 
   def __init__(self, name_or_path: str, *, device: str = "auto", batch_size: int = 16,
                what: str = "models.clap"):
-    path = hub.resolve(name_or_path, what)
+    path = hub.resolve(name_or_path, what, ignore_patterns=hub.NOT_PYTORCH)
     self._setup(transformers.ClapModel.from_pretrained(path),
                 transformers.ClapProcessor.from_pretrained(path),
                 hub.describe(name_or_path, path), device, batch_size)

@@ -52,8 +52,8 @@ import warnings
 import numpy as np
 import torch
 
+from axk import hub
 from axk.features import audio as audio_lib
-from axk.features import hub
 from axk.features.clap import pick_device
 from axk.utils import files
 
@@ -138,7 +138,7 @@ class AudioGenerator:
   def __init__(self, name_or_path: str, pipeline_class: str = STABLE_AUDIO, *,
                device: str = "auto", torch_dtype: str = "float32",
                what: str = "generation.model"):
-    self.path = hub.resolve(name_or_path, what)
+    self.path = hub.resolve(name_or_path, what, ignore_patterns=hub.NOT_PYTORCH)
     self.info = {**hub.describe(name_or_path, self.path), "pipeline_class": pipeline_class}
     self.pipeline_class = pipeline_class
     self.device = pick_device(device)
@@ -279,8 +279,8 @@ class ClipCache:
     if flac is not None:
       files.write_bytes(self._path(key, "flac"), flac)
     files.write_bytes(self._path(key, "json"),
-                  json.dumps({**sidecar, "audio": flac is not None}, indent=1,
-                             sort_keys=True).encode())
+                      json.dumps({**sidecar, "audio": flac is not None}, indent=1,
+                                 sort_keys=True).encode())
 
 
 def _flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:

@@ -15,8 +15,9 @@ The CLAP audio embedding of every clip is computed once, in chunks of `chunk_siz
 each chunk written atomically as it finishes, under
 `<cache_dir>/<fingerprint>/`, where the fingerprint hashes the clip list (ids, paths, sizes,
 modification times) and the CLAP model: a second run reuses the chunks, an interrupted one
-finishes the missing chunks, and a changed database or model starts a new cache. Clips that
-cannot be decoded get a zero embedding, are never retrieved, and are counted.
+finishes the missing chunks, a chunk that does not load is named, set aside and recomputed,
+and a changed database or model starts a new cache. Clips that cannot be decoded get a zero
+embedding, are never retrieved, and are counted.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ import zlib
 import numpy as np
 import tqdm
 
+from axk import hub
 from axk.features import audio as audio_lib
-from axk.features import hub
+from axk.features import parts
+from axk.utils import files
 
 logger = logging.getLogger(__name__)
 
@@ -329,14 +332,28 @@ class AudioDatabase:
     chunk_path = lambda c: os.path.join(folder, f"chunk-{c:05d}-of-{num_chunks:05d}.npz")
     order = ([c for c in range(num_chunks) if c % num_shards == shard_index] +
              [c for c in range(num_chunks) if c % num_shards != shard_index])
-    missing = [c for c in order if not os.path.exists(chunk_path(c))]
+    # Chunks that do not load (truncated, emptied) are set aside, named, and recomputed.
+    def load_chunk(c: int) -> dict | None:
+      if not os.path.exists(chunk_path(c)):
+        return None
+      z = parts.load_npz(chunk_path(c), "database chunk")
+      size = min(chunk_size, len(self.clips) - c * chunk_size)
+      if z is not None and {len(z.get(k, ())) for k in ("embeddings", "valid")} != {size}:
+        parts.set_aside(chunk_path(c), ValueError(f"not {size} clips"), "database chunk")
+        return None
+      return z
+
+    loaded = {c: z for c in order if (z := load_chunk(c)) is not None}
+    missing = [c for c in order if c not in loaded]
     if missing:
       logger.info("database: embedding %d of %d chunks into %s", len(missing), num_chunks,
                   folder)
     bar = tqdm.tqdm(total=len(self.clips), desc="database CLAP", unit="clip",
                     initial=(num_chunks - len(missing)) * chunk_size, disable=not missing)
     for c in missing:
-      if os.path.exists(chunk_path(c)):  # another worker finished it meanwhile
+      z = load_chunk(c)  # another worker may have finished it meanwhile
+      if z is not None:
+        loaded[c] = z
         continue
       lo, hi = c * chunk_size, min((c + 1) * chunk_size, len(self.clips))
       waves, ok = [], np.zeros(hi - lo, bool)
@@ -349,21 +366,19 @@ class AudioDatabase:
       emb = np.zeros((hi - lo, clap.dim), np.float32)
       if waves:
         emb[ok] = clap.audio(waves)
-      _save_npz(chunk_path(c), embeddings=emb, valid=ok,
-                ids=np.array([cl.id for cl in self.clips[lo:hi]]))
+      loaded[c] = {"embeddings": emb, "valid": ok,
+                   "ids": np.array([cl.id for cl in self.clips[lo:hi]])}
+      with files.atomic_path(chunk_path(c)) as tmp:
+        np.savez(tmp, **loaded[c])
       bar.update(hi - lo)
     bar.close()
-    embs, valid = [], []
-    for c in range(num_chunks):
-      with np.load(chunk_path(c)) as z:
-        embs.append(z["embeddings"])
-        valid.append(z["valid"])
-    self.embeddings = np.concatenate(embs).astype(np.float32)
-    self.valid = np.concatenate(valid)
+    self.embeddings = np.concatenate(
+        [loaded[c]["embeddings"] for c in range(num_chunks)]).astype(np.float32)
+    self.valid = np.concatenate([loaded[c]["valid"] for c in range(num_chunks)])
     manifest = {"fingerprint": self.fingerprint, "num_clips": len(self.clips),
                 "num_undecodable": int((~self.valid).sum()), "clap": clap.info,
                 **self.description}
-    _write_json(os.path.join(folder, "manifest.json"), manifest)
+    files.write_json(os.path.join(folder, "manifest.json"), manifest)
     if (~self.valid).any():
       logger.warning("database: %d of %d clips could not be decoded and are never retrieved",
                      int((~self.valid).sum()), len(self.clips))
@@ -412,16 +427,3 @@ def read_exclude(ids: Sequence[str], path: str) -> set[str]:
     with open(os.path.expanduser(path), encoding="utf-8") as f:
       out.update(line.split("#")[0].strip() for line in f if line.split("#")[0].strip())
   return out
-
-
-def _save_npz(path: str, **arrays) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)

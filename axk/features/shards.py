@@ -4,7 +4,10 @@ On-disk layout (`<features_dir>` is `<workdir>/features` by default; see
 `configs/features.py`):
 
     <features_dir>/
-      manifest.json                       models, parameters, inputs (`read_manifest`)
+      manifest.json                       models, parameters, inputs, and the size and
+                                          sha256 of every other file (`read_manifest`)
+      verified.json                       sizes and modification times of the files last
+                                          hashed by `verify` (a cache; safe to delete)
       acquisitions.jsonl                  one line per distinct span: what was acquired
       axk_features/<task>/1.0.0/          a TFDS dataset, one builder config per task
         dataset_info.json  features.json
@@ -29,23 +32,32 @@ Each record is one example:
 Spans with the same normalised text share one acquisition, so their features are equal.
 The datasets are readable without TensorFlow (`tfds.data_source`,
 `tfds.builder_from_directory(...).as_data_source()`, grain); `load_features` is the
-reader the JAX side uses. This module never imports torch.
+reader the JAX side uses, and `verify` checks the files against the manifest before
+anyone trains on them. This module never imports torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 import glob
+import hashlib
 import json
+import logging
 import os
 import shutil
 
 import numpy as np
 
+from axk.data.types import TASKS
+from axk.utils import files
+
+logger = logging.getLogger(__name__)
+
 BUILDER_NAME = "axk_features"
 VERSION = "1.0.0"
 MANIFEST = "manifest.json"
 ACQUISITIONS = "acquisitions.jsonl"
+VERIFIED = "verified.json"
 # Bumped whenever the record layout changes; the manifest carries it.
 FORMAT_VERSION = 1
 SPAN_FIELDS = ("start", "end", "text", "has_audio", "clap_score", "source", "ast_pooled",
@@ -53,7 +65,8 @@ SPAN_FIELDS = ("start", "end", "text", "has_audio", "clap_score", "source", "ast
 
 
 class FeaturesMismatch(ValueError):
-  """Features built from other data, spans or models than the caller expects."""
+  """Features that cannot be used: built from other data, spans or models than the caller
+  expects, or damaged on disk (a file missing, truncated or changed, a corrupt manifest)."""
 
 
 def builder_dir(features_dir: str, task: str) -> str:
@@ -94,7 +107,7 @@ def _builder_class():
 
     name = BUILDER_NAME
     VERSION = tfds.core.Version(VERSION)
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t) for t in ("animal", "pitch")]
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t) for t in TASKS]
     # TFDS locates a builder's source file through `importlib_resources`, which it does
     # not install on Python >= 3.9; nothing here needs that file (no checksums).
     code_path = None
@@ -118,6 +131,14 @@ def _builder_class():
     def _generate_examples(self, rows):
       for row in rows:
         yield row["id"], row
+
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+    # for every builder; these rows are written from memory, nothing is downloaded.
+    def _log_download_bytes(self):
+      pass
+
+    def _log_download_done(self):
+      pass
 
   return AxkFeatures
 
@@ -234,15 +255,143 @@ def load_features(features_dir: str, task: str, split: str) -> dict[str, dict]:
 
 
 def read_manifest(features_dir: str) -> dict:
-  """The manifest written beside the datasets (models, parameters, inputs' sha256)."""
+  """The manifest written beside the datasets (models, parameters, inputs' sha256).
+
+  Raises:
+    FileNotFoundError: there is none.
+    FeaturesMismatch: it is not a JSON object (a truncated or overwritten file).
+  """
   path = os.path.join(features_dir, MANIFEST)
   try:
     with open(path, encoding="utf-8") as f:
-      return json.load(f)
+      manifest = json.load(f)
   except FileNotFoundError:
     raise FileNotFoundError(f"{path}: no feature manifest; build features with "
                             "`python -m axk.main --config=configs/features.py:... "
                             "--workdir=...`") from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise FeaturesMismatch(f"{path}: corrupt manifest ({e}); rebuild the features") from None
+  if not isinstance(manifest, dict):
+    raise FeaturesMismatch(f"{path}: corrupt manifest (not a JSON object); rebuild the "
+                           "features")
+  return manifest
+
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file's content."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def file_table(features_dir: str) -> dict[str, dict]:
+  """`{relative path: {"size", "sha256"}}` of every file of a features folder but the
+  manifest and the verification cache: what the manifest lists under `files`."""
+  table = {}
+  for root, dirs, names in os.walk(features_dir):
+    dirs.sort()
+    for name in sorted(names):
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, features_dir).replace(os.sep, "/")
+      if rel in (MANIFEST, VERIFIED):
+        continue
+      table[rel] = {"size": os.path.getsize(full), "sha256": sha256_file(full)}
+  return table
+
+
+# Files hashed by this process: absolute path -> (size, mtime_ns, sha256). Used when the
+# folder is read-only and `verified.json` cannot be written: then files hash once a run.
+_HASHED: dict[str, tuple[int, int, str]] = {}
+
+
+def _read_verified(features_dir: str) -> dict:
+  try:
+    with open(os.path.join(features_dir, VERIFIED), encoding="utf-8") as f:
+      state = json.load(f)
+    return state if isinstance(state, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def verify(features_dir: str, *, num_audio_tokens: int | None = None) -> dict:
+  """Checks a features folder against its manifest before anything trains on it.
+
+  Sizes are checked every time; a file's sha256 only when its size or modification time
+  differs from when `verify` last hashed it (recorded in `verified.json`, or in this
+  process when the folder is read-only), so an unchanged folder costs a few `stat` calls.
+
+  Args:
+    features_dir: the folder holding `manifest.json`.
+    num_audio_tokens: the AST token count the caller needs, when it needs one.
+
+  Returns:
+    The manifest.
+
+  Raises:
+    FileNotFoundError: no manifest.
+    FeaturesMismatch: one line naming the file and what is wrong with it: a corrupt
+      manifest, a manifest without checksums, a missing file, a size or sha256 that differs
+      from the manifest's, or another `num_audio_tokens`.
+  """
+  manifest = read_manifest(features_dir)
+  path = os.path.join(features_dir, MANIFEST)
+  table = manifest.get("files")
+  if not isinstance(table, dict) or not table:
+    raise FeaturesMismatch(f"{path}: lists no file checksums (written by an older axk); "
+                           "rebuild the features")
+  have = manifest.get("dims", {}).get("num_audio_tokens")
+  if num_audio_tokens is not None and have != num_audio_tokens:
+    raise FeaturesMismatch(f"{path}: num_audio_tokens is {have}, {num_audio_tokens} wanted; "
+                           "rebuild the features with --config.ast.num_audio_tokens="
+                           f"{num_audio_tokens}")
+  stamps = {}
+  for rel, entry in sorted(table.items()):
+    full = os.path.join(features_dir, rel)
+    try:
+      st = os.stat(full)
+    except FileNotFoundError:
+      raise FeaturesMismatch(f"{full}: missing (listed in {path})") from None
+    if st.st_size != entry.get("size"):
+      raise FeaturesMismatch(f"{full}: {st.st_size} bytes, the manifest says "
+                             f"{entry.get('size')} (truncated or replaced)")
+    stamps[rel] = (st.st_size, st.st_mtime_ns)
+  state = _read_verified(features_dir)
+  changed = False
+  for rel, (size, mtime) in stamps.items():
+    full = os.path.abspath(os.path.join(features_dir, rel))
+    want = table[rel].get("sha256")
+    if state.get(rel) == [size, mtime, want] or _HASHED.get(full) == (size, mtime, want):
+      continue
+    got = sha256_file(full)
+    if got != want:
+      raise FeaturesMismatch(f"{full}: sha256 {got[:12]}... differs from the manifest's "
+                             f"{str(want)[:12]}... (the file changed)")
+    _HASHED[full] = (size, mtime, got)
+    state[rel] = [size, mtime, got]
+    changed = True
+  if changed:
+    state = {rel: state[rel] for rel in stamps if rel in state}
+    try:
+      files.write_json(os.path.join(features_dir, VERIFIED), state)
+    except OSError:
+      pass  # A read-only folder: this process remembers what it hashed.
+  return manifest
+
+
+def verified(features_dir: str, **kwargs) -> bool:
+  """Whether `verify` passes; when the folder exists but does not, one line says why."""
+  try:
+    verify(features_dir, **kwargs)
+    return True
+  except FileNotFoundError:
+    if os.path.exists(features_dir):
+      logger.warning("%s: no manifest.json; the features will be rebuilt", features_dir)
+    return False
+  except FeaturesMismatch as e:
+    logger.warning("%s; the features will be rebuilt", e)
+    return False
 
 
 def check_manifest(manifest: Mapping, *, csv_sha256: Mapping[str, str] | None = None,

@@ -14,6 +14,8 @@ import string
 import torch
 import transformers
 
+from axk.utils import files
+
 # Bump when the tiny architectures change, so stale directories are rebuilt.
 TINY_VERSION = "1"
 
@@ -201,13 +203,9 @@ def build_all(root: str) -> dict[str, str]:
     path = os.path.join(root, f"{name}-v{TINY_VERSION}")
     done = os.path.join(path, ".complete")
     if not os.path.exists(done):
-      tmp = f"{path}.tmp{os.getpid()}"
-      build(tmp)
-      open(os.path.join(tmp, ".complete"), "w").close()
-      if os.path.exists(path):
-        import shutil  # pylint: disable=g-import-not-at-top
-        shutil.rmtree(path)
-      os.replace(tmp, path)
+      with files.atomic_dir(path) as tmp:
+        build(tmp)
+        files.write_text(os.path.join(tmp, ".complete"), "")
     paths[name] = path
   return paths
 
@@ -251,10 +249,9 @@ def write_synthetic_database(folder: str, num_clips: int, *, seed: int = 0) -> s
     if i % 4 == 3:
       wave = np.stack([wave, 0.5 * wave], axis=1)
     ext, fmt, subtype = formats[i % len(formats)]
-    sf.write(os.path.join(folder, f"clip{i:04d}.{ext}"), wave.astype(np.float32), rate,
-             format=fmt, subtype=subtype)
-  with open(os.path.join(folder, "broken.wav"), "wb") as f:
-    f.write(b"RIFF\x00\x00\x00\x00WAVEnot really audio" + bytes(range(64)))
-  with open(marker, "w", encoding="utf-8") as f:
-    f.write(stamp)
+    with files.atomic_path(os.path.join(folder, f"clip{i:04d}.{ext}")) as tmp:
+      sf.write(tmp, wave.astype(np.float32), rate, format=fmt, subtype=subtype)
+  files.write_bytes(os.path.join(folder, "broken.wav"),
+                    b"RIFF\x00\x00\x00\x00WAVEnot really audio" + bytes(range(64)))
+  files.write_text(marker, stamp)
   return folder

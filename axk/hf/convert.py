@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from axk.utils.tree import flatten, unflatten  # noqa: F401  (re-exported)
 
 TABLE: tuple[tuple[str, str, str], ...] = (
     ("bert/embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight", "copy"),
@@ -77,7 +76,6 @@ ARCHITECTURES = {
     "mlm": "BertForMaskedLM",
     "token_classification": "BertForTokenClassification",
 }
-HEAD_OF_ARCHITECTURE = {v: k for k, v in ARCHITECTURES.items()}
 # HF names that axk never reads: the next-sentence head and tied or buffer copies.
 _IGNORED = re.compile(
     r"^(cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias)|"
@@ -181,69 +179,13 @@ def _group(path: str) -> str:
   return re.sub(r"/(kernel|bias|scale|embedding)$", "", path)
 
 
-# LoRA subtree (`params["lora"]`) <-> PEFT adapter names of a `BertForMaskedLM` base model.
-# PEFT's lora_A.weight is [rank, in], lora_B.weight is [out, rank].
-_PEFT_MODULES = {"query": "attention.self.query", "key": "attention.self.key",
-                 "value": "attention.self.value", "out": "attention.output.dense"}
-PEFT_PREFIX = "base_model.model.bert.encoder.layer."
-_LORA_PATH = re.compile(r"^layer_(?P<i>\d+)_(?P<t>query|key|value|out)/(?P<m>a|b)$")
+def aux_to_torch(flat_params: Mapping[str, np.ndarray],
+                 table: Sequence[tuple[str, str, str]]) -> dict[str, np.ndarray]:
+  """Flat axk params of a model's own modules -> torch state dict, by the model's table.
 
-
-def lora_to_peft(flat_lora: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """`{"layer_{i}_{target}/a|b": array}` (the lora subtree, flat) -> PEFT state dict."""
-  out = {}
-  for path, x in flat_lora.items():
-    m = _LORA_PATH.match(path)
-    if m is None:
-      raise KeyError(f"Not a LoRA parameter path: {path!r}")
-    x = np.asarray(x)
-    name = f"{PEFT_PREFIX}{m['i']}.{_PEFT_MODULES[m['t']]}"
-    if m["m"] == "a":  # [*in, rank] -> [rank, in]
-      out[f"{name}.lora_A.weight"] = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
-    else:  # [rank, *out] -> [out, rank]
-      out[f"{name}.lora_B.weight"] = np.ascontiguousarray(x.reshape(x.shape[0], -1).T)
-  return out
-
-
-def peft_target_modules(targets) -> list[str]:
-  """PEFT `target_modules` (module-name suffixes) for axk LoRA targets."""
-  return sorted(_PEFT_MODULES[t] if t == "out" else t for t in targets)
-
-
-# The audio modules of AudioBERT and ITH <-> the PyTorch modules in `axk/pt/` (torch
-# `Linear`/`LayerNorm` names), same transforms as `TABLE`.
-AUX_TABLE: tuple[tuple[str, str, str], ...] = (
-    ("audio_proj/dense/kernel", "audio_proj.weight", "kernel1"),
-    ("audio_proj/dense/bias", "audio_proj.bias", "bias"),
-    ("audio_mlp/fc1/dense/kernel", "audio_mlp.fc1.weight", "kernel1"),
-    ("audio_mlp/fc1/dense/bias", "audio_mlp.fc1.bias", "bias"),
-    ("audio_mlp/fc2/dense/kernel", "audio_mlp.fc2.weight", "kernel1"),
-    ("audio_mlp/fc2/dense/bias", "audio_mlp.fc2.bias", "bias"),
-    ("fusion/query/kernel", "fusion.query.weight", "kernel1"),
-    ("fusion/query/bias", "fusion.query.bias", "bias"),
-    ("fusion/key/kernel", "fusion.key.weight", "kernel1"),
-    ("fusion/key/bias", "fusion.key.bias", "bias"),
-    ("fusion/value/kernel", "fusion.value.weight", "kernel1"),
-    ("fusion/value/bias", "fusion.value.bias", "bias"),
-    ("fusion/out/kernel", "fusion.out.weight", "kernel2"),
-    ("fusion/out/bias", "fusion.out.bias", "bias"),
-    ("fusion/attention_norm/ln/scale", "fusion.attention_norm.weight", "copy"),
-    ("fusion/attention_norm/ln/bias", "fusion.attention_norm.bias", "copy"),
-    ("fusion/ffn_in/dense/kernel", "fusion.ffn_in.weight", "kernel1"),
-    ("fusion/ffn_in/dense/bias", "fusion.ffn_in.bias", "bias"),
-    ("fusion/ffn_out/dense/kernel", "fusion.ffn_out.weight", "kernel1"),
-    ("fusion/ffn_out/dense/bias", "fusion.ffn_out.bias", "bias"),
-    ("fusion/ffn_norm/ln/scale", "fusion.ffn_norm.weight", "copy"),
-    ("fusion/ffn_norm/ln/bias", "fusion.ffn_norm.bias", "copy"),
-    ("fusion/gate_x/dense/kernel", "fusion.gate_x.weight", "kernel1"),
-    ("fusion/gate_x/dense/bias", "fusion.gate_x.bias", "bias"),
-    ("fusion/gate_z/dense/kernel", "fusion.gate_z.weight", "kernel1"),
-    ("fusion/gate_z/dense/bias", "fusion.gate_z.bias", "bias"),
-)
-_AUX = {a: (h, t) for a, h, t in AUX_TABLE}
-
-
-def aux_to_torch(flat_params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Flat axk params of the audio modules -> torch state dict (other paths are ignored)."""
-  return {_AUX[p][0]: _to_hf(np.asarray(x), _AUX[p][1])
-          for p, x in flat_params.items() if p in _AUX}
+  Each audio model declares its `(axk path, torch name, transform)` rows (the torch names of
+  its module in `axk/pt/`, the transforms of `TABLE`); paths not in the table are ignored.
+  """
+  rows = {a: (h, t) for a, h, t in table}
+  return {rows[p][0]: _to_hf(np.asarray(x), rows[p][1])
+          for p, x in flat_params.items() if p in rows}

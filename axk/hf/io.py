@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from typing import Any, Mapping
 
 import jax
@@ -27,6 +26,8 @@ import numpy as np
 from axk import hub
 from axk.hf import convert
 from axk.models import bert as bert_lib
+from axk.utils import files
+from axk.utils.tree import flatten, unflatten
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json")
@@ -131,11 +132,11 @@ def load_params(path: str, module: bert_lib.Bert, rng: jax.Array | None = None) 
   in one log line. Checkpoint tensors that `module` has no place for are logged too.
   """
   abstract = jax.eval_shape(lambda: bert_lib.init_params(module, jax.random.key(0)))
-  shapes = {k: v.shape for k, v in convert.flatten(abstract).items()}
+  shapes = {k: v.shape for k, v in flatten(abstract).items()}
   found, missing, unused = convert.to_axk(read_state(path), shapes, source=path)
   if missing:
     rng = jax.random.key(0) if rng is None else rng
-    fresh = convert.flatten(bert_lib.init_params(module, rng))
+    fresh = flatten(bert_lib.init_params(module, rng))
     for p in missing:
       found[p] = np.asarray(fresh[p])
     convert.log_missing(missing, path)
@@ -143,7 +144,7 @@ def load_params(path: str, module: bert_lib.Bert, rng: jax.Array | None = None) 
     logging.info("%s: %d tensors not used by head %r: %s", path, len(unused), module.head,
                  ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
   dtype = jnp.dtype(module.config.param_dtype)
-  return convert.unflatten({k: jnp.asarray(v, dtype) for k, v in found.items()})
+  return unflatten({k: jnp.asarray(v, dtype) for k, v in found.items()})
 
 
 def load(path_or_id: str, head: str = "mlm", rng: jax.Array | None = None,
@@ -172,7 +173,7 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
   """
   from safetensors.numpy import save_file
   flat = {k: np.asarray(jax.device_get(v), np.float32)
-          for k, v in convert.flatten(params).items()}
+          for k, v in flatten(params).items()}
   state = convert.to_hf(flat, head)
   hf_config = config.to_hf()
   hf_config["architectures"] = [convert.ARCHITECTURES[head]]
@@ -182,22 +183,12 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
     hf_config["label2id"] = {l: int(i) for i, l in labels.items()}
   if head == "mlm":
     hf_config["tie_word_embeddings"] = True
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-export-", dir=parent)
-  try:
+  with files.atomic_dir(out_dir) as tmp:
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(hf_config, f, indent=2, sort_keys=True)
+    files.write_json(os.path.join(tmp, "config.json"), hf_config)
     if tokenizer_from:
       for name in TOKENIZER_FILES:
         src = os.path.join(tokenizer_from, name)
         if os.path.exists(src):
           shutil.copy(src, os.path.join(tmp, name))
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return out_dir

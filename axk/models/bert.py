@@ -34,6 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from axk.models.lora import apply_lora
+
 Array = jax.Array
 
 HEADS = ("none", "mlm", "token_classification")
@@ -258,26 +260,6 @@ def attention(q: Array, k: Array, v: Array, bias: Array, config: BertConfig, *,
   else:
     bias = bias.astype(jnp.float32)
   return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=impl)
-
-
-def apply_lora(y: Array, x: Array, ab: Mapping[str, Array], gate: Array | None, *,
-               contract: int, dropout: float, deterministic: bool, module: nn.Module) -> Array:
-  """`y + gate * (dropout(x) @ a @ b) * scale`, exactly `y` where the gate is zero.
-
-  `ab` holds `a` [*in, rank], `b` [rank, *out] and the scalar `scale` (alpha / rank). The
-  gate is per example ([batch]); examples whose gate is 0 get `y` itself (a select, not an
-  add of zeros), so the base model's output is reproduced bit for bit.
-  """
-  xd = nn.Dropout(dropout)(x, deterministic=deterministic) if dropout else x
-  in_axes = "".join("xyz"[:contract])
-  a = jnp.einsum(f"bl{in_axes},{in_axes}r->blr", xd, ab["a"].astype(x.dtype))
-  out_axes = "ijk"[:ab["b"].ndim - 1]
-  delta = jnp.einsum(f"blr,r{out_axes}->bl{out_axes}", a, ab["b"].astype(x.dtype))
-  delta = delta * ab["scale"]
-  if gate is None:
-    return y + delta
-  g = gate.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
-  return jnp.where(g != 0, y + g * delta, y)
 
 
 class Layer(nn.Module):

@@ -1,5 +1,11 @@
 """Imagine to Hear: BERT with a gated cross-attention fusion of each span's audio tokens.
 
+A method file: everything ITH-specific is here, and `configs/ith.py` selects it with
+`config.model.name = "ith"`. The shared masked-word run (`axk/runs/masked_word.py`) reads
+what this module declares: `Model` (constructed from the method fields of `config.model`;
+`Model.check()` validates them before any work), `AUDIO` ("tokens": a sequence of AST
+tokens per span), `INPUTS`, `lora_gate_of`, `AUX_TABLE` and `export()`.
+
 For every span with accepted audio, the span's text tokens (queries) attend to that span's
 audio tokens (keys and values, after a two-layer audio MLP); residual + LayerNorm, a GELU
 feed-forward (4x width) + residual + LayerNorm give `z`; a gate
@@ -16,13 +22,43 @@ spans without audio are left exactly as they were (a select, bit for bit).
 
 from __future__ import annotations
 
+import os
+from typing import Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from axk.models import bert as bert_lib
 from axk.models import lora as lora_lib
-from axk.models.audiobert import span_onehot
+from axk.models.spans import span_onehot
+
+AUDIO = "tokens"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio_tokens",
+          "span_has_audio")
+# The audio MLP and the fusion <-> `axk.pt.ith` (transforms of `axk.hf.convert.TABLE`).
+AUX_TABLE = tuple(
+    [(f"audio_mlp/{n}/dense/{p}", f"audio_mlp.{n}.{t}", tr)
+     for n in ("fc1", "fc2") for p, t, tr in (("kernel", "weight", "kernel1"),
+                                               ("bias", "bias", "bias"))]
+    + [(f"fusion/{n}/{p}", f"fusion.{n}.{t}", tr)
+       for n in ("query", "key", "value") for p, t, tr in (("kernel", "weight", "kernel1"),
+                                                           ("bias", "bias", "bias"))]
+    + [("fusion/out/kernel", "fusion.out.weight", "kernel2"),
+       ("fusion/out/bias", "fusion.out.bias", "bias")]
+    + [(f"fusion/{n}/ln/{p}", f"fusion.{n}.{t}", "copy")
+       for n in ("attention_norm", "ffn_norm") for p, t in (("scale", "weight"),
+                                                             ("bias", "bias"))]
+    + [(f"fusion/{n}/dense/{p}", f"fusion.{n}.{t}", tr)
+       for n in ("ffn_in", "ffn_out", "gate_x", "gate_z")
+       for p, t, tr in (("kernel", "weight", "kernel1"), ("bias", "bias", "bias"))])
+
+
+def lora_gate_of(arrays: Mapping[str, np.ndarray], mode: str | None = None) -> np.ndarray:
+  """ITH's LoRA (with `use_lora`) is on for every input."""
+  del mode
+  return np.ones(arrays["input_ids"].shape[0], np.float32)
 
 
 class AudioMLP(nn.Module):
@@ -94,7 +130,7 @@ class GatedCrossAttentionFusion(nn.Module):
     return bert_lib.constrain(out, ("batch", "length", "embed"))
 
 
-class ImagineToHear(nn.Module):
+class Model(nn.Module):
   """ITH: `bert/...`, `mlm_head/...`, `audio_mlp/...`, `fusion/...` (+ `lora/...`).
 
   `use_lora` trains LoRA adapters (on for every input) instead of the full BERT.
@@ -102,32 +138,73 @@ class ImagineToHear(nn.Module):
 
   config: bert_lib.BertConfig
   audio_dim: int = 768
-  fusion_layer: int = 0
+  fusion_layer: int = 0  # 0: fusion on the embedding output; k: after encoder layer k.
   use_lora: bool = False
   lora_rank: int = 64
   lora_alpha: float = 128.0
   lora_dropout: float = 0.01
   lora_targets: tuple[str, ...] = ("query", "key", "value")
 
+  def check(self) -> None:
+    """ValueError("<field>=<value>: <what is allowed>") for a field that cannot work."""
+    n = self.config.num_hidden_layers
+    if not (isinstance(self.fusion_layer, int) and 0 <= self.fusion_layer <= n):
+      raise ValueError(f"fusion_layer={self.fusion_layer}: must be an integer in [0, {n}] "
+                       f"(0: the embedding output, k: after encoder layer k; the model has "
+                       f"{n} layers).")
+    if self.use_lora:
+      try:
+        lora_lib.check_targets(self.lora_targets)
+      except ValueError as e:
+        raise ValueError(f"lora_targets={tuple(self.lora_targets)}: {e}") from None
+
   def setup(self):
-    if not 0 <= self.fusion_layer <= self.config.num_hidden_layers:
-      raise ValueError(f"fusion_layer={self.fusion_layer} not in "
-                       f"[0, {self.config.num_hidden_layers}]")
     self.bert = bert_lib.Bert(self.config, head="mlm")
     self.audio_mlp = AudioMLP(self.config)
     self.fusion = GatedCrossAttentionFusion(self.config)
     if self.use_lora:
-      self.lora = lora_lib.Lora(self.config, self.lora_rank, self.lora_alpha, self.lora_targets)
+      self.lora = lora_lib.Lora(self.config, self.lora_rank, self.lora_alpha,
+                                tuple(self.lora_targets))
 
-  def __call__(self, input_ids, attention_mask, token_type_ids, span_ids, span_audio_tokens,
-               span_has_audio, *, positions=None, deterministic=True):
+  def __call__(self, batch: Mapping, *, positions=None, deterministic=True):
+    """Masked-LM outputs ({"hidden_states", "logits"}) of the `INPUTS` fields of `batch`."""
     lora = self.lora() if self.use_lora else None
     encode = dict(deterministic=deterministic, lora=lora, lora_dropout=self.lora_dropout)
-    x = self.bert.embed(input_ids, token_type_ids, deterministic=deterministic)
-    x = self.bert.encode(x, attention_mask, stop=self.fusion_layer, **encode)
-    audio = self.audio_mlp(span_audio_tokens.astype(x.dtype))
+    span_has_audio = batch["span_has_audio"]
+    x = self.bert.embed(batch["input_ids"], batch["token_type_ids"],
+                        deterministic=deterministic)
+    x = self.bert.encode(x, batch["attention_mask"], stop=self.fusion_layer, **encode)
+    audio = self.audio_mlp(batch["span_audio_tokens"].astype(x.dtype))
     audio_mask = jnp.broadcast_to(span_has_audio[:, :, None], audio.shape[:3])
-    x = self.fusion(x, span_ids, audio, audio_mask, span_has_audio,
+    x = self.fusion(x, batch["span_ids"], audio, audio_mask, span_has_audio,
                     deterministic=deterministic)
-    x = self.bert.encode(x, attention_mask, start=self.fusion_layer, **encode)
+    x = self.bert.encode(x, batch["attention_mask"], start=self.fusion_layer, **encode)
     return self.bert.heads(x, deterministic=deterministic, positions=positions)
+
+
+def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = None,
+           base_model_name_or_path: str | None = None) -> list[str]:
+  """Writes `base/` (BertForMaskedLM), `fusion.safetensors` (audio MLP and fusion weights),
+  `ith.json` (and `adapter/` with LoRA) to `out_dir`; returns notes for results.md."""
+  from safetensors.numpy import save_file
+
+  from axk import hf
+  from axk.hf import convert
+  from axk.utils import files
+  from axk.utils.tree import flatten
+  c = model.config
+  hf.save(params["bert"], c, os.path.join(out_dir, "base"), head="mlm",
+          tokenizer_from=tokenizer_from)
+  aux = convert.aux_to_torch(flatten({"audio_mlp": params["audio_mlp"],
+                                      "fusion": params["fusion"]}), AUX_TABLE)
+  with files.atomic_path(os.path.join(out_dir, "fusion.safetensors")) as tmp:
+    save_file({k: v.astype(np.float32) for k, v in aux.items()}, tmp)
+  if model.use_lora:
+    lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
+  files.write_json(os.path.join(out_dir, "ith.json"), {
+      "audio_dim": model.audio_dim, "hidden_size": c.hidden_size,
+      "num_attention_heads": c.num_attention_heads, "layer_norm_eps": c.layer_norm_eps,
+      "fusion_layer": model.fusion_layer, "use_lora": model.use_lora})
+  lora = ", export/adapter (PEFT LoRA)" if model.use_lora else ""
+  return [f"Export: export/base (BertForMaskedLM), export/fusion.safetensors (audio MLP + "
+          f"fusion){lora}; run with axk.pt.ith.IthTorch."]

@@ -1,23 +1,37 @@
-"""LoRA as a parameter subtree of its own, `params["lora"]`, used by `axk.models.bert`.
+"""LoRA, all of it: the parameter subtree `params["lora"]`, its per-example gated update,
+and its mapping to PEFT adapters.
 
 For each encoder layer and target projection (`query`, `key`, `value`, `out` of the
 self-attention), `a` maps the projection's input to `rank` and `b` maps back to its output:
 `y = x W + b_W + gate * (alpha / rank) * dropout(x) a b`. `a` starts like PEFT's
 (Kaiming-uniform), `b` at zero, so training starts from the base model. The gate is per
-example (`axk.models.bert.apply_lora`): zero reproduces the base model bit for bit.
+example (`apply_lora`, called by `axk.models.bert`'s attention): zero reproduces the base
+model bit for bit.
+
+PEFT: `to_peft` names the subtree as PEFT names the adapter of a transformers
+`BertForMaskedLM` (`base_model.model.bert.encoder.layer.{i}.attention.self.query.lora_A.weight`,
+...), and `write_adapter` writes a PEFT adapter folder that `peft.PeftModel.from_pretrained`
+loads onto the exported base model.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from axk.models.bert import BertConfig
+from axk.utils import files
 
 TARGETS = ("query", "key", "value", "out")
+# `config` of the modules below: an `axk.models.bert.BertConfig` (not imported: bert imports
+# this module for `apply_lora`).
+BertConfig = Any
 
 
 def _kaiming_uniform(fan_in: int):
@@ -65,9 +79,7 @@ class Lora(nn.Module):
   @nn.compact
   def __call__(self) -> dict:
     c = self.config
-    unknown = set(self.targets) - set(TARGETS)
-    if unknown:
-      raise ValueError(f"LoRA targets {sorted(unknown)} not in {TARGETS}.")
+    check_targets(self.targets)
     h, d, e = c.num_attention_heads, c.head_dim, c.hidden_size
     shapes = {  # target -> (input shape, input axes, output shape, output axes)
         "query": ((e,), ("embed",), (h, d), ("heads", "kv")),
@@ -83,3 +95,87 @@ class Lora(nn.Module):
         layer[t] = {"a": a, "b": b, "scale": self.alpha / self.rank}
       out[f"layer_{i}"] = layer
     return out
+
+
+def check_targets(targets) -> None:
+  """ValueError naming the unknown entries of `targets` and the known ones."""
+  unknown = sorted(set(targets) - set(TARGETS))
+  if unknown or not targets:
+    raise ValueError(f"LoRA targets {unknown or '()'} not in {TARGETS}.")
+
+
+def apply_lora(y, x, ab: Mapping[str, Any], gate, *, contract: int, dropout: float,
+               deterministic: bool, module: nn.Module):
+  """`y + gate * (dropout(x) @ a @ b) * scale`, exactly `y` where the gate is zero.
+
+  `ab` holds `a` [*in, rank], `b` [rank, *out] and the scalar `scale` (alpha / rank). The
+  gate is per example ([batch]); examples whose gate is 0 get `y` itself (a select, not an
+  add of zeros), so the base model's output is reproduced bit for bit. `module` is the
+  calling module (the dropout's scope).
+  """
+  del module  # The dropout below binds to the calling module's scope.
+  xd = nn.Dropout(dropout)(x, deterministic=deterministic) if dropout else x
+  in_axes = "".join("xyz"[:contract])
+  a = jnp.einsum(f"bl{in_axes},{in_axes}r->blr", xd, ab["a"].astype(x.dtype))
+  out_axes = "ijk"[:ab["b"].ndim - 1]
+  delta = jnp.einsum(f"blr,r{out_axes}->bl{out_axes}", a, ab["b"].astype(x.dtype))
+  delta = delta * ab["scale"]
+  if gate is None:
+    return y + delta
+  g = gate.astype(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1))
+  return jnp.where(g != 0, y + g * delta, y)
+
+
+# -- PEFT ------------------------------------------------------------------------------------
+# PEFT's lora_A.weight is [rank, in], lora_B.weight is [out, rank].
+_PEFT_MODULES = {"query": "attention.self.query", "key": "attention.self.key",
+                 "value": "attention.self.value", "out": "attention.output.dense"}
+PEFT_PREFIX = "base_model.model.bert.encoder.layer."
+_LORA_PATH = re.compile(r"^layer_(?P<i>\d+)_(?P<t>query|key|value|out)/(?P<m>a|b)$")
+
+
+def to_peft(flat_lora: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`{"layer_{i}_{target}/a|b": array}` (the lora subtree, flat) -> PEFT state dict."""
+  out = {}
+  for path, x in flat_lora.items():
+    m = _LORA_PATH.match(path)
+    if m is None:
+      raise KeyError(f"Not a LoRA parameter path: {path!r}")
+    x = np.asarray(x)
+    name = f"{PEFT_PREFIX}{m['i']}.{_PEFT_MODULES[m['t']]}"
+    if m["m"] == "a":  # [*in, rank] -> [rank, in]
+      out[f"{name}.lora_A.weight"] = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
+    else:  # [rank, *out] -> [out, rank]
+      out[f"{name}.lora_B.weight"] = np.ascontiguousarray(x.reshape(x.shape[0], -1).T)
+  return out
+
+
+def peft_target_modules(targets) -> list[str]:
+  """PEFT `target_modules` (module-name suffixes) for axk LoRA targets."""
+  return sorted(_PEFT_MODULES[t] if t == "out" else t for t in targets)
+
+
+def write_adapter(flat_lora: Mapping[str, np.ndarray], *, rank: int, alpha: float,
+                  dropout: float, targets, adapter_dir: str,
+                  base_model_name_or_path: str | None = None) -> None:
+  """The LoRA subtree (flat) as a PEFT adapter folder for the exported `BertForMaskedLM`."""
+  from safetensors.numpy import save_file
+  state = to_peft(flat_lora)
+  with files.atomic_path(os.path.join(adapter_dir, "adapter_model.safetensors")) as tmp:
+    save_file({k: v.astype(np.float32) for k, v in state.items()}, tmp)
+  files.write_json(os.path.join(adapter_dir, "adapter_config.json"), {
+      "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha,
+      "lora_dropout": dropout, "target_modules": peft_target_modules(targets),
+      "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+      "init_lora_weights": True, "modules_to_save": None,
+      "base_model_name_or_path": base_model_name_or_path})
+
+
+def export_adapter(params, model, out_dir: str, base_model_name_or_path: str | None) -> None:
+  """`out_dir/adapter/` from `params["lora"]` of a model with the LoRA fields (`lora_rank`,
+  `lora_alpha`, `lora_dropout`, `lora_targets`)."""
+  from axk.utils.tree import flatten
+  write_adapter(flatten(params["lora"]), rank=model.lora_rank, alpha=model.lora_alpha,
+                dropout=model.lora_dropout, targets=model.lora_targets,
+                adapter_dir=os.path.join(out_dir, "adapter"),
+                base_model_name_or_path=base_model_name_or_path)

@@ -1,6 +1,6 @@
 """The training loop every axk model goes through.
 
-A model plugs in as a `Task` (below): its parameters, loss, predictions and metrics. The loop
+A run plugs in as an `Experiment` (below): its parameters, loss, predictions and metrics. The loop
 owns everything else: the mesh and shardings, the optimizer and freezing, the resumable input
 order, checkpoints and resume, NaN/Inf stops, preemption, progress, metrics and results.
 
@@ -32,8 +32,8 @@ from axk.train import sharding
 from axk.utils.tree import flatten, unflatten
 
 
-class Task(Protocol):
-  """What a model provides to the loop.
+class Experiment(Protocol):
+  """What a run gives the loop: a model, its data and its metrics.
 
   Attributes:
     name: used in titles and file names.
@@ -136,7 +136,7 @@ def selection_value(results: Mapping[str, Mapping[str, Mapping[str, float]]],
 class Trainer:
   """Builds the sharded train/eval steps of a task and runs them."""
 
-  def __init__(self, config, workdir: str, task: Task, devices=None):
+  def __init__(self, config, workdir: str, task: Experiment, devices=None):
     self.config, self.workdir, self.task = config, workdir, task
     tc = config.train
     self.mesh = sharding.make_mesh(dict(config.mesh.shape), devices)
@@ -304,14 +304,17 @@ class _FiniteChecks:
     return fetched
 
 
-def train_and_evaluate(config, workdir: str, task: Task) -> dict:
+def train_and_evaluate(config, workdir: str, task: Experiment,
+                       record: Mapping[str, Any] | None = None) -> dict:
   """Trains `task` as `config` says, evaluates, writes everything into `workdir`.
 
-  Returns the results dict (`results[task][split][metric]`), also written to
-  `results.json` and `results.md`.
+  `config.json` holds `config` and, beside it, the entries of `record` (what the run's
+  stages resolved, say). Returns the results dict (`results[task][split][metric]`), also
+  written to `results.json` (with the selected step under `SELECTION_KEY`) and `results.md`.
   """
   os.makedirs(workdir, exist_ok=True)
-  metrics_lib.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  metrics_lib.write_json(os.path.join(workdir, "config.json"),
+                         {**config.to_dict(), **(record or {})})
   tc = config.train
   trainer = Trainer(config, workdir, task)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
@@ -428,7 +431,7 @@ def train_and_evaluate(config, workdir: str, task: Task) -> dict:
   notes += task.finish(host_params, workdir, outputs) or []
   selection = {"step": int(chosen), "total_steps": int(trainer.total_steps),
                "metric": task.selection, "value": chosen_value,
-               "select_best": bool(tc.select_best), "started_from": source}
+               "select_best": bool(tc.select_best)}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
                          {**results, SELECTION_KEY: selection})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),

@@ -43,6 +43,34 @@ def atomic_path(path: str) -> Iterator[str]:
       os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+  """Yields a temporary folder to fill; on success it takes the place of `path`.
+
+  An existing `path` is first renamed aside and removed only once the new folder is in
+  place, so a crash leaves either the old or the new folder (plus, at worst, a `.old-*`
+  sibling), never a half-written one.
+  """
+  import shutil
+  import tempfile
+  path = os.path.abspath(os.fspath(path))
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  try:
+    yield tmp
+    old = None
+    if os.path.exists(path):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.replace(path, os.path.join(old, "x"))
+    os.replace(tmp, path)
+    if old:
+      shutil.rmtree(old, ignore_errors=True)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_bytes(path: str, data: bytes) -> None:
   """Atomically writes `data` to `path`."""
   with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -1,13 +1,10 @@
-"""Setup shared by the tasks: config checks, model directory, data, tokenizer."""
+"""Setup shared by the runs: config checks, model directory, data, tokenizer."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
-
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
 
 from axk import hf
@@ -22,14 +19,14 @@ class ConfigError(ValueError):
 
 
 def check_config(config) -> None:
-  """Fails fast, with one line, on values that cannot work."""
+  """Fails fast, with one line, on the fields every run shares (train, data, model init)."""
   tc = config.train
   for name in ("batch_size", "eval_batch_size", "log_every"):
     if int(tc[name]) <= 0:
       raise ConfigError(f"--config.train.{name}={tc[name]}: must be a positive integer.")
   if int(tc.epochs) < 0:
     raise ConfigError(f"--config.train.epochs={tc.epochs}: must be >= 0 (0: evaluate only).")
-  if not tc.learning_rate > 0:
+  if "learning_rate" in tc and not tc.learning_rate > 0 and not tc.get("task_learning_rates"):
     raise ConfigError(f"--config.train.learning_rate={tc.learning_rate}: must be positive.")
   if not 0 <= tc.warmup_ratio < 1:
     raise ConfigError(f"--config.train.warmup_ratio={tc.warmup_ratio}: must be in [0, 1).")
@@ -37,15 +34,25 @@ def check_config(config) -> None:
   if tc.batch_size % n or tc.eval_batch_size % n:
     raise ConfigError(f"Batch sizes ({tc.batch_size}, {tc.eval_batch_size}) must divide by the "
                       f"{n} processes.")
-  for t in config.data.tasks:
-    if t not in types.TASKS:
-      raise ConfigError(f"--config.data.tasks: unknown task {t!r}; known: {types.TASKS}.")
+  check_data(config.data)
   init = str(config.model.init)
   if init and (init.startswith((".", "/", "~")) or os.sep in init[:1]) and not os.path.isdir(
       os.path.expanduser(init)):
     raise ConfigError(f"--config.model.init={init}: no such directory.")
   if config.get("resume") and not os.path.isdir(config.resume) and "://" not in config.resume:
     raise ConfigError(f"--config.resume={config.resume}: no such directory.")
+
+
+def check_data(data) -> None:
+  """One line for unknown benchmark tasks or splits in `config.data`."""
+  for field, known in (("tasks", types.TASKS), ("splits", types.SPLITS)):
+    values = tuple(data[field])
+    unknown = [v for v in values if v not in known]
+    if unknown or not values:
+      raise ConfigError(f"--config.data.{field}={values}: {unknown or 'empty'}; known: "
+                        f"{', '.join(known)}.")
+  if "train" not in data.splits:
+    raise ConfigError(f"--config.data.splits={tuple(data.splits)}: training needs 'train'.")
 
 
 def model_dir(config, workdir: str) -> str:
@@ -80,21 +87,23 @@ def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
       attention_probs_dropout_prob=config.model.dropout, **overrides)
 
 
+def bert_config_of(config) -> bert_lib.BertConfig:
+  """The architecture a run will build, for checks before any work: the `tiny` sizes, or
+  the `config.json` of `config.model.init` (a hub id is downloaded: fails fast offline)."""
+  if config.model.tiny:
+    return bert_lib.BertConfig(vocab_size=2, **dict(config.model.tiny))
+  return bert_config(config, hf.resolve(config.model.init))
+
+
 def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str, ab.SplitData]]:
-  """{task: {split: SplitData}} for the configured tasks (wiki when its files exist)."""
+  """{task: {split: SplitData}} for the configured tasks and splits (wiki where its file
+  exists)."""
   data_dir = ab.resolve_data_dir(config.data.dir, config.data.cache_dir or None)
-  return {t: ab.load_task(data_dir, t, keep_missing_spans=keep_missing_spans)
+  return {t: ab.load_task(data_dir, t, tuple(config.data.splits),
+                          keep_missing_spans=keep_missing_spans)
           for t in config.data.tasks}
 
 
 def eval_keys(data: dict[str, dict[str, ab.SplitData]]) -> list[str]:
+  """`"<task>/<split>"` of every loaded evaluation split."""
   return [f"{t}/{s}" for t, splits in data.items() for s in splits if s != "train"]
-
-
-def majority_baseline(examples: Sequence[types.Example]) -> float:
-  """Accuracy (%) of always giving the most frequent answer of `examples` themselves."""
-  answers = [e.answer for e in examples]
-  if not answers:
-    return float("nan")
-  values, counts = np.unique(answers, return_counts=True)
-  return 100.0 * counts.max() / len(answers)

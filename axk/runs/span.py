@@ -22,7 +22,7 @@ from axk.data import encode as enc
 from axk.data import spans as spans_lib
 from axk.data import types
 from axk.models import bert as bert_lib
-from axk.tasks import common
+from axk.runs import common
 from axk.train import loop
 
 LABELS = {0: "O", 1: "SPAN"}
@@ -74,13 +74,12 @@ def span_metrics(pred: np.ndarray, arrays: Mapping[str, np.ndarray]) -> dict[str
 
 
 class SpanTask:
-  """`axk.train.loop.Task` of the span detector."""
+  """`axk.train.loop.Experiment` of the span detector."""
 
   name = "span detector"
   selection = "mean/dev/token_f1"
 
   def __init__(self, config, workdir: str):
-    common.check_config(config)
     self.config = config
     self.path = common.model_dir(config, workdir)
     self.tokenizer = enc.load_tokenizer(self.path)
@@ -161,5 +160,6 @@ class SpanTask:
 def run(config, workdir: str):
   if not workdir:
     raise common.ConfigError("--workdir is required.")
+  common.check_config(config)
   task = SpanTask(config, workdir)
   return loop.train_and_evaluate(config, workdir, task)

@@ -1,0 +1,408 @@
+"""Feature sources: where a span's audio comes from, behind one interface.
+
+A source turns acquisition keys (by default the normalised span texts) into per-key
+arrays: `has_audio`, `clap_score`, `source`, `clap_text`, `clap_audio`, `ast_pooled`,
+`ast_tokens`, plus any extras of its own. The pipeline (`axk.features.pipeline`) only ever
+talks to this interface, so it never asks which source it runs:
+
+  describe()  -> `Setup`: the models, parameters and run key, without loading a model; the
+                 run key names the parts folder, so equal setups share finished work.
+  keys(e, s)  -> the acquisition key of each span `s` of example `e` (deduplication unit).
+  prepare()   work before acquisition (retrieval: embed the database); a source with a
+              stage of its own lists it in `stages` (`stage=database`).
+  acquire(b)  -> the arrays of a batch of keys; models load on the first call.
+  manifest()  -> entries this source adds to `manifest.json` (retrieval: the database).
+  record(r)   -> extras of one key's line in `acquisitions.jsonl` (top-k, rounds).
+
+Sources are registered by name (`@register`); `config.source` lists the names to run, and
+each source reads its own config section, `config.<name>` (`features_dir` at least).
+
+Adding a source, for example the planned oracle source (features built from the gold
+answers), is one class here plus a config variant:
+
+    @register
+    class OracleSource(RetrievalSource):
+      name = "oracle"
+      def keys(self, example, spans):
+        return [normalise(example.answer)] * len(spans)   # audio of the answer, at each span
+
+with `c.oracle = ...` (a copy of `c.retrieval`'s fields and its own `features_dir`) and
+`c.source = "oracle"` in a `configs/features.py:oracle` variant. Its run key, parts folder,
+manifest and shards follow from the interface; the pipeline does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+import dataclasses
+import json
+import logging
+import os
+from typing import ClassVar
+
+import numpy as np
+
+from axk import hub
+from axk.data.auditorybench import normalise
+from axk.data.types import Example
+from axk.data.types import Span
+from axk.features import parts
+from axk.utils import files
+
+logger = logging.getLogger(__name__)
+
+# Retrieved clips whose AST features are kept in memory (clips are often retrieved again).
+_AST_CACHE_SIZE = 4096
+# Stored as float16 in the parts and the shards.
+FLOAT16_FIELDS = ("clap_text", "clap_audio", "ast_pooled", "ast_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What identifies one source's run; computed without loading any model.
+
+  Attributes:
+    source: the source's registered name.
+    models: role -> manifest entry (`axk.hub.describe`: name, path, fingerprint).
+    paths: role -> local model directory.
+    params: every parameter that changes a key's arrays.
+    features_dir: the output folder, relative to the workdir.
+    run_key: a hash of the source, the models' fingerprints and `params`; no absolute
+      path goes into it, so a copied or moved workdir keeps its parts.
+  """
+
+  source: str
+  models: Mapping[str, Mapping]
+  paths: Mapping[str, str]
+  params: Mapping
+  features_dir: str
+  run_key: str = dataclasses.field(init=False)
+
+  def __post_init__(self):
+    key = hub.digest({"source": self.source,
+                      "models": {k: v["fingerprint"] for k, v in self.models.items()},
+                      "params": self.params})
+    object.__setattr__(self, "run_key", key)
+
+  def run_info(self) -> dict:
+    """The run's description, as written beside its parts and into the manifest."""
+    return {"source": self.source, "models": dict(self.models), "params": dict(self.params),
+            "run_key": self.run_key}
+
+
+SOURCES: dict[str, type["FeatureSource"]] = {}
+
+
+def register(cls: type["FeatureSource"]) -> type["FeatureSource"]:
+  """Class decorator: makes `cls` available as `config.source=<cls.name>`."""
+  SOURCES[cls.name] = cls
+  return cls
+
+
+def make(name: str, config, workdir: str, model_paths: Mapping[str, str]) -> "FeatureSource":
+  """The registered source `name` for this config and workdir."""
+  return SOURCES[name](config, workdir, model_paths)
+
+
+def empty_arrays(n: int, clap_dim: int, ast_dim: int, num_tokens: int) -> dict[str, np.ndarray]:
+  """The common per-key arrays of `n` keys, all without audio."""
+  return {
+      "has_audio": np.zeros(n, bool),
+      "clap_score": np.zeros(n, np.float32),
+      "source": np.array([""] * n, dtype=object),
+      "clap_text": np.zeros((n, clap_dim), np.float32),
+      "clap_audio": np.zeros((n, clap_dim), np.float32),
+      "ast_pooled": np.zeros((n, ast_dim), np.float32),
+      "ast_tokens": np.zeros((n, num_tokens, ast_dim), np.float32),
+  }
+
+
+def to_part(batch: Sequence[str], out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Results of a batch in storage form: features as float16, strings as unicode."""
+  part = {"text": np.array(list(batch), dtype=str)}
+  for k, v in out.items():
+    v = np.asarray(v)
+    if v.dtype == object:
+      v = v.astype(str)
+    elif k in FLOAT16_FIELDS:
+      v = v.astype(np.float16)
+    part[k] = v
+  return part
+
+
+class FeatureSource:
+  """The interface (see the module docstring), with what CLAP+AST sources share.
+
+  Attributes:
+    name: registered name, `config.source` value and config section.
+    stages: pipeline stages of this source's own (run by `prepare` alone).
+    config, workdir: the run's.
+    setup: `describe()`, computed once.
+    parts_dir: where this run's part files go (`axk.features.parts`).
+  """
+
+  name: ClassVar[str] = ""
+  stages: ClassVar[tuple[str, ...]] = ()
+
+  def __init__(self, config, workdir: str, model_paths: Mapping[str, str]):
+    self.config = config
+    self.workdir = workdir
+    self.section = config[self.name]
+    self._model_paths = dict(model_paths)
+    self._clap = self._ast = None
+    self.setup = self.describe()
+    self.parts_dir = parts.folder(workdir, self.name, self.setup.run_key)
+
+  # -- the interface ------------------------------------------------------------------------
+  def describe(self) -> Setup:
+    models, paths = {}, {}
+    for role in self.model_roles():
+      what = f"models.{role}"
+      paths[role] = hub.resolve(self._model_paths[role], what, ignore_patterns=hub.NOT_PYTORCH)
+      models[role] = hub.describe(self._model_paths[role], paths[role])
+    params = {"ast": {"num_audio_tokens": int(self.config.ast.num_audio_tokens),
+                      "token_pooling": self.config.ast.token_pooling},
+              **self.params()}
+    return Setup(self.name, models, paths, params, self.section.features_dir)
+
+  def keys(self, example: Example, spans: Sequence[Span]) -> list[str]:
+    """The acquisition key of each span of `example`: its normalised text."""
+    del example
+    return [normalise(s.text) for s in spans]
+
+  def prepare(self) -> None:
+    """Work before acquisition; nothing by default."""
+
+  def acquire(self, batch: Sequence[str]) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def manifest(self) -> dict:
+    """Entries of `manifest.json` of this source's own; none by default."""
+    return {}
+
+  def record(self, row: Mapping[str, np.ndarray]) -> dict:
+    """Extras of one key's `acquisitions.jsonl` line; none by default."""
+    del row
+    return {}
+
+  # -- for subclasses -------------------------------------------------------------------------
+  def model_roles(self) -> tuple[str, ...]:
+    return ("clap", "ast")
+
+  def params(self) -> dict:
+    """This source's parameters for the run key (beside the AST ones)."""
+    return {}
+
+  @property
+  def clap(self):
+    """The CLAP encoder, loaded on first use."""
+    if self._clap is None:
+      from axk.features import clap as clap_lib  # pylint: disable=g-import-not-at-top
+      self._clap = clap_lib.ClapEncoder(self.setup.paths["clap"], device=self.config.device,
+                                        batch_size=self.config.clap.batch_size)
+      self._clap.info = dict(self.setup.models["clap"])
+    return self._clap
+
+  @property
+  def ast(self):
+    """The AST encoder, loaded on first use."""
+    if self._ast is None:
+      from axk.features import ast as ast_lib  # pylint: disable=g-import-not-at-top
+      c = self.config
+      self._ast = ast_lib.AstEncoder(self.setup.paths["ast"], num_tokens=c.ast.num_audio_tokens,
+                                     token_pooling=c.ast.token_pooling, device=c.device,
+                                     batch_size=c.ast.batch_size)
+      self._ast.info = dict(self.setup.models["ast"])
+    return self._ast
+
+  def empty(self, n: int) -> dict[str, np.ndarray]:
+    return empty_arrays(n, self.clap.dim, self.ast.dim, self.ast.num_tokens)
+
+
+@register
+class RetrievalSource(FeatureSource):
+  """AudioBERT: top-1 CLAP retrieval from `config.database`, AST features of the clip."""
+
+  name = "retrieval"
+  stages = ("database",)
+
+  def __init__(self, config, workdir: str, model_paths: Mapping[str, str]):
+    from axk.features import retrieval  # pylint: disable=g-import-not-at-top
+    self.db_config = _database_config(config, workdir)
+    self.db = retrieval.AudioDatabase.from_config(self.db_config)
+    section = config[self.name]
+    self.exclude = retrieval.read_exclude(section.exclude_ids, section.exclude_file)
+    self.ast_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    super().__init__(config, workdir, model_paths)
+
+  def params(self) -> dict:
+    r = self.section
+    # The database by content, not by location: a moved database keeps the run key.
+    where = ("dir", "folder")
+    return {"retrieval": {"query_template": r.query_template, "top_k": int(r.top_k),
+                          "min_score": float(r.min_score),
+                          "exclude": hub.digest(sorted(self.exclude)),
+                          "num_excluded": len(self.exclude)},
+            "database": {**{k: v for k, v in self.db.description.items() if k not in where},
+                         "content": self.db.content_fingerprint(),
+                         "max_seconds": self.db.max_seconds}}
+
+  def prepare(self) -> None:
+    cache_dir = self.db_config.cache_dir or os.path.join(self.workdir, "cache", "database")
+    self.db.embed(self.clap, cache_dir, chunk_size=int(self.db_config.chunk_size),
+                  shard_index=self.config.shard_index, num_shards=self.config.num_shards)
+    # For the manifest, which `assemble` may write in a process that never embeds.
+    files.write_json(os.path.join(self.parts_dir, "database.json"), self.db.info)
+
+  def manifest(self) -> dict:
+    path = os.path.join(self.parts_dir, "database.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        return {"database": json.load(f)}
+    return {"database": self.db.info}
+
+  def record(self, row: Mapping[str, np.ndarray]) -> dict:
+    return {"top_k": [[str(i), float(v)] for i, v in zip(row["topk_ids"], row["topk_scores"])
+                      if i]}
+
+  def _load(self, i: int):
+    from axk.features import audio as audio_lib  # pylint: disable=g-import-not-at-top
+    try:
+      return self.db.load(i, self.ast.sampling_rate)
+    except audio_lib.DecodeError as e:
+      logger.warning("retrieval: clip %s cannot be decoded (%s)", self.db.clips[i].id, e)
+      return None
+
+  def _ast_of(self, i: int) -> tuple[np.ndarray, np.ndarray] | None:
+    if i not in self.ast_cache:
+      wave = self._load(i)
+      if wave is None:
+        return None
+      pooled, tokens = self.ast([wave])
+      if len(self.ast_cache) >= _AST_CACHE_SIZE:
+        self.ast_cache.pop(next(iter(self.ast_cache)))
+      self.ast_cache[i] = (pooled[0], tokens[0])
+    return self.ast_cache[i]
+
+  def acquire(self, batch: Sequence[str]) -> dict[str, np.ndarray]:
+    r = self.section
+    text = self.clap.text([r.query_template.format(span=s) for s in batch])
+    idx, scores = self.db.search(text, max(1, int(r.top_k)), self.exclude)
+    # Decode the needed clips in one AST batch (clips already cached are skipped).
+    wanted = sorted({int(i) for i in idx[:, 0] if i >= 0} - set(self.ast_cache))
+    loaded = [(i, w) for i in wanted if (w := self._load(i)) is not None]
+    if loaded:
+      pooled, tokens = self.ast([w for _, w in loaded])
+      for n, (i, _) in enumerate(loaded):
+        self.ast_cache[i] = (pooled[n], tokens[n])
+    out = self.empty(len(batch))
+    out["clap_text"] = text
+    out["topk_ids"] = np.array([[self.db.clips[j].id if j >= 0 else "" for j in row]
+                                for row in idx])
+    out["topk_scores"] = scores
+    for b in range(len(batch)):
+      if idx[b, 0] >= 0:
+        out["clap_score"][b] = scores[b, 0]
+      # The best of the top-k that decodes (a clip can embed yet fail later, e.g. a file
+      # replaced on disk) and clears `min_score`.
+      for j, s in zip(idx[b], scores[b]):
+        if j < 0 or s < r.min_score:
+          break
+        feats = self._ast_of(int(j))
+        if feats is None:
+          continue
+        out["has_audio"][b] = True
+        out["clap_score"][b] = s
+        out["source"][b] = self.db.clips[j].id
+        out["clap_audio"][b] = self.db.embeddings[j]
+        out["ast_pooled"][b], out["ast_tokens"][b] = feats
+        break
+    return out
+
+
+@register
+class GenerationSource(FeatureSource):
+  """ITH: text-to-audio generation with CLAP rejection sampling, AST features of the clip."""
+
+  name = "generation"
+
+  def __init__(self, config, workdir: str, model_paths: Mapping[str, str]):
+    self._sampler = None
+    super().__init__(config, workdir, model_paths)
+
+  def model_roles(self) -> tuple[str, ...]:
+    return ("clap", "ast", "generator")
+
+  def describe(self) -> Setup:
+    setup = super().describe()
+    models = dict(setup.models)
+    models["generator"] = {**models["generator"],
+                           "pipeline_class": self.section.pipeline_class}
+    return Setup(setup.source, models, setup.paths, setup.params, setup.features_dir)
+
+  def params(self) -> dict:
+    return {"generation": dataclasses.asdict(generation_params(self.config))}
+
+  def record(self, row: Mapping[str, np.ndarray]) -> dict:
+    return {"rounds": int(row["rounds"])}
+
+  @property
+  def sampler(self):
+    """The rejection sampler around the generator, built on first use."""
+    if self._sampler is None:
+      from axk.features import generation  # pylint: disable=g-import-not-at-top
+      g = self.section
+      generator = generation.AudioGenerator(self.setup.paths["generator"], g.pipeline_class,
+                                            device=self.config.device,
+                                            torch_dtype=g.torch_dtype)
+      generator.info = dict(self.setup.models["generator"])
+      cache = generation.ClipCache(g.cache_dir or os.path.join(self.workdir, "cache", "clips"))
+      self._sampler = generation.RejectionSampler(
+          generator, self.clap, cache, generation_params(self.config),
+          spans_per_call=g.spans_per_call, keep_rejected=g.keep_rejected)
+    return self._sampler
+
+  def acquire(self, batch: Sequence[str]) -> dict[str, np.ndarray]:
+    from axk.features import audio as audio_lib  # pylint: disable=g-import-not-at-top
+    results = self.sampler(batch)
+    out = self.empty(len(batch))
+    out["clap_text"] = np.stack([r.clap_text for r in results])
+    out["rounds"] = np.array([r.rounds for r in results], np.int32)
+    accepted = [b for b, r in enumerate(results) if r.has_audio]
+    if accepted:
+      waves = [audio_lib.resample(results[b].wave, results[b].rate, self.ast.sampling_rate)
+               for b in accepted]
+      pooled, tokens = self.ast(waves)
+      for n, b in enumerate(accepted):
+        out["ast_pooled"][b], out["ast_tokens"][b] = pooled[n], tokens[n]
+    for b, r in enumerate(results):
+      out["has_audio"][b] = r.has_audio
+      out["clap_score"][b] = r.score if np.isfinite(r.score) else 0.0
+      out["source"][b] = r.key
+      out["clap_audio"][b] = r.clap_audio
+    return out
+
+
+def generation_params(config):
+  """`config.generation` as the sampler's `GenerationParams`."""
+  from axk.features import generation  # pylint: disable=g-import-not-at-top
+  g = config.generation
+  return generation.GenerationParams(
+      pipeline_class=g.pipeline_class, steps=int(g.steps), seconds=float(g.seconds),
+      guidance_scale=float(g.guidance_scale), negative_prompt=g.negative_prompt,
+      prompt_template=g.prompt_template, score_template=g.score_template,
+      candidates=int(g.candidates), max_rounds=int(g.max_rounds), tau=float(g.tau),
+      base_seed=int(g.base_seed), rule=g.rule)
+
+
+def _database_config(config, workdir: str):
+  """`config.database`, with the synthetic database written when one is asked for."""
+  db = config.database
+  if db.synthetic_clips:
+    from axk.features import tiny  # pylint: disable=g-import-not-at-top
+    folder = os.path.join(workdir, "audio_db")
+    tiny.write_synthetic_database(folder, db.synthetic_clips)
+    db = db.copy_and_resolve_references()
+    with db.unlocked():
+      db.dir = folder
+  return db

@@ -1,0 +1,141 @@
+"""A masked-word model's inputs, built by plain functions: spans -> encoding -> audio -> gate.
+
+Training, evaluation and single-sentence prediction all go through `build`:
+
+    spans = split_spans(examples, features=..., predictions=...)   # per example: span dicts
+    arrays = build(examples, spans, tokenizer, model_module, protocol="paper", ...)
+
+Span sources, in order: feature shards (`FeatureSpans`: the spans the features were built
+for, each with its audio), a span detector's predictions (evaluation splits), the gold spans.
+A span dict has `start`, `end`, `text` and, from features, `has_audio`, `ast_pooled` (one
+vector) and `ast_tokens` (a token sequence).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from axk.data import encode as enc
+from axk.data import spans as spans_lib
+from axk.data import types
+
+
+class FeaturesError(ValueError):
+  """Feature shards or span predictions that do not fit the data (missing example, other
+  sentence)."""
+
+
+class FeatureSpans:
+  """The spans (with audio) of feature shards, read once per split (torch-free reader)."""
+
+  def __init__(self, features_dir: str):
+    self.features_dir = features_dir
+    self._splits: dict[tuple[str, str], dict] = {}
+
+  def __call__(self, example: types.Example) -> list[dict]:
+    from axk.features.shards import load_features
+    key = (example.task, example.split)
+    if key not in self._splits:
+      self._splits[key] = load_features(self.features_dir, *key)
+    row = self._splits[key].get(example.id)
+    if row is None:
+      raise FeaturesError(f"{self.features_dir}: no features for {example.id}; the features "
+                          "were built from other data.")
+    if row.get("sentence", example.sentence) != example.sentence:
+      raise FeaturesError(f"{self.features_dir}: {example.id} has another sentence in the "
+                          "features than in the data.")
+    return sorted(row["spans"], key=lambda s: s["start"])
+
+
+def _plain(spans) -> list[dict]:
+  return [{"start": s.start, "end": s.end, "text": s.text} for s in spans]
+
+
+def split_spans(examples: Sequence[types.Example], *, features: FeatureSpans | None = None,
+                predictions: str = "") -> list[list[dict]]:
+  """Per example (in order), its span dicts.
+
+  Args:
+    examples: the examples of one task and split.
+    features: the feature shards' spans, if the model reads audio features.
+    predictions: without features, the span detector's `predictions/` folder (or a
+      `{task}`/`{split}` pattern) for evaluation splits; "" for gold spans. Training rows
+      keep their gold spans.
+  """
+  if not examples:
+    return []
+  if features is not None:
+    return [features(e) for e in examples]
+  task, split = examples[0].task, examples[0].split
+  if split == "train" or not predictions:
+    return [_plain(e.spans) for e in examples]
+  path = spans_lib.predictions_path(predictions, task, split)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no span predictions (--config.spans.predictions "
+                            "names the span detector's predictions/ folder).")
+  try:
+    predicted = spans_lib.read_predictions(path, examples, strict=True)
+  except ValueError as e:
+    raise FeaturesError(str(e)) from None
+  return [_plain(predicted[e.id]) for e in examples]
+
+
+def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_dim: int,
+                 audio: str, audio_tokens: int = 0) -> dict[str, np.ndarray]:
+  """Per row, the audio of its first `max_spans` spans.
+
+  Returns `span_has_audio` [rows, S] (int32) and, by `audio`: "pooled" -> `span_audio`
+  [rows, S, audio_dim], "tokens" -> `span_audio_tokens` [rows, S, audio_tokens, audio_dim]
+  (float16, zeros where a span has no audio), "none" -> nothing else. S is the most spans
+  of a row, at least 1 and at most `max_spans`.
+  """
+  n = len(spans)
+  s = max(1, min(max_spans, max((len(x) for x in spans), default=0)))
+  out = {"span_has_audio": np.zeros((n, s), np.int32)}
+  field = {"pooled": ("span_audio", "ast_pooled", (audio_dim,)),
+           "tokens": ("span_audio_tokens", "ast_tokens", (audio_tokens, audio_dim)),
+           "none": None}[audio]
+  if field:
+    out[field[0]] = np.zeros((n, s) + field[2], np.float16)
+  for i, row in enumerate(spans):
+    for j, span in enumerate(row[:s]):
+      if span.get("has_audio"):
+        out["span_has_audio"][i, j] = 1
+        if field:
+          out[field[0]][i, j] = span[field[1]]
+  return out
+
+
+def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]], tokenizer, *,
+          model_module, model, protocol: str, max_length: int, max_spans: int,
+          audio_dim: int, audio_tokens: int = 0) -> dict[str, np.ndarray]:
+  """The arrays a masked-word model reads, one row per example ("paper") or per (example,
+  option) ("candidates").
+
+  Args:
+    examples: the examples; `spans` their span dicts (`split_spans`).
+    tokenizer: from `axk.data.encode.load_tokenizer`.
+    model_module: the model file (`axk.models.audiobert`, ...): its `AUDIO` says which audio
+      to attach and its `lora_gate_of` computes the per-row gate.
+    model: its `Model` instance (the gate mode is `model.lora_gate` where it has one).
+    protocol: "paper" (`axk.data.encode.encode`) or "candidates" (`encode_candidates`).
+  """
+  as_spans = [[types.Span(int(s["start"]), int(s["end"]), str(s["text"])) for s in row]
+              for row in spans]
+  if protocol == "candidates":
+    arrays = enc.encode_candidates(examples, tokenizer, max_length=max_length, spans=as_spans)
+  else:
+    arrays = enc.encode(examples, tokenizer, max_length=max_length, protocol=protocol,
+                        spans=as_spans)
+  rows = arrays["example_index"]
+  audio = audio_arrays([spans[i] for i in rows], max_spans=max_spans, audio_dim=audio_dim,
+                       audio=model_module.AUDIO, audio_tokens=audio_tokens)
+  arrays.update(audio)
+  # Span ids beyond max_spans are dropped, so no token points at a missing span.
+  s = audio["span_has_audio"].shape[1]
+  arrays["span_ids"] = np.where(arrays["span_ids"] > s, 0, arrays["span_ids"])
+  arrays["lora_gate"] = model_module.lora_gate_of(arrays, getattr(model, "lora_gate", None))
+  return arrays

@@ -1,0 +1,390 @@
+"""Masked-word prediction on AuditoryBench with span audio: the run of AudioBERT and ITH.
+
+The model is a method file named by `config.model.name`: `axk/models/<name>.py` ("audiobert",
+"ith"), or any importable module ("mylab.my_fusion"). What the run needs from it is
+declared there: `Model` (built as `Model(bert_config, audio_dim=..., **method fields)`, the
+method fields being `config.model` minus `BERT_FIELDS`), `Model.check()`, `AUDIO`, `INPUTS`,
+`lora_gate_of` and `export`. Everything else is shared: inputs (`axk/runs/inputs.py`), the
+benchmark tasks' scoring (`axk/data/benchmark.py`), the loop (`axk/train/loop.py`).
+
+    run(config, workdir)
+      validate(config)            every field checked, before any stage (one line on error)
+      stages.prepare(...)         span detector / features when "auto" (returns their paths)
+      per task group and seed: MaskedWord(...) -> loop.train_and_evaluate(...)
+
+Learning rates (`train.learning_rate`, `train.task_learning_rates`): a task trains at
+`train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`;
+`validate` refuses a task that gets no rate. With `train.separate_tasks` each benchmark task
+trains its own model in `<workdir>/<task>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import os
+from types import ModuleType
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from axk import hf
+from axk.data import benchmark
+from axk.data import encode as enc
+from axk.models import bert as bert_lib
+from axk.runs import common
+from axk.runs import inputs as inputs_lib
+from axk.runs import stages
+from axk.train import loop
+from axk.train import metrics as metrics_lib
+
+# `config.model` fields that describe the BERT every method starts from; the others are the
+# method's own and go to its `Model`.
+BERT_FIELDS = ("name", "init", "tiny", "dtype", "param_dtype", "remat", "dropout")
+
+
+def model_module(name: str) -> ModuleType:
+  """The method file `config.model.name` names: `axk.models.<name>`, else the importable
+  module `<name>` itself (a method kept outside axk, e.g. "mylab.fusions.no_gate")."""
+  module = None
+  for path in (f"axk.models.{name}", name):
+    try:
+      module = importlib.import_module(path)
+      break
+    except ModuleNotFoundError as e:
+      if not (e.name and path.startswith(e.name)):
+        raise  # The module exists but one of its imports is missing.
+  if module is None or not name:
+    raise common.ConfigError(f"--config.model.name={name!r}: no module axk.models.{name} or "
+                             f"{name}.")
+  missing = [a for a in ("Model", "AUDIO", "INPUTS", "lora_gate_of", "export")
+             if not hasattr(module, a)]
+  if missing:
+    raise common.ConfigError(f"--config.model.name={name!r}: {module.__name__} lacks "
+                             f"{', '.join(missing)}.")
+  return module
+
+
+def method_fields(config) -> dict:
+  """The method's own `config.model` fields (constructor arguments of its `Model`)."""
+  return {k: v for k, v in config.model.items() if k not in BERT_FIELDS}
+
+
+def build_model(module: ModuleType, config, bert_config, audio_dim: int):
+  """`module.Model(bert_config, audio_dim=audio_dim, **method fields)`, checked."""
+  fields = method_fields(config)
+  known = {f.name for f in dataclasses.fields(module.Model)} - {"parent", "name", "config"}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise common.ConfigError(
+        f"--config.model.{unknown[0]}: not a field of {module.__name__}.Model (its fields: "
+        f"{', '.join(sorted(known - {'audio_dim'}))}).")
+  model = module.Model(bert_config, audio_dim=audio_dim, **fields)
+  try:
+    model.check()
+  except ValueError as e:
+    raise common.ConfigError(f"--config.model.{e}") from None
+  return model
+
+
+def learning_rates(config) -> dict[str, float]:
+  """Each configured benchmark task's learning rate (see the module docstring)."""
+  tc = config.train
+  table = dict(tc.task_learning_rates.items()) if "task_learning_rates" in tc else {}
+  out = {}
+  for t in config.data.tasks:
+    rate = tc.learning_rate or table.get(t, 0.0)
+    if not rate > 0:
+      raise common.ConfigError(
+          f"--config.train.learning_rate={tc.learning_rate}: task {t!r} gets no learning rate "
+          f"(set --config.train.learning_rate, or --config.train.task_learning_rates.{t}).")
+    out[t] = float(rate)
+  return out
+
+
+def validate(config, workdir: str) -> None:
+  """Every field of a masked-word config, checked before any stage runs (one line each)."""
+  if not workdir:
+    raise common.ConfigError("--workdir is required.")
+  common.check_config(config)
+  if int(config.data.max_spans) < 1:
+    raise common.ConfigError(f"--config.data.max_spans={config.data.max_spans}: must be >= 1.")
+  seeds = tuple(config.seeds)
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise common.ConfigError(f"--config.seeds={seeds}: must be distinct, at least one.")
+  module = model_module(config.model.name)
+  bert_config = common.bert_config_of(config)
+  build_model(module, config, bert_config, int(config.features.audio_dim))
+  rates = learning_rates(config)
+  for group in task_groups(config):
+    _for_tasks(config, group, rates)
+  stages.check(config)
+
+
+def task_groups(config) -> list[tuple[str, ...]]:
+  """The benchmark tasks each trained model covers: one model for all, or one per task."""
+  tasks = tuple(config.data.tasks)
+  return [(t,) for t in tasks] if config.train.get("separate_tasks") else [tasks]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+  """What the stages resolved: where the spans and the audio features come from."""
+
+  spans_predictions: str = ""  # The span detector's predictions/ folder ("": gold spans).
+  features_dir: str = ""  # Feature shards ("": text only).
+
+
+class MaskedWord:
+  """`axk.train.loop.Experiment` of a masked-word model on AuditoryBench."""
+
+  selection = "mean/dev/accuracy"
+
+  def __init__(self, config, workdir: str, inputs: Inputs):
+    self.config = config
+    self.module = model_module(config.model.name)
+    self.name = config.get("name") or self.module.__name__
+    self.path = common.model_dir(config, workdir)
+    self.tokenizer = enc.load_tokenizer(self.path)
+    self.bert_config = common.bert_config(config, self.path)
+    self.features_dir = inputs.features_dir
+    self.audio_dim, self.audio_tokens = config.features.audio_dim, config.features.audio_tokens
+    features = None
+    if self.features_dir:
+      from axk.features.shards import check_manifest, verify  # torch-free
+      manifest = verify(self.features_dir)  # sizes always, hashes when changed
+      dims = manifest.get("dims", {})  # The shards' dimensions win over the config's.
+      self.audio_dim = int(dims.get("ast", self.audio_dim))
+      self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
+      features = inputs_lib.FeatureSpans(self.features_dir)
+    self.model = build_model(self.module, config, self.bert_config, self.audio_dim)
+    self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")
+    self.data = data = common.load_data(config, keep_missing_spans=True)
+    if self.features_dir:  # Refuse features built from other CSV files than these.
+      check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
+                                           for s, d in splits.items()})
+    self.tasks = {t: benchmark.spec(t) for t in data}
+    self.choice_words = benchmark.choice_words(list(data))
+    self.choice_ids = [enc.answer_pieces(self.tokenizer, w)[0] for w in self.choice_words]
+
+    def build(examples, protocol):
+      spans = inputs_lib.split_spans(examples, features=features,
+                                     predictions=inputs.spans_predictions)
+      return {p: inputs_lib.build(
+          examples, spans, self.tokenizer, model_module=self.module, model=self.model,
+          protocol=p, max_length=config.data.max_length, max_spans=config.data.max_spans,
+          audio_dim=self.audio_dim, audio_tokens=self.audio_tokens) for p in protocol}
+
+    train = [e for d in data.values() for e in d["train"].examples]
+    self.train_ids = [e.id for e in train]
+    self.train_arrays = build(train, ("paper",))["paper"]
+    self.examples, self.eval_arrays = {}, {}
+    for key in common.eval_keys(data):
+      task, split = key.split("/")
+      self.examples[key] = data[task][split].examples
+      self.eval_arrays[key] = build(self.examples[key], ("paper", "candidates"))
+    self.majority = {key: benchmark.majority_baseline(ex) for key, ex in self.examples.items()}
+
+  # -- the loop's interface --------------------------------------------------------------------
+  def apply(self, params, batch, *, deterministic, rngs=None):
+    """Masked-LM logits at `batch["mask_positions"]`: [batch, masks, vocab]."""
+    return self.model.apply({"params": params}, batch, positions=batch["mask_positions"],
+                            deterministic=deterministic, rngs=rngs)["logits"]
+
+  def _init_boxed(self, rng):
+    row = {k: jnp.asarray(v[:1]) for k, v in self.train_arrays.items()}
+    return self.model.init(rng, row, positions=row["mask_positions"])["params"]
+
+  def init_params(self, rng):
+    return nn.meta.unbox(self._init_boxed(rng))
+
+  def logical_axes(self):
+    return nn.get_partition_spec(jax.eval_shape(self._init_boxed, jax.random.key(0)))
+
+  def pretrained_params(self):
+    if self.config.model.tiny:
+      return None
+    # The method's own modules start random; the BERT subtree comes from the checkpoint.
+    params = jax.device_get(jax.jit(self.init_params)(jax.random.key(self.config.seed)))
+    params["bert"] = jax.device_get(hf.load_params(self.path, self.bert_module))
+    return params
+
+  def loss(self, params, batch, rng):
+    """Cross-entropy of the answer's word pieces at the `[MASK]` positions."""
+    logits = self.apply(params, batch, deterministic=False, rngs={"dropout": rng})
+    labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
+    valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.where(valid, labels, 0))
+    loss = jnp.sum(losses * valid) / jnp.maximum(valid.sum(), 1)
+    return loss, {"audio_spans": batch["span_has_audio"].sum() / labels.shape[0]}
+
+  def predict(self, params, batch):
+    logits = self.apply(params, batch, deterministic=True)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
+    valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
+    label_logp = jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
+    out = {"argmax": jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
+           "labels": jnp.where(valid, labels, -1).astype(jnp.int32),
+           "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1)}
+    if self.choice_ids:  # Closed-answer tasks (pitch): their words' logits at the mask.
+      out["choice_logits"] = logits[:, 0, jnp.asarray(self.choice_ids)]
+    return out
+
+  def answers(self, key, views, outputs) -> list[dict]:
+    """Per example: its answer, the paper protocol's and the candidate protocol's
+    prediction, and whether each is right."""
+    examples = self.examples[key]
+    task = self.tasks[key.split("/")[0]]
+    predicted, correct = benchmark.paper_answers(task, examples, outputs["paper"],
+                                                 self.choice_words, self.tokenizer.decode)
+    rows = views["candidates"]
+    best = benchmark.candidate_answers(len(examples), rows["example_index"],
+                                       rows["option_index"],
+                                       outputs["candidates"]["label_logprob"])
+    return [{"id": e.id, "answer": e.answer, "predicted": p, "correct": bool(c),
+             "predicted_candidate": e.options[b], "correct_candidate": b == e.label}
+            for e, p, c, b in zip(examples, predicted, correct, best)]
+
+  def evaluate(self, key, views, outputs):
+    answers = self.answers(key, views, outputs)
+    with_audio = float(views["paper"]["span_has_audio"].any(axis=1).mean())
+    return {"accuracy": 100 * float(np.mean([a["correct"] for a in answers])),
+            "accuracy_candidates": 100 * float(np.mean([a["correct_candidate"]
+                                                        for a in answers])),
+            "majority": self.majority[key], "examples": len(answers),
+            "with_audio": 100 * with_audio}
+
+  def finish(self, params, workdir, outputs):
+    notes = ["accuracy: the paper protocol; for animal it repeats [MASK] to the gold answer's "
+             "length, so the input leaks that length. accuracy_candidates: leak-free "
+             "(each option scored by the log-probability of its word pieces).",
+             "majority: always answering the split's most frequent answer. with_audio: % of "
+             "examples with at least one span with audio."]
+    if jax.process_index() == 0:
+      for key, out in outputs.items():
+        answers = self.answers(key, self.eval_arrays[key], out)
+        metrics_lib.write_text(
+            os.path.join(workdir, "predictions", key.replace("/", "_") + ".jsonl"),
+            "".join(json.dumps(a) + "\n" for a in answers))
+      init = str(self.config.model.init)
+      base = None if self.config.model.tiny or os.path.isdir(os.path.expanduser(init)) else init
+      notes += self.module.export(params, self.model, os.path.join(workdir, "export"),
+                                  tokenizer_from=self.path, base_model_name_or_path=base)
+    return notes
+
+
+# -- runs ------------------------------------------------------------------------------------
+def _merge_seeds(runs: Sequence[Mapping]) -> dict:
+  merged = {}
+  for task, splits in runs[0].items():
+    for split, metrics in splits.items():
+      out = merged.setdefault(task, {}).setdefault(split, {})
+      for m in metrics:
+        values = [r[task][split][m] for r in runs]
+        out[m] = float(np.mean(values))
+        if m not in ("examples", "majority"):
+          out[m + "_std"] = float(np.std(values))
+  return merged
+
+
+def _selection_of(workdir: str):
+  try:
+    with open(os.path.join(workdir, "results.json")) as f:
+      return json.load(f).get(loop.SELECTION_KEY)
+  except (OSError, ValueError):
+    return None
+
+
+def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = None) -> dict:
+  """Trains once per seed in `config.seeds`; results are the mean and standard deviation.
+
+  One seed: everything goes to `workdir`. Several: each run to `workdir/seed_<s>`, and
+  `workdir/results.json` / `results.md` hold `<metric>` (mean) and `<metric>_std`, and the
+  selected step of each seed. Each seed's run gets a copy of `config` with its seed;
+  `record` goes into each run's `config.json` beside the config.
+  """
+  seeds = list(config.seeds)
+  if len(seeds) == 1:
+    c = config.copy_and_resolve_references()
+    c.seed = seeds[0]
+    return loop.train_and_evaluate(c, workdir, make_experiment(c, workdir), record=record)
+  runs = []
+  for seed in seeds:
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    sub = os.path.join(workdir, f"seed_{seed}")
+    runs.append(loop.train_and_evaluate(c, sub, make_experiment(c, sub), record=record))
+  if not all(runs):  # An interrupted seed: rerun the command to continue.
+    return {}
+  merged = _merge_seeds(runs)
+  selection = {f"seed_{s}": _selection_of(os.path.join(workdir, f"seed_{s}")) for s in seeds}
+  metrics_lib.write_json(os.path.join(workdir, "results.json"),
+                         {**merged, loop.SELECTION_KEY: selection})
+  metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
+      f"{config.get('name') or 'run'}: mean over seeds {seeds}", merged,
+      [f"Per-seed runs in seed_<s>/; *_std is the standard deviation over {len(seeds)} seeds."]))
+  return merged
+
+
+def run(config, workdir: str) -> dict:
+  """The entry of `configs/audiobert.py` and `configs/ith.py` (see the module docstring).
+
+  `config` is never changed: the stages' outputs go into `Inputs`, and every sub-run (task,
+  seed) trains on a copy with its own task, seed and learning rate; the top `config.json`
+  holds the config as given plus, under "resolved", what the stages produced.
+  """
+  validate(config, workdir)
+  resolved = stages.prepare(config, workdir)
+  inputs = Inputs(spans_predictions=resolved.get("spans_predictions", ""),
+                  features_dir=resolved.get("features_dir", ""))
+  rates = learning_rates(config)
+  record = {"resolved": {**resolved, "learning_rates": rates}}
+  groups = task_groups(config)
+  if len(groups) > 1 or len(config.seeds) > 1:
+    metrics_lib.write_json(os.path.join(workdir, "config.json"),
+                           {**config.to_dict(), **record})
+
+  def make(c, w):
+    return MaskedWord(c, w, inputs)
+
+  if len(groups) == 1:
+    return run_seeds(_for_tasks(config, groups[0], rates), workdir, make, record)
+  merged = {}
+  for group in groups:
+    result = run_seeds(_for_tasks(config, group, rates), os.path.join(workdir, group[0]), make,
+                       record)
+    if not result:
+      return {}
+    merged.update(result)
+  selection = {g[0]: _selection_of(os.path.join(workdir, g[0])) for g in groups}
+  metrics_lib.write_json(os.path.join(workdir, "results.json"),
+                         {**merged, loop.SELECTION_KEY: selection})
+  parts = []
+  for g in groups:
+    with open(os.path.join(workdir, g[0], "results.md")) as f:
+      parts.append(f.read())
+  metrics_lib.write_text(os.path.join(workdir, "results.md"), "\n".join(parts))
+  return merged
+
+
+def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float]):
+  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate."""
+  c = config.copy_and_resolve_references()
+  c.data.tasks = tasks
+  values = sorted({rates[t] for t in tasks})
+  if len(values) > 1:
+    raise common.ConfigError(
+        f"Tasks {tasks} train one model but have different learning rates "
+        f"{ {t: rates[t] for t in tasks} }: set --config.train.separate_tasks=True or one "
+        "--config.train.learning_rate.")
+  c.train.learning_rate = values[0]
+  logging.info("Tasks %s: learning rate %g.", ",".join(tasks), values[0])
+  return c

@@ -1,1 +1,0 @@
-"""Models as tasks of the training loop (`axk.train.loop.Task`): span, AudioBERT, ITH."""

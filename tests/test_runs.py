@@ -1,0 +1,122 @@
+"""The masked-word run's plumbing: config checks before any stage, learning rates, config
+left unchanged, `config.json`'s resolved values."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from axk.runs import common
+from axk.runs import masked_word
+from axk.train import loop
+from configs import audiobert as audiobert_config
+from configs import ith as ith_config
+
+from conftest import ROOT
+
+
+def _fake_runs(monkeypatch):
+  seen = []
+
+  def fake_train(config, workdir, experiment, record=None):
+    seen.append({"tasks": tuple(config.data.tasks), "lr": config.train.learning_rate,
+                 "seed": config.seed, "workdir": workdir, "record": record})
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+      f.write(f"# {config.data.tasks}\n")
+    return {t: {"dev": {"accuracy": 50.0, "majority": 50.0, "examples": 1}}
+            for t in config.data.tasks}
+
+  monkeypatch.setattr(loop, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(masked_word, "MaskedWord", lambda *a: None)
+  return seen
+
+
+def _text_only(config):
+  config.features.dir = ""
+  config.spans.predictions = ""
+  return config
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({}, {"animal": 1e-3, "pitch": 1e-3}),  # smoke: the per-task table
+    ({"train.learning_rate": 0.5}, {"animal": 0.5, "pitch": 0.5}),  # nonzero: every task
+    ({"train.task_learning_rates.pitch": 0.25}, {"animal": 1e-3, "pitch": 0.25}),
+])
+def test_ith_learning_rate_rule(monkeypatch, tmp_path, overrides, expected):
+  seen = _fake_runs(monkeypatch)
+  config = _text_only(ith_config.get_config("smoke"))
+  for key, value in overrides.items():
+    section, *rest = key.split(".")
+    target = config[section]
+    for part in rest[:-1]:
+      target = target[part]
+    target[rest[-1]] = value
+  before = config.to_dict()
+  masked_word.run(config, str(tmp_path))
+  assert config.to_dict() == before  # never changed by the run
+  assert {s["tasks"][0]: s["lr"] for s in seen} == expected
+  assert [s["workdir"] for s in seen] == [str(tmp_path / t) for t in ("animal", "pitch")]
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["resolved"]["learning_rates"] == expected
+  assert saved["train"]["learning_rate"] == before["train"]["learning_rate"]
+
+
+def test_a_task_without_learning_rate_or_one_model_at_two_rates_is_refused(tmp_path):
+  config = _text_only(ith_config.get_config("smoke"))
+  del config.train.task_learning_rates["pitch"]
+  with pytest.raises(common.ConfigError, match="task 'pitch' gets no learning rate"):
+    masked_word.validate(config, str(tmp_path))
+  config = _text_only(ith_config.get_config("smoke"))
+  config.train.task_learning_rates.pitch = 0.5
+  config.train.separate_tasks = False
+  with pytest.raises(common.ConfigError, match="different learning rates"):
+    masked_word.validate(config, str(tmp_path))
+
+
+def test_a_model_field_the_method_does_not_have_is_refused(tmp_path):
+  config = _text_only(audiobert_config.get_config("smoke"))
+  config.model.name = "ith"  # AudioBERT's config has use_audio and lora_gate; ITH has neither.
+  with pytest.raises(common.ConfigError, match=r"--config.model.lora_gate: not a field of "
+                     r"axk.models.ith.Model \(its fields: fusion_layer, lora_alpha"):
+    masked_word.validate(config, str(tmp_path))
+
+
+def test_seeds_get_copies_and_the_selection_of_each(monkeypatch, tmp_path):
+  seen = _fake_runs(monkeypatch)
+  config = _text_only(audiobert_config.get_config("smoke,no_audio"))
+  config.seeds = (3, 4)
+  masked_word.run(config, str(tmp_path))
+  assert config.seed == 0 and [s["seed"] for s in seen] == [3, 4]
+  assert all(s["record"]["resolved"]["learning_rates"] == {"animal": 1e-3, "pitch": 1e-3}
+             for s in seen)
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert set(saved["selection"]) == {"seed_3", "seed_4"}
+
+
+@pytest.mark.parametrize("config, flag, says", [
+    ("configs/ith.py:smoke", "--config.model.fusion_layer=99",
+     "--config.model.fusion_layer=99: must be an integer in [0, 2]"),
+    ("configs/audiobert.py:smoke", "--config.model.lora_gate=bogus",
+     "--config.model.lora_gate='bogus': must be one of span_audio, span, always"),
+    ("configs/audiobert.py:smoke", "--config.model.lora_targets=('query','mlp')",
+     "LoRA targets ['mlp'] not in"),
+    ("configs/ith.py:smoke", "--config.data.splits=('dev','test')",
+     "training needs 'train'"),
+])
+def test_bad_method_fields_stop_the_main_command_before_any_stage(tmp_path, config, flag,
+                                                                  says):
+  workdir = tmp_path / "w"
+  start = time.time()
+  proc = subprocess.run([sys.executable, "-m", "axk.main", f"--config={config}",
+                         f"--workdir={workdir}", flag], cwd=ROOT, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and says in last, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not (workdir / "stages").exists()  # no stage ran
+  assert time.time() - start < 60
