@@ -114,13 +114,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generation.negative_prompt = "Low quality"  # negative prompt ("" for none)
   c.generation.prompt_template = "{span}"  # generator prompt
   c.generation.score_template = "{span}"  # CLAP text the clips are scored against
-  c.generation.candidates = 5  # k: clips per round, drawn in one batched call
-  c.generation.max_rounds = 2  # n: rounds before the span is left without audio
-  c.generation.tau = 0.0  # accept the best clip with cosine > tau (paper: 0 animal, 0.6 pitch)
+  c.generation.candidates = 5  # k: candidates per round
+  c.generation.max_rounds = 2  # n: rounds (a span has up to n * k candidates)
+  c.generation.tau = 0.0  # acceptance threshold (paper: 0 animal, 0.6 pitch)
+  # "first": the first candidate in order with score >= tau, drawn lazily (published code);
+  # "best": per round, the best of k clips when its score > tau.
+  c.generation.rule = "first"
   c.generation.base_seed = 0  # seeds are hash(base_seed, span, round, candidate)
-  c.generation.spans_per_call = 1  # spans batched into one generator call (x candidates)
+  c.generation.spans_per_call = 0  # clips per generator call / k (0: sized to the device)
   c.generation.keep_rejected = False  # also store rejected clips as FLAC
-  c.generation.torch_dtype = "float32"  # generator weights dtype (float16 on GPU)
+  c.generation.torch_dtype = "auto"  # generator weights dtype ("auto": float16 on CUDA)
   c.generation.cache_dir = ""  # clip cache ("" -> <workdir>/cache/clips)
   c.generation.features_dir = "features"  # output folder, relative to the workdir
 

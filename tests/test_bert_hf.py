@@ -214,3 +214,23 @@ def test_dropout_is_active_in_training_only(batch):
   d = model.apply({"params": params}, ids, mask, tt)["logits"]
   assert not np.allclose(a, b)
   np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.parametrize("attention", ["xla", "einsum"])
+def test_fused_and_written_out_attention_match_transformers(attention, batch, tmp_path):
+  torch.manual_seed(0)
+  pt = transformers.BertForMaskedLM(tiny_config()).eval()
+  pt.save_pretrained(tmp_path)
+  model = hf.load(str(tmp_path), head="mlm", attention=attention)
+  ref = torch_forward(pt, batch)
+  assert max_diff(model(*batch)["hidden_states"], ref.hidden_states[-1], batch[1]) <= TOL
+
+
+def test_attention_kernel_by_platform(monkeypatch):
+  config = bert_lib.BertConfig()
+  assert bert_lib.attention_implementation(config, jnp.bfloat16) == "xla"  # CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert bert_lib.attention_implementation(config, jnp.bfloat16) == "cudnn"
+  assert bert_lib.attention_implementation(config, jnp.float32) == "xla"  # cuDNN: half only
+  assert bert_lib.attention_implementation(
+      bert_lib.BertConfig(attention="einsum"), jnp.bfloat16) == "einsum"

@@ -7,6 +7,7 @@ database is synthetic (tones, chirps and noise in WAV, FLAC and OGG, plus a corr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -307,7 +308,7 @@ def generator(models):
 
 def _sampler(generator, clap, folder, **params):
   p = generation.GenerationParams(**{"steps": 2, "seconds": 0.25, "candidates": 3,
-                                     "max_rounds": 2, **params})
+                                     "max_rounds": 2, "rule": "best", **params})
   return generation.RejectionSampler(generator, clap, generation.ClipCache(folder), p,
                                      spans_per_call=1)
 
@@ -356,6 +357,119 @@ def test_seeds_do_not_depend_on_batching(generator, clap, tmp_path):
   sidecar = generation.ClipCache(str(tmp_path / "one")).sidecar(solo.key)
   assert sidecar["seed"] == generation.candidate_seed(0, "rain", 0, int(sidecar["candidate"]))
   assert sidecar["prompt"] == "rain" and sidecar["audio"]
+
+
+class _CraftedGenerator:
+  """Clips whose CLAP score (under `_CraftedClap`) is a given function of their seed."""
+
+  info = {"fingerprint": "crafted"}
+  sampling_rate = 16_000
+  device = torch.device("cpu")
+
+  def __init__(self, score_of_seed):
+    self.score_of_seed, self.calls, self.clips = score_of_seed, 0, 0
+
+  def __call__(self, prompts, seeds, params):
+    self.calls += 1
+    self.clips += len(seeds)
+    return [np.full((1, 320), 0.5 * self.score_of_seed[s], np.float32) for s in seeds]
+
+
+class _CraftedClap:
+  """Text embedding [1, 0]; a clip of constant value x embeds as [2x, sqrt(1 - 4x^2)]."""
+
+  info = {"fingerprint": "crafted-clap"}
+  sampling_rate = 16_000
+  dim = 2
+
+  def text(self, texts):
+    return np.tile(np.array([1.0, 0.0], np.float32), (len(texts), 1))
+
+  def audio(self, waves):
+    s = np.clip([2 * float(np.mean(w)) for w in waves], -1, 1)
+    return np.stack([s, np.sqrt(1 - s ** 2)], 1).astype(np.float32)
+
+
+def _first_of_all(spans, score_of, params):
+  """Reference: all n*k candidates of each span, then the first with score >= tau."""
+  out = {}
+  for span in spans:
+    seeds = [generation.candidate_seed(params.base_seed, span, r, j)
+             for r in range(params.max_rounds) for j in range(params.candidates)]
+    scores = [score_of(span, seed) for seed in seeds]
+    passing = [q for q, sc in enumerate(scores) if sc >= params.tau]
+    out[span] = (seeds[passing[0]], scores[passing[0]]) if passing else None
+  return out
+
+
+@pytest.mark.parametrize("spans_per_call", [1, 3])
+def test_lazy_first_rule_selects_what_drawing_all_selects(spans_per_call, tmp_path):
+  rng = np.random.default_rng(0)
+  params = generation.GenerationParams(candidates=3, max_rounds=2, tau=0.5, rule="first")
+  spans = [f"span {i}" for i in range(24)]
+  crafted = {"span 0": [0.9, 0.2, 0.2, 0.2, 0.2, 0.2],  # the first
+             "span 1": [0.1, 0.6, 0.95, 0.2, 0.2, 0.2],  # the first passing, not the best
+             "span 2": [0.1, 0.2, 0.3, 0.4, 0.49, 0.3],  # none
+             "span 3": [0.1, 0.2, 0.3, 0.4, 0.7, 0.8]}   # round 1's second
+  score_of_seed = {}
+  for span in spans:
+    scores = crafted.get(span, (rng.uniform(0, 1, 6).round(2) + 0.005).tolist())
+    for q, sc in enumerate(scores):
+      score_of_seed[generation.candidate_seed(0, span, *divmod(q, 3))] = sc
+  expected = _first_of_all(spans, lambda span, seed: score_of_seed[seed], params)
+  gen, clap = _CraftedGenerator(score_of_seed), _CraftedClap()
+  sampler = generation.RejectionSampler(gen, clap, generation.ClipCache(str(tmp_path)),
+                                        params, spans_per_call=spans_per_call)
+  got = sampler(spans)
+  for span, r in zip(spans, got):
+    if expected[span] is None:
+      assert not r.has_audio and r.key == "", span
+      continue
+    seed, score = expected[span]
+    assert r.has_audio and r.score == pytest.approx(score, abs=1e-3), span
+    assert r.key == generation.clip_key("crafted", span, params, seed), span
+  assert [got[i].candidates for i in range(4)] == [1, 2, 6, 5]
+  assert gen.clips < 0.6 * len(spans) * 6  # lazily: far fewer clips than all n*k
+  # The "best" rule takes a round's best clip instead.
+  best = generation.RejectionSampler(
+      _CraftedGenerator(score_of_seed), clap, generation.ClipCache(str(tmp_path / "best")),
+      dataclasses.replace(params, rule="best"))(["span 1"])[0]
+  assert best.score == pytest.approx(0.95, abs=1e-3)
+  # A rerun decides everything from the sidecars and the kept clips.
+  gen.calls = 0
+  again = sampler(spans)
+  assert gen.calls == 0 and [r.key for r in again] == [r.key for r in got]
+
+
+def test_lazy_first_rule_on_the_tiny_pipeline(generator, clap, tmp_path):
+  params = generation.GenerationParams(steps=2, seconds=0.25, candidates=3, max_rounds=2,
+                                       rule="first")
+  spans = ["dog bark", "bell", "rain", "engine", "bird song"]
+  text = {s: t for s, t in zip(spans, clap.text(spans))}
+  scores = {}
+  for span in spans:  # Every candidate of the span in one call, as the published code draws.
+    seeds = [generation.candidate_seed(0, span, r, j) for r in range(2) for j in range(3)]
+    waves = generator([span] * len(seeds), seeds, params)
+    stored = [generation._flac_round_trip(w, generator.sampling_rate)[1] for w in waves]
+    embs = clap.audio([audio_lib.from_array(w, generator.sampling_rate, clap.sampling_rate,
+                                            channels_last=False) for w in stored])
+    scores[span] = (seeds, (embs @ text[span]).tolist())
+  # A threshold in the widest gap near the median, so batching noise cannot flip a decision.
+  values = sorted(v for _, sc in scores.values() for v in sc)
+  lo = len(values) // 3
+  gap = max(range(lo, 2 * lo), key=lambda q: values[q + 1] - values[q])
+  params = dataclasses.replace(params, tau=(values[gap] + values[gap + 1]) / 2)
+  expected = _first_of_all(spans, lambda span, seed: dict(zip(*scores[span]))[seed], params)
+  got = generation.RejectionSampler(generator, clap, generation.ClipCache(str(tmp_path)),
+                                    params, spans_per_call=2)(spans)
+  assert any(r.has_audio for r in got) and any(r.candidates > 1 for r in got)
+  for span, r in zip(spans, got):
+    if expected[span] is None:
+      assert not r.has_audio, span
+    else:
+      assert r.key == generation.clip_key(generator.info["fingerprint"], span, params,
+                                          expected[span][0]), span
+      assert r.score == pytest.approx(expected[span][1], abs=1e-4), span
 
 
 def test_musicgen_generator(tmp_path, clap):

@@ -177,6 +177,47 @@ def test_non_finite_loss_stops_with_step_and_example_ids(tmp_path, monkeypatch):
   assert steps == [3]  # The last good checkpoint, nothing after it.
 
 
+def test_nan_between_syncs_stops_at_its_step_without_a_later_checkpoint(tmp_path, monkeypatch):
+  """Asynchronous loop: scalars are fetched only at sync points (here the checkpoints every
+  4 steps), yet a NaN at step 5 still names step 5 and its examples, and the checkpoint due
+  at step 8 is never written."""
+  original_loss, original_getitem = span_lib.SpanTask.loss, data_lib.TrainBatches.__getitem__
+
+  def getitem(self, step):
+    batch = original_getitem(self, step)
+    batch["poison"] = np.full(len(batch["input_ids"]), step == 5, np.int32)
+    return batch
+
+  def loss(self, params, batch, rng):
+    value, aux = original_loss(self, params, batch, rng)
+    return value + jax.numpy.where(batch["poison"].max() > 0, np.nan, 0.0), aux
+
+  fetched = []  # Steps per fetch of train scalars.
+  original_flush = loop._FiniteChecks.flush
+
+  def flush(self):
+    if self.pending:
+      fetched.append([step for step, _, _ in self.pending])
+    return original_flush(self)
+
+  config = smoke_config(eval_every=100, checkpoint_every=4, log_every=100)
+  task = span_lib.SpanTask(config, str(tmp_path))
+  monkeypatch.setattr(span_lib.SpanTask, "loss", loss)
+  monkeypatch.setattr(data_lib.TrainBatches, "__getitem__", getitem)
+  monkeypatch.setattr(loop._FiniteChecks, "flush", flush)
+  expected_ids = [task.train_ids[i] for i in original_getitem(task_batches(task, config), 5)[
+      "example_index"]]
+  with pytest.raises(loop.NonFiniteError) as err:
+    loop.train_and_evaluate(config, str(tmp_path), task)
+  message = str(err.value)
+  assert message.startswith("Step 5: loss=nan") and "\n" not in message
+  assert str(expected_ids) in message
+  assert "the last good checkpoint is step 4, nothing was saved after it" in message
+  assert fetched == [[0, 1, 2, 3], [4, 5, 6, 7]]  # Two fetches for eight steps.
+  steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert steps == [4]
+
+
 def task_batches(task, config):
   return data_lib.TrainBatches(task.train_arrays, batch_size=config.train.batch_size,
                                epochs=config.train.epochs, seed=config.seed)

@@ -392,7 +392,7 @@ def generation_params(config):
       guidance_scale=float(g.guidance_scale), negative_prompt=g.negative_prompt,
       prompt_template=g.prompt_template, score_template=g.score_template,
       candidates=int(g.candidates), max_rounds=int(g.max_rounds), tau=float(g.tau),
-      base_seed=int(g.base_seed))
+      base_seed=int(g.base_seed), rule=g.rule)
 
 
 def _database_config(config, workdir: str):

@@ -64,6 +64,9 @@ class BertConfig:
   param_dtype: str = "float32"
   # Recompute each encoder layer in the backward pass instead of storing its activations.
   remat: bool = False
+  # Attention kernel: "auto" (cuDNN's fused kernel on GPUs in float16/bfloat16, XLA's
+  # otherwise), "xla" or "cudnn" (`jax.nn.dot_product_attention`), or "einsum" (written out).
+  attention: str = "auto"
 
   @property
   def head_dim(self) -> int:
@@ -86,7 +89,7 @@ class BertConfig:
   def to_hf(self) -> dict[str, Any]:
     """The HF `config.json` fields of this architecture."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    for k in ("dtype", "param_dtype", "remat", "num_labels"):
+    for k in ("dtype", "param_dtype", "remat", "attention", "num_labels"):
       out.pop(k)
     out.update(model_type="bert", hidden_act="gelu", position_embedding_type="absolute")
     return out
@@ -213,14 +216,50 @@ class SelfAttention(nn.Module):
     q = constrain(q, ("batch", "length", "heads", "kv"))
     k = constrain(k, ("batch", "length", "heads", "kv"))
     v = constrain(v, ("batch", "length", "heads", "kv"))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(d)) + attention_bias
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    ctx = attention(q, k, v, attention_bias, c, deterministic=deterministic, module=self)
     out = proj("out", ctx, kernel_axes=("heads", "kv", "embed"), features=c.hidden_size,
                contract=2)
     return out
+
+
+ATTENTION = ("auto", "xla", "cudnn", "einsum")
+
+
+def attention_implementation(config: BertConfig, dtype) -> str:
+  """The kernel for `config.attention`: "auto" takes cuDNN's fused flash attention on GPUs
+  for half-precision inputs (the only ones it accepts) and XLA's otherwise."""
+  if config.attention not in ATTENTION:
+    raise ValueError(f"attention must be one of {ATTENTION}, got {config.attention!r}")
+  if config.attention != "auto":
+    return config.attention
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
+def attention(q: Array, k: Array, v: Array, bias: Array, config: BertConfig, *,
+              deterministic: bool, module: nn.Module) -> Array:
+  """softmax(q k^T / sqrt(d) + bias) v over [batch, length, heads, kv] inputs.
+
+  `bias` broadcasts to [batch, heads, queries, keys] (0 to attend, a large negative to
+  mask). Logits and softmax are float32. `jax.nn.dot_product_attention` has no dropout on the
+  attention probabilities, so while that dropout is active (training with
+  `attention_probs_dropout_prob > 0`) the product is written out, as Hugging Face's BERT does.
+  """
+  impl = attention_implementation(config, q.dtype)
+  dropout = config.attention_probs_dropout_prob and not deterministic
+  if impl == "einsum" or dropout:
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1])) + bias
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(config.attention_probs_dropout_prob, parent=module)(
+        probs, deterministic=deterministic) if dropout else probs
+    return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  if impl == "cudnn":
+    # cuDNN wants the bias at its full query length and in the inputs' dtype.
+    bias = jnp.broadcast_to(bias, bias.shape[:2] + (q.shape[1], k.shape[1])).astype(q.dtype)
+  else:
+    bias = bias.astype(jnp.float32)
+  return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=impl)
 
 
 class Layer(nn.Module):

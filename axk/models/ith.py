@@ -97,12 +97,19 @@ class GatedCrossAttentionFusion(nn.Module):
     k = bert_lib.Projection(c, (h, d), 1, qkv_axes, name="key")(audio)
     v = bert_lib.Projection(c, (h, d), 1, qkv_axes, name="value")(audio)
     q = bert_lib.constrain(q, ("batch", "length", "heads", "kv"))
-    scores = jnp.einsum("blhd,bsthd->bshlt", q, k, preferred_element_type=jnp.float32)
-    bias = (1.0 - audio_mask.astype(jnp.float32)) * jnp.finfo(jnp.float32).min
-    scores = scores / jnp.sqrt(jnp.float32(d)) + bias[:, :, None, None, :]
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(c.attention_probs_dropout_prob)(probs, deterministic=deterministic)
-    ctx = jnp.einsum("bshlt,bsthd->bslhd", probs.astype(v.dtype), v)
+    # Spans fold into the batch: each (example, span) is one attention of all the example's
+    # tokens (queries, repeated per span) over that span's audio tokens, so the fused
+    # `jax.nn.dot_product_attention` fits; the one-hot below keeps each token's own span.
+    b, s, t = audio_mask.shape
+    qs = jnp.broadcast_to(q[:, None], (b, s) + q.shape[1:]).reshape((b * s,) + q.shape[1:])
+    # A span with no audio token would softmax over nothing; it attends to its padding
+    # instead, and its result is never used (it is not fused, see `fuse_here`).
+    keep = (audio_mask > 0) | ~jnp.any(audio_mask > 0, axis=-1, keepdims=True)
+    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).reshape(b * s, 1, 1, t)
+    ctx = bert_lib.attention(qs, k.reshape((b * s,) + k.shape[2:]),
+                             v.reshape((b * s,) + v.shape[2:]), bias, c,
+                             deterministic=deterministic, module=self)
+    ctx = ctx.reshape((b, s) + ctx.shape[1:])  # [b, s, l, h, d]
     inside = span_onehot(span_ids, audio.shape[1])  # [b, s, l]
     ctx = jnp.einsum("bsl,bslhd->blhd", inside.astype(ctx.dtype), ctx)
     a = bert_lib.Projection(c, c.hidden_size, 2, ("heads", "kv", "embed"), name="out")(ctx)

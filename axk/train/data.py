@@ -13,7 +13,7 @@ compile once per bucket, not once per length.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import grain
 import jax
@@ -101,6 +101,18 @@ class TrainBatches:
   def iterate(self, start: int) -> Iterator[tuple[int, dict]]:
     for step in range(start, len(self)):
       yield step, self[step]
+
+
+def to_device(items: Iterable[tuple[int, dict]], put: Callable[[dict], Any]
+              ) -> Iterator[tuple[int, dict, Any]]:
+  """`(step, local)` -> `(step, local, put(local))`, lazily.
+
+  The train loop asks for the next item right after dispatching a step, so the next batch is
+  read, trimmed and transferred (`put`) while the device runs the current step; `local` stays
+  on the host for the example ids of an error message.
+  """
+  for step, local in items:
+    yield step, local, put(local)
 
 
 def eval_batches(arrays: Mapping[str, np.ndarray], batch_size: int, bucket: int = 16,

@@ -272,6 +272,41 @@ def _example_ids(batch: Mapping[str, np.ndarray], ids: list[str] | None) -> list
   return [ids[i] if ids else str(i) for i in np.asarray(rows).tolist()]
 
 
+class _FiniteChecks:
+  """Train scalars still on the device, checked for NaN/Inf when they are fetched.
+
+  The loop adds each step's scalars as it dispatches the step and flushes at log steps and
+  before every checkpoint, so no checkpoint follows a step not known to be finite. A flush
+  fetches everything pending in one transfer and raises at the first bad step, naming it, its
+  batch's example ids and the last checkpoint known to be good.
+  """
+
+  def __init__(self, ids: list[str] | None, checkpoints: ckpt_lib.Checkpoints):
+    self.ids, self.checkpoints = ids, checkpoints
+    self.pending: list[tuple[int, dict, np.ndarray | None]] = []
+
+  def add(self, step: int, scalars: dict, local: Mapping[str, np.ndarray]) -> None:
+    self.pending.append((step, scalars, local.get("example_index")))
+
+  def flush(self) -> list[dict]:
+    """Host scalars of the pending steps, in order; raises NonFiniteError at the first bad one."""
+    if not self.pending:
+      return []
+    fetched = jax.device_get([s for _, s, _ in self.pending])
+    steps = self.pending
+    self.pending = []
+    for (step, _, rows), scalars in zip(steps, fetched):
+      if not all(np.isfinite(scalars[k]) for k in ("loss", "grad_norm")):
+        last = self.checkpoints.latest_step()
+        saved = (f"the last good checkpoint is step {last}, nothing was saved after it"
+                 if last is not None else "no checkpoint was saved")
+        raise NonFiniteError(
+            f"Step {step}: loss={scalars['loss']}, grad_norm={scalars['grad_norm']} are not "
+            f"finite; batch examples: {_example_ids({'example_index': rows}, self.ids)}; "
+            f"{saved}.")
+    return fetched
+
+
 def train_and_evaluate(config, workdir: str, task: Experiment,
                        record: Mapping[str, Any] | None = None) -> dict:
   """Trains `task` as `config` says, evaluates, writes everything into `workdir`.
@@ -303,41 +338,56 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
   previous = _install(stop)
   bar = tqdm(total=trainer.total_steps, initial=start, desc=task.name, unit="step",
              disable=not metrics_lib.is_writer(), dynamic_ncols=True)
+  checks = _FiniteChecks(train_ids, checkpoints)
   pending: list[dict] = []
   interrupted = False
   t0 = time.time()
   try:
     with sharding.activate(trainer.mesh, trainer.rules):
-      for step, local in (trainer.batches.iterate(start) if trainer.batches else ()):
-        batch = sharding.global_batch(local, trainer.batch_sharding)
+      batches = data_lib.to_device(trainer.batches.iterate(start) if trainer.batches else (),
+                                   lambda local: sharding.global_batch(
+                                       local, trainer.batch_sharding))
+      item = next(batches, None)
+      while item is not None:
+        step, local, batch = item
+        # Dispatched, not awaited: the scalars stay on the device until a result is needed.
         state, scalars = trainer.train_step(state, batch)
-        scalars = jax.device_get(scalars)
-        if not all(np.isfinite(scalars[k]) for k in ("loss", "grad_norm")):
-          raise NonFiniteError(
-              f"Step {step}: loss={scalars['loss']}, grad_norm={scalars['grad_norm']} are not "
-              f"finite. Batch examples: {_example_ids(local, train_ids)}. Nothing was saved "
-              f"after the last good checkpoint ({checkpoints.latest_step()}).")
-        pending.append(scalars)
+        checks.add(step, scalars, local)
         done = step + 1
+        # The host syncs (fetches scalars, and with several processes agrees on stopping)
+        # only at log steps, evaluations and checkpoints: in between it keeps feeding the
+        # device. A single process reads its own stop flag every step, which costs nothing.
+        log_now = done % tc.log_every == 0 or done == trainer.total_steps
+        eval_now = done % eval_every == 0 and done < trainer.total_steps
+        save_now = eval_now or bool(tc.checkpoint_every and done % tc.checkpoint_every == 0)
+        signalled = False
+        if jax.process_count() == 1 or log_now or save_now:
+          signalled = _any_process(stop.requested)
+        # Read before the next batch is fetched, so a signal that arrives while it is being
+        # prepared stops the run after that next step, as without prefetching.
+        item = next(batches, None)  # Prepared and transferred while this step runs.
         bar.update(1)
-        if done % tc.log_every == 0 or done == trainer.total_steps:
+        if log_now:
+          pending.extend(checks.flush())
           mean = {f"train/{k}": float(np.mean([p[k] for p in pending])) for k in pending[0]}
           mean["train/epoch"] = done / steps_per_epoch
           mean["train/steps_per_s"] = len(pending) / max(time.time() - t0, 1e-9)
           writer.write(done, mean)
           bar.set_postfix(loss=f"{mean['train/loss']:.4f}")
           pending, t0 = [], time.time()
-        if done % eval_every == 0 and done < trainer.total_steps:
+        if eval_now:
+          pending.extend(checks.flush())  # Never a checkpoint after an unchecked step.
           results, _ = trainer.evaluate(state["params"], dev_keys)
           value = selection_value(results, task.selection)
           writer.write(done, {f"{t}/{s}/{m}": v for t, r in results.items()
                               for s, ms in r.items() for m, v in ms.items()})
           checkpoints.save(done, state, metrics={"selection": value})
-        elif tc.checkpoint_every and done % tc.checkpoint_every == 0:
+        elif save_now:
+          pending.extend(checks.flush())
           checkpoints.save(done, state)
-        signalled = _any_process(stop.requested)
         if signalled or (tc.stop_at_step and done >= tc.stop_at_step
                          and done < trainer.total_steps):
+          pending.extend(checks.flush())
           if checkpoints.latest_step() != done:
             checkpoints.save(done, state)
           interrupted = True
@@ -345,6 +395,7 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
                           stop.signame or ("a signal to another process" if signalled
                                            else "train.stop_at_step"))
           break
+      checks.flush()
   finally:
     bar.close()
     for sig, handler in previous.items():
