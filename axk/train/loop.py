@@ -5,7 +5,7 @@ owns everything else: the mesh and shardings, the optimizer and freezing, the re
 order, checkpoints and resume, NaN/Inf stops, preemption, progress, metrics and results.
 
 Resume order: a checkpoint in this workdir, then `config.resume` (another run's parameters),
-then the task's pretrained weights (`config.model.init`), then random initialisation.
+then the experiment's pretrained weights (`config.model.init`), then random initialisation.
 """
 
 from __future__ import annotations
@@ -135,10 +135,10 @@ def selection_value(results: Mapping[str, Mapping[str, Mapping[str, float]]],
 
 
 class Trainer:
-  """Builds the sharded train/eval steps of a task and runs them."""
+  """Builds the sharded train/eval steps of an experiment and runs them."""
 
-  def __init__(self, config, workdir: str, task: Experiment, devices=None):
-    self.config, self.workdir, self.task = config, workdir, task
+  def __init__(self, config, workdir: str, experiment: Experiment, devices=None):
+    self.config, self.workdir, self.experiment = config, workdir, experiment
     tc = config.train
     self.mesh = sharding.make_mesh(dict(config.mesh.shape), devices)
     self.rules = sharding.rules_of(config.mesh.rules)
@@ -146,16 +146,16 @@ class Trainer:
     self.batch_sharding = sharding.batch_sharding(self.mesh, self.rules)
     # epochs = 0: evaluation of the starting parameters only (e.g. a pretrained baseline).
     self.batches = data_lib.TrainBatches(
-        task.train_arrays, batch_size=tc.batch_size, epochs=tc.epochs, seed=config.seed,
+        experiment.train_arrays, batch_size=tc.batch_size, epochs=tc.epochs, seed=config.seed,
         sharding=self.batch_sharding) if tc.epochs else None
     self.total_steps = len(self.batches) if self.batches else 0
     self.tx, self.lr = optim.make(tc, self.total_steps)
     self.rng = jax.random.key(config.seed)
 
-    abstract = jax.eval_shape(task.init_params, self.rng)
+    abstract = jax.eval_shape(experiment.init_params, self.rng)
     flat_abstract = flatten(abstract)
     self.trainable = optim.trainable_paths(flat_abstract, tc.trainable, tc.frozen)
-    param_sh = sharding.logical_to_sharding(task.logical_axes(), self.mesh, self.rules)
+    param_sh = sharding.logical_to_sharding(experiment.logical_axes(), self.mesh, self.rules)
     flat_sh = flatten(param_sh)
     train_sh = {k: flat_sh[k] for k in self.trainable}
     abstract_opt = jax.eval_shape(self.tx.init, {k: flat_abstract[k] for k in self.trainable})
@@ -173,7 +173,7 @@ class Trainer:
     self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding,
                                                               self.batch_sharding),
                               out_shardings=(self.state_sharding, rep), donate_argnums=0)
-    self.predict_step = jax.jit(task.predict, in_shardings=(param_sh, self.batch_sharding),
+    self.predict_step = jax.jit(experiment.predict, in_shardings=(param_sh, self.batch_sharding),
                                 out_shardings=self.batch_sharding)
     n_train = sum(int(np.prod(flat_abstract[k].shape)) for k in self.trainable)
     n_all = sum(int(np.prod(v.shape)) for v in flat_abstract.values())
@@ -188,7 +188,7 @@ class Trainer:
     train = {k: flat[k] for k in self.trainable}
 
     def loss_fn(train):
-      return self.task.loss(unflatten({**flat, **train}), batch, rng)
+      return self.experiment.loss(unflatten({**flat, **train}), batch, rng)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
     updates, opt = self.tx.update(grads, state["opt"], train)
@@ -213,12 +213,12 @@ class Trainer:
                                                   self.abstract_state["params"])
       source = f"--config.resume={self.config.resume} (step {step})"
     else:
-      host = self.task.pretrained_params()
+      host = self.experiment.pretrained_params()
       if host is not None:
         params, source = self._put_params(host), "pretrained weights"
       else:
         with sharding.activate(self.mesh, self.rules):
-          params = jax.jit(self.task.init_params, out_shardings=self.param_sharding)(self.rng)
+          params = jax.jit(self.experiment.init_params, out_shardings=self.param_sharding)(self.rng)
         source = "random initialisation"
     flat = flatten(params)
     opt = jax.jit(self.tx.init, out_shardings=self.state_sharding["opt"])(
@@ -248,11 +248,11 @@ class Trainer:
     """results[task][split] = metrics, and the raw outputs, for the eval sets in `keys`."""
     results, outputs = {}, {}
     for key in keys:
-      views = self.task.eval_arrays[key]
+      views = self.experiment.eval_arrays[key]
       outputs[key] = {view: self.predict(params, arrays, f"eval {key} {view}")
                       for view, arrays in views.items()}
       task, split = key.split("/")
-      results.setdefault(task, {})[split] = self.task.evaluate(key, views, outputs[key])
+      results.setdefault(task, {})[split] = self.experiment.evaluate(key, views, outputs[key])
     return results, outputs
 
 
@@ -307,9 +307,9 @@ class _FiniteChecks:
     return fetched
 
 
-def train_and_evaluate(config, workdir: str, task: Experiment,
+def train_and_evaluate(config, workdir: str, experiment: Experiment,
                        record: Mapping[str, Any] | None = None) -> dict:
-  """Trains `task` as `config` says, evaluates, writes everything into `workdir`.
+  """Trains `experiment` as `config` says, evaluates, writes everything into `workdir`.
 
   `config.json` holds `config` and, beside it, the entries of `record` (what the run's
   stages resolved, say). Returns the results dict (`results[task][split][metric]`), also
@@ -322,7 +322,7 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
                          {**config.to_dict(), **(record or {}),
                           provenance.REVISIONS_KEY: revisions})
   tc = config.train
-  trainer = Trainer(config, workdir, task)
+  trainer = Trainer(config, workdir, experiment)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
                                      best_metric="selection")
   writer = metrics_lib.MetricWriter(workdir)
@@ -331,12 +331,12 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
   logging.info("Starting at step %d of %d from %s.", start, trainer.total_steps, source)
   steps_per_epoch = trainer.batches.steps_per_epoch if trainer.batches else 1.0
   eval_every = tc.eval_every or max(1, int(steps_per_epoch))
-  dev_keys = [k for k in task.eval_arrays if k.endswith("/" + tc.selection_split)]
-  train_ids = getattr(task, "train_ids", None)
+  dev_keys = [k for k in experiment.eval_arrays if k.endswith("/" + tc.selection_split)]
+  train_ids = getattr(experiment, "train_ids", None)
 
   stop = _Stop()
   previous = _install(stop)
-  bar = tqdm(total=trainer.total_steps, initial=start, desc=task.name, unit="step",
+  bar = tqdm(total=trainer.total_steps, initial=start, desc=experiment.name, unit="step",
              disable=not metrics_lib.is_writer(), dynamic_ncols=True)
   checks = _FiniteChecks(train_ids, checkpoints)
   pending: list[dict] = []
@@ -378,7 +378,7 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
         if eval_now:
           pending.extend(checks.flush())  # Never a checkpoint after an unchecked step.
           results, _ = trainer.evaluate(state["params"], dev_keys)
-          value = selection_value(results, task.selection)
+          value = selection_value(results, experiment.selection)
           writer.write(done, {f"{t}/{s}/{m}": v for t, r in results.items()
                               for s, ms in r.items() for m, v in ms.items()})
           checkpoints.save(done, state, metrics={"selection": value})
@@ -409,7 +409,7 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
   # Final evaluation: dev selects between the last and the best evaluated checkpoint.
   with sharding.activate(trainer.mesh, trainer.rules):
     dev_results, dev_outputs = trainer.evaluate(state["params"], dev_keys)
-    final_value = selection_value(dev_results, task.selection)
+    final_value = selection_value(dev_results, experiment.selection)
     if trainer.total_steps and checkpoints.latest_step() != trainer.total_steps:
       checkpoints.save(trainer.total_steps, state, metrics={"selection": final_value})
     best = checkpoints.best_step()
@@ -418,13 +418,13 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
       chosen_value = float(checkpoints.metrics(best)["selection"])
       params = checkpoints.restore(trainer.abstract_state, best)["params"]
       chosen = best
-      results, outputs = trainer.evaluate(params, list(task.eval_arrays))
+      results, outputs = trainer.evaluate(params, list(experiment.eval_arrays))
     else:  # The last parameters: their dev results are in hand, evaluate the rest.
       rest_results, outputs = trainer.evaluate(
-          params, [k for k in task.eval_arrays if k not in dev_keys])
+          params, [k for k in experiment.eval_arrays if k not in dev_keys])
       outputs.update(dev_outputs)
       results = {}
-      for key in task.eval_arrays:  # In the task's order of tasks and splits.
+      for key in experiment.eval_arrays:  # In the experiment's order of tasks and splits.
         t, split = key.split("/")
         part = dev_results if key in dev_keys else rest_results
         results.setdefault(t, {})[split] = part[t][split]
@@ -433,16 +433,16 @@ def train_and_evaluate(config, workdir: str, task: Experiment,
   host_params = _gather(params)
   how = "best on" if tc.select_best else "last step; best-on-dev selection off, metric"
   notes = [f"Parameters from step {chosen} of {trainer.total_steps} ({how} "
-           f"{task.selection} = {chosen_value:.4g}); started from {source}."]
-  notes += task.finish(host_params, workdir, outputs) or []
+           f"{experiment.selection} = {chosen_value:.4g}); started from {source}."]
+  notes += experiment.finish(host_params, workdir, outputs) or []
   selection = {"step": int(chosen), "total_steps": int(trainer.total_steps),
-               "metric": task.selection, "value": chosen_value,
+               "metric": experiment.selection, "value": chosen_value,
                "select_best": bool(tc.select_best)}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
                          {**results, SELECTION_KEY: selection,
                           provenance.REVISIONS_KEY: revisions})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),
-                         metrics_lib.results_markdown(task.name, results, notes))
+                         metrics_lib.results_markdown(experiment.name, results, notes))
   writer.close()
   checkpoints.close()
   if jax.process_count() > 1:
