@@ -31,10 +31,9 @@ from axk.models import ith as ith_lib
 from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
 
-CFG = bert_lib.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
-                          num_attention_heads=4, intermediate_size=48,
-                          max_position_embeddings=64)
-B, L, S, D, T = 4, 12, 2, 24, 5
+# The tiny model, batch (rows with 0, 1 and 2 spans, spans without audio) and random
+# weights of the model tests.
+from test_audio_models import B, CFG, D, L, S, T, batch, randomize  # noqa: E402,F401
 REV = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -241,30 +240,6 @@ def test_a_refused_hub_download_is_one_line(monkeypatch, status):
 # ------------------------------------------------------------------------------------------
 # Exports: PEFT adapters, one-pass gating, loading by name.
 # ------------------------------------------------------------------------------------------
-
-
-def batch(seed=0):
-  r = np.random.RandomState(seed)
-  ids = r.randint(5, 120, (B, L)).astype(np.int32)
-  mask = np.ones((B, L), np.int32)
-  mask[3, 9:] = 0
-  span_ids = np.zeros((B, L), np.int32)
-  span_ids[1, 2:4] = 1
-  span_ids[2, 1:3], span_ids[2, 6:9] = 1, 2
-  span_ids[3, 4:6] = 1
-  has = np.array([[0, 0], [1, 0], [1, 0], [0, 0]], np.int32)  # rows 0 and 3: no audio
-  return dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids),
-              span_ids=span_ids, span_has_audio=has,
-              span_audio=r.randn(B, S, D).astype(np.float32),
-              span_audio_tokens=r.randn(B, S, T, D).astype(np.float32),
-              lora_gate=has.any(1).astype(np.float32))
-
-
-def randomize(params, seed):
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, x.shape, x.dtype)
-                                   for k, x in zip(keys, leaves)])
 
 
 def torch_inputs(b, names):

@@ -20,11 +20,12 @@ import json
 import os
 from typing import Mapping
 
+from axk.data import benchmark
 from axk.utils import files
 
 CARD = "README.md"
 KINDS = ("audiobert", "ith", "span")
-TASK_NAMES = {"animal": "animal sound recognition", "pitch": "sound pitch comparison"}
+TASK_NAMES = {name: spec.title for name, spec in benchmark.TASK_SPECS.items()}
 PIPELINE_TAGS = {"audiobert": "fill-mask", "ith": "fill-mask", "span": "token-classification"}
 TITLES = {"audiobert": "AudioBERT", "ith": "Imagine to Hear (ITH)",
           "span": "AuditoryBench span detector"}

@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -135,50 +135,43 @@ def _dummy(audio_dim: int, tokens: bool) -> tuple:
   return (batch,)
 
 
-def load_audiobert(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any) -> Loaded:
-  """AudioBERT from an export folder or hub repo id (`hub_kwargs`: cache_dir, token,
-  local_files_only)."""
-  from axk.models import audiobert as audiobert_lib  # pylint: disable=g-import-not-at-top
+def _load(name_or_dir: str, revision: str | None, hub_kwargs: Mapping[str, Any], model_lib,
+          kind: str, fields, aux_file) -> Loaded:
+  """An export of method file `model_lib`: its `<kind>.json` metadata gives the `Model`
+  fields (`fields(meta)`), its adapter the LoRA, `aux_file(meta)` its own weights."""
   from axk.pt import resolve_export  # pylint: disable=g-import-not-at-top  (no torch)
   path = resolve_export(name_or_dir, revision=revision, **hub_kwargs)
-  meta = _read_json(os.path.join(path, "audiobert.json"))
+  meta = _read_json(os.path.join(path, f"{kind}.json"))
   cfg = bert_lib.BertConfig.from_hf(hf_io.read_config(os.path.join(path, "base")))
   lora, state = ({}, {})
   if meta["use_lora"]:
     adapter_config, state = _adapter(path)
     lora = _lora_settings(adapter_config)
-  module = audiobert_lib.Model(cfg, audio_dim=int(meta["audio_dim"]),
-                               use_lora=bool(meta["use_lora"]),
-                               use_audio=bool(meta["use_audio"]),
-                               lora_gate=meta.get("lora_gate", "span_audio"), **lora)
-  dummy = _dummy(int(meta["audio_dim"]), tokens=False)
+  module = model_lib.Model(cfg, audio_dim=int(meta["audio_dim"]), use_lora=bool(meta["use_lora"]),
+                           **fields(meta), **lora)
+  dummy = _dummy(int(meta["audio_dim"]), tokens=model_lib.AUDIO == "tokens")
   abstract = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.key(0), *dummy)["params"]))
   shapes = {k: tuple(v.shape) for k, v in flatten(abstract).items()}
   extra = _lora_params(state, shapes) if state else {}
-  if meta["use_audio"]:
-    extra.update(_aux_params(os.path.join(path, "audio_projection.safetensors"), shapes,
-                             audiobert_lib.AUX_TABLE))
-  return Loaded(module, _assemble(module, dummy, path, extra), "audiobert", path)
+  if aux_file(meta):
+    extra.update(_aux_params(os.path.join(path, aux_file(meta)), shapes, model_lib.AUX_TABLE))
+  return Loaded(module, _assemble(module, dummy, path, extra), kind, path)
+
+
+def load_audiobert(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any) -> Loaded:
+  """AudioBERT from an export folder or hub repo id (`hub_kwargs`: cache_dir, token,
+  local_files_only)."""
+  from axk.models import audiobert as audiobert_lib  # pylint: disable=g-import-not-at-top
+  return _load(name_or_dir, revision, hub_kwargs, audiobert_lib, "audiobert",
+               lambda m: {"use_audio": bool(m["use_audio"]),
+                          "lora_gate": m.get("lora_gate", "span_audio")},
+               lambda m: "audio_projection.safetensors" if m["use_audio"] else "")
 
 
 def load_ith(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any) -> Loaded:
   """ITH from an export folder or hub repo id (`hub_kwargs`: cache_dir, token,
   local_files_only)."""
   from axk.models import ith as ith_lib  # pylint: disable=g-import-not-at-top
-  from axk.pt import resolve_export  # pylint: disable=g-import-not-at-top  (no torch)
-  path = resolve_export(name_or_dir, revision=revision, **hub_kwargs)
-  meta = _read_json(os.path.join(path, "ith.json"))
-  cfg = bert_lib.BertConfig.from_hf(hf_io.read_config(os.path.join(path, "base")))
-  lora, state = ({}, {})
-  if meta["use_lora"]:
-    adapter_config, state = _adapter(path)
-    lora = _lora_settings(adapter_config)
-  module = ith_lib.Model(cfg, audio_dim=int(meta["audio_dim"]),
-                         fusion_layer=int(meta["fusion_layer"]),
-                         use_lora=bool(meta["use_lora"]), **lora)
-  dummy = _dummy(int(meta["audio_dim"]), tokens=True)
-  abstract = jax.eval_shape(lambda: nn.meta.unbox(module.init(jax.random.key(0), *dummy)["params"]))
-  shapes = {k: tuple(v.shape) for k, v in flatten(abstract).items()}
-  extra = _lora_params(state, shapes) if state else {}
-  extra.update(_aux_params(os.path.join(path, "fusion.safetensors"), shapes, ith_lib.AUX_TABLE))
-  return Loaded(module, _assemble(module, dummy, path, extra), "ith", path)
+  return _load(name_or_dir, revision, hub_kwargs, ith_lib, "ith",
+               lambda m: {"fusion_layer": int(m["fusion_layer"])},
+               lambda m: "fusion.safetensors")
