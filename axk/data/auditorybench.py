@@ -95,6 +95,8 @@ class SplitData:
     notes: number of kept rows that needed a remark, by remark (e.g. a gold span found
       only after ignoring punctuation).
     sha256: hex digest of the file's bytes, for provenance and identity checks.
+    missing_spans: ids of the kept rows whose gold span is empty or not in the sentence
+      (`keep_missing_spans=True`).
     overlap: for a training split loaded by `load_task`, `sentence_overlap(train, other)`
       for every other split loaded: the fraction of that split's sentences seen in training.
   """
@@ -108,6 +110,12 @@ class SplitData:
   notes: dict[str, int] = dataclasses.field(default_factory=dict)
   sha256: str = ""
   overlap: dict[str, float] = dataclasses.field(default_factory=dict)
+  missing_spans: frozenset[str] = frozenset()
+
+  def complete(self) -> list[Example]:
+    """The examples that have all their gold spans (those `keep_missing_spans=False` would
+    keep): what span metrics and span training use."""
+    return [e for e in self.examples if e.id not in self.missing_spans]
 
 
 def normalise(text: str) -> str:
@@ -320,6 +328,7 @@ def load_split(
   examples: list[Example] = []
   skipped: collections.Counter[str] = collections.Counter()
   notes: collections.Counter[str] = collections.Counter()
+  missing: set[str] = set()
   for row_number, record in enumerate(records, start=1):
     if any(_SURROGATE.search(field) for field in record):
       skipped[UNDECODABLE] += 1
@@ -333,6 +342,8 @@ def load_split(
       skipped[reason] += 1
       continue
     notes.update(row_notes)
+    if SPAN_MISSING_KEPT in row_notes:
+      missing.add(f"{task}/{split}/{row_number}")
     examples.append(Example(
         id=f"{task}/{split}/{row_number}",
         task=task,
@@ -359,6 +370,7 @@ def load_split(
       num_rows=len(records),
       notes=dict(notes),
       sha256=hashlib.sha256(raw).hexdigest(),
+      missing_spans=frozenset(missing),
   )
 
 

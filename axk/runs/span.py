@@ -85,21 +85,20 @@ class SpanTask:
     self.tokenizer = enc.load_tokenizer(self.path)
     self.bert_config = common.bert_config(config, self.path, num_labels=len(LABELS))
     self.module = bert_lib.Bert(self.bert_config, head="token_classification")
-    data = common.load_data(config)
     # Predictions cover every row the masked-word tasks read, rows whose gold span is not
-    # in the sentence included; metrics use the rows with all their gold spans.
-    every_row = common.load_data(config, keep_missing_spans=True)
+    # in the sentence included; training and metrics use the rows with all their gold spans.
+    data = common.load_data(config, keep_missing_spans=True)
     max_length = config.data.max_length
-    train = [e for t in data.values() for e in t["train"].examples]
+    train = [e for t in data.values() for e in t["train"].complete()]
     self.train_ids = [e.id for e in train]
     self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
                                    protocol="single")
     self.examples, self.eval_arrays = {}, {}
     for key in common.eval_keys(data):
       task, split = key.split("/")
-      self.examples[key] = every_row[task][split].examples
+      self.examples[key] = data[task][split].examples
       self.eval_arrays[key] = {
-          "tokens": enc.encode(data[task][split].examples, self.tokenizer,
+          "tokens": enc.encode(data[task][split].complete(), self.tokenizer,
                                max_length=max_length, protocol="single"),
           "all": enc.encode(self.examples[key], self.tokenizer, max_length=max_length,
                             protocol="single")}
