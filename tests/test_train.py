@@ -238,3 +238,56 @@ def test_bad_config_fails_before_work_with_one_line(args, message, tmp_path):
   assert lines[-1] == f"error: {message}." or lines[-1].startswith(f"error: {message}")
   assert "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_the_best_dev_step_is_selected_and_its_parameters_used(tmp_path):
+  """A dev metric that peaks at the second evaluation (step 8 of 19): the final parameters
+  are step 8's, bit for bit, and results.json agrees with metrics.jsonl."""
+  import collections
+  import orbax.checkpoint as ocp
+  config = smoke_config(eval_every=4)  # evaluations at steps 4, 8, 12, 16 and the end
+  workdir = str(tmp_path / "run")
+  task = span_lib.SpanTask(config, workdir)
+  real_evaluate, real_finish = task.evaluate, task.finish
+  calls = collections.Counter()
+  schedule = {1: 50.0, 2: 70.0, 3: 60.0}  # later evaluations: 40
+
+  def evaluate(key, views, outputs):
+    metrics = dict(real_evaluate(key, views, outputs))
+    if key.endswith("/dev"):
+      calls[key] += 1
+      metrics["token_f1"] = schedule.get(calls[key], 40.0)
+    return metrics
+
+  final = {}
+
+  def finish(params, out, outputs):
+    final["params"] = params
+    return real_finish(params, out, outputs)
+
+  task.evaluate, task.finish = evaluate, finish
+  loop.train_and_evaluate(config, workdir, task)
+
+  logged = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      values = [v for k, v in row.items() if k.endswith("/dev/token_f1")
+                and not k.startswith("final/")]
+      if values:
+        logged[row["step"]] = float(np.mean(values))
+  assert logged == {4: 50.0, 8: 70.0, 12: 60.0, 16: 40.0}
+  best = max(logged, key=lambda s: (logged[s], -s))
+  saved = json.load(open(os.path.join(workdir, "results.json")))
+  assert saved["selection"] == {"step": best, "total_steps": 19, "metric": "mean/dev/token_f1",
+                                "value": logged[best], "select_best": True}
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  restored = manager.restore(best, args=ocp.args.StandardRestore())["params"]
+  flat_final, flat_best = flatten(final["params"]), flatten(jax.device_get(restored))
+  assert flat_final.keys() == flat_best.keys()
+  for k in flat_best:
+    np.testing.assert_array_equal(np.asarray(flat_final[k]), np.asarray(flat_best[k]),
+                                  err_msg=k)
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "Parameters from step 8 of 19 (best on mean/dev/token_f1 = 70)" in md
