@@ -512,10 +512,6 @@ def _urlopen(url: str, timeout: float):
   return urllib.request.urlopen(url, timeout=timeout)
 
 
-def _sha256_file(path: pathlib.Path) -> str:
-  return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _fetch(url: str) -> bytes:
   with _urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
     return response.read()
@@ -545,17 +541,12 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
     The folder of that commit, checked by `check_data_dir`.
 
   Raises:
-    DataError: no or a malformed revision; a file whose sha256 differs from the pinned or
+    DataError: a malformed revision; a file whose sha256 differs from the pinned or
       recorded one (naming the file and both hashes); the network cannot be reached (after
       one try with a short timeout, so that an offline machine fails in seconds) or a
       required file cannot be fetched.
   """
   revision = str(revision or pins.DEFAULT_REVISION).strip()
-  if not revision:
-    raise DataError(
-        f"--config.data.dir=github needs --config.data.revision=<commit of {pins.REPOSITORY}>: "
-        "axk has no verified pin for the per-task layout (see axk/data/pins.py); or "
-        + _DATA_DIR_HINT)
   if not pins.COMMIT.match(revision) and revision not in pins.PINS:
     raise DataError(f"--config.data.revision={revision}: not a 40-hex commit of "
                     f"{pins.REPOSITORY} (a branch or tag moves; name the commit).")
@@ -578,7 +569,7 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
               else "sha256 recorded at its first download")
       required = split in REQUIRED_SPLITS
       if dest.exists():
-        have = _sha256_file(dest)
+        have = files_lib.sha256_file(dest)
         if want and have != want:
           raise _hash_mismatch(str(dest), have, want, what)
         files[rel] = have
@@ -640,7 +631,7 @@ def data_revision(data_dir: str | os.PathLike[str]) -> dict:
     for split in SPLITS:
       path = split_path(root, task, split)
       if path.is_file():
-        files[path.relative_to(root).as_posix()] = _sha256_file(path)
+        files[path.relative_to(root).as_posix()] = files_lib.sha256_file(path)
   record_path = root / REVISION_FILE
   if record_path.exists():
     record = json.loads(record_path.read_text())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import os
@@ -51,11 +50,7 @@ def _file_table(step_dir: str) -> dict[str, list]:
       rel = os.path.relpath(path, step_dir)
       if rel == CHECKSUMS:
         continue
-      digest = hashlib.sha256()
-      with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          digest.update(block)
-      table[rel] = [os.path.getsize(path), digest.hexdigest()]
+      table[rel] = [os.path.getsize(path), files.sha256_file(path)]
   return table
 
 

@@ -96,6 +96,16 @@ def write_json(path: str, payload: Any, *, sort_keys: bool = True) -> None:
              + "\n")
 
 
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file's content, read in blocks (checkpoints, shards, data files)."""
+  import hashlib
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 def is_writer() -> bool:
   """Whether this process writes the job's shared files (process 0)."""
   import jax
