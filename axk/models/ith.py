@@ -10,8 +10,10 @@ For every span with accepted audio, the span's text tokens (queries) attend to t
 audio tokens (keys and values, after a two-layer audio MLP); residual + LayerNorm, a GELU
 feed-forward (4x width) + residual + LayerNorm give `z`; a gate
 `g = sigmoid(W1 x + b1 + W2 z + b2)` mixes `fused = g * x + (1 - g) * z`, written back at the
-span's positions. By default the fusion acts on the embedding output (before layer 0);
-`fusion_layer=k` puts it after encoder layer k.
+span's positions. `apply(..., mutable=["intermediates"])` also returns the gate per token
+(`intermediates/fusion/gate`, mean over channels, [batch, length]) and where it acted
+(`intermediates/fusion/fused`). By default the fusion acts on the embedding output (before
+layer 0); `fusion_layer=k` puts it after encoder layer k.
 
 All spans of all examples go through one batched operation: the audio is padded to
 [batch, spans, audio_tokens], every token attends to the audio of each span, and a one-hot
@@ -126,6 +128,11 @@ class GatedCrossAttentionFusion(nn.Module):
     fused = gate * x + (1.0 - gate) * z
     fuse_here = jnp.einsum("bsl,bs->bl", inside.astype(jnp.float32),
                            (span_has_audio > 0).astype(jnp.float32)) > 0
+    # The gate per token (mean over channels) and where it acted, for `predict` and the
+    # reports: `apply(..., mutable=["intermediates"])` returns them; otherwise `sow` is a
+    # no-op and costs nothing.
+    self.sow("intermediates", "gate", jnp.mean(gate.astype(jnp.float32), axis=-1))
+    self.sow("intermediates", "fused", fuse_here)
     out = jnp.where(fuse_here[..., None], fused.astype(x.dtype), x)
     return bert_lib.constrain(out, ("batch", "length", "embed"))
 
