@@ -5,6 +5,12 @@ Retrieval (AudioBERT): CLAP top-1 from an audio database, AST features of the cl
     python -m axk.main --config=configs/features.py:retrieval --workdir=workdirs/feat_ret \
         --config.data.dir=/data/auditorybench --config.database.dir=/data/audio_db
 
+The published code's database, LAION-Audio-630K as webdataset shards, read in place:
+
+    python -m axk.main --config=configs/features.py:retrieval --workdir=workdirs/feat_ret \
+        --config.data.dir=/data/auditorybench --config.database.dir=/data/CLAP_freesound \
+        --config.database.shards='freesound/*/*.tar'
+
 Generation (ITH): Stable Audio Open with CLAP rejection sampling, AST tokens of the clip:
 
     python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_ith \
@@ -91,8 +97,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.retrieval.features_dir = "features"  # output folder, relative to the workdir
 
   c.database = ml_collections.ConfigDict()
-  c.database.dir = ""  # folder of audio files (wav, flac, ogg, mp3), searched recursively
-  c.database.metadata = ""  # optional CSV/JSONL in (or relative to) dir: id, path, caption
+  # A folder of audio files (wav, flac, ogg, mp3), searched recursively, or of webdataset
+  # `.tar` shards: the published code's database, LAION-Audio-630K, is distributed as such
+  # shards (Hub dataset `Meranti/CLAP_freesound`, downloaded separately), read here in place.
+  c.database.dir = ""
+  c.database.format = "auto"  # auto (shards if dir holds .tar files) | folder | webdataset
+  # Shards to read, a glob relative to dir ("" -> every .tar at any depth), e.g.
+  # "freesound/*/*.tar" (the Hub repo holds two versions, freesound/ and
+  # freesound_no_overlap/, which share most clips: pick one).
+  c.database.shards = ""
+  c.database.caption_key = "text"  # JSON member field with the caption(s) (LAION: a list)
+  c.database.metadata = ""  # folder only: CSV/JSONL in (or relative to) dir: id, path, caption
   c.database.tfds_name = ""  # or a TFDS audio dataset (array_record/tfrecord), by name
   c.database.tfds_data_dir = ""  # its TFDS data dir
   c.database.tfds_split = "train"  # its split
@@ -102,7 +117,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.database.tfds_sample_rate = 0  # rate when the audio feature does not record one
   c.database.max_seconds = 30.0  # decode at most this much of each clip
   c.database.chunk_size = 256  # clips per cached embedding chunk
-  c.database.cache_dir = ""  # embedding cache ("" -> <workdir>/cache/database)
+  # Embedding cache, and the shards' member indexes ("" -> <workdir>/cache/database).
+  c.database.cache_dir = ""
   c.database.synthetic_clips = 0  # > 0: write that many synthetic clips and use them
 
   c.generation = ml_collections.ConfigDict()
