@@ -229,9 +229,15 @@ class RetrievalSource(FeatureSource):
   def __init__(self, config, workdir: str, model_paths: Mapping[str, str]):
     from axk.features import retrieval  # pylint: disable=g-import-not-at-top
     self.db_config = _database_config(config, workdir)
-    self.db = retrieval.AudioDatabase.from_config(self.db_config)
+    self.db = retrieval.AudioDatabase.from_config(
+        self.db_config, shard_index=config.shard_index, num_shards=config.num_shards)
     section = config[self.name]
     self.exclude = retrieval.read_exclude(section.exclude_ids, section.exclude_file)
+    unknown = sorted(self.exclude - set(self.db.index))
+    if unknown:
+      logger.warning("retrieval: %d of %d excluded ids name no database clip (e.g. %s); ids "
+                     "of a shard database are <shard name>/<key>", len(unknown),
+                     len(self.exclude), unknown[:3])
     self.ast_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     super().__init__(config, workdir, model_paths)
 
@@ -248,11 +254,12 @@ class RetrievalSource(FeatureSource):
                          "max_seconds": self.db.max_seconds}}
 
   def prepare(self) -> None:
-    cache_dir = self.db_config.cache_dir or os.path.join(self.workdir, "cache", "database")
-    self.db.embed(self.clap, cache_dir, chunk_size=int(self.db_config.chunk_size),
+    self.db.embed(self.clap, self.db_config.cache_dir, chunk_size=int(self.db_config.chunk_size),
                   shard_index=self.config.shard_index, num_shards=self.config.num_shards)
     # For the manifest, which `assemble` may write in a process that never embeds.
-    files.write_json(os.path.join(self.parts_dir, "database.json"), self.db.info)
+    files.write_json(os.path.join(self.parts_dir, "database.json"), {
+        **self.db.info, "excluded": {"ids": len(self.exclude), "in_database": len(
+            self.exclude & set(self.db.index))}})
 
   def manifest(self) -> dict:
     path = os.path.join(self.parts_dir, "database.json")
@@ -262,8 +269,12 @@ class RetrievalSource(FeatureSource):
     return {"database": self.db.info}
 
   def record(self, row: Mapping[str, np.ndarray]) -> dict:
-    return {"top_k": [[str(i), float(v)] for i, v in zip(row["topk_ids"], row["topk_scores"])
-                      if i]}
+    out = {"top_k": [[str(i), float(v)] for i, v in zip(row["topk_ids"], row["topk_scores"])
+                     if i]}
+    chosen = self.db.index.get(str(row["source"]))
+    if chosen is not None and self.db.clips[chosen].caption:
+      out["caption"] = self.db.clips[chosen].caption  # what the retrieved clip is said to be
+    return out
 
   def _load(self, i: int):
     from axk.features import audio as audio_lib  # pylint: disable=g-import-not-at-top
@@ -396,13 +407,12 @@ def generation_params(config):
 
 
 def _database_config(config, workdir: str):
-  """`config.database`, with the synthetic database written when one is asked for."""
-  db = config.database
-  if db.synthetic_clips:
-    from axk.features import tiny  # pylint: disable=g-import-not-at-top
-    folder = os.path.join(workdir, "audio_db")
-    tiny.write_synthetic_database(folder, db.synthetic_clips)
-    db = db.copy_and_resolve_references()
-    with db.unlocked():
-      db.dir = folder
+  """`config.database`, its cache folder resolved, the synthetic database written if asked."""
+  db = config.database.copy_and_resolve_references()
+  with db.unlocked():
+    db.cache_dir = db.cache_dir or os.path.join(workdir, "cache", "database")
+    if db.synthetic_clips:
+      from axk.features import tiny  # pylint: disable=g-import-not-at-top
+      db.dir = os.path.join(workdir, "audio_db")
+      tiny.write_synthetic_database(db.dir, db.synthetic_clips)
   return db
