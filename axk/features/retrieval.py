@@ -398,13 +398,17 @@ class WebDataset:
                        f"{self.folder}, e.g. {outside[0]}")
     self.caption_key = caption_key
     self.index_dir = index_dir
-    for path in self.shards:  # a file that is not a tar fails now, before any long scan
-      _check_tar(path)
-    # Workers sharing the index folder start with different shards.
-    n = len(self.shards)
-    order = ([i for i in range(n) if i % num_shards == shard_index] +
-             [i for i in range(n) if i % num_shards != shard_index])
-    indexes = {i: self._index(i) for i in order}
+    indexes = {i: index for i in range(len(self.shards))
+               if (index := self._cached_index(i)) is not None}
+    # Shards without an index: a file that is not a tar fails now, before any long scan.
+    missing = [i for i in range(len(self.shards)) if i not in indexes]
+    for i in missing:
+      _check_tar(self.shards[i])
+    # Workers sharing the index folder start with different shards, and take up each
+    # other's finished indexes.
+    for i in ([i for i in missing if i % num_shards == shard_index] +
+              [i for i in missing if i % num_shards != shard_index]):
+      indexes[i] = self._cached_index(i) or self._scan(i)
     self.clips, self.captions, self.problems = [], {}, []
     self._members: dict[str, tuple[str, int, int, int]] = {}
     self.counts = {"num_members": 0, "skipped": dict.fromkeys(SKIP_REASONS, 0),
@@ -438,29 +442,37 @@ class WebDataset:
   def shard_name(self, path: str) -> str:
     return os.path.relpath(path, self.folder)[:-len(SHARD_SUFFIX)].replace(os.sep, "/")
 
-  def _index(self, i: int) -> dict:
-    """Shard `i`'s listing: from its cached index when the stamp matches, else scanned."""
-    path = self.shards[i]
-    st = os.stat(path)
-    stamp = {"version": _INDEX_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-             "caption_key": self.caption_key}
-    cache = (os.path.join(self.index_dir, self.shard_name(path) + ".index.json")
-             if self.index_dir else "")
-    if cache and os.path.exists(cache):
-      try:
-        with open(cache, encoding="utf-8") as f:
-          index = json.load(f)
-        if index.get("stamp") == stamp:
-          return index
-      except (OSError, ValueError) as e:
-        logger.warning("database: index %s does not load (%s); scanning the shard again",
-                       cache, e)
+  def _stamp(self, i: int) -> dict:
+    st = os.stat(self.shards[i])
+    return {"version": _INDEX_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "caption_key": self.caption_key}
+
+  def _index_path(self, i: int) -> str:
+    return (os.path.join(self.index_dir, self.shard_name(self.shards[i]) + ".index.json")
+            if self.index_dir else "")
+
+  def _cached_index(self, i: int) -> dict | None:
+    """Shard `i`'s cached listing, when there is one and its stamp matches the shard."""
+    cache = self._index_path(i)
+    if not cache or not os.path.exists(cache):
+      return None
+    try:
+      with open(cache, encoding="utf-8") as f:
+        index = json.load(f)
+    except (OSError, ValueError) as e:
+      logger.warning("database: index %s does not load (%s); scanning the shard again",
+                     cache, e)
+      return None
+    return index if index.get("stamp") == self._stamp(i) else None
+
+  def _scan(self, i: int) -> dict:
+    """Shard `i`'s listing by a streaming pass, cached when there is an index folder."""
     start = time.time()
-    index = {"stamp": stamp, **scan_shard(path, self.caption_key)}
-    logger.info("database: indexed %s (%d members, %d clips) in %.1f s", path,
+    index = {"stamp": self._stamp(i), **scan_shard(self.shards[i], self.caption_key)}
+    logger.info("database: indexed %s (%d members, %d clips) in %.1f s", self.shards[i],
                 index["num_members"], len(index["clips"]), time.time() - start)
-    if cache:
-      files.write_text(cache, json.dumps(index, ensure_ascii=False))
+    if self.index_dir:
+      files.write_text(self._index_path(i), json.dumps(index, ensure_ascii=False))
     return index
 
   def member(self, clip_path: str) -> tuple[str, int, int, int]:
