@@ -136,9 +136,11 @@ def test_ith_leaves_tokens_outside_fused_spans_unchanged(ith):
   np.testing.assert_array_equal(out[3], base[3])  # span without audio
 
 
-@pytest.mark.parametrize("fusion_layer", [0, 1])
-def test_ith_export_matches_pytorch_span_by_span(fusion_layer, tmp_path):
-  module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=fusion_layer)
+@pytest.mark.parametrize("fusion_layer, options", [
+    (0, {}), (1, {}), (0, {"fusion_gate": False}),
+    (1, {"gate_on": "audio", "audio_activation": "gelu"})])
+def test_ith_export_matches_pytorch_span_by_span(fusion_layer, options, tmp_path):
+  module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=fusion_layer, **options)
   b = batch(2)
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"]), 5)
   ith_lib.export(jax.device_get(params), module, str(tmp_path))

@@ -173,5 +173,10 @@ def load_ith(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any
   local_files_only)."""
   from axk.models import ith as ith_lib  # pylint: disable=g-import-not-at-top
   return _load(name_or_dir, revision, hub_kwargs, ith_lib, "ith",
-               lambda m: {"fusion_layer": int(m["fusion_layer"])},
+               lambda m: {"fusion_layer": int(m["fusion_layer"]),
+                          # Exports from before these fields: a gate on the text, GELU.
+                          "fusion_gate": bool(m.get("fusion_gate", True)),
+                          "gate_on": m.get("gate_on", "text"),
+                          "audio_activation": m.get("audio_activation", "gelu"),
+                          "fusion_norm_eps": float(m["layer_norm_eps"])},
                lambda m: "fusion.safetensors")
