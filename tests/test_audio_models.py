@@ -106,6 +106,67 @@ def test_audiobert_mask_positions_head(audiobert):
   np.testing.assert_allclose(part, jnp.take_along_axis(full, pos[..., None], 1), atol=1e-5)
 
 
+def embedding_into_encoder(module, params, b):
+  """The hidden states `module` passes to its BERT encoder (the injected embedding output)."""
+  seen = []
+
+  def spy(next_fun, args, kwargs, context):
+    if isinstance(context.module, bert_lib.Bert) and context.method_name == "encode":
+      seen.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(spy):
+    module.apply({"params": params}, *audiobert_inputs(b))
+  return seen[0]
+
+
+@pytest.mark.parametrize("injection", ["replace", "add"])
+def test_audiobert_injects_the_raw_ast_vector_at_each_spans_first_token(injection):
+  w = CFG.hidden_size  # AST width == model width: no projection ("auto"), as published
+  module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
+                               injection=injection)
+  b = dict(batch(), span_audio=np.random.RandomState(7).randn(B, S, w).astype(np.float32))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
+      "params"]), 3)
+  assert "audio_proj" not in params
+  x = embedding_into_encoder(module, params, b)
+  emb = np.asarray(bert_lib.Bert(CFG, head="mlm").apply(
+      {"params": params["bert"]}, b["input_ids"], b["token_type_ids"], method="embed"))
+  # The spans with audio in `batch()`: row 1's first span starts at token 2, row 2's at 1
+  # (row 2's second span and row 3's span have none).
+  expected = emb.copy()
+  for row, token in ((1, 2), (2, 1)):
+    vector = b["span_audio"][row, 0]
+    expected[row, token] = vector if injection == "replace" else emb[row, token] + vector
+  if injection == "replace":
+    np.testing.assert_array_equal(x, expected)
+  else:
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-6)
+  always = audiobert_lib.Model(CFG, audio_dim=w, audio_projection="always")
+  assert "audio_proj" in always.init(jax.random.key(0), *audiobert_inputs(b))["params"]
+
+
+def test_audiobert_replace_without_projection_exports_to_pytorch_and_jax(tmp_path):
+  from axk.hf import exports
+  w = CFG.hidden_size
+  module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
+                               injection="replace")
+  b = dict(batch(), span_audio=np.random.RandomState(8).randn(B, S, w).astype(np.float32))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
+      "params"]), 4)
+  audiobert_lib.export(jax.device_get(params), module, str(tmp_path))
+  assert not (tmp_path / "audio_projection.safetensors").exists()
+  ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
+  pt = AudioBertTorch.from_export(str(tmp_path))
+  theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
+  loaded = exports.load_audiobert(str(tmp_path))
+  assert loaded.module.injection == "replace" and not loaded.module.projects
+  again = np.asarray(loaded(**{k: b[k] for k in audiobert_lib.INPUTS}))
+  valid = b["attention_mask"].astype(bool)
+  assert np.abs(ours - theirs)[valid].max() <= 1e-4
+  assert np.abs(ours - again)[valid].max() <= 1e-5
+
+
 @pytest.fixture(scope="module")
 def ith():
   module = ith_lib.Model(CFG, audio_dim=D)

@@ -163,9 +163,13 @@ def load_audiobert(name_or_dir: str, *, revision: str | None = None, **hub_kwarg
   local_files_only)."""
   from axk.models import audiobert as audiobert_lib  # pylint: disable=g-import-not-at-top
   return _load(name_or_dir, revision, hub_kwargs, audiobert_lib, "audiobert",
+               # Exports from before `injection`/`audio_projection`: added, always projected.
                lambda m: {"use_audio": bool(m["use_audio"]),
-                          "lora_gate": m.get("lora_gate", "span_audio")},
-               lambda m: "audio_projection.safetensors" if m["use_audio"] else "")
+                          "lora_gate": m.get("lora_gate", "span_audio"),
+                          "injection": m.get("injection", "add"),
+                          "audio_projection": m.get("audio_projection", "always")},
+               lambda m: ("audio_projection.safetensors"
+                          if m["use_audio"] and m.get("projected", True) else ""))
 
 
 def load_ith(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any) -> Loaded:
