@@ -167,6 +167,39 @@ def test_audiobert_replace_without_projection_exports_to_pytorch_and_jax(tmp_pat
   assert np.abs(ours - again)[valid].max() <= 1e-5
 
 
+def test_loss_at_mask_or_over_the_sentence_equals_torch_cross_entropy():
+  """Two rows of a made-up encoding: [CLS] w [MASK] [MASK] w [SEP] with answer pieces 7, 8,
+  and [CLS] w [MASK] [SEP] [PAD] [PAD] with answer piece 9."""
+  cfg = bert_lib.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=24,
+                            max_position_embeddings=16, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0)
+  module = audiobert_lib.Model(cfg, audio_dim=16, lora_rank=2, lora_alpha=4.0,
+                               lora_dropout=0.0)
+  cls, sep, pad, msk = 2, 3, 0, 4
+  ids = np.array([[cls, 11, msk, msk, 12, sep], [cls, 13, msk, sep, pad, pad]], np.int32)
+  mlm = np.full(ids.shape, -100, np.int32)
+  mlm[0, 2:4], mlm[1, 2] = (7, 8), 9
+  b = dict(input_ids=ids, attention_mask=(ids != pad).astype(np.int32),
+           token_type_ids=np.zeros_like(ids), span_ids=np.zeros_like(ids),
+           span_audio=np.zeros((2, 1, 16), np.float32), span_has_audio=np.zeros((2, 1), np.int32),
+           lora_gate=np.ones(2, np.float32), mlm_labels=mlm,
+           mask_positions=np.array([[2, 3], [2, 0]], np.int32), mask_count=np.array([2, 1]))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), b)["params"]), 6)
+  logits = torch.tensor(np.asarray(module.apply({"params": params}, b)["logits"]))
+  task = object.__new__(masked_word.MaskedWord)  # `loss` reads only its config and model
+  task.model = module
+  targets = {"mask": [[-100, -100, 7, 8, -100, -100], [-100, -100, 9, -100, -100, -100]],
+             "sentence": [[cls, 11, 7, 8, 12, sep], [cls, 13, 9, sep, -100, -100]]}
+  for tokens, target in targets.items():
+    task.config = common_config.masked_word_config()
+    task.config.train.loss_tokens = tokens
+    ours, _ = task.loss(params, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(0))
+    theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, 40),
+                                               torch.tensor(target).reshape(-1))
+    assert abs(float(ours) - float(theirs)) <= 1e-5, tokens
+
+
 @pytest.fixture(scope="module")
 def ith():
   module = ith_lib.Model(CFG, audio_dim=D)
