@@ -27,16 +27,27 @@ def get_config(arg=None):
   c.name = "AudioBERT"
   c.model.name = "audiobert"  # axk/models/audiobert.py
   c.model.init = "bert-base-uncased"
-  c.model.use_audio = True  # Add the projected AST vector at each span's first token.
+  c.model.use_audio = True  # Inject the AST vector at each span's first token.
+  # "add": the paper adds the vector to the embedding; "replace": the published code
+  # overwrites the embedding by it.
+  c.model.injection = "add"
+  # "auto": a learned projection only when the AST width differs from the model's (paper and
+  # published code; none at BERT-base); "always": a learned projection at any width.
+  c.model.audio_projection = "auto"
   # Per-example LoRA gate: "span_audio" (a span with audio), "span" (any span), "always".
   c.model.lora_gate = "span_audio"
   c.model.dropout = 0.1
+  # The paper says "masked-LM loss" and no more; the published code takes it over the whole
+  # target sentence (padding included). axk's default takes it at [MASK] only, where the
+  # answer is; --config.train.loss_tokens=sentence for the published target (without padding).
+  c.train.loss_tokens = "mask"
   c.train.epochs = 20
   c.train.batch_size = 32
   c.train.learning_rate = 3e-4
   c.train.warmup_ratio = 0.1
   c.train.clip_norm = 1.0
-  c.train.trainable = ("lora/.*", "audio_proj/.*")  # Base BERT and MLM head frozen.
+  # Base BERT and MLM head frozen (audio_proj exists only where the vector is projected).
+  c.train.trainable = ("lora/.*", "audio_proj/.*")
   c.train.log_every = 20
   c.features.dir = "auto"
   c.stages.features_config = "configs/features.py:retrieval"

@@ -160,6 +160,10 @@ def masked_word_config():
   # train.task_learning_rates[task].
   c.train.task_learning_rates = ml_collections.ConfigDict()
   c.train.separate_tasks = False  # One model per benchmark task, in <workdir>/<task>/.
+  # Where the masked-LM loss is taken: "mask" (the answer's pieces at [MASK], as ITH's
+  # published code) or "sentence" (every real token of the target sentence, as AudioBERT's
+  # published code, which also counts padding: axk leaves padding out).
+  c.train.loss_tokens = "mask"
 
   c.spans = ml_collections.ConfigDict()
   # Without features: the span detector's predictions/ folder for evaluation splits ("": gold

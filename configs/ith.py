@@ -19,19 +19,30 @@ Variants (a base, then modifiers after commas):
   no_audio   the text-only reference: every span marked as having no audio.
   no_train   the pretrained model with no training.
   lora       LoRA (+ audio MLP and fusion) instead of full fine-tuning.
+  no_gate    the paper's "w/o FG" ablation: the fusion output written back without the gate.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train", "lora"))
+  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train", "lora",
+                                                                  "no_gate"))
   c = common.masked_word_config()
   c.name = "Imagine to Hear"
   c.model.name = "ith"  # axk/models/ith.py
   c.model.init = "bert-base-uncased"
   c.model.fusion_layer = 0  # 0: fusion on the embedding output; k: after encoder layer k.
   c.model.use_lora = False  # Full fine-tuning, as the paper (LoRA, if on: every input).
+  c.model.fusion_gate = True  # The fusion gate (False: the paper's "w/o FG", variant no_gate).
+  # What the gate g multiplies: "text" is the paper's fused = g*x + (1-g)*z; "audio" the
+  # published code's g*z + (1-g)*x. One family of functions (negate the gate's weights), a
+  # different parameterisation and initial gate.
+  c.model.gate_on = "text"
+  # The audio MLP's activation: the paper is silent, the published code uses ReLU; "gelu"
+  # was axk's earlier choice.
+  c.model.audio_activation = "relu"
+  c.model.fusion_norm_eps = 1e-5  # The fusion's LayerNorms: PyTorch's default, as published.
   c.train.epochs = 8
   c.train.batch_size = 32
   # One model per task, each at its own rate: a task trains at train.learning_rate when it
@@ -54,6 +65,8 @@ def get_config(arg=None):
   if "lora" in mods:
     c.model.use_lora = True
     c.train.trainable = ("lora/.*", "audio_mlp/.*", "fusion/.*")
+  if "no_gate" in mods:
+    c.model.fusion_gate = False
   if "no_audio" in mods or "no_train" in mods:
     c.features.dir = ""  # No shards: every span has no audio, so the fusion never fires.
   if "no_train" in mods:

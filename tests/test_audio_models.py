@@ -106,6 +106,100 @@ def test_audiobert_mask_positions_head(audiobert):
   np.testing.assert_allclose(part, jnp.take_along_axis(full, pos[..., None], 1), atol=1e-5)
 
 
+def embedding_into_encoder(module, params, b):
+  """The hidden states `module` passes to its BERT encoder (the injected embedding output)."""
+  seen = []
+
+  def spy(next_fun, args, kwargs, context):
+    if isinstance(context.module, bert_lib.Bert) and context.method_name == "encode":
+      seen.append(np.asarray(args[0]))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(spy):
+    module.apply({"params": params}, *audiobert_inputs(b))
+  return seen[0]
+
+
+@pytest.mark.parametrize("injection", ["replace", "add"])
+def test_audiobert_injects_the_raw_ast_vector_at_each_spans_first_token(injection):
+  w = CFG.hidden_size  # AST width == model width: no projection ("auto"), as published
+  module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
+                               injection=injection)
+  b = dict(batch(), span_audio=np.random.RandomState(7).randn(B, S, w).astype(np.float32))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
+      "params"]), 3)
+  assert "audio_proj" not in params
+  x = embedding_into_encoder(module, params, b)
+  emb = np.asarray(bert_lib.Bert(CFG, head="mlm").apply(
+      {"params": params["bert"]}, b["input_ids"], b["token_type_ids"], method="embed"))
+  # The spans with audio in `batch()`: row 1's first span starts at token 2, row 2's at 1
+  # (row 2's second span and row 3's span have none).
+  expected = emb.copy()
+  for row, token in ((1, 2), (2, 1)):
+    vector = b["span_audio"][row, 0]
+    expected[row, token] = vector if injection == "replace" else emb[row, token] + vector
+  if injection == "replace":
+    np.testing.assert_array_equal(x, expected)
+  else:
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-6)
+  always = audiobert_lib.Model(CFG, audio_dim=w, audio_projection="always")
+  assert "audio_proj" in always.init(jax.random.key(0), *audiobert_inputs(b))["params"]
+
+
+def test_audiobert_replace_without_projection_exports_to_pytorch_and_jax(tmp_path):
+  from axk.hf import exports
+  w = CFG.hidden_size
+  module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
+                               injection="replace")
+  b = dict(batch(), span_audio=np.random.RandomState(8).randn(B, S, w).astype(np.float32))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
+      "params"]), 4)
+  audiobert_lib.export(jax.device_get(params), module, str(tmp_path))
+  assert not (tmp_path / "audio_projection.safetensors").exists()
+  ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
+  pt = AudioBertTorch.from_export(str(tmp_path))
+  theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
+  loaded = exports.load_audiobert(str(tmp_path))
+  assert loaded.module.injection == "replace" and not loaded.module.projects
+  again = np.asarray(loaded(**{k: b[k] for k in audiobert_lib.INPUTS}))
+  valid = b["attention_mask"].astype(bool)
+  assert np.abs(ours - theirs)[valid].max() <= 1e-4
+  assert np.abs(ours - again)[valid].max() <= 1e-5
+
+
+def test_loss_at_mask_or_over_the_sentence_equals_torch_cross_entropy():
+  """Two rows of a made-up encoding: [CLS] w [MASK] [MASK] w [SEP] with answer pieces 7, 8,
+  and [CLS] w [MASK] [SEP] [PAD] [PAD] with answer piece 9."""
+  cfg = bert_lib.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, intermediate_size=24,
+                            max_position_embeddings=16, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0)
+  module = audiobert_lib.Model(cfg, audio_dim=16, lora_rank=2, lora_alpha=4.0,
+                               lora_dropout=0.0)
+  cls, sep, pad, msk = 2, 3, 0, 4
+  ids = np.array([[cls, 11, msk, msk, 12, sep], [cls, 13, msk, sep, pad, pad]], np.int32)
+  mlm = np.full(ids.shape, -100, np.int32)
+  mlm[0, 2:4], mlm[1, 2] = (7, 8), 9
+  b = dict(input_ids=ids, attention_mask=(ids != pad).astype(np.int32),
+           token_type_ids=np.zeros_like(ids), span_ids=np.zeros_like(ids),
+           span_audio=np.zeros((2, 1, 16), np.float32), span_has_audio=np.zeros((2, 1), np.int32),
+           lora_gate=np.ones(2, np.float32), mlm_labels=mlm,
+           mask_positions=np.array([[2, 3], [2, 0]], np.int32), mask_count=np.array([2, 1]))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), b)["params"]), 6)
+  logits = torch.tensor(np.asarray(module.apply({"params": params}, b)["logits"]))
+  task = object.__new__(masked_word.MaskedWord)  # `loss` reads only its config and model
+  task.model = module
+  targets = {"mask": [[-100, -100, 7, 8, -100, -100], [-100, -100, 9, -100, -100, -100]],
+             "sentence": [[cls, 11, 7, 8, 12, sep], [cls, 13, 9, sep, -100, -100]]}
+  for tokens, target in targets.items():
+    task.config = common_config.masked_word_config()
+    task.config.train.loss_tokens = tokens
+    ours, _ = task.loss(params, {k: jnp.asarray(v) for k, v in b.items()}, jax.random.key(0))
+    theirs = torch.nn.functional.cross_entropy(logits.reshape(-1, 40),
+                                               torch.tensor(target).reshape(-1))
+    assert abs(float(ours) - float(theirs)) <= 1e-5, tokens
+
+
 @pytest.fixture(scope="module")
 def ith():
   module = ith_lib.Model(CFG, audio_dim=D)
@@ -136,9 +230,11 @@ def test_ith_leaves_tokens_outside_fused_spans_unchanged(ith):
   np.testing.assert_array_equal(out[3], base[3])  # span without audio
 
 
-@pytest.mark.parametrize("fusion_layer", [0, 1])
-def test_ith_export_matches_pytorch_span_by_span(fusion_layer, tmp_path):
-  module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=fusion_layer)
+@pytest.mark.parametrize("fusion_layer, options", [
+    (0, {}), (1, {}), (0, {"fusion_gate": False}),
+    (1, {"gate_on": "audio", "audio_activation": "gelu"})])
+def test_ith_export_matches_pytorch_span_by_span(fusion_layer, options, tmp_path):
+  module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=fusion_layer, **options)
   b = batch(2)
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"]), 5)
   ith_lib.export(jax.device_get(params), module, str(tmp_path))

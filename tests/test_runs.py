@@ -79,9 +79,10 @@ def test_a_task_without_learning_rate_or_one_model_at_two_rates_is_refused(tmp_p
 
 def test_a_model_field_the_method_does_not_have_is_refused(tmp_path):
   config = _text_only(audiobert_config.get_config("smoke"))
-  config.model.name = "ith"  # AudioBERT's config has use_audio and lora_gate; ITH has neither.
-  with pytest.raises(common.ConfigError, match=r"--config.model.lora_gate: not a field of "
-                     r"axk.models.ith.Model \(its fields: fusion_layer, lora_alpha"):
+  # AudioBERT's config has audio_projection, use_audio, ...; ITH has none of them.
+  config.model.name = "ith"
+  with pytest.raises(common.ConfigError, match=r"--config.model.audio_projection: not a field "
+                     r"of axk.models.ith.Model \(its fields: audio_activation, fusion_gate"):
     masked_word.validate(config, str(tmp_path))
 
 

@@ -163,9 +163,13 @@ def load_audiobert(name_or_dir: str, *, revision: str | None = None, **hub_kwarg
   local_files_only)."""
   from axk.models import audiobert as audiobert_lib  # pylint: disable=g-import-not-at-top
   return _load(name_or_dir, revision, hub_kwargs, audiobert_lib, "audiobert",
+               # Exports from before `injection`/`audio_projection`: added, always projected.
                lambda m: {"use_audio": bool(m["use_audio"]),
-                          "lora_gate": m.get("lora_gate", "span_audio")},
-               lambda m: "audio_projection.safetensors" if m["use_audio"] else "")
+                          "lora_gate": m.get("lora_gate", "span_audio"),
+                          "injection": m.get("injection", "add"),
+                          "audio_projection": m.get("audio_projection", "always")},
+               lambda m: ("audio_projection.safetensors"
+                          if m["use_audio"] and m.get("projected", True) else ""))
 
 
 def load_ith(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any) -> Loaded:
@@ -173,5 +177,10 @@ def load_ith(name_or_dir: str, *, revision: str | None = None, **hub_kwargs: Any
   local_files_only)."""
   from axk.models import ith as ith_lib  # pylint: disable=g-import-not-at-top
   return _load(name_or_dir, revision, hub_kwargs, ith_lib, "ith",
-               lambda m: {"fusion_layer": int(m["fusion_layer"])},
+               lambda m: {"fusion_layer": int(m["fusion_layer"]),
+                          # Exports from before these fields: a gate on the text, GELU.
+                          "fusion_gate": bool(m.get("fusion_gate", True)),
+                          "gate_on": m.get("gate_on", "text"),
+                          "audio_activation": m.get("audio_activation", "gelu"),
+                          "fusion_norm_eps": float(m["layer_norm_eps"])},
                lambda m: "fusion.safetensors")

@@ -14,10 +14,19 @@ reads what this module declares:
 Inputs beyond BERT's: `span_ids` [batch, length] (k on the tokens of the k-th span, 0
 elsewhere, as `axk.data.encode` makes them), `span_audio` [batch, spans, audio_dim] (the
 pooled AST vector of each span's audio), `span_has_audio` [batch, spans] and `lora_gate`
-[batch] (by default 1 where the detector found a span with audio). The audio vector goes
-through a learned projection to the model width and is added to the embedding output at the
-first token of its span; spans without audio add nothing. Examples whose gate is 0 and that
-have no audio get exactly the base BERT (selects, not adds of zeros, keep this bit for bit).
+[batch] (by default 1 where the detector found a span with audio).
+
+The injection, at the embedding output, at the first token of each span with audio (spans
+without audio change nothing):
+  * `injection="add"` (default, the paper: "add it to the input embedding of the first token
+    of the span") adds the vector there; `"replace"` overwrites that token's embedding by it,
+    as the published code does.
+  * `audio_projection="auto"` (default, the paper and the published code) uses the AST vector
+    as it is when its width equals the model's, and a learned linear projection to the model
+    width otherwise; `"always"` projects at any width (axk's earlier behaviour).
+The published code also embeds the sequence a second time after its replacement (a bug, not
+reproduced). Examples whose gate is 0 and that have no audio get exactly the base BERT
+(selects, not adds of zeros, keep this bit for bit).
 """
 
 from __future__ import annotations
@@ -38,6 +47,9 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_aud
           "span_has_audio", "lora_gate")
 # Per-example LoRA gate: on for rows with a span that has audio, with any span, or always.
 LORA_GATES = ("span_audio", "span", "always")
+INJECTIONS = ("add", "replace")  # `Model.injection`: add the audio vector, or overwrite.
+# `Model.audio_projection`: a learned projection only when the widths differ, or always.
+PROJECTIONS = ("auto", "always")
 # The audio projection <-> `axk.pt.audiobert.AudioBertTorch.audio_proj` (transforms of
 # `axk.hf.convert.TABLE`).
 AUX_TABLE = (
@@ -58,13 +70,15 @@ class Model(nn.Module):
   """AudioBERT as the paper describes it (see the module docstring).
 
   Parameters: `bert/...`, `mlm_head/...` (the base model), `lora/...` (if `use_lora`) and
-  `audio_proj/...` (if `use_audio`).
+  `audio_proj/...` (if `projects`).
   """
 
   config: bert_lib.BertConfig
   audio_dim: int = 768
   use_lora: bool = True  # Train a LoRA subtree, switched on per example by `lora_gate`.
-  use_audio: bool = True  # Add the projected AST vector at each span's first token.
+  use_audio: bool = True  # Inject the AST vector at each span's first token.
+  injection: str = "add"  # One of INJECTIONS: "add" (the paper) or "replace" (published code).
+  audio_projection: str = "auto"  # One of PROJECTIONS: "auto" (only when widths differ).
   lora_rank: int = 64
   lora_alpha: float = 128.0
   lora_dropout: float = 0.01
@@ -75,6 +89,11 @@ class Model(nn.Module):
     """ValueError("<field>=<value>: <what is allowed>") for a field that cannot work."""
     if self.lora_gate not in LORA_GATES:
       raise ValueError(f"lora_gate={self.lora_gate!r}: must be one of {', '.join(LORA_GATES)}.")
+    if self.injection not in INJECTIONS:
+      raise ValueError(f"injection={self.injection!r}: must be one of {', '.join(INJECTIONS)}.")
+    if self.audio_projection not in PROJECTIONS:
+      raise ValueError(f"audio_projection={self.audio_projection!r}: must be one of "
+                       f"{', '.join(PROJECTIONS)}.")
     if self.use_lora:
       try:
         lora_lib.check_targets(self.lora_targets)
@@ -83,12 +102,18 @@ class Model(nn.Module):
       if int(self.lora_rank) <= 0:
         raise ValueError(f"lora_rank={self.lora_rank}: must be a positive integer.")
 
+  @property
+  def projects(self) -> bool:
+    """Whether the audio vector goes through the learned projection `audio_proj`."""
+    return self.use_audio and (self.audio_projection == "always"
+                               or int(self.audio_dim) != self.config.hidden_size)
+
   def setup(self):
     self.bert = bert_lib.Bert(self.config, head="mlm")
     if self.use_lora:
       self.lora = lora_lib.Lora(self.config, self.lora_rank, self.lora_alpha,
                                 tuple(self.lora_targets))
-    if self.use_audio:
+    if self.projects:
       self.audio_proj = bert_lib.Dense(self.config, self.config.hidden_size,
                                        ("audio_embed", "embed"))
 
@@ -100,9 +125,11 @@ class Model(nn.Module):
     if self.use_audio:
       first = first_token_onehot(span_ids, span_audio.shape[1])
       weight = (first & (batch["span_has_audio"][:, :, None] > 0)).astype(x.dtype)  # [b, s, l]
-      audio = self.audio_proj(span_audio.astype(x.dtype))  # [b, s, embed]
-      delta = jnp.einsum("bsl,bse->ble", weight, audio)
-      x = jnp.where(weight.sum(1)[..., None] > 0, x + delta, x)
+      audio = span_audio.astype(x.dtype)
+      audio = self.audio_proj(audio) if self.projects else audio  # [b, s, embed]
+      delta = jnp.einsum("bsl,bse->ble", weight, audio)  # Spans' first tokens are distinct.
+      x = jnp.where(weight.sum(1)[..., None] > 0,
+                    x + delta if self.injection == "add" else delta, x)
     lora = self.lora() if self.use_lora else None
     x = self.bert.encode(x, batch["attention_mask"], deterministic=deterministic, lora=lora,
                          lora_gate=batch["lora_gate"], lora_dropout=self.lora_dropout)
@@ -123,15 +150,16 @@ def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = N
           tokenizer_from=tokenizer_from)
   if model.use_lora:
     lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
-  if model.use_audio:
+  if model.projects:
     aux = convert.aux_to_torch(flatten({"audio_proj": params["audio_proj"]}), AUX_TABLE)
     with files.atomic_path(os.path.join(out_dir, "audio_projection.safetensors")) as tmp:
       save_file({k: v.astype(np.float32) for k, v in aux.items()}, tmp)
   files.write_json(os.path.join(out_dir, "audiobert.json"), {
       "audio_dim": model.audio_dim, "use_lora": model.use_lora,
       "use_audio": model.use_audio, "lora_gate": model.lora_gate,
-      "injection": "embedding output, first token of each span"})
+      "injection": model.injection, "audio_projection": model.audio_projection,
+      "projected": model.projects, "injected_at": "embedding output, first token of each span"})
   parts = ["export/base (BertForMaskedLM)"]
   parts += ["export/adapter (PEFT LoRA)"] if model.use_lora else []
-  parts += ["export/audio_projection.safetensors"] if model.use_audio else []
+  parts += ["export/audio_projection.safetensors"] if model.projects else []
   return [f"Export: {', '.join(parts)}; run with axk.pt.audiobert.AudioBertTorch."]

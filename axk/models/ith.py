@@ -7,13 +7,28 @@ what this module declares: `Model` (constructed from the method fields of `confi
 tokens per span), `INPUTS`, `lora_gate_of`, `AUX_TABLE` and `export()`.
 
 For every span with accepted audio, the span's text tokens (queries) attend to that span's
-audio tokens (keys and values, after a two-layer audio MLP); residual + LayerNorm, a GELU
+audio tokens (keys and values, after a two-layer audio MLP: Linear, ReLU, Linear as the
+published code; `audio_activation="gelu"` for GELU); residual + LayerNorm, a GELU
 feed-forward (4x width) + residual + LayerNorm give `z`; a gate
 `g = sigmoid(W1 x + b1 + W2 z + b2)` mixes `fused = g * x + (1 - g) * z`, written back at the
-span's positions. `apply(..., mutable=["intermediates"])` also returns the gate per token
-(`intermediates/fusion/gate`, mean over channels, [batch, length]) and where it acted
-(`intermediates/fusion/fused`). By default the fusion acts on the embedding output (before
-layer 0); `fusion_layer=k` puts it after encoder layer k.
+span's positions. The fusion's LayerNorms use PyTorch's default eps 1e-5, as the published
+code (`fusion_norm_eps`).
+
+Gate orientation: the paper weighs the text, `fused = g * x + (1 - g) * z` (the default,
+`gate_on="text"`); the published code weighs the audio, `g' = sigmoid(W_a z + W_t x)`,
+`fused = g' * z + (1 - g') * x` (`gate_on="audio"`). The two are one family of functions:
+`1 - sigmoid(a) = sigmoid(-a)`, so negating the gate's weights and biases turns one into the
+other; only the parameterisation (and so the initial gate) differs. `fusion_gate=False` is
+the paper's "w/o FG" ablation: `z` itself is written back at the span's positions and no
+gate parameters exist.
+
+`apply(..., mutable=["intermediates"])` also returns the gate per token
+(`intermediates/fusion/gate`, [batch, length]: the mean over channels of the weight on the
+text tokens, `g` with `gate_on="text"` and `1 - g'` with `gate_on="audio"`, so it reads the
+same in both) and where the fusion acted (`intermediates/fusion/fused`). Without a gate
+(`fusion_gate=False`) nothing is sown under `gate`; `fused` is still sown. By default the
+fusion acts on the embedding output (before layer 0); `fusion_layer=k` puts it after
+encoder layer k.
 
 All spans of all examples go through one batched operation: the audio is padded to
 [batch, spans, audio_tokens], every token attends to the audio of each span, and a one-hot
@@ -25,6 +40,7 @@ spans without audio are left exactly as they were (a select, bit for bit).
 from __future__ import annotations
 
 import os
+import dataclasses
 from typing import Mapping
 
 import flax.linen as nn
@@ -40,6 +56,7 @@ AUDIO = "tokens"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio_tokens",
           "span_has_audio")
 # The audio MLP and the fusion <-> `axk.pt.ith` (transforms of `axk.hf.convert.TABLE`).
+# Rows of parameters a model lacks (the gate, with `fusion_gate=False`) are skipped.
 AUX_TABLE = tuple(
     [(f"audio_mlp/{n}/dense/{p}", f"audio_mlp.{n}.{t}", tr)
      for n in ("fc1", "fc2") for p, t, tr in (("kernel", "weight", "kernel1"),
@@ -55,6 +72,10 @@ AUX_TABLE = tuple(
     + [(f"fusion/{n}/dense/{p}", f"fusion.{n}.{t}", tr)
        for n in ("ffn_in", "ffn_out", "gate_x", "gate_z")
        for p, t, tr in (("kernel", "weight", "kernel1"), ("bias", "bias", "bias"))])
+# The audio MLP's activation (`Model.audio_activation`) and the gate's orientation
+# (`Model.gate_on`: what `g` multiplies).
+ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
+GATE_ON = ("text", "audio")
 
 
 def lora_gate_of(arrays: Mapping[str, np.ndarray], mode: str | None = None) -> np.ndarray:
@@ -64,22 +85,29 @@ def lora_gate_of(arrays: Mapping[str, np.ndarray], mode: str | None = None) -> n
 
 
 class AudioMLP(nn.Module):
-  """Two layers over the stored AST tokens: audio_dim -> width -> width."""
+  """Two layers over the stored AST tokens: audio_dim -> width -> width, `activation` between
+  (one of `ACTIVATIONS`)."""
 
   config: bert_lib.BertConfig
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, tokens):
     c = self.config
     h = bert_lib.Dense(c, c.hidden_size, ("audio_embed", "embed"), name="fc1")(tokens)
-    h = nn.gelu(h, approximate=False)
+    h = ACTIVATIONS[self.activation](h)
     return bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="fc2")(h)
 
 
 class GatedCrossAttentionFusion(nn.Module):
-  """The fusion module (see the module docstring)."""
+  """The fusion module (see the module docstring): `gate` False drops the gate (`z` is
+  written back), `gate_on` is what the gate multiplies ("text": the paper, "audio": the
+  published code), `norm_eps` the LayerNorms' epsilon (None: the BERT config's)."""
 
   config: bert_lib.BertConfig
+  gate: bool = True
+  gate_on: str = "text"
+  norm_eps: float | None = None
 
   @nn.compact
   def __call__(self, x, span_ids, audio, audio_mask, span_has_audio, *, deterministic=True):
@@ -93,6 +121,8 @@ class GatedCrossAttentionFusion(nn.Module):
       span_has_audio: [batch, spans], 1 where the span has accepted audio.
     """
     c = self.config
+    if self.norm_eps is not None:
+      c = dataclasses.replace(c, layer_norm_eps=float(self.norm_eps))
     h, d = c.num_attention_heads, c.head_dim
     qkv_axes = ("embed", "heads", "kv")
     q = bert_lib.Projection(c, (h, d), 1, qkv_axes, name="query")(x)
@@ -122,17 +152,21 @@ class GatedCrossAttentionFusion(nn.Module):
     f = bert_lib.Dense(c, c.hidden_size, ("mlp", "embed"), name="ffn_out")(f)
     f = nn.Dropout(c.hidden_dropout_prob)(f, deterministic=deterministic)
     z = bert_lib.LayerNorm(c, name="ffn_norm")(y + f)
-    gate = jax.nn.sigmoid(
-        bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="gate_x")(x)
-        + bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="gate_z")(z))
-    fused = gate * x + (1.0 - gate) * z
     fuse_here = jnp.einsum("bsl,bs->bl", inside.astype(jnp.float32),
                            (span_has_audio > 0).astype(jnp.float32)) > 0
-    # The gate per token (mean over channels) and where it acted, for `predict` and the
-    # reports: `apply(..., mutable=["intermediates"])` returns them; otherwise `sow` is a
-    # no-op and costs nothing.
-    self.sow("intermediates", "gate", jnp.mean(gate.astype(jnp.float32), axis=-1))
+    # Where it acted and the gate per token (mean over channels of the weight on the text),
+    # for `predict` and the reports: `apply(..., mutable=["intermediates"])` returns them;
+    # otherwise `sow` is a no-op and costs nothing.
     self.sow("intermediates", "fused", fuse_here)
+    if self.gate:
+      g = jax.nn.sigmoid(
+          bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="gate_x")(x)
+          + bert_lib.Dense(c, c.hidden_size, ("embed", "embed_out"), name="gate_z")(z))
+      on_text = g if self.gate_on == "text" else 1.0 - g
+      fused = on_text * x + (1.0 - on_text) * z
+      self.sow("intermediates", "gate", jnp.mean(on_text.astype(jnp.float32), axis=-1))
+    else:
+      fused = z  # "w/o FG": the fusion output itself.
     out = jnp.where(fuse_here[..., None], fused.astype(x.dtype), x)
     return bert_lib.constrain(out, ("batch", "length", "embed"))
 
@@ -140,12 +174,17 @@ class GatedCrossAttentionFusion(nn.Module):
 class Model(nn.Module):
   """ITH: `bert/...`, `mlm_head/...`, `audio_mlp/...`, `fusion/...` (+ `lora/...`).
 
-  `use_lora` trains LoRA adapters (on for every input) instead of the full BERT.
+  `use_lora` trains LoRA adapters (on for every input) instead of the full BERT. The fusion
+  options are described in the module docstring.
   """
 
   config: bert_lib.BertConfig
   audio_dim: int = 768
   fusion_layer: int = 0  # 0: fusion on the embedding output; k: after encoder layer k.
+  fusion_gate: bool = True  # False: the paper's "w/o FG" ablation (z written back, no gate).
+  gate_on: str = "text"  # What g multiplies: "text" (the paper) or "audio" (published code).
+  audio_activation: str = "relu"  # The audio MLP's: "relu" (published code) or "gelu".
+  fusion_norm_eps: float = 1e-5  # The fusion's LayerNorms (PyTorch's default, as published).
   use_lora: bool = False
   lora_rank: int = 64
   lora_alpha: float = 128.0
@@ -159,6 +198,16 @@ class Model(nn.Module):
       raise ValueError(f"fusion_layer={self.fusion_layer}: must be an integer in [0, {n}] "
                        f"(0: the embedding output, k: after encoder layer k; the model has "
                        f"{n} layers).")
+    if not isinstance(self.fusion_gate, bool):
+      raise ValueError(f"fusion_gate={self.fusion_gate!r}: must be True or False.")
+    if self.gate_on not in GATE_ON:
+      raise ValueError(f"gate_on={self.gate_on!r}: must be one of {', '.join(GATE_ON)} (what "
+                       "the gate multiplies).")
+    if self.audio_activation not in ACTIVATIONS:
+      raise ValueError(f"audio_activation={self.audio_activation!r}: must be one of "
+                       f"{', '.join(ACTIVATIONS)}.")
+    if not float(self.fusion_norm_eps) > 0:
+      raise ValueError(f"fusion_norm_eps={self.fusion_norm_eps}: must be positive.")
     if self.use_lora:
       try:
         lora_lib.check_targets(self.lora_targets)
@@ -167,8 +216,10 @@ class Model(nn.Module):
 
   def setup(self):
     self.bert = bert_lib.Bert(self.config, head="mlm")
-    self.audio_mlp = AudioMLP(self.config)
-    self.fusion = GatedCrossAttentionFusion(self.config)
+    self.audio_mlp = AudioMLP(self.config, self.audio_activation)
+    self.fusion = GatedCrossAttentionFusion(self.config, gate=self.fusion_gate,
+                                            gate_on=self.gate_on,
+                                            norm_eps=self.fusion_norm_eps)
     if self.use_lora:
       self.lora = lora_lib.Lora(self.config, self.lora_rank, self.lora_alpha,
                                 tuple(self.lora_targets))
@@ -210,8 +261,10 @@ def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = N
     lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
   files.write_json(os.path.join(out_dir, "ith.json"), {
       "audio_dim": model.audio_dim, "hidden_size": c.hidden_size,
-      "num_attention_heads": c.num_attention_heads, "layer_norm_eps": c.layer_norm_eps,
-      "fusion_layer": model.fusion_layer, "use_lora": model.use_lora})
+      "num_attention_heads": c.num_attention_heads,
+      "layer_norm_eps": float(model.fusion_norm_eps), "fusion_layer": model.fusion_layer,
+      "fusion_gate": bool(model.fusion_gate), "gate_on": model.gate_on,
+      "audio_activation": model.audio_activation, "use_lora": model.use_lora})
   lora = ", export/adapter (PEFT LoRA)" if model.use_lora else ""
   return [f"Export: export/base (BertForMaskedLM), export/fusion.safetensors (audio MLP + "
           f"fusion){lora}; run with axk.pt.ith.IthTorch."]

@@ -8,8 +8,10 @@
 
 The base `BertForMaskedLM` runs once over the whole batch with PEFT's mixed-batch inference:
 `adapter_names` names the adapter for the rows whose gate is 1 and `"__base__"` (no
-adapter) for the others. The projected audio vector of each span with audio is added to the
-embedding output at the span's first token (a forward hook on the embeddings).
+adapter) for the others. The audio vector of each span with audio (through the exported
+projection when there is one) is added to the embedding output at the span's first token, or
+replaces it (`audiobert.json`'s `injection`: "add" or "replace"), by a forward hook on the
+embeddings. Exports without these fields predate them: added, always projected.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ def first_token_onehot(span_ids: torch.Tensor, num_spans: int) -> torch.Tensor:
 class AudioBertTorch(torch.nn.Module):
   """Base BERT + optional PEFT LoRA adapter + audio projection, as exported by axk."""
 
-  def __init__(self, model, audio_proj: torch.nn.Linear | None, use_lora: bool):
+  def __init__(self, model, audio_proj: torch.nn.Linear | None, use_lora: bool, *,
+               use_audio: bool | None = None, injection: str = "add"):
     super().__init__()
     self.model = model
     self.audio_proj = audio_proj
     self.use_lora = use_lora
+    self.use_audio = audio_proj is not None if use_audio is None else use_audio
+    self.injection = injection
     self._delta = None
     base = model.get_base_model() if use_lora else model
     base.bert.embeddings.register_forward_hook(self._inject)
@@ -46,13 +51,14 @@ class AudioBertTorch(torch.nn.Module):
   def from_export(cls, export_dir: str) -> "AudioBertTorch":
     model, meta = load_export(export_dir, "audiobert.json")
     proj = None
-    if meta["use_audio"]:
+    if meta["use_audio"] and meta.get("projected", True):
       state = load_file(os.path.join(export_dir, "audio_projection.safetensors"))
       proj = torch.nn.Linear(state["audio_proj.weight"].shape[1],
                              state["audio_proj.weight"].shape[0])
       proj.load_state_dict({"weight": state["audio_proj.weight"],
                             "bias": state["audio_proj.bias"]})
-    return cls(model, proj, meta["use_lora"]).eval()
+    return cls(model, proj, meta["use_lora"], use_audio=bool(meta["use_audio"]),
+               injection=meta.get("injection", "add")).eval()
 
   @classmethod
   def from_pretrained(cls, name_or_dir: str, *, revision: str | None = None,
@@ -65,15 +71,17 @@ class AudioBertTorch(torch.nn.Module):
     if self._delta is None:
       return output
     delta, where = self._delta
-    return torch.where(where[..., None], output + delta, output)
+    return torch.where(where[..., None], output + delta if self.injection == "add" else delta,
+                       output)
 
   @torch.no_grad()
   def forward(self, input_ids, attention_mask, token_type_ids, span_ids, span_audio,
               span_has_audio, lora_gate):
-    if self.audio_proj is not None:
+    if self.use_audio:
       first = first_token_onehot(span_ids, span_audio.shape[1])
       weight = (first & (span_has_audio[:, :, None] > 0)).float()
-      audio = self.audio_proj(span_audio.float())
+      audio = span_audio.float()
+      audio = self.audio_proj(audio) if self.audio_proj is not None else audio
       self._delta = (torch.einsum("bsl,bse->ble", weight, audio), weight.sum(1) > 0)
     try:
       kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,

@@ -7,6 +7,9 @@
 
 The fusion here goes span by span (a plain loop, the way the method is written down), while
 axk's JAX module fuses all spans of a batch in one masked operation; the two must agree.
+`ith.json` carries the module's options: `fusion_gate` (False: no gate, `z` written back),
+`gate_on` (what the gate multiplies, "text" or "audio") and `audio_activation` ("relu" or
+"gelu"); an export without them predates them and means a gate on the text and GELU.
 """
 
 from __future__ import annotations
@@ -23,30 +26,45 @@ from torch import nn
 from torch.nn import functional as F
 
 
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+
+
 class AudioMLP(nn.Module):
-  def __init__(self, audio_dim: int, width: int):
+  def __init__(self, audio_dim: int, width: int, activation: str = "relu"):
     super().__init__()
     self.fc1 = nn.Linear(audio_dim, width)
     self.fc2 = nn.Linear(width, width)
+    self.activation = ACTIVATIONS[activation]
 
   def forward(self, x):
-    return self.fc2(F.gelu(self.fc1(x)))
+    return self.fc2(self.activation(self.fc1(x)))
 
 
 class Fusion(nn.Module):
-  """Gated cross-attention of a span's text tokens to that span's audio tokens."""
+  """Gated cross-attention of a span's text tokens to that span's audio tokens; `gate` False:
+  no gate (`z` is the output), `gate_on`: what the gate multiplies ("text" or "audio")."""
 
-  def __init__(self, width: int, heads: int, eps: float):
+  def __init__(self, width: int, heads: int, eps: float, gate: bool = True,
+               gate_on: str = "text"):
     super().__init__()
     self.heads = heads
+    self.gate, self.gate_on = gate, gate_on
     self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
     self.out = nn.Linear(width, width)
     self.attention_norm = nn.LayerNorm(width, eps=eps)
     self.ffn_in = nn.Linear(width, 4 * width)
     self.ffn_out = nn.Linear(4 * width, width)
     self.ffn_norm = nn.LayerNorm(width, eps=eps)
-    self.gate_x = nn.Linear(width, width)
-    self.gate_z = nn.Linear(width, width)
+    if gate:
+      self.gate_x = nn.Linear(width, width)
+      self.gate_z = nn.Linear(width, width)
+
+  def mix(self, x, z):
+    """The gated output of text tokens `x` and fusion output `z`."""
+    if not self.gate:
+      return z
+    g = torch.sigmoid(self.gate_x(x) + self.gate_z(z))
+    return g * x + (1 - g) * z if self.gate_on == "text" else g * z + (1 - g) * x
 
   def fuse(self, x, audio):
     """x [n, width] text tokens of one span, audio [t, width] its audio tokens."""
@@ -59,8 +77,7 @@ class Fusion(nn.Module):
     ctx = (probs @ v).transpose(0, 1).reshape(n, w)
     y = self.attention_norm(x + self.out(ctx))
     z = self.ffn_norm(y + self.ffn_out(F.gelu(self.ffn_in(y))))
-    g = torch.sigmoid(self.gate_x(x) + self.gate_z(z))
-    return g * x + (1 - g) * z
+    return self.mix(x, z)
 
   def forward_batched(self, hidden, span_ids, audio, span_has_audio):
     """All spans at once (every token attends to each span's audio, then keeps its own
@@ -78,8 +95,7 @@ class Fusion(nn.Module):
     ctx = torch.einsum("bsl,bslhd->blhd", inside, ctx).reshape(b, l, w)
     y = self.attention_norm(hidden + self.out(ctx))
     z = self.ffn_norm(y + self.ffn_out(F.gelu(self.ffn_in(y))))
-    g = torch.sigmoid(self.gate_x(hidden) + self.gate_z(z))
-    fused = g * hidden + (1 - g) * z
+    fused = self.mix(hidden, z)
     here = torch.einsum("bsl,bs->bl", inside, (span_has_audio > 0).to(hidden.dtype)) > 0
     return torch.where(here[..., None], fused, hidden)
 
@@ -109,8 +125,10 @@ class IthTorch(nn.Module):
   def from_export(cls, export_dir: str) -> "IthTorch":
     model, meta = load_export(export_dir, "ith.json")
     width = meta["hidden_size"]
-    mlp = AudioMLP(meta["audio_dim"], width)
-    fusion = Fusion(width, meta["num_attention_heads"], meta["layer_norm_eps"])
+    mlp = AudioMLP(meta["audio_dim"], width, meta.get("audio_activation", "gelu"))
+    fusion = Fusion(width, meta["num_attention_heads"], meta["layer_norm_eps"],
+                    gate=bool(meta.get("fusion_gate", True)),
+                    gate_on=meta.get("gate_on", "text"))
     state = load_file(os.path.join(export_dir, "fusion.safetensors"))
     mlp.load_state_dict({k[len("audio_mlp."):]: v for k, v in state.items()
                          if k.startswith("audio_mlp.")})

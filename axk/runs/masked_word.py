@@ -48,6 +48,8 @@ from axk.train import metrics as metrics_lib
 # `config.model` fields that describe the BERT every method starts from; the others are the
 # method's own and go to its `Model`.
 BERT_FIELDS = ("name", "init", "revision", "tiny", "dtype", "param_dtype", "remat", "dropout")
+# `train.loss_tokens`: where the masked-LM loss is taken (see `MaskedWord.loss`).
+LOSS_TOKENS = ("mask", "sentence")
 
 
 def model_module(name: str) -> ModuleType:
@@ -114,6 +116,9 @@ def validate(config, workdir: str) -> None:
   if not workdir:
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
+  if config.train.get("loss_tokens", "mask") not in LOSS_TOKENS:
+    raise common.ConfigError(f"--config.train.loss_tokens={config.train.loss_tokens!r}: must "
+                             f"be one of {', '.join(LOSS_TOKENS)}.")
   if int(config.data.max_spans) < 1:
     raise common.ConfigError(f"--config.data.max_spans={config.data.max_spans}: must be >= 1.")
   seeds = tuple(config.seeds)
@@ -218,10 +223,22 @@ class MaskedWord:
     return params
 
   def loss(self, params, batch, rng):
-    """Cross-entropy of the answer's word pieces at the `[MASK]` positions."""
-    logits = self.apply(params, batch, deterministic=False, rngs={"dropout": rng})
-    labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
-    valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
+    """Mean cross-entropy of the target tokens (`train.loss_tokens`, one of `LOSS_TOKENS`).
+
+    "mask": the answer's word pieces at the `[MASK]` positions. "sentence": every real token
+    of the target sentence (the input with the answer's pieces at the masks), `[CLS]` and
+    `[SEP]` included, padding excluded.
+    """
+    rngs = {"dropout": rng}
+    if self.config.train.get("loss_tokens", "mask") == "sentence":
+      logits = self.model.apply({"params": params}, batch, deterministic=False,
+                                rngs=rngs)["logits"]  # [batch, length, vocab]
+      labels = jnp.where(batch["mlm_labels"] >= 0, batch["mlm_labels"], batch["input_ids"])
+      valid = batch["attention_mask"] > 0
+    else:
+      logits = self.apply(params, batch, deterministic=False, rngs=rngs)
+      labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
+      valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
     losses = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.where(valid, labels, 0))
     loss = jnp.sum(losses * valid) / jnp.maximum(valid.sum(), 1)
