@@ -291,3 +291,70 @@ def test_source_keys_and_records_are_per_task(built, tmp_path):
   assert source.record(rows[1])["scores"] == [0.25, 0.5, 0.625]
   assert source.manifest()["rejection"]["pitch"] == {"tau": 0.6, "n": 4, "rule": "first",
                                                      "fallback": "none"}
+
+
+def test_sentence_audio_fuses_every_token(built, tmp_path):
+  """`sentence_audio` ("w/o DKI"): one clip per sentence, its span on every token."""
+  from axk.data import encode as enc
+  from axk.models import ith
+  from axk.runs import inputs as inputs_lib
+  from configs import common
+
+  c = _features_config("smoke,sentence_audio")
+  assert c.source == "generation" and c.spans.unit == "sentence"
+  c.models.tiny = False
+  c.models.clap, c.models.ast, c.models.generator = (built["clap"], built["ast"],
+                                                     built["stable_audio"])
+  c.data.tasks, c.data.splits = ("pitch",), ("dev",)
+  c.generation.steps, c.generation.seconds = 2, 0.25
+  c.generation.tau.pitch = -1.0
+  workdir = str(tmp_path / "w")
+  out = pipeline.run(c, workdir)["generation"]
+  examples = pipeline.load_data(c)[0]["pitch"]["dev"]
+  features = inputs_lib.FeatureSpans(out)
+  rows = [features(e) for e in examples]
+  for e, row in zip(examples, rows):
+    assert [(s["start"], s["end"], s["text"]) for s in row] == [(0, len(e.sentence),
+                                                                 e.sentence)]
+    assert row[0]["has_audio"]
+  with open(os.path.join(out, shards.ACQUISITIONS), encoding="utf-8") as f:
+    acquired = {r["span"] for r in map(json.loads, f)}
+  prompts = {normalise(e.sentence.replace("[MASK]", " ")) for e in examples}
+  assert acquired == prompts and not any("[mask]" in p for p in prompts)
+  cache = generation.ClipCache(os.path.join(workdir, "cache", "clips"))
+  sidecar = cache.sidecar(rows[0][0]["source"])
+  assert sidecar["prompt"] == normalise(examples[0].sentence.replace("[MASK]", " "))
+  tokenizer = enc.load_tokenizer(common.minilm_dir())
+  arrays = inputs_lib.build(examples, rows, tokenizer, model_module=ith, model=None,
+                            protocol="paper", max_length=128, max_spans=4, audio_dim=32,
+                            audio_tokens=int(c.ast.num_audio_tokens))
+  special = np.isin(arrays["input_ids"], tokenizer.all_special_ids) & (
+      arrays["input_ids"] != tokenizer.mask_token_id)
+  words = (arrays["attention_mask"] == 1) & ~special
+  assert words.sum(1).min() > 3
+  np.testing.assert_array_equal(arrays["span_ids"][words], 1)  # every sentence token
+  np.testing.assert_array_equal(arrays["span_ids"][~words], 0)
+  assert arrays["span_has_audio"][:, 0].all()
+
+
+def test_audioldm2_generator(tmp_path):
+  path = tiny.build_audioldm2(str(tmp_path / "audioldm2"))
+  gen = generation.AudioGenerator(path, generation.AUDIOLDM2, device="cpu")
+  params = generation.GenerationParams(pipeline_class=generation.AUDIOLDM2, steps=2,
+                                       seconds=0.25, guidance_scale=3.5)
+  seeds = [_seed("bell", 0), _seed("rain", 0), _seed("bell", 1)]
+  waves = gen(["bell sound", "rain sound", "bell sound"], seeds, params)
+  assert gen.sampling_rate == 16_000 and gen.calls == 1
+  assert [w.shape[0] for w in waves] == [1, 1, 1]
+  assert all(abs(w.shape[1] - 4000) <= 64 for w in waves)  # 0.25 s at 16 kHz
+  # A clip depends on its prompt and seed only, not on its batch (random weights give a
+  # quiet clip: compare relative to its scale).
+  scale = float(np.abs(waves[2]).max())
+  alone = gen(["bell sound"], seeds[2:], params)[0]
+  assert scale > 0 and float(np.abs(alone - waves[2]).max()) <= 1e-3 * scale
+  assert float(np.abs(waves[0] - waves[2]).max()) > 0.1 * scale  # another seed, another clip
+  # Through a features run: `smoke,audioldm2` builds the tiny AudioLDM 2 pipeline.
+  c = _features_config("smoke,audioldm2")
+  assert (c.generation.pipeline_class, c.models.generator) == (generation.AUDIOLDM2,
+                                                                "cvssp/audioldm2")
+  assert pipeline.model_paths(c, str(tmp_path / "w"))["generator"].endswith("audioldm2-v1")
