@@ -10,6 +10,18 @@ Generation (ITH): Stable Audio Open with CLAP rejection sampling, AST tokens of 
     python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_ith \
         --config.data.dir=/data/auditorybench
 
+ITH's ablations, as modifiers after a comma (the generation source alone; on `smoke` too):
+`generation,no_rejection` (the first clip drawn), `generation,sentence_audio` (one clip per
+sentence, "w/o DKI"), `generation,audioldm2` and `generation,musicgen` (other generators).
+
+Figure 2's sweeps run from one clip cache shared by one workdir per setting; a candidate
+drawn once is never drawn again (every candidate is kept with its score):
+
+    python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_p04 \
+        --config.generation.cache_dir=workdirs/clips --config.generation.tau.pitch=0.4
+    python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_n2 \
+        --config.generation.cache_dir=workdirs/clips --config.generation.n=2
+
 Offline smoke run (sample data, tiny random models, synthetic database, both sources):
 
     python -m axk.main --config=configs/features.py:smoke --workdir=/tmp/feat_smoke

@@ -358,3 +358,22 @@ def test_audioldm2_generator(tmp_path):
   assert (c.generation.pipeline_class, c.models.generator) == (generation.AUDIOLDM2,
                                                                 "cvssp/audioldm2")
   assert pipeline.model_paths(c, str(tmp_path / "w"))["generator"].endswith("audioldm2-v1")
+
+
+def test_variants_select_feature_configs():
+  from configs import ith
+  assert ith.get_config("smoke").stages.features_config == "configs/features.py:smoke"
+  assert ith.get_config("").stages.features_config == "configs/features.py:generation"
+  for mod in ("no_rejection", "sentence_audio", "audioldm2", "musicgen"):
+    assert (ith.get_config(f"smoke,{mod}").stages.features_config
+            == f"configs/features.py:smoke,{mod}")
+    spec = ith.get_config(f"minilm,{mod},lora").stages.features_config
+    assert spec == f"configs/features.py:generation,{mod}"
+    assert _features_config(spec.partition(":")[2]).source == "generation"
+  c = _features_config("generation,no_rejection")
+  assert c.generation.n == 1 and dict(c.generation.tau) == {"animal": -1.0, "pitch": -1.0}
+  c = _features_config("generation,sentence_audio")
+  assert c.spans.unit == "sentence" and c.generation.prompt_template == "{span}"
+  assert _features_config("generation,musicgen").generation.pipeline_class == generation.MUSICGEN
+  with pytest.raises(ValueError, match="modifier"):
+    _features_config("generation,nope")
