@@ -176,9 +176,10 @@ def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[E
   total = sum(len(s) for s in result.values())
   distinct = spans_lib.distinct(result)
   describe.update(num_spans=total, num_distinct=len(distinct))
-  logger.info("spans (%s%s): %d spans in %d examples, %d distinct", source,
-              f"; gold for {','.join(sorted(gold_splits))}" if gold_splits else "", total,
-              len(result), len(distinct))
+  logger.info("spans (%s): %d spans in %d examples, %d distinct",
+              "one per sentence" if describe.get("unit") == "sentence" else
+              source + (f"; gold for {','.join(sorted(gold_splits))}" if gold_splits else ""),
+              total, len(result), len(distinct))
   return result, describe
 
 
