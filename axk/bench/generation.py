@@ -196,7 +196,8 @@ def main(argv=None):
   result = {
       "benchmark": "generation", "machine": common.machine(), "scale": args.scale,
       "device": str(gen.device), "dtype": str(gen.dtype), "build_s": build_s,
-      "steps": args.steps, "seconds": args.seconds, "n": args.n, "tau": tau, "calibration_pass_rate": args.pass_rate,
+      "steps": args.steps, "seconds": args.seconds, "n": args.n, "tau": tau,
+      "calibration_pass_rate": args.pass_rate,
       "spans": len(spans), "rows": rows, "batching_speedup": speedup,
       "clips_per_span": {"lazy": lazy["clips"] / len(spans), "all": float(total),
                          "lazy_per_accepted_span": lazy["clips"] / accepted,

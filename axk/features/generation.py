@@ -144,10 +144,11 @@ def _generation_shim(pipe) -> None:
   transformers 5 keeps only on models with a generation head (the published checkpoint's
   `language_model` is a bare `GPT2Model`); binds the mixin's method onto it."""
   import transformers  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access
   lm = getattr(pipe, "language_model", None)
   if lm is not None and not hasattr(lm, "_update_model_kwargs_for_generation"):
-    lm._update_model_kwargs_for_generation = types.MethodType(  # pylint: disable=protected-access
-        transformers.GenerationMixin._update_model_kwargs_for_generation, lm)  # pylint: disable=protected-access
+    lm._update_model_kwargs_for_generation = types.MethodType(
+        transformers.GenerationMixin._update_model_kwargs_for_generation, lm)
 
 
 class AudioGenerator:
