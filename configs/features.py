@@ -16,6 +16,18 @@ Generation (ITH): Stable Audio Open with CLAP rejection sampling, AST tokens of 
     python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_ith \
         --config.data.dir=/data/auditorybench
 
+ITH's ablations, as modifiers after a comma (the generation source alone; on `smoke` too):
+`generation,no_rejection` (the first clip drawn), `generation,sentence_audio` (one clip per
+sentence, "w/o DKI"), `generation,audioldm2` and `generation,musicgen` (other generators).
+
+Figure 2's sweeps run from one clip cache shared by one workdir per setting; a candidate
+drawn once is never drawn again (every candidate is kept with its score):
+
+    python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_p04 \
+        --config.generation.cache_dir=workdirs/clips --config.generation.tau.pitch=0.4
+    python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_n2 \
+        --config.generation.cache_dir=workdirs/clips --config.generation.n=2
+
 Offline smoke run (sample data, tiny random models, synthetic database, both sources):
 
     python -m axk.main --config=configs/features.py:smoke --workdir=/tmp/feat_smoke
@@ -41,13 +53,20 @@ import ml_collections
 from configs import common
 
 VARIANTS = ("retrieval", "generation", "smoke")
+# Modifiers of the generation source (after a comma: `generation,no_rejection`,
+# `smoke,audioldm2`), ITH's ablations of the paper's Tables 2 and 3.
+MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Features config; `arg` is one of `VARIANTS` (default `retrieval`)."""
-  variant = arg or "retrieval"
+  """Features config; `arg` is one of `VARIANTS` (default `retrieval`), then any
+  `MODIFIERS` after commas."""
+  variant, *mods = [v.strip() for v in (arg or "retrieval").split(",")]
   if variant not in VARIANTS:
     raise ValueError(f"unknown features variant {variant!r}; expected one of {VARIANTS}")
+  unknown = [m for m in mods if m not in MODIFIERS]
+  if unknown:
+    raise ValueError(f"unknown features modifier {unknown[0]!r}; expected any of {MODIFIERS}")
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.features.pipeline:run"  # what axk.main calls: run(config, workdir)
@@ -72,6 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Splits that keep their gold spans whatever the source (the paper trains on gold spans;
   # the detector writes predictions for the evaluation splits only). "" for none.
   c.spans.gold_splits = "train"
+  # "span": the spans found; "sentence": one span per example covering its whole sentence
+  # (ITH's "w/o DKI" ablation, the :sentence_audio modifier), whatever the source found.
+  c.spans.unit = "span"
   c.spans.batch_size = 64  # sentences per detector forward pass
 
   c.models = ml_collections.ConfigDict()
@@ -122,25 +144,41 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.database.synthetic_clips = 0  # > 0: write that many synthetic clips and use them
 
   c.generation = ml_collections.ConfigDict()
-  # A diffusers pipeline class, or "MusicgenForConditionalGeneration" (transformers).
+  # A diffusers pipeline class ("StableAudioPipeline", "AudioLDM2Pipeline"), or
+  # "MusicgenForConditionalGeneration" (transformers); the :audioldm2 and :musicgen modifiers
+  # set this and models.generator together.
   c.generation.pipeline_class = "StableAudioPipeline"
-  c.generation.steps = 50  # diffusion steps
-  c.generation.seconds = 5.0  # clip length
-  c.generation.guidance_scale = 7.0  # classifier-free guidance
-  c.generation.negative_prompt = "Low quality"  # negative prompt ("" for none)
-  c.generation.prompt_template = "{span}"  # generator prompt
-  c.generation.score_template = "{span}"  # CLAP text the clips are scored against
-  c.generation.candidates = 5  # k: candidates per round
-  c.generation.max_rounds = 2  # n: rounds (a span has up to n * k candidates)
-  c.generation.tau = 0.0  # acceptance threshold (paper: 0 animal, 0.6 pitch)
-  # "first": the first candidate in order with score >= tau, drawn lazily (published code);
-  # "best": per round, the best of k clips when its score > tau.
+  c.generation.steps = 50  # diffusion steps (published)
+  c.generation.seconds = 5.0  # clip length (published)
+  c.generation.guidance_scale = 7.0  # classifier-free guidance (diffusers' default, published)
+  c.generation.negative_prompt = "Low quality"  # negative prompt (published; "" for none)
+  c.generation.prompt_template = "{span} sound"  # generator prompt (published code)
+  c.generation.score_template = "{span}"  # CLAP text clips are scored against (published)
+  # n: candidates tried per span, in a fixed order (candidate j always has the same seed).
+  # 5 is the published batch; the paper's Figure 2 varies n = 1..5 and finds n = 2 enough.
+  c.generation.n = 5
+  # tau per benchmark task, applied in one run: a candidate passes with score >= tau (the
+  # published code's comparison; the paper writes >). The paper's best: 0 animal, 0.6 pitch.
+  c.generation.tau = ml_collections.ConfigDict({"animal": 0.0, "pitch": 0.6})
+  # "first": the first candidate in order that passes, drawn lazily (published code's rule);
+  # "best": the best-scoring of the n when it passes (CLAP reranking; neither paper nor code).
   c.generation.rule = "first"
-  c.generation.base_seed = 0  # seeds are hash(base_seed, span, round, candidate)
-  c.generation.spans_per_call = 0  # clips per generator call / k (0: sized to the device)
-  c.generation.keep_rejected = False  # also store rejected clips as FLAC
+  # A span with no passing candidate: "none" gets no audio (the paper's rule: dropped from
+  # fusion); "sound" uses the published code's generic clip, candidate 0 of the prompt "sound".
+  c.generation.fallback = "none"
+  c.generation.base_seed = 0  # candidate j of a span is seeded hash(base_seed, span, j)
+  c.generation.spans_per_call = 0  # clips per generator call / n (0: sized to the device)
+  # Keep every candidate drawn as FLAC (not only accepted ones), so that any other tau, n or
+  # rule runs from the cache without drawing a clip twice (Figure 2's sweeps). Cost per
+  # candidate: a 5 s 44.1 kHz stereo clip is 0.55 MB as FLAC (tone + noise burst; white noise,
+  # the worst case, 0.80 MB; raw 16-bit 0.88 MB): at most n = 5 per span, so up to 2.8-4.0 GB
+  # per 1,000 spans when every candidate is drawn (tau 0 mostly draws one). False keeps only
+  # accepted clips; another setting then redraws the passing clips it lacks (same seeds).
+  c.generation.keep_rejected = True
   c.generation.torch_dtype = "auto"  # generator weights dtype ("auto": float16 on CUDA)
-  c.generation.cache_dir = ""  # clip cache ("" -> <workdir>/cache/clips)
+  # Clip cache ("" -> <workdir>/cache/clips). Point several feature workdirs (one per sweep
+  # setting) at one folder: candidates already drawn there are never drawn again.
+  c.generation.cache_dir = ""
   c.generation.features_dir = "features"  # output folder, relative to the workdir
 
   if variant == "generation":
@@ -159,7 +197,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.retrieval.features_dir = "features_retrieval"
     c.generation.steps = 4
     c.generation.seconds = 0.5
-    c.generation.candidates = 2
-    c.generation.tau = -0.07  # about half of the tiny models' clips pass
+    c.generation.n = 2
+    # About half of the tiny models' clips pass; pitch stricter, so the tasks differ.
+    c.generation.tau.update({"animal": -0.10, "pitch": -0.09})
     c.generation.spans_per_call = 8
+  if "no_rejection" in mods:  # "w/o rejection": the first clip drawn, whatever its score
+    c.generation.n = 1
+    c.generation.tau.update({"animal": -1.0, "pitch": -1.0})  # every cosine is >= -1
+  if "sentence_audio" in mods:  # "w/o DKI": one clip for the whole sentence, [MASK] dropped
+    c.spans.unit = "sentence"
+    c.generation.prompt_template = "{span}"  # the sentence is the prompt, no " sound"
+  if "audioldm2" in mods:  # The paper does not give its settings: the pipeline's defaults.
+    c.generation.pipeline_class = "AudioLDM2Pipeline"
+    c.models.generator = "cvssp/audioldm2"
+    c.generation.steps = 200 if variant != "smoke" else c.generation.steps
+    c.generation.guidance_scale = 3.5
+  if "musicgen" in mods:  # The paper does not give its size or settings: transformers'.
+    c.generation.pipeline_class = "MusicgenForConditionalGeneration"
+    c.models.generator = "facebook/musicgen-small"
+    c.generation.guidance_scale = 3.0
+  if mods:
+    c.source = "generation"
   return c

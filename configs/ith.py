@@ -20,14 +20,22 @@ Variants (a base, then modifiers after commas):
   no_train   the pretrained model with no training.
   lora       LoRA (+ audio MLP and fusion) instead of full fine-tuning.
   no_gate    the paper's "w/o FG" ablation: the fusion output written back without the gate.
+  no_rejection, sentence_audio, audioldm2, musicgen
+             features from configs/features.py:generation,<modifier> (smoke,<modifier> under
+             :smoke): the paper's "w/o rejection" (the first clip drawn), "w/o DKI" (one clip
+             per sentence, fused into all of its tokens) and its other generators.
 """
 
 from configs import common
 
+# Modifiers that pick a feature variant: configs/features.py:<base>,<modifier>.
+FEATURE_MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
+
 
 def get_config(arg=None):
-  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train", "lora",
-                                                                  "no_gate"))
+  base, mods = common.parse_variants(arg, ("minilm", "smoke"),
+                                     ("no_audio", "no_train", "lora", "no_gate",
+                                      *FEATURE_MODIFIERS))
   c = common.masked_word_config()
   c.name = "Imagine to Hear"
   c.model.name = "ith"  # axk/models/ith.py
@@ -67,6 +75,10 @@ def get_config(arg=None):
     c.train.trainable = ("lora/.*", "audio_mlp/.*", "fusion/.*")
   if "no_gate" in mods:
     c.model.fusion_gate = False
+  feature_mods = [m for m in FEATURE_MODIFIERS if m in mods]
+  if feature_mods:
+    c.stages.features_config = ",".join(
+        ["configs/features.py:" + ("smoke" if base == "smoke" else "generation"), *feature_mods])
   if "no_audio" in mods or "no_train" in mods:
     c.features.dir = ""  # No shards: every span has no audio, so the fusion never fires.
   if "no_train" in mods:

@@ -98,7 +98,7 @@ def _config(models, audio_db, **overrides):
   c.ast.num_audio_tokens = 3
   c.generation.steps = 2
   c.generation.seconds = 0.25
-  c.generation.candidates = 2
+  c.generation.n = 2
   c.generation.spans_per_call = 4
   c.source = "retrieval"
   for key, value in overrides.items():
@@ -306,11 +306,11 @@ def generator(models):
   return generation.AudioGenerator(models["generator"], device="cpu")
 
 
-def _sampler(generator, clap, folder, **params):
-  p = generation.GenerationParams(**{"steps": 2, "seconds": 0.25, "candidates": 3,
-                                     "max_rounds": 2, "rule": "best", **params})
+def _sampler(generator, clap, folder, keep_rejected=True, **params):
+  p = generation.GenerationParams(**{"steps": 2, "seconds": 0.25, "n": 3, "rule": "best",
+                                     **params})
   return generation.RejectionSampler(generator, clap, generation.ClipCache(folder), p,
-                                     spans_per_call=1)
+                                     spans_per_call=1, keep_rejected=keep_rejected)
 
 
 def test_rejection_thresholds_and_call_counts(generator, clap, tmp_path):
@@ -318,30 +318,33 @@ def test_rejection_thresholds_and_call_counts(generator, clap, tmp_path):
   calls = generator.calls
   accept_all = _sampler(generator, clap, str(tmp_path / "a"), tau=-1.0)(spans)
   assert [r.has_audio for r in accept_all] == [True, True]
-  assert [r.rounds for r in accept_all] == [1, 1]
-  assert generator.calls - calls == 2  # one round per span, spans_per_call=1
+  assert [r.tried for r in accept_all] == [3, 3]  # "best" scores all n
+  assert generator.calls - calls == 2  # one span's n clips per call, spans_per_call=1
   for r, span in zip(accept_all, spans):
     # The score is the cosine of the accepted clip's audio and the span's text.
     assert r.score == pytest.approx(float(r.clap_audio @ clap.text([span])[0]), abs=1e-4)
   calls = generator.calls
-  reject_all = _sampler(generator, clap, str(tmp_path / "b"), tau=1.01)(spans)
+  b = str(tmp_path / "b")
+  reject_all = _sampler(generator, clap, b, keep_rejected=False, tau=1.01)(spans)
   assert [r.has_audio for r in reject_all] == [False, False]
   assert all(r.key == "" and not r.clap_audio.any() for r in reject_all)
-  assert generator.calls - calls == 4  # max_rounds rounds per span
-
-  # The rejected rounds are known from the sidecars: a rerun draws nothing.
-  calls = generator.calls
-  again = _sampler(generator, clap, str(tmp_path / "b"), tau=1.01)(spans)
-  assert generator.calls == calls and [r.score for r in again] == [r.score for r in reject_all]
-  # A lower threshold needs a clip that was not kept: round 0 is drawn again, identically.
-  relaxed = _sampler(generator, clap, str(tmp_path / "b"), tau=-1.0)(spans)
   assert generator.calls - calls == 2
+
+  # The rejected candidates are known from the sidecars: a rerun draws nothing.
+  calls = generator.calls
+  again = _sampler(generator, clap, b, keep_rejected=False, tau=1.01)(spans)
+  assert generator.calls == calls and [r.score for r in again] == [r.score for r in reject_all]
+  # A lower threshold needs a clip that was not kept: only that one (the best of each span)
+  # is drawn again, identically.
+  clips = generator.clips
+  relaxed = _sampler(generator, clap, b, keep_rejected=False, tau=-1.0)(spans)
+  assert generator.clips - clips == 2
   for r, ref in zip(relaxed, accept_all):
     assert r.key == ref.key
     np.testing.assert_allclose(r.wave, ref.wave, atol=1e-6)
   # Cached accepted clips are reused without drawing.
   calls = generator.calls
-  cached = _sampler(generator, clap, str(tmp_path / "b"), tau=-1.0)(spans)
+  cached = _sampler(generator, clap, b, tau=-1.0)(spans)
   assert generator.calls == calls
   np.testing.assert_allclose(cached[0].clap_audio, relaxed[0].clap_audio, atol=1e-6)
 
@@ -355,8 +358,10 @@ def test_seeds_do_not_depend_on_batching(generator, clap, tmp_path):
   assert solo.key == batched.key
   np.testing.assert_allclose(solo.wave, batched.wave, atol=1e-4)
   sidecar = generation.ClipCache(str(tmp_path / "one")).sidecar(solo.key)
-  assert sidecar["seed"] == generation.candidate_seed(0, "rain", 0, int(sidecar["candidate"]))
-  assert sidecar["prompt"] == "rain" and sidecar["audio"]
+  assert sidecar["seed"] == generation.candidate_seed(0, "rain", int(sidecar["candidate"]))
+  # Prompted with "{span} sound", scored against the span (the published code's texts).
+  assert sidecar["prompt"] == "rain sound" and sidecar["score_text"] == "rain"
+  assert sidecar["audio"]
 
 
 class _CraftedGenerator:
@@ -391,11 +396,10 @@ class _CraftedClap:
 
 
 def _first_of_all(spans, score_of, params):
-  """Reference: all n*k candidates of each span, then the first with score >= tau."""
+  """Reference: all n candidates of each span, then the first with score >= tau."""
   out = {}
   for span in spans:
-    seeds = [generation.candidate_seed(params.base_seed, span, r, j)
-             for r in range(params.max_rounds) for j in range(params.candidates)]
+    seeds = [generation.candidate_seed(params.base_seed, span, q) for q in range(params.n)]
     scores = [score_of(span, seed) for seed in seeds]
     passing = [q for q, sc in enumerate(scores) if sc >= params.tau]
     out[span] = (seeds[passing[0]], scores[passing[0]]) if passing else None
@@ -405,17 +409,17 @@ def _first_of_all(spans, score_of, params):
 @pytest.mark.parametrize("spans_per_call", [1, 3])
 def test_lazy_first_rule_selects_what_drawing_all_selects(spans_per_call, tmp_path):
   rng = np.random.default_rng(0)
-  params = generation.GenerationParams(candidates=3, max_rounds=2, tau=0.5, rule="first")
+  params = generation.GenerationParams(n=6, tau=0.5, rule="first")
   spans = [f"span {i}" for i in range(24)]
   crafted = {"span 0": [0.9, 0.2, 0.2, 0.2, 0.2, 0.2],  # the first
              "span 1": [0.1, 0.6, 0.95, 0.2, 0.2, 0.2],  # the first passing, not the best
              "span 2": [0.1, 0.2, 0.3, 0.4, 0.49, 0.3],  # none
-             "span 3": [0.1, 0.2, 0.3, 0.4, 0.7, 0.8]}   # round 1's second
+             "span 3": [0.1, 0.2, 0.3, 0.4, 0.7, 0.8]}   # the fifth
   score_of_seed = {}
   for span in spans:
     scores = crafted.get(span, (rng.uniform(0, 1, 6).round(2) + 0.005).tolist())
     for q, sc in enumerate(scores):
-      score_of_seed[generation.candidate_seed(0, span, *divmod(q, 3))] = sc
+      score_of_seed[generation.candidate_seed(0, span, q)] = sc
   expected = _first_of_all(spans, lambda span, seed: score_of_seed[seed], params)
   gen, clap = _CraftedGenerator(score_of_seed), _CraftedClap()
   sampler = generation.RejectionSampler(gen, clap, generation.ClipCache(str(tmp_path)),
@@ -427,9 +431,9 @@ def test_lazy_first_rule_selects_what_drawing_all_selects(spans_per_call, tmp_pa
       continue
     seed, score = expected[span]
     assert r.has_audio and r.score == pytest.approx(score, abs=1e-3), span
-    assert r.key == generation.clip_key("crafted", span, params, seed), span
-  assert [got[i].candidates for i in range(4)] == [1, 2, 6, 5]
-  assert gen.clips < 0.6 * len(spans) * 6  # lazily: far fewer clips than all n*k
+    assert r.key == generation.clip_key("crafted", f"{span} sound", params, seed), span
+  assert [got[i].tried for i in range(4)] == [1, 2, 6, 5]
+  assert gen.clips < 0.6 * len(spans) * 6  # lazily: far fewer clips than all n
   # The "best" rule takes a round's best clip instead.
   best = generation.RejectionSampler(
       _CraftedGenerator(score_of_seed), clap, generation.ClipCache(str(tmp_path / "best")),
@@ -442,14 +446,13 @@ def test_lazy_first_rule_selects_what_drawing_all_selects(spans_per_call, tmp_pa
 
 
 def test_lazy_first_rule_on_the_tiny_pipeline(generator, clap, tmp_path):
-  params = generation.GenerationParams(steps=2, seconds=0.25, candidates=3, max_rounds=2,
-                                       rule="first")
+  params = generation.GenerationParams(steps=2, seconds=0.25, n=6, rule="first")
   spans = ["dog bark", "bell", "rain", "engine", "bird song"]
   text = {s: t for s, t in zip(spans, clap.text(spans))}
   scores = {}
   for span in spans:  # Every candidate of the span in one call, as the published code draws.
-    seeds = [generation.candidate_seed(0, span, r, j) for r in range(2) for j in range(3)]
-    waves = generator([span] * len(seeds), seeds, params)
+    seeds = [generation.candidate_seed(0, span, q) for q in range(6)]
+    waves = generator([f"{span} sound"] * len(seeds), seeds, params)
     stored = [generation._flac_round_trip(w, generator.sampling_rate)[1] for w in waves]
     embs = clap.audio([audio_lib.from_array(w, generator.sampling_rate, clap.sampling_rate,
                                             channels_last=False) for w in stored])
@@ -462,13 +465,13 @@ def test_lazy_first_rule_on_the_tiny_pipeline(generator, clap, tmp_path):
   expected = _first_of_all(spans, lambda span, seed: dict(zip(*scores[span]))[seed], params)
   got = generation.RejectionSampler(generator, clap, generation.ClipCache(str(tmp_path)),
                                     params, spans_per_call=2)(spans)
-  assert any(r.has_audio for r in got) and any(r.candidates > 1 for r in got)
+  assert any(r.has_audio for r in got) and any(r.tried > 1 for r in got)
   for span, r in zip(spans, got):
     if expected[span] is None:
       assert not r.has_audio, span
     else:
-      assert r.key == generation.clip_key(generator.info["fingerprint"], span, params,
-                                          expected[span][0]), span
+      assert r.key == generation.clip_key(generator.info["fingerprint"], f"{span} sound",
+                                          params, expected[span][0]), span
       assert r.score == pytest.approx(expected[span][1], abs=1e-4), span
 
 
@@ -478,7 +481,7 @@ def test_musicgen_generator(tmp_path, clap):
   sampler = generation.RejectionSampler(
       gen, clap, generation.ClipCache(str(tmp_path / "clips")),
       generation.GenerationParams(pipeline_class=generation.MUSICGEN, seconds=0.25,
-                                  guidance_scale=3.0, candidates=2, tau=-1.0))
+                                  guidance_scale=3.0, n=2, tau=-1.0))
   result = sampler(["dog bark"])[0]
   assert result.has_audio and gen.calls == 1 and result.wave.ndim == 1
 
@@ -504,14 +507,14 @@ def _assert_same_features(a: dict, b: dict) -> None:
 
 
 def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, monkeypatch):
-  config = _config(models, audio_db, source="generation", **{"generation.tau": -0.07})
+  config = _config(models, audio_db, source="generation", **{"generation.tau.pitch": -0.2})
   workdir = str(tmp_path / "w")
   seen = []
   original_call = generation.RejectionSampler.__call__
 
-  def counting(self, spans):
+  def counting(self, spans, *args, **kwargs):
     seen.append(list(spans))
-    return original_call(self, spans)
+    return original_call(self, spans, *args, **kwargs)
 
   monkeypatch.setattr(generation.RejectionSampler, "__call__", counting)
   original_write = parts.write_part
@@ -550,7 +553,7 @@ def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, 
     assert [(s["start"], s["end"], s["text"]) for s in got["spans"]] == [
         (s.start, s.end, s.text) for s in e.spans]
     for s in got["spans"]:
-      part = stored[normalise(s["text"])]
+      part = stored["pitch|" + normalise(s["text"])]
       for key in ("ast_pooled", "ast_tokens", "clap_text", "clap_audio"):
         assert s[key].dtype == np.float16
         np.testing.assert_array_equal(s[key], part[key])
@@ -562,7 +565,9 @@ def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, 
       has_audio.append(s["has_audio"])
   assert any(has_audio) and not all(has_audio)  # tau splits the tiny model's clips
   manifest = shards.read_manifest(out["generation"])
-  assert manifest["params"]["generation"]["tau"] == -0.07
+  assert manifest["params"]["generation"]["tau"]["pitch"] == -0.2
+  assert manifest["rejection"]["pitch"] == {"tau": -0.2, "n": 2, "rule": "first",
+                                            "fallback": "none"}
   assert manifest["inputs"]["pitch/dev"]["sha256"] == examples_sha(config)
   assert set(manifest["models"]) == {"clap", "ast", "generator"}
   shards.check_manifest(manifest, csv_sha256={"pitch/dev": examples_sha(config)},

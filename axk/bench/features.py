@@ -9,8 +9,9 @@ Measures, on this machine's CPU (or `--device`):
      per second, random weights, through the pipeline's encoders (feature extraction
      included), batched (`--batch-size`) versus one clip at a time. Clips are
      `--seconds` of noise (5 s: what ITH generates; both models pad to ~10 s anyway).
-  2. Generator calls per accepted clip under CLAP rejection sampling, measured on the tiny
-     random Stable Audio pipeline (`axk.features.tiny`) with one span per call, for the
+  2. Clips drawn per accepted span under CLAP rejection sampling (the "first" rule, up to
+     n candidates per span), measured on the tiny random Stable Audio pipeline
+     (`axk.features.tiny`), for the
      paper's thresholds and for thresholds at quantiles of the tiny model's own scores
      (random weights put all scores near 0, so only the latter say anything about the
      mechanics), next to the value expected from the single-clip pass rate.
@@ -107,16 +108,14 @@ def bench_encoders(num_clips: int, batch_size: int, seconds: float, device: str)
   return results
 
 
-def _expected_calls(p: float, k: int, n: int) -> tuple[float, float]:
-  """(expected calls per span, expected accepted fraction) for pass rate p per clip."""
-  q = 1.0 - (1.0 - p) ** k  # a round accepts
-  calls = sum((1.0 - q) ** r for r in range(n))
-  return calls, 1.0 - (1.0 - q) ** n
+def _expected_clips(p: float, n: int) -> tuple[float, float]:
+  """(expected clips per span, expected accepted fraction) of the "first" rule with up to n
+  candidates, for pass rate p per clip."""
+  return sum((1.0 - p) ** i for i in range(n)), 1.0 - (1.0 - p) ** n
 
 
-def bench_rejection(spans: Sequence[str], candidates: int, max_rounds: int,
-                    paper_taus: Sequence[float]) -> dict:
-  """Generator calls per accepted clip on the tiny Stable Audio pipeline."""
+def bench_rejection(spans: Sequence[str], n: int, paper_taus: Sequence[float]) -> dict:
+  """Clips drawn per accepted span on the tiny Stable Audio pipeline."""
   import torch  # pylint: disable=g-import-not-at-top
 
   from axk.features import clap as clap_lib  # pylint: disable=g-import-not-at-top
@@ -130,14 +129,11 @@ def bench_rejection(spans: Sequence[str], candidates: int, max_rounds: int,
       clap = clap_lib.ClapEncoder(tiny.build_clap(os.path.join(tmp, "clap")), device="cpu")
       gen = generation.AudioGenerator(tiny.build_stable_audio(os.path.join(tmp, "sa")),
                                       device="cpu")
-      # The round-based rule, whose cost this section models (`axk.bench.generation`
-      # measures the lazy "first" rule).
-      base = dict(steps=4, seconds=0.5, candidates=candidates, max_rounds=max_rounds,
-                  rule="best")
-      # Calibration: every candidate of round 0 scored (tau above any cosine).
+      base = dict(steps=4, seconds=0.5, n=n, rule="first")
+      # Calibration: every candidate scored (tau above any cosine).
       calib = generation.RejectionSampler(
           gen, clap, generation.ClipCache(os.path.join(tmp, "calib")),
-          generation.GenerationParams(**{**base, "max_rounds": 1, "tau": 1.01}))
+          generation.GenerationParams(**{**base, "tau": 1.01}))
       calib(spans)
       scores = []
       for root, _, files in os.walk(os.path.join(tmp, "calib")):
@@ -151,24 +147,24 @@ def bench_rejection(spans: Sequence[str], candidates: int, max_rounds: int,
         taus[f"score p{q}"] = float(np.percentile(scores, q))
       rows = []
       for name, tau in taus.items():
-        before = gen.calls
+        before = gen.clips
         sampler = generation.RejectionSampler(
             gen, clap, generation.ClipCache(os.path.join(tmp, f"run{len(rows)}")),
             generation.GenerationParams(**base, tau=tau))
         results = sampler(spans)
-        calls = gen.calls - before
+        clips = gen.clips - before
         accepted = sum(r.has_audio for r in results)
-        p = float((scores > tau).mean())
-        exp_calls, exp_accept = _expected_calls(p, candidates, max_rounds)
+        p = float((scores >= tau).mean())
+        exp_clips, exp_accept = _expected_clips(p, n)
         rows.append({
-            "tau": name, "tau_value": round(tau, 4), "spans": len(spans), "calls": calls,
-            "accepted": accepted, "calls_per_span": round(calls / len(spans), 3),
-            "calls_per_accepted_clip": round(calls / accepted, 3) if accepted else None,
+            "tau": name, "tau_value": round(tau, 4), "spans": len(spans), "clips": clips,
+            "accepted": accepted, "clips_per_span": round(clips / len(spans), 3),
+            "clips_per_accepted_span": round(clips / accepted, 3) if accepted else None,
             "clip_pass_rate": round(p, 3),
-            "expected_calls_per_accepted_clip": round(exp_calls / exp_accept, 3)
+            "expected_clips_per_accepted_span": round(exp_clips / exp_accept, 3)
                                                 if exp_accept else None,
         })
-      return {"candidates": candidates, "max_rounds": max_rounds, "spans_per_call": 1,
+      return {"n": n, "spans_per_call": 1,
               "score_range": [round(float(scores.min()), 4), round(float(scores.max()), 4)],
               "rows": rows}
   finally:
@@ -212,16 +208,16 @@ def _table(results: dict) -> str:
                  f"axk {mel['axk_vectorised']} ms")
   rej = results.get("rejection")
   if rej:
-    lines += ["", f"rejection sampling, tiny Stable Audio (k={rej['candidates']}, "
-              f"n={rej['max_rounds']}, 1 span per call; scores in {rej['score_range']})",
-              f"  {'tau':<12} {'value':>8} {'pass':>6} {'calls':>6} {'accepted':>9}"
-              f" {'calls/clip':>11} {'expected':>9}"]
+    lines += ["", f"rejection sampling, tiny Stable Audio (first rule, n={rej['n']}; "
+              f"scores in {rej['score_range']})",
+              f"  {'tau':<12} {'value':>8} {'pass':>6} {'clips':>6} {'accepted':>9}"
+              f" {'clips/acc':>11} {'expected':>9}"]
     for r in rej["rows"]:
       fmt = lambda v: "-" if v is None else f"{v:.2f}"
       lines.append(f"  {r['tau']:<12} {r['tau_value']:>8.4f} {r['clip_pass_rate']:>6.2f}"
-                   f" {r['calls']:>6} {r['accepted']:>4}/{r['spans']:<4}"
-                   f" {fmt(r['calls_per_accepted_clip']):>11}"
-                   f" {fmt(r['expected_calls_per_accepted_clip']):>9}")
+                   f" {r['clips']:>6} {r['accepted']:>4}/{r['spans']:<4}"
+                   f" {fmt(r['clips_per_accepted_span']):>11}"
+                   f" {fmt(r['expected_clips_per_accepted_span']):>9}")
   dedup = results.get("dedup")
   if dedup:
     lines += ["", f"deduplication ({dedup['data_dir']})"]
@@ -242,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
   parser.add_argument("--device", default="cpu", help="torch device for the encoders")
   parser.add_argument("--spans", type=int, default=24, help="spans for rejection sampling")
-  parser.add_argument("--candidates", type=int, default=5, help="k, clips per round")
-  parser.add_argument("--max-rounds", type=int, default=2, help="n, rounds")
+  parser.add_argument("--n", type=int, default=5, help="candidates per span")
   parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="AuditoryBench folder")
   parser.add_argument("--skip", default="", help="comma-separated: encoders,rejection,dedup")
   args = parser.parse_args(argv)
@@ -269,8 +264,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
       spans = spans_lib.distinct({e.id: e.spans for e in loaded["dev"].examples})
       spans = spans[::max(1, len(spans) // args.spans)][:args.spans]
     spans = spans or [f"sound {i}" for i in range(args.spans)]
-    results["rejection"] = bench_rejection(spans, args.candidates, args.max_rounds,
-                                           paper_taus=(0.0, 0.6))
+    results["rejection"] = bench_rejection(spans, args.n, paper_taus=(0.0, 0.6))
   if "encoders" not in skip:
     results["encoders"] = bench_encoders(args.clips, args.batch_size, args.seconds,
                                          args.device)

@@ -11,13 +11,15 @@ Generator weights in `--dtype` (default: float16 on CUDA, float32 on CPU).
 
 Measured, in one process, interleaved (spans_per_call 1, sized, 1, sized, ...):
   1. clips per second and accepted spans per hour of the pipeline (generation, FLAC, CLAP
-     scoring, AST features of the accepted clips) with `spans_per_call` 1 (one span's k
-     candidates per generator call, the old default) and with the new sizing
+     scoring, AST features of the accepted clips) with `spans_per_call` 1 (n clips per
+     generator call) and with the sizing
      (`generation.auto_spans_per_call` on this device, at least `--min-spans-per-call`);
-  2. clips drawn per span and per accepted span: lazy "first" rule vs drawing all n*k and
-     taking the first passing one, with a check that both select the same clips;
+  2. clips drawn per span and per accepted span: lazy "first" rule vs drawing all n and
+     taking the first passing one (the published code), with a check that both select the
+     same clips;
   3. the projected wall time of ITH's whole generation (`--projected-spans`, 20,000 distinct
-     spans) at the paper's n = 2 and k = 5, from the measured clips per second and the
+     spans) at n candidates per span (default 5, the published batch), from the measured
+     clips per second and the
      clips per span the lazy rule needs at several clip pass rates (random-weight CLAP
      scores say nothing about the real pass rate at tau = 0 or 0.6).
 Random-weight CLAP scores cluster near 0, so tau is set at a quantile of the scores
@@ -114,8 +116,7 @@ def main(argv=None):
   parser.add_argument("--spans", type=int, default=8, help="distinct spans per pass")
   parser.add_argument("--steps", type=int, default=50, help="diffusion steps")
   parser.add_argument("--seconds", type=float, default=5.0, help="clip length")
-  parser.add_argument("--candidates", type=int, default=5, help="k")
-  parser.add_argument("--max-rounds", type=int, default=2, help="n")
+  parser.add_argument("--n", type=int, default=5, help="candidates per span")
   parser.add_argument("--pass-rate", type=float, default=0.3,
                       help="tau at this quantile of pass rate of the calibration scores")
   parser.add_argument("--min-spans-per-call", type=int, default=4,
@@ -143,31 +144,27 @@ def main(argv=None):
     gen, clap, ast = _models(args.scale, tmp, args.device, args.dtype)
     build_s = time.perf_counter() - t0
     sized = max(generation.auto_spans_per_call(gen.device), args.min_spans_per_call)
-    params = generation.GenerationParams(steps=args.steps, seconds=args.seconds,
-                                         candidates=args.candidates,
-                                         max_rounds=args.max_rounds, tau=1.01, rule="first")
-    total = args.candidates * args.max_rounds
+    params = generation.GenerationParams(steps=args.steps, seconds=args.seconds, n=args.n,
+                                         tau=1.01, rule="first")
+    total = args.n
     # Calibration: every candidate of every span drawn (nothing passes tau = 1.01), in
-    # calls of the sized width; this is also "drawing all n*k" for the comparison below.
+    # calls of the sized width; this is also "drawing all n" for the comparison below.
     calib_dir = os.path.join(tmp, "calib")
     t0 = time.perf_counter()
     clips0 = gen.clips
-    _sampler(gen, clap, calib_dir, params, sized)(spans)
+    calib = _sampler(gen, clap, calib_dir, params, sized)
+    calib(spans)
     all_k = {"seconds": time.perf_counter() - t0, "clips": gen.clips - clips0}
     cache = generation.ClipCache(calib_dir)
-    scores = {s: [cache.sidecar(generation.clip_key(
-        gen.info["fingerprint"], s, params,
-        generation.candidate_seed(0, s, *divmod(q, args.candidates))))["clap_score"]
-        for q in range(total)] for s in spans}
+    scores = {s: [cache.sidecar(calib.candidate(s, q)[0])["clap_score"] for q in range(total)]
+              for s in spans}
     flat = np.sort(np.concatenate([np.asarray(v) for v in scores.values()]))
     tau = float(np.quantile(flat, 1 - args.pass_rate))
     params = dataclasses.replace(params, tau=tau)
     first_of_all = {}
     for s in spans:
       q = next((q for q, v in enumerate(scores[s]) if v >= tau), None)
-      first_of_all[s] = "" if q is None else generation.clip_key(
-          gen.info["fingerprint"], s, params,
-          generation.candidate_seed(0, s, *divmod(q, args.candidates)))
+      first_of_all[s] = "" if q is None else calib.candidate(s, q)[0]
 
     runs = {1: [], sized: []}
     for r in range(args.rounds):
@@ -178,7 +175,7 @@ def main(argv=None):
   for width, passes in runs.items():
     median = lambda k: float(np.median([p[k] for p in passes]))
     seconds = median("seconds")
-    rows.append({"spans_per_call": width, "clips_per_call": width * args.candidates,
+    rows.append({"spans_per_call": width, "clips_per_call": width * args.n,
                  "seconds": seconds, "clips": median("clips"), "accepted": median("accepted"),
                  "clips_per_s": median("clips") / seconds,
                  "accepted_spans_per_hour": 3600 * median("accepted") / seconds,
@@ -199,8 +196,8 @@ def main(argv=None):
   result = {
       "benchmark": "generation", "machine": common.machine(), "scale": args.scale,
       "device": str(gen.device), "dtype": str(gen.dtype), "build_s": build_s,
-      "steps": args.steps, "seconds": args.seconds, "k": args.candidates,
-      "n": args.max_rounds, "tau": tau, "calibration_pass_rate": args.pass_rate,
+      "steps": args.steps, "seconds": args.seconds, "n": args.n, "tau": tau,
+      "calibration_pass_rate": args.pass_rate,
       "spans": len(spans), "rows": rows, "batching_speedup": speedup,
       "clips_per_span": {"lazy": lazy["clips"] / len(spans), "all": float(total),
                          "lazy_per_accepted_span": lazy["clips"] / accepted,
@@ -208,14 +205,14 @@ def main(argv=None):
       "all_then_first_pass": all_k, "projection": projection,
       "projected_spans": args.projected_spans}
   print(f"{args.scale} models on {gen.device} ({gen.dtype}), {args.steps} steps, "
-        f"{args.seconds} s clips, k={args.candidates}, n={args.max_rounds}, tau={tau:.4f}")
+        f"{args.seconds} s clips, n={args.n}, tau={tau:.4f}")
   print(common.table(rows, ["spans_per_call", "clips_per_call", "seconds", "clips",
                             "accepted", "clips_per_s", "accepted_spans_per_hour",
                             "same_clips_as_all_then_first"]))
   c = result["clips_per_span"]
   print(f"batching speed-up (clips/s, spans_per_call {rows[1]['spans_per_call']} vs 1): "
         f"{speedup:.2f}x")
-  print(f"clips per span: lazy {c['lazy']:.2f}, all n*k {c['all']:.0f}; per accepted span: "
+  print(f"clips per span: lazy {c['lazy']:.2f}, all n {c['all']:.0f}; per accepted span: "
         f"lazy {c['lazy_per_accepted_span']:.2f}, all {c['all_per_accepted_span']:.2f}")
   print(f"projected hours for {args.projected_spans} spans at {rate:.3f} clips/s:")
   print(common.table(projection, ["clip_pass_rate", "lazy_clips_per_span",

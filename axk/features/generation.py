@@ -1,39 +1,39 @@
 """ITH's audio source: text-to-audio generation with CLAP rejection sampling.
 
 A clip's score is the cosine between its CLAP audio embedding and the CLAP text embedding of
-`score_template.format(span=...)`. Each span has up to `max_rounds * candidates` candidates,
-in order (round 0's candidates 0..k-1, then round 1's, ...), each with its own seed. Two
-acceptance rules (`rule`):
+`score_template.format(span=...)` (published: the span alone); the generator's prompt is
+`prompt_template.format(span=...)` (published: `"{span} sound"`). Each span has `n`
+candidates in a fixed order, candidate j drawn from its own seed
+`candidate_seed(base_seed, span, j)`, so candidate j of a span is the same clip in every run,
+every batch and every task. Acceptance (`rule`):
 
-- `"first"` (default, the published code's): the first candidate in order with a score
-  `>= tau`. Candidates are drawn lazily: a generator call takes the next candidate of many
-  spans at once, and a span leaves as soon as one passes, so a span costs about
-  1 / (acceptance rate) clips instead of all of them. Because every candidate has its own
-  seed, this selects exactly the clip that drawing all of a span's candidates and taking the
-  first passing one would.
-- `"best"`: round by round, the best of the round's `candidates` clips when it scores
-  `> tau`; a round is one batched call covering up to `spans_per_call` spans.
+- `"first"` (default; the published code's rule): the first candidate in order with a score
+  `>= tau` (the published code compares with `>=`; the paper writes `>`). Candidates are
+  drawn lazily: a generator call takes the next candidate of many spans at once and a span
+  leaves as soon as one passes, which selects exactly the clip that drawing all `n` in one
+  batch (as the published code does) and taking the first passing one would.
+- `"best"`: the best-scoring of the `n` candidates, when it scores `>= tau` (CLAP
+  reranking; neither paper nor published code does this).
 
-When no candidate passes, the span has no audio (ITH drops it from fusion).
+A span with no accepted candidate gets no audio (`fallback="none"`, the paper's rule: ITH drops
+it from fusion), or the published code's generic clip (`fallback="sound"`: candidate 0 of the
+prompt `"sound"`, the published `sound_0.wav`), scored against the span's text.
 
-Determinism: candidate j of round r of a span is generated from its own seed,
-`candidate_seed(base_seed, span, r, j)` (a hash), through a per-candidate
-`torch.Generator`, so a clip does not depend on the batch it was drawn in and a rerun
-draws the same clip.
+Each call may give every span its own `tau` and `n` (ITH's per-task thresholds); requests of
+the same span share their candidates, so a clip is drawn at most once whatever asks for it.
 
-Cache: every candidate gets a JSON sidecar at `<cache_dir>/<key[:2]>/<key>.json`, keyed
+Cache: every candidate drawn gets a JSON sidecar at `<cache_dir>/<key[:2]>/<key>.json`, keyed
 by `clip_key` (a hash of the model, the prompt, the generation parameters and the seed),
-holding its prompt, seed, parameters and CLAP score; accepted clips (and, with
-`keep_rejected`, all of them) are stored beside it as 16-bit FLAC. A later run (after an
-interruption, or with other feature settings) decides a candidate from its sidecar when it
-is known under the same CLAP model, and calls the generator only when a clip it needs is
-missing. Scores are always computed on the clip as stored (after the FLAC round trip), so a
-cached clip and a fresh one score the same. Files are written by a background thread while
-the next generator call runs.
+holding its prompt, seed, index, CLAP score and the text it was scored against, and (with
+`keep_rejected`, the default) the clip itself as 16-bit FLAC beside it, so that any later
+setting (another tau, a larger or smaller n, another rule) is decided from the cache and
+calls the generator only for candidates never drawn. Scores are always computed on the clip
+as stored (after the FLAC round trip), so a cached clip and a fresh one score the same. Files
+are written by a background thread while the next generator call runs.
 
-Supported generators (`generation.pipeline_class`): `StableAudioPipeline` (default,
-tested), other diffusers text-to-audio pipelines that take `audio_length_in_s`
-(`AudioLDMPipeline`, `AudioLDM2Pipeline`; wired, not tested offline), and
+Supported generators (`generation.pipeline_class`): `StableAudioPipeline` (default),
+`AudioLDM2Pipeline` (one waveform per prompt, so its own CLAP reranking never runs) and other
+diffusers text-to-audio pipelines that take `audio_length_in_s`, and
 `MusicgenForConditionalGeneration` through transformers (sampling seeded once per call).
 """
 
@@ -47,6 +47,7 @@ import io
 import json
 import logging
 import os
+import types
 import warnings
 
 import numpy as np
@@ -60,8 +61,14 @@ from axk.utils import files
 logger = logging.getLogger(__name__)
 
 STABLE_AUDIO = "StableAudioPipeline"
+AUDIOLDM2 = "AudioLDM2Pipeline"
 MUSICGEN = "MusicgenForConditionalGeneration"
 RULES = ("first", "best")
+FALLBACKS = ("none", "sound")
+# The published code's clip for spans without an accepted one: `sound_0.wav`, candidate 0 of
+# the prompt "sound" (what it generates for a sentence without a detected span).
+FALLBACK_PROMPT = "sound"
+FALLBACK_SPAN = ""
 
 
 def resolve_dtype(torch_dtype: str, device: torch.device) -> torch.dtype:
@@ -87,24 +94,31 @@ def auto_spans_per_call(device: torch.device) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationParams:
-  """Everything that decides which clips are drawn and which are accepted."""
+  """Everything that decides which clips are drawn and which are accepted.
+
+  `tau` and `n` are the defaults of a sampler call; a call may give each span its own.
+  """
 
   pipeline_class: str = STABLE_AUDIO
   steps: int = 50
   seconds: float = 5.0
   guidance_scale: float = 7.0
   negative_prompt: str = "Low quality"
-  prompt_template: str = "{span}"
+  prompt_template: str = "{span} sound"
   score_template: str = "{span}"
-  candidates: int = 5
-  max_rounds: int = 2
+  n: int = 5
   tau: float = 0.0
   base_seed: int = 0
   rule: str = "first"
+  fallback: str = "none"
 
   def __post_init__(self):
     if self.rule not in RULES:
       raise ValueError(f"generation.rule={self.rule!r}: must be one of {RULES}")
+    if self.fallback not in FALLBACKS:
+      raise ValueError(f"generation.fallback={self.fallback!r}: must be one of {FALLBACKS}")
+    if self.n < 1:
+      raise ValueError(f"generation.n={self.n}: must be >= 1")
 
   def clip_params(self) -> dict:
     """The parameters that change a clip (not the ones that only change acceptance)."""
@@ -113,9 +127,9 @@ class GenerationParams:
             "negative_prompt": self.negative_prompt}
 
 
-def candidate_seed(base_seed: int, span: str, round_index: int, candidate: int) -> int:
-  """The seed of one candidate: a 63-bit hash of the base seed, span, round and index."""
-  text = f"{base_seed}\0{span}\0{round_index}\0{candidate}"
+def candidate_seed(base_seed: int, span: str, index: int) -> int:
+  """The seed of candidate `index` of a span: a 63-bit hash of the base seed, span, index."""
+  text = f"{base_seed}\0{span}\0{index}"
   return int(hashlib.sha256(text.encode()).hexdigest()[:16], 16) & ((1 << 63) - 1)
 
 
@@ -123,6 +137,18 @@ def clip_key(model_fingerprint: str, prompt: str, params: GenerationParams, seed
   """Cache key of one generated clip."""
   return hub.digest({"model": model_fingerprint, "prompt": prompt,
                      "params": params.clip_params(), "seed": seed}, n=32)
+
+
+def _generation_shim(pipe) -> None:
+  """AudioLDM 2 drives its GPT-2 with `_update_model_kwargs_for_generation`, which
+  transformers 5 keeps only on models with a generation head (the published checkpoint's
+  `language_model` is a bare `GPT2Model`); binds the mixin's method onto it."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  # pylint: disable=protected-access
+  lm = getattr(pipe, "language_model", None)
+  if lm is not None and not hasattr(lm, "_update_model_kwargs_for_generation"):
+    lm._update_model_kwargs_for_generation = types.MethodType(
+        transformers.GenerationMixin._update_model_kwargs_for_generation, lm)
 
 
 class AudioGenerator:
@@ -160,6 +186,7 @@ class AudioGenerator:
                        "class")
     self.pipe = cls.from_pretrained(self.path, dtype=dtype).to(self.device)
     self.pipe.set_progress_bar_config(disable=True)
+    _generation_shim(self.pipe)
     if pipeline_class == STABLE_AUDIO:
       self.sampling_rate = int(self.pipe.vae.config.sampling_rate)
     elif hasattr(self.pipe, "vocoder"):
@@ -221,19 +248,19 @@ class AudioGenerator:
 
 @dataclasses.dataclass
 class Acquired:
-  """The outcome of rejection sampling for one span.
+  """The outcome of rejection sampling for one span (one request).
 
   Attributes:
-    has_audio: a clip passed `tau`.
-    score: the accepted clip's CLAP score, else the best score seen.
-    key: the accepted clip's cache key, "" when none.
-    wave: the accepted clip, mono float32 at `rate`, or None.
+    has_audio: a clip was accepted (or, with `fallback="sound"`, the fallback clip is used).
+    score: the used clip's CLAP score; without one, the best score seen (-inf when none).
+    key: the used clip's cache key, "" when none.
+    wave: the used clip, mono float32 at `rate`, or None.
     rate: its sampling rate.
     clap_audio: its CLAP audio embedding `[D]` (zeros when none).
     clap_text: the CLAP text embedding the clips were scored against `[D]`.
-    rounds: rounds drawn (or decided from the cache).
-    candidates: candidates scored, drawn or read from the cache (with the "first" rule, the
-      accepted one's position + 1 when one passed).
+    accepted: the accepted candidate's index, -1 when none passed.
+    scores: the scores of the candidates decided, in order (`tried` of them).
+    fallback: the clip is the fallback clip.
   """
 
   has_audio: bool
@@ -243,8 +270,14 @@ class Acquired:
   rate: int
   clap_audio: np.ndarray
   clap_text: np.ndarray
-  rounds: int
-  candidates: int = 0
+  accepted: int = -1
+  scores: list[float] = dataclasses.field(default_factory=list)
+  fallback: bool = False
+
+  @property
+  def tried(self) -> int:
+    """Candidates decided: the accepted one's index + 1, or all `n` when none passed."""
+    return len(self.scores)
 
 
 class ClipCache:
@@ -296,17 +329,16 @@ def _flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:
 class RejectionSampler:
   """CLAP rejection sampling over a generator, with the clip cache.
 
-  A generator call holds `spans_per_call * candidates` clips (`spans_per_call=0`: sized to
-  the device, `auto_spans_per_call`). With the "first" rule those are the next candidates
-  of as many spans, and when fewer spans are left than clips fit, each remaining span gets
-  several consecutive candidates, so the device stays full to the end.
+  A generator call holds up to `spans_per_call * n` clips (`spans_per_call=0`: sized to the
+  device, `auto_spans_per_call`): with the "first" rule the next undecided candidate of that
+  many spans, with "best" every undecided candidate of `spans_per_call` spans. A call never
+  holds a candidate that no request needs, so a run draws exactly the candidates its setting
+  decides and no more.
   """
 
   def __init__(self, generator: AudioGenerator, clap, cache: ClipCache,
                params: GenerationParams, *, spans_per_call: int = 1,
-               keep_rejected: bool = False):
-    if params.candidates < 1 or params.max_rounds < 1:
-      raise ValueError("generation.candidates and generation.max_rounds must be >= 1")
+               keep_rejected: bool = True):
     self.generator = generator
     self.clap = clap
     self.cache = cache
@@ -316,43 +348,27 @@ class RejectionSampler:
                                                        torch.device("cpu"))))
     self.keep_rejected = keep_rejected
     self.model_fp = generator.info["fingerprint"]
-    self._writes: list[futures.Future] = []
+    self._writes: dict[str, futures.Future] = {}
     self._writer: futures.ThreadPoolExecutor | None = None
 
   @property
   def clips_per_call(self) -> int:
-    return self.spans_per_call * self.params.candidates
+    return self.spans_per_call * self.params.n
 
-  def _candidate(self, span: str, round_index: int, j: int) -> tuple[str, str, int]:
-    """(key, prompt, seed) of candidate j of round `round_index`."""
-    prompt = self.params.prompt_template.format(span=span)
-    seed = candidate_seed(self.params.base_seed, span, round_index, j)
+  def candidate(self, span: str, index: int) -> tuple[str, str, int]:
+    """(key, prompt, seed) of candidate `index` of a span."""
+    prompt = (FALLBACK_PROMPT if span == FALLBACK_SPAN else
+              self.params.prompt_template.format(span=span))
+    seed = candidate_seed(self.params.base_seed, span, index)
     return clip_key(self.model_fp, prompt, self.params, seed), prompt, seed
 
-  def _candidates(self, span: str, round_index: int) -> list[tuple[str, str, int]]:
-    """(key, prompt, seed) of each candidate of one round."""
-    return [self._candidate(span, round_index, j) for j in range(self.params.candidates)]
-
-  def _known(self, key: str) -> dict | None:
-    """The candidate's sidecar when it was scored by this CLAP model."""
+  def _known(self, key: str, score_text: str) -> dict | None:
+    """The candidate's sidecar when it was scored by this CLAP model against this text."""
     sidecar = self.cache.sidecar(key)
-    if sidecar is None or sidecar.get("clap") != self.clap.info["fingerprint"]:
+    if (sidecar is None or sidecar.get("clap") != self.clap.info["fingerprint"]
+        or sidecar.get("score_text", score_text) != score_text):
       return None
     return sidecar
-
-  def _from_cache(self, cands) -> tuple[list[float], int | None] | None:
-    """Scores of a round and its accepted candidate ("best" rule), when the cache can
-    decide it."""
-    sidecars = [self._known(key) for key, _, _ in cands]
-    if any(s is None for s in sidecars):
-      return None
-    scores = [float(s["clap_score"]) for s in sidecars]
-    best = int(np.argmax(scores))
-    if scores[best] <= self.params.tau:
-      return scores, None
-    if not sidecars[best].get("audio"):
-      return None  # the clip that would now be accepted was not kept
-    return scores, best
 
   def _mono(self, wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return audio_lib.from_array(wave, rate, target, channels_last=False)
@@ -366,157 +382,164 @@ class RejectionSampler:
     embs = self.clap.audio([self._mono(w, rate, self.clap.sampling_rate) for _, w in stored])
     return stored, embs, rate
 
-  def _put(self, cand, span: str, round_index: int, j: int, score: float, rate: int,
+  def _put(self, cand, span: str, index: int, score: float, score_text: str, rate: int,
            flac: bytes | None) -> None:
     """Writes a candidate's sidecar (and clip) in the background."""
     key, prompt, seed = cand
-    sidecar = {"key": key, "span": span, "prompt": prompt, "seed": seed,
-               "round": round_index, "candidate": j, "model": self.generator.info,
-               "params": self.params.clip_params(), "clap": self.clap.info["fingerprint"],
+    sidecar = {"key": key, "span": span, "prompt": prompt, "seed": seed, "candidate": index,
+               "model": self.generator.info, "params": self.params.clip_params(),
+               "clap": self.clap.info["fingerprint"], "score_text": score_text,
                "clap_score": float(score), "rate": rate}
-    self._writes.append(self._writer.submit(self.cache.put, key, sidecar, flac))
+    self._writes[key] = self._writer.submit(self.cache.put, key, sidecar, flac)
 
   def _cached_clip(self, key: str):
+    """(mono wave at its rate, rate, mono wave at CLAP's rate) of a stored clip, or None."""
+    if key in self._writes:
+      self._writes[key].result()  # Written in the background: wait for it.
     loaded = self.cache.audio(key)
     if loaded is None:
       return None
     wave, rate = loaded
     return self._mono(wave, rate, rate), rate, self._mono(wave, rate, self.clap.sampling_rate)
 
-  def __call__(self, spans: Sequence[str]) -> list[Acquired]:
-    """Rejection sampling for each (normalised) span."""
+  def __call__(self, spans: Sequence[str], taus: Sequence[float] | None = None,
+               ns: Sequence[int] | None = None) -> list[Acquired]:
+    """Rejection sampling for each (normalised) span, at its own `tau` and `n` (default:
+    the params')."""
     p = self.params
-    texts = self.clap.text([p.score_template.format(span=s) for s in spans])
-    self._writes = []
+    taus = [float(p.tau)] * len(spans) if taus is None else [float(t) for t in taus]
+    ns = [int(p.n)] * len(spans) if ns is None else [int(n) for n in ns]
+    if len(taus) != len(spans) or len(ns) != len(spans) or min(ns, default=1) < 1:
+      raise ValueError("one tau and one n >= 1 per span")
+    score_texts = [p.score_template.format(span=s) for s in spans]
+    distinct = sorted(set(score_texts))
+    embedded = dict(zip(distinct, self.clap.text(distinct))) if distinct else {}
+    texts = np.stack([embedded[t] for t in score_texts]) if spans else np.zeros((0, 0))
+    self._writes = {}
     with futures.ThreadPoolExecutor(1, thread_name_prefix="clip-cache") as self._writer:
-      results = (self._first(spans, texts) if p.rule == "first" else
-                 self._best(spans, texts))
+      results = self._sample(spans, taus, ns, score_texts, texts)
+      if p.fallback == "sound" and any(not r.has_audio for r in results):
+        self._use_fallback(results, texts)
     self._writer = None
-    for w in self._writes:
+    for w in self._writes.values():
       w.result()  # Raises a failed write here.
     return results
 
-  def _finish_cached(self, results, cached, texts) -> None:
-    """CLAP embeddings of clips accepted from the cache, in one batched pass."""
-    if not cached:
-      return
-    embs = self.clap.audio([clip[2] for _, _, clip, _, _, _ in cached])
-    for (i, key, clip, score, rounds, n), emb in zip(cached, embs):
-      results[i] = Acquired(True, score, key, clip[0], clip[1], emb, texts[i], rounds, n)
-
-  def _rejected(self, texts, i, best, rounds, n) -> Acquired:
-    return Acquired(False, float(best), "", None, 0, np.zeros(self.clap.dim, np.float32),
-                    texts[i], rounds, n)
-
-  def _first(self, spans: Sequence[str], texts: np.ndarray) -> list[Acquired]:
-    """The "first" rule, drawn lazily (see the module docstring)."""
-    p = self.params
-    total = p.max_rounds * p.candidates
-    pos = [0] * len(spans)  # next candidate to decide, in order
-    best = [-np.inf] * len(spans)
+  def _sample(self, spans, taus, ns, score_texts, texts) -> list[Acquired]:
+    """Decides every request from known scores, drawing only the candidates needed."""
+    rule_first = self.params.rule == "first"
+    scores: dict[str, float] = {}  # candidate key -> score, for every candidate decided
+    has_clip: dict[str, bool] = {}  # candidate key -> its clip is stored
+    absent: set[str] = set()  # candidate keys without a usable sidecar
+    drawn: dict[str, np.ndarray] = {}  # candidate key -> CLAP audio embedding, drawn here
     results: list[Acquired | None] = [None] * len(spans)
-    cached = []
-    done = [False] * len(spans)
+    accept: dict[int, tuple[int, str]] = {}  # request -> (index, key) whose clip to load
 
-    def settle(i: int) -> bool:
-      """Decides span i's candidates from the cache; True when its next one must be drawn."""
-      while pos[i] < total:
-        r, j = divmod(pos[i], p.candidates)
-        key = self._candidate(spans[i], r, j)[0]
-        sidecar = self._known(key)
+    def score_of(i: int, q: int) -> float | None:
+      key = self.candidate(spans[i], q)[0]
+      if key in absent:
+        return None
+      if key not in scores:
+        sidecar = self._known(key, score_texts[i])
         if sidecar is None:
-          return True
-        score = float(sidecar["clap_score"])
-        if score >= p.tau:
-          clip = self._cached_clip(key) if sidecar.get("audio") else None
-          if clip is None:
-            return True  # Passes, but its clip was not kept: draw it again (same seed).
-          cached.append((i, key, clip, score, r + 1, pos[i] + 1))
-          done[i] = True
-          return False
-        best[i] = max(best[i], score)
-        pos[i] += 1
-      done[i] = True
-      results[i] = self._rejected(texts, i, best[i], p.max_rounds, total)
-      return False
+          absent.add(key)
+          return None
+        scores[key] = float(sidecar["clap_score"])
+        has_clip[key] = bool(sidecar.get("audio"))
+      return scores[key]
 
-    queue = [i for i in range(len(spans)) if settle(i)]
-    while queue:
-      active = queue[:self.clips_per_call]
-      per = max(1, self.clips_per_call // len(active))
-      batch = [(i, q) for i in active for q in range(pos[i], min(total, pos[i] + per))]
-      cands = [self._candidate(spans[i], *divmod(q, p.candidates)) for i, q in batch]
-      stored, embs, rate = self._draw(cands)
-      for n, ((i, q), cand) in enumerate(zip(batch, cands)):
-        r, j = divmod(q, p.candidates)
-        score = float(embs[n] @ texts[i])
-        accept = not done[i] and score >= p.tau
-        self._put(cand, spans[i], r, j, score, rate,
-                  stored[n][0] if accept or self.keep_rejected else None)
-        if done[i]:
-          continue  # Drawn after this span's accepted candidate in the same call.
-        if accept:
-          done[i] = True
-          rate_wave = self._mono(stored[n][1], rate, rate)
-          results[i] = Acquired(True, score, cand[0], rate_wave, rate, embs[n], texts[i],
-                                r + 1, q + 1)
-        else:
-          best[i] = max(best[i], score)
-          pos[i] = q + 1
-      queue = [i for i in active if not done[i] and settle(i)] + queue[len(active):]
-    self._finish_cached(results, cached, texts)
-    return results
-
-  def _best(self, spans: Sequence[str], texts: np.ndarray) -> list[Acquired]:
-    """The "best" rule: round by round, the best candidate of a round when it passes."""
-    p = self.params
-    best_score = [-np.inf] * len(spans)
-    results: list[Acquired | None] = [None] * len(spans)
-    cached = []
-    pending = list(range(len(spans)))
-    for r in range(p.max_rounds):
-      to_generate = []
-      for i in pending:
-        cands = self._candidates(spans[i], r)
-        decided = self._from_cache(cands)
-        clip = None
-        if decided is not None and decided[1] is not None:
-          clip = self._cached_clip(cands[decided[1]][0])
-          if clip is None:
-            decided = None  # The sidecar says kept, the clip is gone: draw again.
-        if decided is None:
-          to_generate.append(i)
+    def needs(i: int) -> list[int]:
+      """Candidates request i still needs drawn ([] once it is decided)."""
+      known = []
+      for q in range(ns[i]):
+        sc = score_of(i, q)
+        if sc is None:
+          if rule_first:
+            return [q]
+          known.append(None)
           continue
-        scores, accepted = decided
-        best_score[i] = max(best_score[i], max(scores))
-        if accepted is not None:
-          cached.append((i, cands[accepted][0], clip, scores[accepted], r + 1,
-                         (r + 1) * p.candidates))
-      for lo in range(0, len(to_generate), self.spans_per_call):
-        group = to_generate[lo:lo + self.spans_per_call]
-        cands = {i: self._candidates(spans[i], r) for i in group}
-        stored, embs, rate = self._draw([c for i in group for c in cands[i]])
-        for n, i in enumerate(group):
-          sl = slice(n * p.candidates, (n + 1) * p.candidates)
-          scores = embs[sl] @ texts[i]
-          best = int(np.argmax(scores))
-          accepted = best if scores[best] > p.tau else None
-          best_score[i] = max(best_score[i], float(scores[best]))
-          for j, cand in enumerate(cands[i]):
-            keep = j == accepted or self.keep_rejected
-            self._put(cand, spans[i], r, j, float(scores[j]), rate,
-                      stored[sl][j][0] if keep else None)
-          if accepted is not None:
-            wave = stored[sl][accepted][1]
-            results[i] = Acquired(True, float(scores[accepted]), cands[i][accepted][0],
-                                  self._mono(wave, rate, rate), rate, embs[sl][accepted],
-                                  texts[i], r + 1, (r + 1) * p.candidates)
-      decided_now = {c[0] for c in cached}
-      pending = [i for i in pending if results[i] is None and i not in decided_now]
-      if not pending:
-        break
-    for i in pending:
-      results[i] = self._rejected(texts, i, best_score[i], p.max_rounds,
-                                  p.max_rounds * p.candidates)
-    self._finish_cached(results, cached, texts)
+        known.append(sc)
+        if rule_first and sc >= taus[i]:
+          break
+      missing = [q for q, sc in enumerate(known) if sc is None]
+      if missing:
+        return missing
+      passing = [q for q, sc in enumerate(known) if sc >= taus[i]]
+      if not passing:
+        results[i] = Acquired(False, max(known), "", None, 0,
+                              np.zeros(self.clap.dim, np.float32), texts[i], -1, known)
+        return []
+      q = passing[0] if rule_first else max(passing, key=lambda j: known[j])
+      key = self.candidate(spans[i], q)[0]
+      if not has_clip[key]:
+        del scores[key]  # Passes, but its clip was not kept: draw it again (same seed).
+        absent.add(key)
+        return [q]
+      accept[i] = (q, key)
+      results[i] = Acquired(True, known[q], key, None, 0, np.zeros(self.clap.dim, np.float32),
+                            texts[i], q, known[:q + 1] if rule_first else known)
+      return []
+
+    min_tau = {}
+    for span, tau in zip(spans, taus):
+      min_tau[span] = min(tau, min_tau.get(span, tau))
+    pending = [i for i in range(len(spans)) if needs(i)]
+    while pending:
+      # The next requests in turn, each with what it needs now (another request may have
+      # drawn it meanwhile), until the call is full.
+      batch: dict[str, tuple[tuple[str, str, int], int, int]] = {}
+      served, rest = [], []
+      for n_seen, i in enumerate(pending):
+        qs = needs(i)
+        if not qs:
+          continue
+        cands = [self.candidate(spans[i], q) + (q,) for q in qs]
+        new = [c for c in cands if c[0] not in batch]
+        if served and len(batch) + len(new) > self.clips_per_call:
+          rest = pending[n_seen:]
+          break
+        served.append(i)
+        for c in new:
+          batch[c[0]] = (c[:3], i, c[3])
+      keys = list(batch)
+      stored, embs, rate = self._draw([batch[k][0] for k in keys])
+      for n, key in enumerate(keys):
+        cand, i, q = batch[key]
+        score = float(embs[n] @ texts[i])
+        # Kept when some request could accept it (always, with keep_rejected).
+        keep = self.keep_rejected or score >= min_tau[spans[i]]
+        self._put(cand, spans[i], q, score, score_texts[i], rate, stored[n][0] if keep else None)
+        scores[key], has_clip[key], drawn[key] = score, keep, embs[n]
+        absent.discard(key)
+      pending = rest + [i for i in served if needs(i)]
+    loaded = {}
+    for i, (q, key) in accept.items():
+      if key not in loaded:
+        loaded[key] = self._cached_clip(key)
+        if loaded[key] is None:
+          raise RuntimeError(f"{self.cache.folder}: the clip of {key} is listed as kept but "
+                             "cannot be read")
+    from_disk = [k for k in loaded if k not in drawn]
+    if from_disk:
+      drawn.update(zip(from_disk, self.clap.audio([loaded[k][2] for k in from_disk])))
+    if loaded:
+      for i, (q, key) in accept.items():
+        r = results[i]
+        r.wave, r.rate, r.clap_audio = loaded[key][0], loaded[key][1], drawn[key]
     return results
+
+  def _use_fallback(self, results: list[Acquired], texts: np.ndarray) -> None:
+    """Gives every span without an accepted clip the fallback clip (drawn once, cached)."""
+    cand = self.candidate(FALLBACK_SPAN, 0)
+    clip = self._cached_clip(cand[0]) if self.cache.sidecar(cand[0]) else None
+    if clip is None:
+      stored, embs, rate = self._draw([cand])
+      self._put(cand, FALLBACK_SPAN, 0, float(embs[0] @ self.clap.text([FALLBACK_PROMPT])[0]),
+                FALLBACK_PROMPT, rate, stored[0][0])
+      clip = self._cached_clip(cand[0])
+    emb = self.clap.audio([clip[2]])[0]
+    for i, r in enumerate(results):
+      if not r.has_audio:
+        r.has_audio, r.fallback, r.key = True, True, cand[0]
+        r.wave, r.rate, r.clap_audio = clip[0], clip[1], emb
+        r.score = float(emb @ texts[i])

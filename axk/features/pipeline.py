@@ -52,6 +52,7 @@ from axk.utils import files
 logger = logging.getLogger(__name__)
 
 SPAN_SOURCES = ("gold", "predictions", "detector")
+SPAN_UNITS = ("span", "sentence")
 STAGES = ("all", "spans", "database", "acquire", "assemble")
 
 
@@ -100,6 +101,8 @@ def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[E
   source = config.spans.source
   if source not in SPAN_SOURCES:
     raise ValueError(f"spans.source={source!r}; expected one of {SPAN_SOURCES}")
+  if config.spans.get("unit", "span") not in SPAN_UNITS:
+    raise ValueError(f"spans.unit={config.spans.unit!r}; expected one of {SPAN_UNITS}")
   folder = os.path.join(workdir, "spans")
   gold_splits = (set(_split_list(config.spans.gold_splits, SPLITS, "spans.gold_splits"))
                  if config.spans.gold_splits and source != "gold" else set())
@@ -166,13 +169,28 @@ def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[E
       spans_lib.write_predictions(path, split_examples, found)
       result.update(found)
     files.write_json(info_path, describe)
+  if config.spans.get("unit", "span") == "sentence":
+    result, describe = sentence_spans(examples), {**describe, "unit": "sentence",
+                                                  "key": hub.digest({"spans": key,
+                                                                     "unit": "sentence"})}
   total = sum(len(s) for s in result.values())
   distinct = spans_lib.distinct(result)
   describe.update(num_spans=total, num_distinct=len(distinct))
-  logger.info("spans (%s%s): %d spans in %d examples, %d distinct", source,
-              f"; gold for {','.join(sorted(gold_splits))}" if gold_splits else "", total,
-              len(result), len(distinct))
+  logger.info("spans (%s): %d spans in %d examples, %d distinct",
+              "one per sentence" if describe.get("unit") == "sentence" else
+              source + (f"; gold for {','.join(sorted(gold_splits))}" if gold_splits else ""),
+              total, len(result), len(distinct))
   return result, describe
+
+
+def sentence_spans(examples: Mapping[str, Mapping[str, list[Example]]]
+                   ) -> dict[str, tuple[Span, ...]]:
+  """`spans.unit="sentence"` (ITH's "w/o DKI" ablation): every example gets one span, its
+  whole sentence (offsets 0..len), whatever spans were found; so one clip per sentence is
+  fused into every token of it. The generation source drops `[MASK]` from its prompt."""
+  return {e.id: (Span(0, len(e.sentence), e.sentence),)
+          for by_split in examples.values() for split_examples in by_split.values()
+          for e in split_examples}
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,8 +204,9 @@ def model_paths(config, workdir: str) -> dict[str, str]:
            "generator": config.models.generator}
   if config.models.tiny:
     from axk.features import tiny  # pylint: disable=g-import-not-at-top
-    built = tiny.build_all(os.path.join(workdir, "tiny_models"))
-    paths = {"clap": built["clap"], "ast": built["ast"], "generator": built["stable_audio"]}
+    generator = tiny.GENERATORS.get(config.generation.pipeline_class, "stable_audio")
+    built = tiny.build_all(os.path.join(workdir, "tiny_models"), generator=generator)
+    paths = {"clap": built["clap"], "ast": built["ast"], "generator": built[generator]}
   return paths
 
 

@@ -1,4 +1,4 @@
-"""Tiny random-weight CLAP, AST and Stable Audio models, saved with `save_pretrained`.
+"""Tiny random-weight CLAP, AST and generator models, saved with `save_pretrained`.
 
 The smoke config, the tests and the benchmark build these on the fly so that the whole
 feature pipeline runs offline through the same loading code as the real checkpoints
@@ -144,6 +144,64 @@ def build_stable_audio(path: str, *, seed: int = 0, sampling_rate: int = 16_000,
   return path
 
 
+def build_audioldm2(path: str, *, seed: int = 0, sampling_rate: int = 16_000) -> str:
+  """Saves a tiny `AudioLDM2Pipeline` (components sized after diffusers' own fast tests).
+
+  Its language model is a bare `GPT2Model`, as in the published `cvssp/audioldm2`
+  checkpoint. The vocoder upsamples 64x, so 0.25 s is 62 mel frames.
+  """
+  import diffusers  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(seed)
+  unet = diffusers.AudioLDM2UNet2DConditionModel(
+      block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4,
+      out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+      up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+      cross_attention_dim=([None, 16, 32], [None, 16, 32]), norm_num_groups=4,
+      attention_head_dim=2)
+  scheduler = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012,
+                                      beta_schedule="scaled_linear", clip_sample=False,
+                                      set_alpha_to_one=False)
+  vae = diffusers.AutoencoderKL(
+      block_out_channels=[8, 16], in_channels=1, out_channels=1, latent_channels=4,
+      down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+      norm_num_groups=4, layers_per_block=1)
+  tokenizer = clap_tokenizer()
+  text_config = transformers.ClapTextConfig(
+      vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_attention_heads=2,
+      num_hidden_layers=1, projection_dim=16, max_position_embeddings=80, pad_token_id=1,
+      bos_token_id=0, eos_token_id=2)
+  audio_config = transformers.ClapAudioConfig(
+      spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=32, depths=[1, 1],
+      num_attention_heads=[2, 2], hidden_size=32, projection_dim=16, patch_size=2,
+      patch_stride=2, patch_embed_input_channels=4)
+  text_encoder = transformers.ClapModel(transformers.ClapConfig(
+      text_config=text_config.to_dict(), audio_config=audio_config.to_dict(),
+      projection_dim=16))
+  tokenizer_2 = t5_tokenizer()
+  text_encoder_2 = transformers.T5EncoderModel(transformers.T5Config(
+      vocab_size=len(tokenizer_2), d_model=32, d_ff=32, d_kv=8, num_heads=2, num_layers=1,
+      relative_attention_num_buckets=8))
+  language_model = transformers.GPT2Model(transformers.GPT2Config(
+      n_embd=16, n_head=2, n_layer=1, vocab_size=100, n_ctx=99, n_positions=99))
+  language_model.config.max_new_tokens = 4
+  projection = diffusers.AudioLDM2ProjectionModel(text_encoder_dim=16, text_encoder_1_dim=32,
+                                                  langauge_model_dim=16)
+  vocoder = transformers.SpeechT5HifiGan(transformers.SpeechT5HifiGanConfig(
+      model_in_dim=8, sampling_rate=sampling_rate, upsample_initial_channel=16,
+      upsample_rates=[8, 8], upsample_kernel_sizes=[16, 16], resblock_kernel_sizes=[3],
+      resblock_dilation_sizes=[[1, 3]], normalize_before=False))
+  with torch.no_grad():  # Random weights give ~1e-7 amplitudes, silence once 16-bit: louder.
+    vocoder.conv_post.weight.mul_(3e5)
+  pipe = diffusers.AudioLDM2Pipeline(
+      vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+      projection_model=projection, language_model=language_model, tokenizer=tokenizer,
+      tokenizer_2=tokenizer_2, feature_extractor=transformers.ClapFeatureExtractor(),
+      unet=unet, scheduler=scheduler, vocoder=vocoder)
+  pipe.save_pretrained(path)
+  return path
+
+
 def build_musicgen(path: str, *, seed: int = 0, sampling_rate: int = 16_000) -> str:
   """Saves a tiny `MusicgenForConditionalGeneration` + `MusicgenProcessor` (3 codebooks)."""
   torch.manual_seed(seed)
@@ -195,9 +253,17 @@ def build_detector(path: str, *, seed: int = 0, positive_bias: float | None = No
   return path
 
 
-def build_all(root: str) -> dict[str, str]:
-  """Builds (or reuses) the tiny CLAP, AST and Stable Audio models under `root`."""
-  builders = {"clap": build_clap, "ast": build_ast, "stable_audio": build_stable_audio}
+# `generation.pipeline_class` -> the tiny generator `build_all` builds for it.
+GENERATORS = {"StableAudioPipeline": "stable_audio", "AudioLDM2Pipeline": "audioldm2",
+              "MusicgenForConditionalGeneration": "musicgen"}
+
+
+def build_all(root: str, *, generator: str = "stable_audio") -> dict[str, str]:
+  """Builds (or reuses) the tiny CLAP, AST and generator (`stable_audio`, `audioldm2` or
+  `musicgen`) under `root`."""
+  builders = {"clap": build_clap, "ast": build_ast,
+              generator: {"stable_audio": build_stable_audio, "audioldm2": build_audioldm2,
+                          "musicgen": build_musicgen}[generator]}
   paths = {}
   for name, build in builders.items():
     path = os.path.join(root, f"{name}-v{TINY_VERSION}")
