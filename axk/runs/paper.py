@@ -240,7 +240,7 @@ def setting_name(setting: tuple[str, tuple[str, ...]]) -> str:
   return "features_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def _resolve(row: Row, workdir: str) -> Any:
+def _resolve(config, row: Row, workdir: str) -> Any:
   """Runs (or reuses) the row's stages; returns its config with their outputs filled in."""
   c = row.config.copy_and_resolve_references()
   if stages.AUTO not in (c.spans.predictions, c.features.dir):
@@ -306,7 +306,7 @@ def run(config, workdir: str) -> dict:
   with compilation_cache(config, workdir):
     for i, row in enumerate(todo):
       t0 = time.time()
-      c = _resolve(row, workdir)
+      c = _resolve(config, row, workdir)
       files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
       logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
                    row_spec_of(config, row.name))
@@ -485,7 +485,8 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
     if any(_metric(res, t, s, metric) for res in results for t, s in COLUMNS):
       body, out["tables"][metric] = tables(config, rows, metric)
       lines += ["", f"# {metric}"] + body
-  notes = [r.missing for r in rows if r.missing]
+  notes = [r.missing for r in rows
+           if r.missing and not os.path.exists(os.path.join(r.workdir, "results.json"))]
   if notes:
     lines += ["", "Rows not run:", ""] + [f"- {n}" for n in notes]
   lines += ["", "Every row is a run in its own folder: " + ", ".join(
