@@ -185,6 +185,10 @@ def validate(config, workdir: str) -> list[Row]:
     raise common.ConfigError("--workdir is required.")
   if config.missing not in ("error", "skip"):
     raise common.ConfigError(f"--config.missing={config.missing}: must be error or skip.")
+  splits = sorted({s for _, s in COLUMNS})
+  if config.figure_split not in splits:
+    raise common.ConfigError(f"--config.figure_split={config.figure_split}: one of "
+                             f"{', '.join(splits)}.")
   unknown = [t for t in config.tables if t not in config.layouts]
   if unknown or not config.tables:
     raise common.ConfigError(f"--config.tables={tuple(config.tables)}: {unknown or 'empty'}; "
