@@ -152,9 +152,12 @@ def get_config(arg=None):
   # config field it is given as.
   c.clip_cache = ""
   c.clip_cache_field = CACHE_FIELD
+  # Each table's rows in the papers' order (Table 2: the full model first, the deltas' base).
   c.layouts = ml_collections.ConfigDict({t: layouts[t] for t in tables})
   needed = {r for t in tables for r in (sum(layouts[t].values(), ()) if t == "figure2"
                                          else layouts[t])}
   needed = sorted(needed, key=list(rows).index)
+  # The rows these tables need, by name (`_row`): --config.rows.<name>.variant=... redefines
+  # one.
   c.rows = ml_collections.ConfigDict({r: rows[r] for r in needed})
   return c
