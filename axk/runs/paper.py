@@ -129,7 +129,8 @@ def describe(config, name: str) -> str:
   spec = config.rows[name]
   parts = [row_spec_of(config, name)]
   parts += [f"{p}={v}" for p, v in spec.overrides]
-  parts += [f"features: {p}={v}" for p, v in spec.features]
+  if spec.features:
+    parts.append("features: " + ", ".join(f"{p}={v}" for p, v in spec.features))
   return ", ".join(parts)
 
 
