@@ -61,7 +61,7 @@ def axk_side(model, size, rows, args):
   def run() -> float:
     t0 = time.perf_counter()
     for _ in range(args.steps):
-      holder["state"], scalars = compiled(holder["state"], device_batch)
+      holder["state"], scalars = compiled(holder["state"], device_batch, trainer.rng)
     jax.block_until_ready(scalars)
     return (time.perf_counter() - t0) / args.steps
 

@@ -116,9 +116,11 @@ def check(config) -> None:
     raise ConfigError(f"--config.spans.predictions={predictions}: no such folder.")
 
 
-def prepare(config, workdir: str) -> dict[str, str]:
+def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[str, str]:
   """Runs the stages that `"auto"` asks for; returns `{"spans_predictions", "features_dir"}`
-  (the given values where no stage ran)."""
+  (the given values where no stage ran). The feature pipeline works in
+  `<workdir>/stages/<features_stage>` (runs with several feature settings keep one span
+  detector and name a folder per setting)."""
   stages = os.path.join(os.path.abspath(workdir), "stages")
   out = {"spans_predictions": config.spans.predictions, "features_dir": config.features.dir}
   # Features are built from detected spans, so "auto" features need them.
@@ -132,7 +134,7 @@ def prepare(config, workdir: str) -> dict[str, str]:
     if config.spans.predictions == AUTO:
       out["spans_predictions"] = predictions
   if config.features.dir == AUTO:
-    feat_dir = os.path.join(stages, "features")
+    feat_dir = os.path.join(stages, features_stage)
     features = os.path.join(feat_dir, config.stages.get("features_output", "features"))
     from axk.features import shards  # torch-free
     if not shards.verified(features):  # done only when every file matches its manifest

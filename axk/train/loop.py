@@ -170,9 +170,9 @@ class Trainer:
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
         self.state_sharding)
-    self.train_step = jax.jit(self._train_step, in_shardings=(self.state_sharding,
-                                                              self.batch_sharding),
-                              out_shardings=(self.state_sharding, rep), donate_argnums=0)
+    self.train_step = _Seeded(jax.jit(
+        self._train_step, in_shardings=(self.state_sharding, self.batch_sharding, rep),
+        out_shardings=(self.state_sharding, rep), donate_argnums=0), self.rng)
     self.predict_step = jax.jit(experiment.predict, in_shardings=(param_sh, self.batch_sharding),
                                 out_shardings=self.batch_sharding)
     n_train = sum(int(np.prod(flat_abstract[k].shape)) for k in self.trainable)
@@ -181,9 +181,9 @@ class Trainer:
                  n_all, n_train, len(self.trainable), dict(self.mesh.shape), self.total_steps)
 
   # -- steps -------------------------------------------------------------------------------
-  def _train_step(self, state, batch):
+  def _train_step(self, state, batch, seed_rng):
     step = state["step"]
-    rng = jax.random.fold_in(self.rng, step)
+    rng = jax.random.fold_in(seed_rng, step)
     flat = flatten(state["params"])
     train = {k: flat[k] for k in self.trainable}
 
@@ -254,6 +254,22 @@ class Trainer:
       task, split = key.split("/")
       results.setdefault(task, {})[split] = self.experiment.evaluate(key, views, outputs[key])
     return results, outputs
+
+
+class _Seeded:
+  """A jitted step called as `step(state, batch)` with the run's key as its last argument:
+  an argument, not a constant of the program, so that runs with other seeds reuse the
+  compiled program (JAX's persistent compilation cache keys on the program)."""
+
+  def __init__(self, jitted, rng):
+    self.jitted, self.rng = jitted, rng
+
+  def __call__(self, state, batch):
+    return self.jitted(state, batch, self.rng)
+
+  def lower(self, state, batch):
+    """The jitted step lowered; its compiled form takes (state, batch, rng)."""
+    return self.jitted.lower(state, batch, self.rng)
 
 
 def _concat(chunks: list[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,509 @@
+"""The papers' tables as one command: the entry of `configs/paper.py`.
+
+    run(config, workdir)
+      validate(config, workdir)   every row's config built and checked (one line on error)
+      per row not yet finished:   its stages (shared), then `masked_word.run` in <workdir>/<row>
+      write(...)                  paper_table.md, results.json, figure2.png
+
+A row is one masked-word run of `configs/ith.py` or `configs/audiobert.py` with its variant,
+run in this process through `masked_word.run`, so that rows of one model size share JAX's
+compiled programs (through the persistent compilation cache). The stages are shared: one span
+detector for every row, one feature stage per distinct feature setting (the flags its feature
+pipeline gets), and one clip cache for all of them. A row whose `results.json` exists is done
+and is read, not rerun; `paper_row.json` beside it records what it was run as, and a row whose
+definition changed since is refused rather than silently reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+
+from axk.runs import common
+from axk.runs import masked_word
+from axk.runs import stages
+from axk.utils import files
+
+COLUMNS = tuple((t, s) for t in ("animal", "pitch") for s in ("dev", "test", "wiki"))
+COLUMN_TITLES = {"animal": "animal", "pitch": "pitch"}
+ROW_RECORD = "paper_row.json"
+
+# Published accuracy (%), ITH paper Table 1, as listed in ../shared/docs/REFERENCE.md
+# ("Reported accuracy"). Keys: the rows of configs/paper.py; "llama" is a published-only row.
+# Tables 2 and 3 and Figure 2 have no published numbers there: their cells show none.
+PUBLISHED_SOURCE = "ITH paper, Table 1 (REFERENCE.md, \"Reported accuracy\")"
+PUBLISHED = {
+    "bert": (15.51, 13.46, 3.05, 59.42, 60.41, 48.06),
+    "llama": (23.10, 21.80, 16.24, 61.46, 62.55, 47.72),
+    "audiobert": (38.28, 36.63, 14.32, 73.18, 74.83, 55.31),
+    "ith": (39.36, 41.55, 19.09, 79.82, 78.96, 76.74),
+}
+PUBLISHED_ONLY = {"table1": (("LLaMA3.1-8B, no training (published only)", "llama"),)}
+TITLES = {
+    "table1": "Table 1: accuracy on AuditoryBench",
+    "table2": "Table 2: ablations of ITH (difference from the full model)",
+    "table3": "Table 3: ITH with other text-to-audio generators",
+    "figure2": "Figure 2: rejection threshold tau and tries n",
+    "audiobert": "AudioBERT: main table",
+}
+
+
+@dataclasses.dataclass
+class Row:
+  """One row: its definition (`config.rows[name]`), its masked-word config, its folder."""
+
+  name: str
+  spec: Any
+  config: Any = None  # None: the row cannot be built (`missing` says why).
+  workdir: str = ""
+  missing: str = ""
+  features_setting: tuple[str, tuple[str, ...]] | None = None  # (features config, flags)
+
+  @property
+  def done(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, "results.json"))
+
+
+def _load_config_module(path: str):
+  full = path if os.path.isabs(path) else os.path.join(stages.REPO, path)
+  if not os.path.isfile(full):
+    raise common.ConfigError(f"no config file {path}")
+  spec = importlib.util.spec_from_file_location(
+      "axk_paper_row_" + hashlib.sha1(full.encode()).hexdigest()[:8], full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _get_config(spec: str):
+  """`path[:variant]` -> its config; a variant the file does not know raises ConfigError with
+  the file's own one-line reason."""
+  path, _, variant = spec.partition(":")
+  module = _load_config_module(path)
+  try:
+    return module.get_config(variant or None)
+  except SystemExit as e:
+    raise common.ConfigError(str(e.code).removeprefix("error: ")) from None
+  except ValueError as e:
+    raise common.ConfigError(str(e)) from None
+
+
+def _set_field(config, path: str, value) -> None:
+  """`config.<path> = value` for a field that exists; ConfigError naming it otherwise."""
+  *parents, leaf = path.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise common.ConfigError(f"{path}: no such field")
+    node = node[p]
+  if not hasattr(node, "keys") or leaf not in node:
+    raise common.ConfigError(f"{path}: no such field")
+  try:
+    node[leaf] = value
+  except TypeError as e:
+    raise common.ConfigError(f"{path}={value!r}: {e}") from None
+
+
+def _flag(path: str, value) -> str:
+  return f"--config.{path}={value if isinstance(value, str) else repr(value)}"
+
+
+def row_spec_of(config, name: str) -> str:
+  spec = config.rows[name]
+  variant = ",".join(v for v in (config.base, spec.variant) if v)
+  return f"{spec.config}:{variant}" if variant else spec.config
+
+
+def describe(config, name: str) -> str:
+  """The row's config and variant, with its field and feature overrides."""
+  spec = config.rows[name]
+  parts = [row_spec_of(config, name)]
+  parts += [f"{p}={v}" for p, v in spec.overrides]
+  if spec.features:
+    parts.append("features: " + ", ".join(f"{p}={v}" for p, v in spec.features))
+  return ", ".join(parts)
+
+
+def build_row(config, name: str, workdir: str) -> Row:
+  """Row `name`: its config (the paper config's data, seeds and overrides applied), checked
+  as `masked_word.validate` checks a run, and its feature setting checked against its
+  feature config; `missing` holds the one-line reason when it cannot be built."""
+  spec = config.rows[name]
+  row = Row(name, spec, workdir=os.path.join(workdir, name))
+  where = f"row {name!r} ({spec.label}, {row_spec_of(config, name)})"
+  try:
+    c = _get_config(row_spec_of(config, name))
+    for key in ("dir", "cache_dir", "revision"):
+      c.data[key] = config.data[key]
+    c.seeds = tuple(spec.seeds) or tuple(config.seeds)
+    for path, value in tuple(config.overrides) + tuple(spec.overrides):
+      _set_field(c, path, value)
+    if c.features.dir == stages.AUTO:
+      feature_config = c.stages.features_config
+      checked = _get_config(feature_config)
+      for path, value in tuple(spec.features) + ((config.clip_cache_field, ""),):
+        _set_field(checked, path, value)
+      flags = (tuple(c.stages.features_args) + tuple(config.features_args)
+               + tuple(_flag(p, v) for p, v in spec.features))
+      row.features_setting = (feature_config, flags)
+    elif spec.features:
+      raise common.ConfigError(f"features {spec.features} given, but the row uses no "
+                               "generated features")
+    masked_word.validate(c, row.workdir)
+  except common.ConfigError as e:
+    row.missing = f"{where}: {e}"
+    return row
+  row.config = c
+  return row
+
+
+def _record(config, row: Row) -> dict:
+  """What a row was run as; a finished row is reused only when this is unchanged."""
+  return {"row": row.spec.to_dict(), "config": row_spec_of(config, row.name),
+          "seeds": list(row.config.seeds), "data": config.data.to_dict(),
+          "overrides": [list(o) for o in config.overrides],
+          "features": list(row.features_setting[1]) if row.features_setting else []}
+
+
+def _jsonable(x):
+  return json.loads(json.dumps(x, default=list))
+
+
+def validate(config, workdir: str) -> list[Row]:
+  """The rows to tabulate, each built and checked; one line for any that cannot run (with
+  `missing="error"`) before any work starts."""
+  if not workdir:
+    raise common.ConfigError("--workdir is required.")
+  if config.missing not in ("error", "skip"):
+    raise common.ConfigError(f"--config.missing={config.missing}: must be error or skip.")
+  splits = sorted({s for _, s in COLUMNS})
+  if config.figure_split not in splits:
+    raise common.ConfigError(f"--config.figure_split={config.figure_split}: one of "
+                             f"{', '.join(splits)}.")
+  unknown = [t for t in config.tables if t not in config.layouts]
+  if unknown or not config.tables:
+    raise common.ConfigError(f"--config.tables={tuple(config.tables)}: {unknown or 'empty'}; "
+                             f"known: {', '.join(config.layouts)}.")
+  names = list(dict.fromkeys(r for t in config.tables for r in layout_rows(config.layouts[t])))
+  for name in names:
+    if name not in config.rows:
+      raise common.ConfigError(f"--config.layouts: row {name!r} is not in --config.rows.")
+  only = tuple(config.only)
+  stray = [r for r in only if r not in names]
+  if stray:
+    raise common.ConfigError(f"--config.only={only}: {stray[0]!r} is no row of the tables "
+                             f"{tuple(config.tables)} (their rows: {', '.join(names)}).")
+  rows = []
+  for name in names:
+    if only and name not in only:
+      rows.append(Row(name, config.rows[name], workdir=os.path.join(workdir, name),
+                      missing=f"row {name!r}: not in --config.only"))
+      continue
+    row = build_row(config, name, workdir)
+    if row.missing and config.missing == "error":
+      raise common.ConfigError(f"{row.missing.rstrip('.')}; --config.missing=skip runs the "
+                               "other rows.")
+    if row.config is not None and row.done:
+      path = os.path.join(row.workdir, ROW_RECORD)
+      old = _read_json(path)
+      if old is not None and old != _jsonable(_record(config, row)):
+        raise common.ConfigError(
+            f"row {name!r}: {row.workdir} holds a finished run of another definition (see "
+            f"{ROW_RECORD}); remove that folder or use another workdir.")
+    rows.append(row)
+  return rows
+
+
+def layout_rows(layout) -> tuple[str, ...]:
+  """The row names of one table's layout (Figure 2's: its tau points, then its n points)."""
+  if hasattr(layout, "values"):
+    return tuple(r for part in layout.values() for r in part)
+  return tuple(layout)
+
+
+def _read_json(path: str):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def setting_name(setting: tuple[str, tuple[str, ...]]) -> str:
+  """The stage folder of a feature setting: `features_<hash>` of its config and flags."""
+  key = json.dumps([setting[0], list(setting[1])])
+  return "features_" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def _resolve(config, row: Row, workdir: str) -> Any:
+  """Runs (or reuses) the row's stages; returns its config with their outputs filled in."""
+  c = row.config.copy_and_resolve_references()
+  if stages.AUTO not in (c.spans.predictions, c.features.dir):
+    return c
+  kwargs = {}
+  if row.features_setting:
+    feature_config, flags = row.features_setting
+    cache = os.path.abspath(config.clip_cache or os.path.join(workdir, "stages", "clips"))
+    c.stages.features_config = feature_config
+    c.stages.features_args = (*flags, _flag(config.clip_cache_field, cache))
+    kwargs["features_stage"] = setting_name(row.features_setting)
+    settings = os.path.join(workdir, "stages", "feature_settings.json")
+    known = _read_json(settings) or {}
+    if kwargs["features_stage"] not in known:
+      known[kwargs["features_stage"]] = {"config": feature_config, "flags": list(flags)}
+      files.write_json(settings, known)
+  resolved = stages.prepare(c, workdir, **kwargs)
+  c.spans.predictions = resolved["spans_predictions"]
+  c.features.dir = resolved["features_dir"]
+  return c
+
+
+@contextlib.contextmanager
+def compilation_cache(config, workdir: str):
+  """JAX's persistent compilation cache for the rows (and, through the environment, for the
+  span detector's process), restored afterwards."""
+  path = config.jax_cache_dir or os.path.join(workdir, "stages", "jax_cache")
+  if path == "none":
+    yield
+    return
+  settings = {"jax_compilation_cache_dir": os.path.abspath(path),
+              "jax_persistent_cache_min_compile_time_secs": 0,
+              "jax_persistent_cache_min_entry_size_bytes": 0}
+  before = {n: getattr(jax.config, n) for n in settings}
+  env_before = {n.upper(): os.environ.get(n.upper()) for n in settings}
+  for n, v in settings.items():
+    jax.config.update(n, v)
+    os.environ[n.upper()] = str(v)
+  try:
+    yield
+  finally:
+    for n, v in before.items():
+      jax.config.update(n, v)
+    for n, v in env_before.items():
+      if v is None:
+        os.environ.pop(n, None)
+      else:
+        os.environ[n] = v
+
+
+def run(config, workdir: str) -> dict:
+  """The entry of `configs/paper.py` (see the module docstring)."""
+  rows = validate(config, workdir)
+  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  todo = [r for r in rows if r.config is not None and not r.done]
+  for r in rows:
+    if r.missing and config.missing == "skip" and "--config.only" not in r.missing:
+      logging.warning("Skipped: %s", r.missing)
+  logging.info("Rows: %d, %d finished before, %d to run: %s", len(rows),
+               sum(r.done for r in rows if r.config is not None), len(todo),
+               ", ".join(r.name for r in todo))
+  spent = []
+  with compilation_cache(config, workdir):
+    for i, row in enumerate(todo):
+      t0 = time.time()
+      c = _resolve(config, row, workdir)
+      files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
+      logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
+                   row_spec_of(config, row.name))
+      if not masked_word.run(c, row.workdir):
+        logging.warning("Row %r stopped before the end; rerun the same command to continue.",
+                        row.name)
+        return {}
+      spent.append(time.time() - t0)
+      left = len(todo) - i - 1
+      eta = sum(spent) / len(spent) * left
+      logging.info("Row %d/%d %r done in %.0f s; %d to go, about %.1f min left.", i + 1,
+                   len(todo), row.name, spent[-1], left, eta / 60)
+  return write(config, workdir, rows)
+
+
+# -- tables --------------------------------------------------------------------------------
+def _metric(results, task, split, metric):
+  """(mean, std or None) of `metric` in a row's results, None when absent."""
+  m = (results or {}).get(task, {}).get(split, {})
+  if metric not in m or m[metric] is None or (isinstance(m[metric], float)
+                                              and math.isnan(m[metric])):
+    return None
+  return float(m[metric]), m.get(metric + "_std")
+
+
+def cell(value, published=None) -> str:
+  """`mean ± std` (std when the row ran several seeds), the published number in brackets."""
+  if value is None:
+    text = "—"
+  else:
+    mean, std = value
+    text = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+  return text + (f" ({published:.2f})" if published is not None else "")
+
+
+def delta_cell(value, base) -> str:
+  if value is None or base is None:
+    return "—"
+  return f"{value[0] - base[0]:+.2f}"
+
+
+def _header(first: str) -> list[str]:
+  titles = [f"{COLUMN_TITLES[t]} {s}" for t, s in COLUMNS]
+  return [f"| {first} | " + " | ".join(titles) + " |",
+          "| --- |" + " --- |" * len(COLUMNS)]
+
+
+def _no_audio_share(row_workdir: str, task: str, split: str):
+  """% of the split's spans without audio in the features the row trained on (manifest)."""
+  cfg = _read_json(os.path.join(row_workdir, "config.json")) or {}
+  features = cfg.get("features", {}).get("dir") or ""
+  manifest = _read_json(os.path.join(features, "manifest.json")) if features else None
+  counts = ((manifest or {}).get("counts", {}).get("by_split", {}) or {}).get(
+      f"{task}/{split}")
+  if not counts or not counts.get("spans"):
+    return None
+  return 100.0 * (1 - counts["spans_with_audio"] / counts["spans"])
+
+
+def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
+  """The markdown of every table for `metric`, and the same cells as data."""
+  by_name = {r.name: r for r in rows}
+  results = {r.name: _read_json(os.path.join(r.workdir, "results.json")) for r in rows}
+  lines, data = [], {}
+  published = metric == "accuracy"
+
+  def label(name):
+    r = by_name[name]
+    return r.spec.label + ("" if results[name] else " (not run)")
+
+  for table in config.tables:
+    layout = list(config.layouts[table])
+    lines += ["", f"## {TITLES.get(table, table)}", ""]
+    data[table] = {}
+    if table == "figure2":
+      lines += _figure2_lines(config, by_name, results, metric, data[table])
+      continue
+    lines += _header("model" if table != "table3" else "generator")
+    base = None
+    for i, name in enumerate(layout):
+      values = [_metric(results[name], t, s, metric) for t, s in COLUMNS]
+      data[table][name] = {f"{t}/{s}": v and v[0] for (t, s), v in zip(COLUMNS, values)}
+      if table == "table2" and i == 0:
+        base = values
+      if table == "table2" and i > 0:
+        cells = [delta_cell(v, b) for v, b in zip(values, base)]
+      else:
+        pub = PUBLISHED.get(name) if published and table in ("table1", "audiobert") else None
+        cells = [cell(v, pub[j] if pub else None) for j, v in enumerate(values)]
+      lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
+    for title, key in PUBLISHED_ONLY.get(table, ()) if published else ():
+      lines.append(f"| {title} | " + " | ".join(f"({v:.2f})" for v in PUBLISHED[key]) + " |")
+  return lines, data
+
+
+def _figure2_lines(config, by_name, results, metric, data) -> list[str]:
+  split = config.figure_split
+  taus, tries = config.layouts.figure2.tau, config.layouts.figure2.tries
+  lines = [f"{metric} on {split} (%), and % of the {split} spans left without audio.", "",
+           "| tau | animal | animal: no audio | pitch | pitch: no audio |",
+           "| --- | --- | --- | --- | --- |"]
+  data["tau"], data["tries"] = [], []
+  for name in taus:
+    row = by_name[name]
+    point = {"row": name, "tau": row.spec.tau}
+    cells = []
+    for task in ("animal", "pitch"):
+      v = _metric(results[name], task, split, metric)
+      share = _no_audio_share(row.workdir, task, split) if results[name] else None
+      point[task], point[f"{task}_no_audio"] = v and v[0], share
+      cells += [cell(v), "—" if share is None else f"{share:.1f}"]
+    data["tau"].append(point)
+    lines.append(f"| {row.spec.tau:.1f} | " + " | ".join(cells) + " |")
+  tau = by_name[tries[0]].spec.tau if tries else ""
+  lines += ["", f"| n (pitch, tau {tau}) | pitch | pitch: no audio |", "| --- | --- | --- |"]
+  for name in tries:
+    row = by_name[name]
+    n = row.spec.tries or int(config.default_tries)
+    v = _metric(results[name], "pitch", split, metric)
+    share = _no_audio_share(row.workdir, "pitch", split) if results[name] else None
+    data["tries"].append({"row": name, "n": n, "pitch": v and v[0], "pitch_no_audio": share})
+    lines.append(f"| {n} | {cell(v)} | {'—' if share is None else f'{share:.1f}'} |")
+  return lines
+
+
+def plot_figure2(data: Mapping, path: str, metric: str, split: str) -> None:
+  """Figure 2 as a PNG: accuracy (solid) and share of spans without audio (dashed) against
+  tau per task, and against n for pitch."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  panels = ((axes[0], data["tau"], "tau", ("animal", "pitch"), "rejection threshold tau"),
+            (axes[1], data["tries"], "n", ("pitch",), "tries n (pitch)"))
+  for ax, points, x, tasks, xlabel in panels:
+    share_ax = ax.twinx()
+    for task in tasks:
+      color = {"animal": "tab:blue", "pitch": "tab:orange"}[task]
+      xs = [p[x] for p in points]
+      ax.plot(xs, [math.nan if p[task] is None else p[task] for p in points], "o-",
+              color=color, label=f"{task} {metric}")
+      share_ax.plot(xs, [math.nan if p[f"{task}_no_audio"] is None else p[f"{task}_no_audio"]
+                         for p in points], "s--", color=color, alpha=0.5,
+                    label=f"{task}: spans without audio")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} on {split} (%)")
+    share_ax.set_ylabel("spans without audio (%)")
+    share_ax.set_ylim(-5, 105)
+    handles = ax.get_legend_handles_labels()
+    more = share_ax.get_legend_handles_labels()
+    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=7, loc="best")
+  fig.tight_layout()
+  with files.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120, format="png")
+  plt.close(fig)
+
+
+def write(config, workdir: str, rows: list[Row]) -> dict:
+  """paper_table.md, results.json (and figure2.png) from the rows' results.json files."""
+  seeds = tuple(config.seeds)
+  lines = [f"# {config.name}", "",
+           f"Accuracy (%) on AuditoryBench, `{config.metric}`; mean ± std over seeds {seeds} "
+           "where a row ran several. Published numbers in parentheses: "
+           f"{PUBLISHED_SOURCE}, for BERT-base; Tables 2, 3 and Figure 2 list none there. "
+           "Text-only fine-tuned: the row the papers leave out, trained on the same train "
+           "split."]
+  if config.base:
+    lines += ["", f"Base `{config.base}`: every row on "
+              + ("tiny random models and the sample data; the numbers test the harness, not "
+                 "the methods." if config.base == "smoke" else f"the `{config.base}` weights.")]
+  body, data = tables(config, rows, config.metric)
+  lines += body
+  out = {"tables": {config.metric: data}}
+  for metric in config.extra_metrics:
+    results = [_read_json(os.path.join(r.workdir, "results.json")) for r in rows]
+    if any(_metric(res, t, s, metric) for res in results for t, s in COLUMNS):
+      body, out["tables"][metric] = tables(config, rows, metric)
+      lines += ["", f"# {metric}"] + body
+  notes = [r.missing for r in rows
+           if r.missing and not os.path.exists(os.path.join(r.workdir, "results.json"))]
+  if notes:
+    lines += ["", "Rows not run:", ""] + [f"- {n}" for n in notes]
+  lines += ["", "Every row is a run in its own folder: " + ", ".join(
+      f"`{r.name}/` ({describe(config, r.name)})" for r in rows) + "."]
+  out["rows"] = {r.name: {"label": r.spec.label, "config": describe(config, r.name),
+                          "missing": r.missing or None,
+                          "results": _read_json(os.path.join(r.workdir, "results.json"))}
+                 for r in rows}
+  files.write_text(os.path.join(workdir, "paper_table.md"), "\n".join(lines) + "\n")
+  files.write_json(os.path.join(workdir, "results.json"), out)
+  if "figure2" in config.tables:
+    plot_figure2(data["figure2"], os.path.join(workdir, "figure2.png"), config.metric,
+                 config.figure_split)
+  logging.info("Tables written to %s", os.path.join(workdir, "paper_table.md"))
+  return out
