@@ -43,7 +43,7 @@ BASES = ("smoke", "minilm")
 
 # Feature fields the Figure 2 sweeps set (configs/features.py), by name: renaming is one line.
 TAU_FIELD = "generation.tau.{task}"  # The per-task acceptance threshold.
-TRIES_FIELD = "generation.tries"  # n: candidates tried per span.
+TRIES_FIELD = "generation.n"  # n: candidates tried per span.
 CACHE_FIELD = "generation.cache_dir"  # The clip cache every feature setting shares.
 FIGURE2_TAUS = (0.0, 0.2, 0.4, 0.6, 0.8)
 FIGURE2_TRIES = (1, 2, 3, 4, 5)

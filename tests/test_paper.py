@@ -75,7 +75,7 @@ def test_variants_pick_tables_and_their_rows():
   assert [fig.rows[r].tries or fig.default_tries for r in fig.layouts.figure2.tries] == \
       [1, 2, 3, 4, 5]
   assert dict(fig.rows.pitch_n_2.features) == {"generation.tau.pitch": 0.6,
-                                               "generation.tries": 2}
+                                               "generation.n": 2}
   with pytest.raises(SystemExit, match="unknown config variant 'table9'"):
     paper_config.get_config("smoke,table9")
 
@@ -83,19 +83,20 @@ def test_variants_pick_tables_and_their_rows():
 def test_a_row_whose_variant_does_not_exist_is_one_line_before_any_work(tmp_path):
   workdir = tmp_path / "w"
   proc = subprocess.run([sys.executable, "-m", "axk.main", "--config=configs/paper.py:smoke,table2",
-                         f"--workdir={workdir}"], cwd=ROOT, capture_output=True, text=True,
+                         f"--workdir={workdir}", "--config.rows.no_gate.variant=no_such"], cwd=ROOT, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 3
   last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: row 'no_gate' (w/o FG, configs/ith.py:smoke,no_gate): ")
+  assert last.startswith("error: row 'no_gate' (w/o FG, configs/ith.py:smoke,no_such): ")
   assert "--config.missing=skip" in last
   assert not any(os.path.isdir(workdir / r) for r in ("ith", "no_gate", "stages"))
   # With missing=skip the other rows stay, the missing ones say why.
   c = paper_config.get_config("smoke,table2")
+  c.rows.no_gate.variant = "no_such"
   c.missing = "skip"
   rows = {r.name: r for r in paper.validate(c, str(tmp_path / "s"))}
   assert rows["ith"].config is not None and not rows["ith"].missing
-  assert rows["no_gate"].config is None and "unknown config variant 'no_gate'" in \
+  assert rows["no_gate"].config is None and "unknown config variant 'no_such'" in \
       rows["no_gate"].missing
   # A feature field that does not exist names the row and the field.
   c = paper_config.get_config("smoke,figure2")
