@@ -16,13 +16,19 @@ Variants (a base, then modifiers after commas):
   smoke      a tiny random BERT, the sample data, features built by configs/features.py:smoke.
   no_audio   text-only baseline: LoRA fine-tuning with no audio (gate: any span).
   no_train   the pretrained model with no training (no LoRA, no audio, epochs 0).
+  one_seed   seed 0 alone, for quick runs.
+
+Seeds: 5 by default (`seeds=(0, 1, 2, 3, 4)`, each in <workdir>/seed_<s>/); results are the
+mean and population standard deviation over them, as the papers report the mean of 5 seeds.
+`smoke`, `one_seed` and `no_train` run one seed.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train"))
+  base, mods = common.parse_variants(arg, ("minilm", "smoke"),
+                                     ("no_audio", "no_train", "one_seed"))
   c = common.masked_word_config()
   c.name = "AudioBERT"
   c.model.name = "audiobert"  # axk/models/audiobert.py
@@ -50,8 +56,11 @@ def get_config(arg=None):
     c.model.lora_gate = "span"
     c.train.trainable = ("lora/.*",)
   if "no_train" in mods:
+    c.seeds = (0,)  # Nothing is trained: one evaluation of the pretrained model.
     c.model.use_lora = False
     c.train.epochs = 0
     c.spans.predictions = ""
     c.train.trainable = (".*",)  # Nothing is trained; the optimizer just needs a subset.
+  if "one_seed" in mods:
+    c.seeds = c.seeds[:1]
   return c

@@ -19,13 +19,19 @@ Variants (a base, then modifiers after commas):
   no_audio   the text-only reference: every span marked as having no audio.
   no_train   the pretrained model with no training.
   lora       LoRA (+ audio MLP and fusion) instead of full fine-tuning.
+  one_seed   seed 0 alone, for quick runs.
+
+Seeds: 5 by default (`seeds=(0, 1, 2, 3, 4)`, each in <workdir>/<task>/seed_<s>/); results are
+the mean and population standard deviation over them, as the paper reports the mean of 5
+seeds. `smoke`, `one_seed` and `no_train` run one seed.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  base, mods = common.parse_variants(arg, ("minilm", "smoke"), ("no_audio", "no_train", "lora"))
+  base, mods = common.parse_variants(arg, ("minilm", "smoke"),
+                                     ("no_audio", "no_train", "lora", "one_seed"))
   c = common.masked_word_config()
   c.name = "Imagine to Hear"
   c.model.name = "ith"  # axk/models/ith.py
@@ -57,6 +63,9 @@ def get_config(arg=None):
   if "no_audio" in mods or "no_train" in mods:
     c.features.dir = ""  # No shards: every span has no audio, so the fusion never fires.
   if "no_train" in mods:
+    c.seeds = (0,)  # Nothing is trained: one evaluation of the pretrained model.
     c.train.epochs = 0
     c.spans.predictions = ""
+  if "one_seed" in mods:
+    c.seeds = c.seeds[:1]
   return c
