@@ -74,6 +74,8 @@ def base_config():
   c.train.eval_batch_size = 64  # Global batch of the eval step.
   c.train.learning_rate = 1e-5  # Peak learning rate.
   c.train.warmup_ratio = 0.1  # Fraction of steps with linear warm-up.
+  # After the warm-up: "cosine" (decay to 0 at the last step) or "constant" (stay at the peak).
+  c.train.schedule = "cosine"
   c.train.weight_decay = 0.01  # AdamW decoupled weight decay (not on biases, LayerNorm).
   c.train.b1 = 0.9  # AdamW beta1.
   c.train.b2 = 0.999  # AdamW beta2.

@@ -12,6 +12,7 @@ from axk.data import auditorybench as ab
 from axk.data import encode as enc
 from axk.data import types
 from axk.models import bert as bert_lib
+from axk.train import optim
 from axk.train import sharding
 
 
@@ -31,6 +32,9 @@ def check_config(config) -> None:
     raise ConfigError(f"--config.train.learning_rate={tc.learning_rate}: must be positive.")
   if not 0 <= tc.warmup_ratio < 1:
     raise ConfigError(f"--config.train.warmup_ratio={tc.warmup_ratio}: must be in [0, 1).")
+  if tc.get("schedule", "cosine") not in optim.SCHEDULES:
+    raise ConfigError(f"--config.train.schedule={tc.schedule!r}: must be one of "
+                      f"{', '.join(optim.SCHEDULES)}.")
   n = jax.process_count()
   if tc.batch_size % n or tc.eval_batch_size % n:
     raise ConfigError(f"Batch sizes ({tc.batch_size}, {tc.eval_batch_size}) must divide by the "
