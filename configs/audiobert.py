@@ -2,7 +2,9 @@ r"""AudioBERT: retrieved audio at the detected spans, LoRA switched on per examp
 
 The paper's settings: BERT-base, LoRA rank 64 / alpha 128 / dropout 0.01 on query, key and
 value, 20 epochs, batch 32, lr 3e-4, AdamW, cosine with 10% warm-up, clip 1.0; base BERT and
-its MLM head frozen; gold spans for training, detected spans for evaluation.
+its MLM head frozen. Spans: gold spans for training, as the published code (it reads the
+CSV's span columns; it also evaluates at them, where axk evaluates at the detector's spans,
+as the paper does); `--config.spans.gold_splits=` trains on detected spans instead.
 
     python -m axk.main --config=configs/audiobert.py --workdir=workdirs/audiobert \
         --config.features.dir=FEATURES   # configs/features.py:retrieval output (or "auto")
@@ -47,6 +49,8 @@ def get_config(arg=None):
   c.features.dir = "auto"
   c.stages.features_config = "configs/features.py:retrieval"
   c.spans.predictions = "auto"
+  # Gold spans for training (the published code's); the evaluation splits get detected ones.
+  c.spans.gold_splits = "train"
   common.apply_base(c, base)
   if base == "smoke":
     c.stages.features_output = "features_retrieval"  # features.py:smoke builds both sources.

@@ -168,9 +168,14 @@ def masked_word_config():
   c.train.separate_tasks = False  # One model per benchmark task, in <workdir>/<task>/.
 
   c.spans = ml_collections.ConfigDict()
-  # Without features: the span detector's predictions/ folder for evaluation splits ("": gold
-  # spans everywhere; "auto": run configs/span.py first, into <workdir>/stages/span).
+  # Without features: the span detector's predictions/ folder, for every split not in
+  # gold_splits ("": gold spans everywhere; "auto": run configs/span.py first, into
+  # <workdir>/stages/span).
   c.spans.predictions = ""
+  # Splits that keep their gold spans whatever spans.predictions says: "" (detected spans on
+  # every split, train included, as ITH's published code) or "train" (gold spans for
+  # training). The "auto" features stage builds its features the same way.
+  c.spans.gold_splits = ""
 
   c.features = ml_collections.ConfigDict()
   # Feature shards (configs/features.py output: the folder holding manifest.json); "" for

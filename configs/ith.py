@@ -3,6 +3,8 @@ r"""Imagine to Hear: generated audio for every span, fused by gated cross-attent
 The paper's settings: BERT-base fully fine-tuned, fusion on the embedding output, 8 epochs,
 batch 32, AdamW, cosine with warm-up, lr 3e-4 for animal and 4e-5 for pitch (one model per
 task). Features from configs/features.py:generation (Stable Audio Open, CLAP rejection).
+Spans: the detector's on every split, train included, as the published code
+(`--config.spans.gold_splits=train` trains on gold spans instead).
 
     python -m axk.main --config=configs/ith.py --workdir=workdirs/ith
     python -m axk.main --config=configs/ith.py:minilm,no_audio --workdir=W \

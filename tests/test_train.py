@@ -68,8 +68,14 @@ def test_smoke_run_writes_everything(smoke_run):
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert set(saved) == {"animal", "pitch", "selection", "revisions"}
   assert saved["revisions"]["data"]["revision"] and saved["revisions"]["models"]["model.init"]
-  assert {"dev", "test", "wiki"} <= set(saved["animal"])
+  assert {"dev", "test", "wiki", "train"} <= set(saved["animal"])
   assert 0 <= saved["pitch"]["dev"]["token_f1"] <= 100
+  # Every split's spans are predicted, train included: later runs train on them.
+  data = span_lib.common.load_data(smoke_config(), keep_missing_spans=True)
+  for task in ("animal", "pitch"):
+    with open(os.path.join(workdir, "predictions", f"{task}_train.jsonl")) as f:
+      ids = [json.loads(line)["id"] for line in f]
+    assert ids == [e.id for e in data[task]["train"].examples]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 

@@ -114,3 +114,16 @@ def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str
 def eval_keys(data: dict[str, dict[str, ab.SplitData]]) -> list[str]:
   """`"<task>/<split>"` of every loaded evaluation split."""
   return [f"{t}/{s}" for t, splits in data.items() for s in splits if s != "train"]
+
+
+def gold_splits(config) -> tuple[str, ...]:
+  """The splits of `config.spans.gold_splits` (a comma-separated string or a sequence) that
+  keep their gold spans whatever the span source; one line for an unknown split."""
+  value = config.spans.get("gold_splits", "")
+  items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+  items = tuple(v for v in items if v)
+  bad = [v for v in items if v not in types.SPLITS]
+  if bad:
+    raise ConfigError(f"--config.spans.gold_splits={value!r}: {bad[0]!r} is not a split "
+                      f"({', '.join(types.SPLITS)}).")
+  return items

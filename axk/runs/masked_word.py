@@ -119,6 +119,7 @@ def validate(config, workdir: str) -> None:
   seeds = tuple(config.seeds)
   if not seeds or len(set(seeds)) != len(seeds):
     raise common.ConfigError(f"--config.seeds={seeds}: must be distinct, at least one.")
+  common.gold_splits(config)
   module = model_module(config.model.name)
   bert_config = common.bert_config_of(config)
   build_model(module, config, bert_config, int(config.features.audio_dim))
@@ -160,6 +161,9 @@ class MaskedWord:
     if self.features_dir:
       from axk.features.shards import check_manifest, verify  # torch-free
       manifest = verify(self.features_dir)  # sizes always, hashes when changed
+      why = stages.gold_splits_differ(manifest, common.gold_splits(config))
+      if why:  # Given features: their spans are the ones used.
+        logging.warning("%s: %s; training uses the features' spans.", self.features_dir, why)
       dims = manifest.get("dims", {})  # The shards' dimensions win over the config's.
       self.audio_dim = int(dims.get("ast", self.audio_dim))
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
@@ -177,7 +181,8 @@ class MaskedWord:
 
     def build(examples, protocol):
       spans = inputs_lib.split_spans(examples, features=features,
-                                     predictions=inputs.spans_predictions)
+                                     predictions=inputs.spans_predictions,
+                                     gold_splits=common.gold_splits(config))
       return {p: inputs_lib.build(
           examples, spans, self.tokenizer, model_module=self.module, model=self.model,
           protocol=p, max_length=config.data.max_length, max_spans=config.data.max_spans,

@@ -5,6 +5,7 @@ of all configured tasks together. Loss and metrics ignore special and padding to
 Contiguous positive tokens form a predicted span; its text is cut from the sentence by
 character offsets. Metrics: token F1 of the positive class, and span exact-match precision,
 recall and F1 (a predicted span counts when its first and last tokens equal a gold span's).
+Predictions and metrics cover every split, train included (the spans later runs train on).
 """
 
 from __future__ import annotations
@@ -94,7 +95,11 @@ class SpanTask:
     self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
                                    protocol="single")
     self.examples, self.eval_arrays = {}, {}
-    for key in common.eval_keys(data):
+    # Evaluation splits, then train: its predicted spans are the training spans of the runs
+    # that read them (ITH's published code runs the detector on every split). Only dev
+    # evaluations run during training; train is predicted once, at the end.
+    keys = common.eval_keys(data) + [f"{t}/train" for t in data]
+    for key in keys:
       task, split = key.split("/")
       self.examples[key] = data[task][split].examples
       self.eval_arrays[key] = {
