@@ -4,14 +4,14 @@ The paper's detector: BERT-base token classifier, animal + pitch train together,
 batch 16, AdamW lr 1e-5. The paper says nothing of the schedule, weight decay or clipping;
 the published code (HJ-Ok/AudioBERT and uso7d0/ImagineToHear, `span_detector/train.py`)
 uses transformers' `AdamW(model.parameters(), lr=1e-5)` with no scheduler: a constant rate,
-no weight decay, eps 1e-6 (that class's defaults), no gradient clipping. Those are the
-defaults here. The modifier `cosine` restores axk's earlier choice (10% warm-up, cosine
-decay, weight decay 0.01, clipping at 1.0).
+no weight decay, eps 1e-6 (that class's defaults), no gradient clipping (AudioBERT's code
+clips at 1.0 only on Habana HPUs). Those are the defaults here. The modifier `cosine`
+restores axk's earlier choice (10% warm-up, cosine decay, weight decay 0.01, clipping at 1.0).
 
 Where the published code is wrong, axk is not: it computes the loss over padding and special
-tokens and scores a per-position F1 (sklearn's weighted F1 over every position of every
-padded row); axk labels special and padding tokens -100 (out of loss and metrics) and reports
-token F1 of the span class and span-level exact-match precision/recall/F1.
+tokens and scores a per-position F1 (sklearn's weighted F1 with each of the 128 padded
+positions as a label); axk labels special and padding tokens -100 (out of loss and metrics)
+and reports token F1 of the span class and span-level exact-match precision/recall/F1.
 
     python -m axk.main --config=configs/span.py --workdir=workdirs/span
     python -m axk.main --config=configs/span.py:minilm --workdir=workdirs/span_minilm
