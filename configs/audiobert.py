@@ -60,7 +60,8 @@ def get_config(arg=None):
     c.model.lora_gate = "span"
     c.train.trainable = ("lora/.*",)
   if "no_train" in mods:
-    c.seeds = (0,)  # Nothing is trained: one evaluation of the pretrained model.
+    # Nothing is trained: one evaluation of the pretrained model.
+    c.seeds = (0,)
     c.model.use_lora = False
     c.train.epochs = 0
     c.spans.predictions = ""

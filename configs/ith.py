@@ -66,7 +66,8 @@ def get_config(arg=None):
   if "no_audio" in mods or "no_train" in mods:
     c.features.dir = ""  # No shards: every span has no audio, so the fusion never fires.
   if "no_train" in mods:
-    c.seeds = (0,)  # Nothing is trained: one evaluation of the pretrained model.
+    # Nothing is trained: one evaluation of the pretrained model.
+    c.seeds = (0,)
     c.train.epochs = 0
     c.spans.predictions = ""
   if "one_seed" in mods:
