@@ -312,3 +312,16 @@ def test_predicted_span_text_is_cut_by_character_offsets():
   labels = [1, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 1]  # [CLS]/[SEP] labels never count
   assert spans_lib.spans_from_labels(sentence, offsets, labels) == (
       Span(4, 14, "dog's bark"), Span(32, 35, "mew"))
+
+
+def test_span_metrics_leave_out_rows_missing_a_gold_span():
+  # Row 1 has a gold span that is not in its sentence (kept for predictions only): its
+  # labels are incomplete, so the detector's metrics read row 0 alone.
+  fake = object.__new__(span_run.SpanTask)
+  fake.scored = {"pitch/dev": np.array([0])}
+  pred = np.array([[0, 0, 1, 1, 0, 0, 0],
+                   [0, 0, 0, 1, 1, 1, 0]])
+  m = span_run.SpanTask.evaluate(fake, "pitch/dev", {"all": _span_arrays()},
+                                 {"all": {"pred": pred}})
+  assert m["span_f1"] == pytest.approx(100.0) and m["token_f1"] == pytest.approx(100.0)
+  assert m["examples"] == 1

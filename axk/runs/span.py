@@ -94,7 +94,7 @@ class SpanTask:
     self.train_ids = [e.id for e in train]
     self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
                                    protocol="single")
-    self.examples, self.eval_arrays = {}, {}
+    self.examples, self.eval_arrays, self.scored = {}, {}, {}
     # Evaluation splits, then train: its predicted spans are the training spans of the runs
     # that read them (ITH's published code runs the detector on every split). Only dev
     # evaluations run during training; train is predicted once, at the end.
@@ -102,11 +102,13 @@ class SpanTask:
     for key in keys:
       task, split = key.split("/")
       self.examples[key] = data[task][split].examples
-      self.eval_arrays[key] = {
-          "tokens": enc.encode(data[task][split].complete(), self.tokenizer,
-                               max_length=max_length, protocol="single"),
-          "all": enc.encode(self.examples[key], self.tokenizer, max_length=max_length,
-                            protocol="single")}
+      # One encoding of every row (predictions); metrics read the rows with all their gold
+      # spans (`scored`).
+      self.eval_arrays[key] = {"all": enc.encode(self.examples[key], self.tokenizer,
+                                                 max_length=max_length, protocol="single")}
+      missing = data[task][split].missing_spans
+      self.scored[key] = np.asarray([i for i, e in enumerate(self.examples[key])
+                                     if e.id not in missing], np.int64)
 
   def init_params(self, rng):
     return bert_lib.init_params(self.module, rng)
@@ -136,7 +138,9 @@ class SpanTask:
     return {"pred": logits.argmax(-1).astype(jnp.int32)}
 
   def evaluate(self, key, views, outputs):
-    return span_metrics(outputs["tokens"]["pred"], views["tokens"])
+    rows = self.scored[key]
+    return span_metrics(outputs["all"]["pred"][rows],
+                        {k: views["all"][k][rows] for k in ("span_labels", "span_ids")})
 
   def predicted_spans(self, key: str, pred: np.ndarray) -> list[list[types.Span]]:
     """Spans predicted for every row of `self.examples[key]` (the "all" view)."""
