@@ -88,9 +88,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.spans.source = "gold"  # gold | predictions | detector
   c.spans.predictions = ""  # JSON-lines file ({task}/{split} filled in) or folder
   c.spans.detector = ""  # exported HF BertForTokenClassification dir (or hub id)
-  # Splits that keep their gold spans whatever the source (the paper trains on gold spans;
-  # the detector writes predictions for the evaluation splits only). "" for none.
-  c.spans.gold_splits = "train"
+  # Splits that keep their gold spans whatever the source, e.g. "train" ("": none, every
+  # split from the source, as ITH's published code runs the detector on train too).
+  c.spans.gold_splits = ""
   # "span": the spans found; "sentence": one span per example covering its whole sentence
   # (ITH's "w/o DKI" ablation, the :sentence_audio modifier), whatever the source found.
   c.spans.unit = "span"

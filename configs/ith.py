@@ -3,6 +3,8 @@ r"""Imagine to Hear: generated audio for every span, fused by gated cross-attent
 The paper's settings: BERT-base fully fine-tuned, fusion on the embedding output, 8 epochs,
 batch 32, AdamW, cosine with warm-up, lr 3e-4 for animal and 4e-5 for pitch (one model per
 task). Features from configs/features.py:generation (Stable Audio Open, CLAP rejection).
+Spans: the detector's on every split, train included, as the published code
+(`--config.spans.gold_splits=train` trains on gold spans instead).
 
     python -m axk.main --config=configs/ith.py --workdir=workdirs/ith
     python -m axk.main --config=configs/ith.py:minilm,no_audio --workdir=W \
@@ -24,6 +26,12 @@ Variants (a base, then modifiers after commas):
              features from configs/features.py:generation,<modifier> (smoke,<modifier> under
              :smoke): the paper's "w/o rejection" (the first clip drawn), "w/o DKI" (one clip
              per sentence, fused into all of its tokens) and its other generators.
+  one_seed   seed 0 alone, for quick runs.
+
+Seeds: 5 by default (`seeds=(0, 1, 2, 3, 4)`, each in <workdir>/<task>/seed_<s>/); results are
+the mean and population standard deviation over them, as the paper reports the mean of 5
+seeds. `one_seed` and `no_train` run one seed, and so does `smoke`, to keep the test suite
+fast.
 """
 
 from configs import common
@@ -34,7 +42,7 @@ FEATURE_MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
 
 def get_config(arg=None):
   base, mods = common.parse_variants(arg, ("minilm", "smoke"),
-                                     ("no_audio", "no_train", "lora", "no_gate",
+                                     ("no_audio", "no_train", "lora", "no_gate", "one_seed",
                                       *FEATURE_MODIFIERS))
   c = common.masked_word_config()
   c.name = "Imagine to Hear"
@@ -82,6 +90,10 @@ def get_config(arg=None):
   if "no_audio" in mods or "no_train" in mods:
     c.features.dir = ""  # No shards: every span has no audio, so the fusion never fires.
   if "no_train" in mods:
+    # Nothing is trained: one evaluation of the pretrained model.
+    c.seeds = (0,)
     c.train.epochs = 0
     c.spans.predictions = ""
+  if "one_seed" in mods:
+    c.seeds = c.seeds[:1]
   return c

@@ -162,7 +162,7 @@ def test_predictions_file(tmp_path):
 def test_spans_stage_predictions_with_gold_train(models, audio_db, tmp_path):
   config = _config(models, audio_db, stage="spans", **{
       "data.splits": ("train", "dev"), "spans.source": "predictions",
-      "spans.predictions": str(tmp_path / "predictions")})
+      "spans.predictions": str(tmp_path / "predictions"), "spans.gold_splits": "train"})
   examples, _ = pipeline.load_data(config)
   dev = examples["pitch"]["dev"]
   predicted = {e.id: (Span(0, 3, e.sentence[:3]),) for e in dev}

@@ -121,3 +121,63 @@ def test_bad_method_fields_stop_the_main_command_before_any_stage(tmp_path, conf
   assert "Traceback" not in proc.stderr
   assert not (workdir / "stages").exists()  # no stage ran
   assert time.time() - start < 60
+
+
+def test_train_spans_come_from_the_detector_unless_kept_gold(tmp_path):
+  from axk.data import auditorybench as ab
+  from axk.data import spans as spans_lib
+  from axk.data.types import Span
+  from axk.runs import inputs as inputs_lib
+  train = ab.load_task(ab.sample_data_dir(), "pitch", ("train",))["train"].examples[:3]
+  predicted = {e.id: (Span(0, 3, e.sentence[:3]),) for e in train}
+  spans_lib.write_predictions(str(tmp_path / "pitch_train.jsonl"), train, predicted)
+  detected = [[{"start": 0, "end": 3, "text": e.sentence[:3]}] for e in train]
+  gold = [[{"start": s.start, "end": s.end, "text": s.text} for s in e.spans] for e in train]
+  assert gold != detected
+  assert inputs_lib.split_spans(train, predictions=str(tmp_path)) == detected
+  assert inputs_lib.split_spans(train, predictions=str(tmp_path),
+                                gold_splits=("train",)) == gold
+  assert inputs_lib.split_spans(train) == gold  # no predictions: gold everywhere
+
+
+def test_span_defaults_detector_spans_for_ith_gold_train_spans_for_audiobert(tmp_path):
+  assert common.gold_splits(ith_config.get_config()) == ()
+  assert common.gold_splits(audiobert_config.get_config()) == ("train",)
+  from configs import features as features_config
+  assert features_config.get_config("generation").spans.gold_splits == ""
+  config = _text_only(ith_config.get_config("smoke"))
+  config.spans.gold_splits = "train,tset"
+  with pytest.raises(common.ConfigError, match=r"gold_splits='train,tset': 'tset' is not"):
+    masked_word.validate(config, str(tmp_path))
+
+
+def test_stages_pass_gold_splits_and_rebuild_features_built_with_others(tmp_path,
+                                                                        monkeypatch):
+  """The features stage gets the run's spans.gold_splits; features it built with other gold
+  splits are rebuilt; a detector run without train predictions runs again (to predict)."""
+  from axk.features import shards
+  from axk.runs import stages
+  span_dir = tmp_path / "stages" / "span"
+  (span_dir / "predictions").mkdir(parents=True)
+  (span_dir / "results.json").write_text("{}")
+  features = tmp_path / "stages" / "features" / "features"
+  features.mkdir(parents=True)
+  (features / "manifest.json").write_text(json.dumps(
+      {"spans": {"source": "predictions", "gold_splits": []}}))
+  monkeypatch.setattr(shards, "verified", lambda path: True)
+  ran = []
+  monkeypatch.setattr(stages, "_run", lambda command, what, folder: ran.append((what, command)))
+
+  def prepare(gold):
+    ran.clear()
+    config = ith_config.get_config("smoke")
+    config.spans.gold_splits = gold
+    stages.prepare(config, str(tmp_path))
+    return ran
+
+  assert [what for what, _ in prepare("")] == ["span detector"]  # no *_train.jsonl yet
+  (span_dir / "predictions" / "pitch_train.jsonl").write_text("")
+  assert prepare("") == []  # both stages done, as asked
+  (what, command), = prepare("train")
+  assert what == "features" and "--config.spans.gold_splits=train" in command
+  assert "--config.spans.source=predictions" in command

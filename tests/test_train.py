@@ -68,8 +68,14 @@ def test_smoke_run_writes_everything(smoke_run):
   saved = json.load(open(os.path.join(workdir, "results.json")))
   assert set(saved) == {"animal", "pitch", "selection", "revisions"}
   assert saved["revisions"]["data"]["revision"] and saved["revisions"]["models"]["model.init"]
-  assert {"dev", "test", "wiki"} <= set(saved["animal"])
+  assert {"dev", "test", "wiki", "train"} <= set(saved["animal"])
   assert 0 <= saved["pitch"]["dev"]["token_f1"] <= 100
+  # Every split's spans are predicted, train included: later runs train on them.
+  data = span_lib.common.load_data(smoke_config(), keep_missing_spans=True)
+  for task in ("animal", "pitch"):
+    with open(os.path.join(workdir, "predictions", f"{task}_train.jsonl")) as f:
+      ids = [json.loads(line)["id"] for line in f]
+    assert ids == [e.id for e in data[task]["train"].examples]
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
@@ -291,3 +297,47 @@ def test_the_best_dev_step_is_selected_and_its_parameters_used(tmp_path):
                                   err_msg=k)
   md = open(os.path.join(workdir, "results.md")).read()
   assert "Parameters from step 8 of 19 (best on mean/dev/token_f1 = 70)" in md
+
+
+def test_schedules_against_hand_computed_rates():
+  """100 steps at peak 1e-3. Cosine with 10% warm-up: 0 at step 0, 5e-4 at step 5, the peak
+  at 10, then 1e-3 * (1 + cos(pi * (t - 10) / 90)) / 2. Constant: the peak from step 0, or
+  after the same linear warm-up."""
+  from axk.train import optim
+  config = span_config.get_config("smoke").train
+  config.update(learning_rate=1e-3, warmup_ratio=0.1, schedule="cosine")
+  lr = optim.schedule(config, 100)
+  for step, want in ((0, 0.0), (5, 5e-4), (10, 1e-3), (55, 5e-4), (100, 0.0),
+                     (40, 1e-3 * (1 + np.cos(np.pi / 3)) / 2)):
+    assert float(lr(step)) == pytest.approx(want, abs=1e-9), step
+  config.update(schedule="constant")
+  lr = optim.schedule(config, 100)
+  assert [float(lr(s)) for s in (0, 5, 10, 99)] == pytest.approx([0.0, 5e-4, 1e-3, 1e-3])
+  config.update(warmup_ratio=0.0)
+  lr = optim.schedule(config, 100)
+  assert [float(lr(s)) for s in (0, 50, 99)] == pytest.approx([1e-3] * 3)
+
+
+def test_span_detector_optimizer_is_the_published_one():
+  """transformers' AdamW(lr=1e-5) with no scheduler and no clipping: one step from a zero
+  gradient leaves a weight unchanged (no decay); a gradient of 1e6 on one weight moves it by
+  lr * g / (|g| + eps) = 1e-5, and the rate is 1e-5 at every step. The `cosine` modifier decays weights: w * (1 - lr(1) * 0.01) after step 1."""
+  import jax.numpy as jnp
+  from axk.train import optim
+  c = span_config.get_config()
+  assert (c.train.schedule, c.train.warmup_ratio, c.train.weight_decay, c.train.clip_norm,
+          c.train.eps, c.train.learning_rate) == ("constant", 0.0, 0.0, 0.0, 1e-6, 1e-5)
+  tx, lr = optim.make(c.train, 10)
+  assert [float(lr(s)) for s in (0, 9)] == pytest.approx([1e-5, 1e-5])
+  params = {"w/kernel": jnp.array([2.0, 3.0])}
+  updates, _ = tx.update({"w/kernel": jnp.array([0.0, 1e6])}, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates["w/kernel"]), [0.0, -1e-5], rtol=1e-5)
+  cosine = span_config.get_config("cosine").train
+  assert (cosine.schedule, cosine.weight_decay, cosine.clip_norm) == ("cosine", 0.01, 1.0)
+  tx, lr = optim.make(cosine, 10)
+  state = tx.init(params)
+  zero = {"w/kernel": jnp.zeros(2)}
+  _, state = tx.update(zero, state, params)  # step 0: the warm-up's rate is 0
+  updates, _ = tx.update(zero, state, params)
+  np.testing.assert_allclose(np.asarray(updates["w/kernel"]),
+                             -float(lr(1)) * 0.01 * np.array([2.0, 3.0]), rtol=1e-5)

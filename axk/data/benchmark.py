@@ -16,6 +16,10 @@ Protocols, per task and split:
     input with as many masks as it has pieces, and is scored by the sum of its pieces'
     log-probabilities; the best-scoring option is the prediction.
   * `majority`: accuracy of always giving the split's most frequent answer.
+  * `*_unseen`: the same accuracies over the rows whose sentence does not occur in the task's
+    train split (`unseen_in_train`; sentences compared after `auditorybench.normalise`:
+    lower-cased, whitespace collapsed); about a quarter of the animal dev and test sentences
+    are template sentences that train holds too, and a text-only model can learn those.
 """
 
 from __future__ import annotations
@@ -186,3 +190,14 @@ def majority_baseline(examples: Sequence[Example]) -> float:
     return float("nan")
   _, counts = np.unique(answers, return_counts=True)
   return 100.0 * counts.max() / len(answers)
+
+# How results files describe the `*_unseen` metrics.
+UNSEEN_NOTE = ("*_unseen: over the examples_unseen rows whose sentence (lower-cased, "
+               "whitespace collapsed) does not occur in the task's train split.")
+
+
+def unseen_in_train(examples: Sequence[Example], train: Sequence[Example]) -> list[bool]:
+  """Per example: True when its sentence (normalised by `auditorybench.normalise`: lower-case,
+  whitespace collapsed) occurs in none of the `train` examples."""
+  seen = {ab.normalise(e.sentence) for e in train}
+  return [ab.normalise(e.sentence) not in seen for e in examples]

@@ -30,7 +30,7 @@ PIPELINE_TAGS = {"audiobert": "fill-mask", "ith": "fill-mask", "span": "token-cl
 TITLES = {"audiobert": "AudioBERT", "ith": "Imagine to Hear (ITH)",
           "span": "AuditoryBench span detector"}
 # Numbers of a split that describe the data or a baseline, not the model.
-NOT_MODEL_METRICS = ("examples", "majority", "with_audio")
+NOT_MODEL_METRICS = ("examples", "examples_unseen", "majority", "with_audio")
 # Licences of base models axk's configs name (from their hub pages); others read the base
 # model's own card, else the config's `export.license`, else "other".
 KNOWN_LICENSES = {

@@ -12,6 +12,7 @@ from axk.data import auditorybench as ab
 from axk.data import encode as enc
 from axk.data import types
 from axk.models import bert as bert_lib
+from axk.train import optim
 from axk.train import sharding
 
 
@@ -31,6 +32,9 @@ def check_config(config) -> None:
     raise ConfigError(f"--config.train.learning_rate={tc.learning_rate}: must be positive.")
   if not 0 <= tc.warmup_ratio < 1:
     raise ConfigError(f"--config.train.warmup_ratio={tc.warmup_ratio}: must be in [0, 1).")
+  if tc.get("schedule", "cosine") not in optim.SCHEDULES:
+    raise ConfigError(f"--config.train.schedule={tc.schedule!r}: must be one of "
+                      f"{', '.join(optim.SCHEDULES)}.")
   n = jax.process_count()
   if tc.batch_size % n or tc.eval_batch_size % n:
     raise ConfigError(f"Batch sizes ({tc.batch_size}, {tc.eval_batch_size}) must divide by the "
@@ -110,3 +114,16 @@ def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str
 def eval_keys(data: dict[str, dict[str, ab.SplitData]]) -> list[str]:
   """`"<task>/<split>"` of every loaded evaluation split."""
   return [f"{t}/{s}" for t, splits in data.items() for s in splits if s != "train"]
+
+
+def gold_splits(config) -> tuple[str, ...]:
+  """The splits of `config.spans.gold_splits` (a comma-separated string or a sequence) that
+  keep their gold spans whatever the span source; one line for an unknown split."""
+  value = config.spans.get("gold_splits", "")
+  items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+  items = tuple(v for v in items if v)
+  bad = [v for v in items if v not in types.SPLITS]
+  if bad:
+    raise ConfigError(f"--config.spans.gold_splits={value!r}: {bad[0]!r} is not a split "
+                      f"({', '.join(types.SPLITS)}).")
+  return items

@@ -6,7 +6,8 @@ Training, evaluation and single-sentence prediction all go through `build`:
     arrays = build(examples, spans, tokenizer, model_module, protocol="paper", ...)
 
 Span sources, in order: feature shards (`FeatureSpans`: the spans the features were built
-for, each with its audio), a span detector's predictions (evaluation splits), the gold spans.
+for, each with its audio), a span detector's predictions (every split not kept gold), the
+gold spans.
 A span dict has `start`, `end`, `text` and, from features, `has_audio`, `ast_pooled` (one
 vector) and `ast_tokens` (a token sequence).
 """
@@ -55,22 +56,24 @@ def _plain(spans) -> list[dict]:
 
 
 def split_spans(examples: Sequence[types.Example], *, features: FeatureSpans | None = None,
-                predictions: str = "") -> list[list[dict]]:
+                predictions: str = "", gold_splits: Sequence[str] = ()) -> list[list[dict]]:
   """Per example (in order), its span dicts.
 
   Args:
     examples: the examples of one task and split.
-    features: the feature shards' spans, if the model reads audio features.
+    features: the feature shards' spans, if the model reads audio features (they were built
+      from the spans their manifest names).
     predictions: without features, the span detector's `predictions/` folder (or a
-      `{task}`/`{split}` pattern) for evaluation splits; "" for gold spans. Training rows
-      keep their gold spans.
+      `{task}`/`{split}` pattern); "" for gold spans.
+    gold_splits: splits that keep their gold spans even with `predictions`
+      (`config.spans.gold_splits`, e.g. ("train",)).
   """
   if not examples:
     return []
   if features is not None:
     return [features(e) for e in examples]
   task, split = examples[0].task, examples[0].split
-  if split == "train" or not predictions:
+  if split in gold_splits or not predictions:
     return [_plain(e.spans) for e in examples]
   path = spans_lib.predictions_path(predictions, task, split)
   if not os.path.exists(path):

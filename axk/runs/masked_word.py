@@ -124,6 +124,7 @@ def validate(config, workdir: str) -> None:
   seeds = tuple(config.seeds)
   if not seeds or len(set(seeds)) != len(seeds):
     raise common.ConfigError(f"--config.seeds={seeds}: must be distinct, at least one.")
+  common.gold_splits(config)
   module = model_module(config.model.name)
   bert_config = common.bert_config_of(config)
   build_model(module, config, bert_config, int(config.features.audio_dim))
@@ -165,6 +166,9 @@ class MaskedWord:
     if self.features_dir:
       from axk.features.shards import check_manifest, verify  # torch-free
       manifest = verify(self.features_dir)  # sizes always, hashes when changed
+      why = stages.gold_splits_differ(manifest, common.gold_splits(config))
+      if why:  # Given features: their spans are the ones used.
+        logging.warning("%s: %s; training uses the features' spans.", self.features_dir, why)
       dims = manifest.get("dims", {})  # The shards' dimensions win over the config's.
       self.audio_dim = int(dims.get("ast", self.audio_dim))
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
@@ -182,7 +186,8 @@ class MaskedWord:
 
     def build(examples, protocol):
       spans = inputs_lib.split_spans(examples, features=features,
-                                     predictions=inputs.spans_predictions)
+                                     predictions=inputs.spans_predictions,
+                                     gold_splits=common.gold_splits(config))
       return {p: inputs_lib.build(
           examples, spans, self.tokenizer, model_module=self.module, model=self.model,
           protocol=p, max_length=config.data.max_length, max_spans=config.data.max_spans,
@@ -197,6 +202,8 @@ class MaskedWord:
       self.examples[key] = data[task][split].examples
       self.eval_arrays[key] = build(self.examples[key], ("paper", "candidates"))
     self.majority = {key: benchmark.majority_baseline(ex) for key, ex in self.examples.items()}
+    self.unseen = {key: benchmark.unseen_in_train(ex, data[key.split("/")[0]]["train"].examples)
+                   for key, ex in self.examples.items()}
 
   # -- the loop's interface --------------------------------------------------------------------
   def apply(self, params, batch, *, deterministic, rngs=None):
@@ -278,19 +285,18 @@ class MaskedWord:
   def evaluate(self, key, views, outputs):
     answers = self.answers(key, views, outputs)
     with_audio = float(views["paper"]["span_has_audio"].any(axis=1).mean())
-    candidates = [a["correct_candidate"] for a in answers if a["correct_candidate"] is not None]
-    return {"accuracy": 100 * float(np.mean([a["correct"] for a in answers])),
-            "accuracy_candidates": (100 * float(np.mean(candidates)) if candidates
-                                    else float("nan")),
-            "majority": self.majority[key], "examples": len(answers),
-            "with_audio": 100 * with_audio}
+    unseen = [a for a, u in zip(answers, self.unseen[key]) if u]
+    return {**_accuracies(answers), "majority": self.majority[key], "examples": len(answers),
+            **{f"{m}_unseen": v for m, v in _accuracies(unseen).items()},
+            "examples_unseen": len(unseen), "with_audio": 100 * with_audio}
 
   def finish(self, params, workdir, outputs):
     notes = ["accuracy: the paper protocol; for animal it repeats [MASK] to the gold answer's "
              "length, so the input leaks that length. accuracy_candidates: leak-free "
              "(each option scored by the log-probability of its word pieces).",
              "majority: always answering the split's most frequent answer. with_audio: % of "
-             "examples with at least one span with audio."]
+             "examples with at least one span with audio.",
+             benchmark.UNSEEN_NOTE]
     if jax.process_index() == 0:
       for key, out in outputs.items():
         answers = self.answers(key, self.eval_arrays[key], out)
@@ -304,8 +310,24 @@ class MaskedWord:
     return notes
 
 
+def _accuracies(answers: Sequence[Mapping]) -> dict[str, float]:
+  """`accuracy` (paper protocol) and `accuracy_candidates` (%) of per-example answers (NaN
+  without any; examples without options do not count for the candidates)."""
+  paper = [a["correct"] for a in answers]
+  candidates = [a["correct_candidate"] for a in answers if a["correct_candidate"] is not None]
+  return {"accuracy": 100 * float(np.mean(paper)) if paper else float("nan"),
+          "accuracy_candidates": 100 * float(np.mean(candidates)) if candidates
+                                 else float("nan")}
+
+
 # -- runs ------------------------------------------------------------------------------------
+# Metrics that are counts or properties of the data: the same for every seed, no `_std`.
+_SEED_CONSTANT = ("examples", "examples_unseen", "majority")
+
+
 def _merge_seeds(runs: Sequence[Mapping]) -> dict:
+  """Per task, split and metric: the mean over seeds and, for the model's metrics, the
+  population standard deviation (`<metric>_std`, numpy's default `ddof=0`)."""
   merged = {}
   for task, splits in runs[0].items():
     for split, metrics in splits.items():
@@ -313,7 +335,7 @@ def _merge_seeds(runs: Sequence[Mapping]) -> dict:
       for m in metrics:
         values = [r[task][split][m] for r in runs]
         out[m] = float(np.mean(values))
-        if m not in ("examples", "majority"):
+        if m not in _SEED_CONSTANT:
           out[m + "_std"] = float(np.std(values))
   return merged
 
@@ -354,7 +376,9 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
       provenance.REVISIONS_KEY: provenance.collect(config, (record or {}).get("resolved"))})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
       f"{config.get('name') or 'run'}: mean over seeds {seeds}", merged,
-      [f"Per-seed runs in seed_<s>/; *_std is the standard deviation over {len(seeds)} seeds."]))
+      [f"Per-seed runs in seed_<s>/; *_std is the population standard deviation (ddof=0) "
+       f"over {len(seeds)} seeds.",
+       benchmark.UNSEEN_NOTE]))
   return merged
 
 

@@ -5,6 +5,7 @@ of all configured tasks together. Loss and metrics ignore special and padding to
 Contiguous positive tokens form a predicted span; its text is cut from the sentence by
 character offsets. Metrics: token F1 of the positive class, and span exact-match precision,
 recall and F1 (a predicted span counts when its first and last tokens equal a gold span's).
+Predictions and metrics cover every split, train included (the spans later runs train on).
 """
 
 from __future__ import annotations
@@ -93,15 +94,21 @@ class SpanTask:
     self.train_ids = [e.id for e in train]
     self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
                                    protocol="single")
-    self.examples, self.eval_arrays = {}, {}
-    for key in common.eval_keys(data):
+    self.examples, self.eval_arrays, self.scored = {}, {}, {}
+    # Evaluation splits, then train: its predicted spans are the training spans of the runs
+    # that read them (ITH's published code runs the detector on every split). Only dev
+    # evaluations run during training; train is predicted once, at the end.
+    keys = common.eval_keys(data) + [f"{t}/train" for t in data]
+    for key in keys:
       task, split = key.split("/")
       self.examples[key] = data[task][split].examples
-      self.eval_arrays[key] = {
-          "tokens": enc.encode(data[task][split].complete(), self.tokenizer,
-                               max_length=max_length, protocol="single"),
-          "all": enc.encode(self.examples[key], self.tokenizer, max_length=max_length,
-                            protocol="single")}
+      # One encoding of every row (predictions); metrics read the rows with all their gold
+      # spans (`scored`).
+      self.eval_arrays[key] = {"all": enc.encode(self.examples[key], self.tokenizer,
+                                                 max_length=max_length, protocol="single")}
+      missing = data[task][split].missing_spans
+      self.scored[key] = np.asarray([i for i, e in enumerate(self.examples[key])
+                                     if e.id not in missing], np.int64)
 
   def init_params(self, rng):
     return bert_lib.init_params(self.module, rng)
@@ -131,7 +138,9 @@ class SpanTask:
     return {"pred": logits.argmax(-1).astype(jnp.int32)}
 
   def evaluate(self, key, views, outputs):
-    return span_metrics(outputs["tokens"]["pred"], views["tokens"])
+    rows = self.scored[key]
+    return span_metrics(outputs["all"]["pred"][rows],
+                        {k: views["all"][k][rows] for k in ("span_labels", "span_ids")})
 
   def predicted_spans(self, key: str, pred: np.ndarray) -> list[list[types.Span]]:
     """Spans predicted for every row of `self.examples[key]` (the "all" view)."""

@@ -2,8 +2,9 @@
 
 `--config.spans.predictions=auto` and `--config.features.dir=auto` mean "produce them here":
 the span detector trains into `<workdir>/stages/span` (its predictions/ are the detected
-spans), and the feature pipeline writes `<workdir>/stages/features` from detected spans (see
-the features config for which splits keep gold spans). A stage whose outputs exist is reused.
+spans of every split, train included), and the feature pipeline writes
+`<workdir>/stages/features` from detected spans (the run's `spans.gold_splits` names the
+splits that keep gold spans). A stage whose outputs exist is reused.
 Each stage is its own `python -m axk.main` process, so the training process never imports
 torch (the feature pipeline's). Both stages receive the run's `data` fields.
 
@@ -13,6 +14,8 @@ torch (the feature pipeline's). Both stages receive the run's `data` fields.
 from __future__ import annotations
 
 import ctypes
+import glob
+import json
 import logging
 import os
 import signal
@@ -22,6 +25,7 @@ import sys
 import jax
 
 import axk
+from axk.runs import common
 from axk.runs.common import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(axk.__file__)))
@@ -116,6 +120,27 @@ def check(config) -> None:
     raise ConfigError(f"--config.spans.predictions={predictions}: no such folder.")
 
 
+def gold_splits_differ(manifest, gold: tuple[str, ...]) -> str:
+  """Why features built from a detector's predictions (`manifest`) do not keep gold spans on
+  exactly the splits `gold`; "" when they do, or when their spans came from elsewhere."""
+  spans = manifest.get("spans", {})
+  have = sorted(spans.get("gold_splits", []))
+  if spans.get("source") != "predictions" or have == sorted(gold):
+    return ""
+  return (f"the features keep gold spans for {','.join(have) or 'no split'}, "
+          f"--config.spans.gold_splits asks for {','.join(gold) or 'no split'}")
+
+
+def _same_gold_splits(features: str, gold: tuple[str, ...]) -> bool:
+  """Whether the stage's features kept gold spans where the run asks; if not, the stage runs
+  again (its caches keep what is still valid)."""
+  with open(os.path.join(features, "manifest.json"), encoding="utf-8") as f:
+    why = gold_splits_differ(json.load(f), gold)
+  if why:
+    logging.warning("%s: %s; the features are built again", features, why)
+  return not why
+
+
 def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[str, str]:
   """Runs the stages that `"auto"` asks for; returns `{"spans_predictions", "features_dir"}`
   (the given values where no stage ran). The feature pipeline works in
@@ -126,7 +151,11 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   # Features are built from detected spans, so "auto" features need them.
   if AUTO in (config.spans.predictions, config.features.dir):
     span_dir = os.path.join(stages, "span")
-    if not os.path.exists(os.path.join(span_dir, "results.json")):
+    # A detector run from before train predictions existed reruns: it resumes at its last
+    # step and only predicts.
+    no_train = "train" not in common.gold_splits(config) and not glob.glob(
+        os.path.join(span_dir, "predictions", "*_train.jsonl"))
+    if not os.path.exists(os.path.join(span_dir, "results.json")) or no_train:
       _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
             f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir)
       _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
@@ -137,8 +166,11 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
     feat_dir = os.path.join(stages, features_stage)
     features = os.path.join(feat_dir, config.stages.get("features_output", "features"))
     from axk.features import shards  # torch-free
-    if not shards.verified(features):  # done only when every file matches its manifest
-      spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}"]
+    gold = common.gold_splits(config)
+    # Done only when every file matches its manifest and its spans are the ones asked for.
+    if not shards.verified(features) or not _same_gold_splits(features, gold):
+      spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
+               f"--config.spans.gold_splits={','.join(gold)}"]
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
             *_data_overrides(config), *spans, *config.stages.get("features_args", ())],

@@ -1,4 +1,5 @@
-"""AdamW with warm-up + cosine, gradient clipping, and freezing by parameter path.
+"""AdamW with warm-up + cosine (or constant), gradient clipping, and freezing by parameter
+path.
 
 Freezing is a selection of parameter paths (regular expressions in the config), not a copy
 of the model: the train step differentiates only the selected leaves, so frozen weights get
@@ -26,9 +27,23 @@ def trainable_paths(flat_params: Mapping[str, object], patterns: Sequence[str],
   return sorted(out)
 
 
+SCHEDULES = ("cosine", "constant")
+
+
 def schedule(train_config, total_steps: int) -> optax.Schedule:
-  """Linear warm-up over `warmup_ratio` of the steps, then cosine decay to zero."""
+  """Linear warm-up over `warmup_ratio` of the steps, then by `train_config.schedule`:
+  "cosine" decays to zero at the last step, "constant" stays at the peak (with no warm-up:
+  the peak from the first step, as transformers' AdamW without a scheduler)."""
   warmup = int(round(train_config.warmup_ratio * total_steps))
+  kind = train_config.get("schedule", "cosine")
+  if kind == "constant":
+    peak = optax.constant_schedule(train_config.learning_rate)
+    if not warmup:
+      return peak
+    ramp = optax.linear_schedule(0.0, train_config.learning_rate, warmup)
+    return optax.join_schedules([ramp, peak], [warmup])
+  if kind != "cosine":
+    raise ValueError(f"train.schedule={kind!r}: must be one of {', '.join(SCHEDULES)}")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.learning_rate, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=0.0)
