@@ -64,7 +64,7 @@ def _config(models, **overrides):
   c.database.chunk_size = 4
   c.retrieval.features_dir = FEATURES
   c.batch_size = 8
-  c.ast.num_audio_tokens = 3
+  c.ast.token_layout, c.ast.num_audio_tokens = "time", 3
   for key, value in overrides.items():
     setattr(c, key, value)
   return c
