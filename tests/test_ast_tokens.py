@@ -111,3 +111,21 @@ def test_layout_token_counts_at_the_mit_checkpoint_size():
   assert ast_lib.num_layout_tokens("full", native) == 1214
   assert ast_lib.num_layout_tokens("grid", native, grid=(12, 8)) == 98
   assert ast_lib.num_layout_tokens("time", native, num_tokens=32) == 32
+
+
+def test_storage_benchmark_counts_bytes_per_clip(tmp_path):
+  """`axk.bench.audio_tokens` without steps: tokens and float16 bytes per clip by hand, and
+  the shard's bytes per span near them (random tokens barely compress)."""
+  import json
+  from axk.bench import audio_tokens
+  out = tmp_path / "bench.json"
+  audio_tokens.main(["--no-steps", "--layouts=time:16,grid:12x8,full", "--records=2",
+                     f"--out={out}"])
+  rows = {r["layout"]: r for r in json.loads(out.read_text())["rows"]}
+  for layout, tokens in (("time:16", 16), ("grid:12x8", 2 + 12 * 8), ("full", 1214)):
+    row = rows[layout]
+    assert row["tokens"] == tokens and row["bytes_per_clip"] == tokens * 768 * 2
+    # The record also holds the pooled AST and two CLAP vectors (1536 + 2 x 1024 bytes), and
+    # the file its framing, here shared by only 4 spans.
+    assert 0.8 * tokens * 1536 < row["record_bytes_per_span"] < 1.05 * tokens * 1536 + 32768
+  assert rows["full"]["bytes_per_clip"] == 1_864_704
