@@ -80,13 +80,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ast = ml_collections.ConfigDict()
   c.ast.batch_size = 8  # clips per AST forward pass
   # ITH's audio tokens per clip (axk/features/ast.py). AST's output is 2 special tokens and
-  # a 12 x 101 grid of patches (frequency x time). The published ITH code feeds all 1214 to
-  # the cross-attention: `full` (1.9 MB a clip in float16; `grid` at 12 x 101 is the same).
-  # Deviation: `grid` pools the patches to `ast.grid` cells (frequency kept as its own
-  # axis, frequency-major, the 2 specials first), 1/12 of full's storage at 12 x 8 and
-  # about full's accuracy-relevant content for pitch: every frequency band is kept, time is
-  # pooled (5 s clips fill only half of AST's 10.24 s window). Full's shards for all of
-  # AuditoryBench are ~64 GB; see the README's "Audio tokens" for the measured step times.
+  # a 12 x 101 grid of patches (frequency x time); the published ITH code feeds all 1214 to
+  # the cross-attention: `full` (1.86 MB a clip in float16).
+  # Deviation from the published code: `grid` keeps the 2 specials and pools the patches to
+  # `ast.grid` cells, frequency kept as its own axis (frequency-major). Chosen from
+  # `python -m axk.bench.audio_tokens` (README, "ITH's audio tokens"): full's shards for all
+  # of AuditoryBench are 59 GB (grid 12 x 8: 5 GB), a 32-row batch of full reads ~110 MB,
+  # and its BERT-base train step costs 1.9x the FLOPs of 16 time tokens (grid 12 x 8:
+  # 1.06x). Grid keeps every frequency band, which the pitch task asks about.
   # `--config.ast.token_layout=full` undoes the deviation. `time` (patches averaged over
   # frequency, pooled along time to num_audio_tokens) was axk's earlier layout; `flat`
   # pools the whole sequence to num_audio_tokens.
