@@ -261,10 +261,32 @@ class TokenStore:
     so that the spans of one row cost one read)."""
     key = (task, split, index)
     if self._last[0] != key:
-      tokens = self.source(task, split)[index]["spans"]["ast_tokens"]
-      self._last = (key, np.stack([np.asarray(t, dtype=np.float16) for t in tokens]))
-      self.reads += 1
+      self._last = (key, self.records_tokens(task, split, [index])[index])
     return self._last[1]
+
+  def records_tokens(self, task: str, split: str, indices: Sequence[int]
+                     ) -> dict[int, np.ndarray]:
+    """`record_tokens` of several records, read in one call (array_record reads them in
+    parallel)."""
+    indices = sorted(set(int(i) for i in indices))
+    records = self.source(task, split).__getitems__(indices)
+    self.reads += len(indices)
+    return {i: np.stack([np.asarray(t, dtype=np.float16) for t in r["spans"]["ast_tokens"]])
+            for i, r in zip(indices, records)}
+
+
+def read_tokens(cells: Sequence) -> list[np.ndarray]:
+  """Each of `cells` (a `TokenRef` or an array) as an array; the refs of one store and split
+  are read together, one read per distinct record (`TokenStore.records_tokens`)."""
+  groups: dict[tuple, set[int]] = {}
+  for c in cells:
+    if isinstance(c, TokenRef):
+      groups.setdefault((id(c.store), c.task, c.split), set()).add(c.record)
+  stores = {id(c.store): c.store for c in cells if isinstance(c, TokenRef)}
+  read = {key: stores[key[0]].records_tokens(key[1], key[2], sorted(indices))
+          for key, indices in groups.items()}
+  return [read[id(c.store), c.task, c.split][c.record][c.span] if isinstance(c, TokenRef)
+          else np.asarray(c) for c in cells]
 
 
 @dataclasses.dataclass(frozen=True)

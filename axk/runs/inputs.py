@@ -122,7 +122,9 @@ def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_di
           index[i, j] = len(cells)
           cells.append(tokens)
   if audio == "tokens":
-    out["span_audio_tokens"] = data_lib.SpanTokens(cells, index, (audio_tokens, audio_dim))
+    from axk.features.shards import read_tokens  # torch-free
+    out["span_audio_tokens"] = data_lib.SpanTokens(cells, index, (audio_tokens, audio_dim),
+                                                   read=read_tokens)
   return out
 
 

@@ -29,20 +29,22 @@ TOKEN_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "span_i
 
 
 class SpanTokens:
-  """A lazy `[rows, spans, tokens, dim]` array: cell `(r, s)` is `cells[index[r, s]]`
-  (anything `np.asarray` turns into `[tokens, dim]`: an array, a `shards.TokenRef`), or
+  """A lazy `[rows, spans, tokens, dim]` array: cell `(r, s)` is `cells[index[r, s]]`, or
   zeros where `index` is -1 (no span, or a span without audio).
 
-  `x[rows]` (an int array or int) reads and returns those rows as numpy; `x[a:b]` is a
-  lazy view; `np.asarray(x)` reads every row (only for a few rows: model init).
+  `x[rows]` (an int array or int) reads and returns those rows as numpy, the cells through
+  `read` (a list of cells -> their `[tokens, dim]` arrays, e.g. `shards.read_tokens`, which
+  reads a batch's records in one call; by default `np.asarray` per cell); `x[a:b]` is a lazy
+  view; `np.asarray(x)` reads every row (only for a few rows: model init).
   """
 
   def __init__(self, cells, index: np.ndarray, cell_shape: tuple[int, int],
-               dtype=np.float16):
+               dtype=np.float16, read: Callable[[list], list] | None = None):
     self.cells = cells
     self.index = np.asarray(index, np.int64)
     self.cell_shape = tuple(int(d) for d in cell_shape)
     self.dtype = np.dtype(dtype)
+    self.read = read or (lambda cells: [np.asarray(c) for c in cells])
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -57,13 +59,14 @@ class SpanTokens:
 
   def __getitem__(self, key):
     if isinstance(key, slice):
-      return SpanTokens(self.cells, self.index[key], self.cell_shape, self.dtype)
+      return SpanTokens(self.cells, self.index[key], self.cell_shape, self.dtype, self.read)
     if np.ndim(key) == 0:
       return self[np.asarray([key])][0]
     index = self.index[np.asarray(key)]
     out = np.zeros(index.shape + self.cell_shape, self.dtype)
-    for pos in zip(*np.nonzero(index >= 0)):
-      out[pos] = np.asarray(self.cells[index[pos]], dtype=self.dtype)
+    positions = list(zip(*np.nonzero(index >= 0)))
+    for pos, value in zip(positions, self.read([self.cells[index[p]] for p in positions])):
+      out[pos] = value
     return out
 
   def __array__(self, dtype=None, copy=None):
