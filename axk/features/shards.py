@@ -420,9 +420,11 @@ def verify(features_dir: str, *, num_audio_tokens: int | None = None) -> dict:
                            "rebuild the features")
   have = manifest.get("dims", {}).get("num_audio_tokens")
   if num_audio_tokens is not None and have != num_audio_tokens:
+    layout = manifest.get("params", {}).get("ast", {}).get("token_layout", "unrecorded")
     raise FeaturesMismatch(f"{path}: num_audio_tokens is {have}, {num_audio_tokens} wanted; "
-                           "rebuild the features with --config.ast.num_audio_tokens="
-                           f"{num_audio_tokens}")
+                           f"the features have layout {layout!r}: rebuild them with the "
+                           "--config.ast.token_layout / ast.grid / ast.num_audio_tokens that "
+                           f"give {num_audio_tokens} tokens (axk/features/ast.py)")
   stamps = {}
   for rel, entry in sorted(table.items()):
     full = os.path.join(features_dir, rel)
