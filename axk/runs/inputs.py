@@ -22,7 +22,6 @@ import numpy as np
 from axk.data import encode as enc
 from axk.data import spans as spans_lib
 from axk.data import types
-from axk.train import data as data_lib
 
 
 class FeaturesError(ValueError):
@@ -123,6 +122,7 @@ def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_di
           cells.append(tokens)
   if audio == "tokens":
     from axk.features.shards import read_tokens  # torch-free
+    from axk.train import data as data_lib  # not at the top: axk.main imports this module
     out["span_audio_tokens"] = data_lib.SpanTokens(cells, index, (audio_tokens, audio_dim),
                                                    read=read_tokens)
   return out
