@@ -88,3 +88,25 @@ def test_ith_smoke_trains_and_evaluates_on_full_tokens(full_features, tmp_path):
   results = masked_word.run(_ith_config(full_features), str(tmp_path))
   assert results["pitch"]["dev"]["with_audio"] > 0
   assert 0 <= results["pitch"]["dev"]["accuracy"] <= 100
+
+
+def test_span_tokens_reads_only_the_cells_of_the_rows_taken():
+  cells = [np.full((2, 3), v, np.float32) for v in (1.0, 2.0, 3.0)]
+  asked = []
+
+  def read(batch):
+    asked.append([int(c[0, 0]) for c in batch])
+    return [np.asarray(c) for c in batch]
+
+  index = np.array([[0, -1], [-1, -1], [1, 2]])  # row 1: no audio at all
+  x = data_lib.SpanTokens(cells, index, (2, 3), read=read)
+  assert x.shape == (3, 2, 2, 3) and len(x) == 3 and x.dtype == np.float16
+  got = x[np.array([2, 1])]
+  assert asked == [[2, 3]]  # row 2's two cells, nothing for row 1
+  want = np.zeros((2, 2, 2, 3), np.float16)
+  want[0, 0], want[0, 1] = 2.0, 3.0
+  np.testing.assert_array_equal(got, want)
+  view = x[:1]  # a slice stays lazy
+  assert isinstance(view, data_lib.SpanTokens) and asked == [[2, 3]]
+  np.testing.assert_array_equal(np.asarray(view)[0, 0], np.ones((2, 3)))
+  np.testing.assert_array_equal(x[1], np.zeros((2, 2, 3)))
