@@ -110,3 +110,30 @@ def test_span_tokens_reads_only_the_cells_of_the_rows_taken():
   assert isinstance(view, data_lib.SpanTokens) and asked == [[2, 3]]
   np.testing.assert_array_equal(np.asarray(view)[0, 0], np.ones((2, 3)))
   np.testing.assert_array_equal(x[1], np.zeros((2, 2, 3)))
+
+
+def test_parts_are_memory_mapped_and_still_checked(tmp_path, caplog):
+  """The assembly reads parts as memory maps (no clip's tokens copied into memory), equal
+  to `np.load`'s arrays; a part with a flipped byte is still set aside."""
+  import zipfile
+  from axk.features import parts
+  rng = np.random.default_rng(0)
+  arrays = {"text": np.array(["a", "bb", "c"]), "has_audio": np.array([True, False, True]),
+            "ast_tokens": rng.standard_normal((3, 10, 32)).astype(np.float16),
+            "topk_ids": np.zeros((3, 0), dtype=str), "source": np.array(["x", "", "y"])}
+  path = parts.write_part(str(tmp_path), 0, 1, arrays)
+  results = parts.read_parts(str(tmp_path))
+  with np.load(path) as z:
+    for i, key in enumerate(z["text"]):
+      for name in z.files:
+        np.testing.assert_array_equal(results[str(key)][name], z[name][i])
+        assert np.asarray(results[str(key)][name]).dtype == np.asarray(z[name][i]).dtype
+  assert isinstance(results["bb"]["ast_tokens"], np.memmap)
+  with zipfile.ZipFile(path) as z:
+    info = z.getinfo("ast_tokens.npy")
+  raw = bytearray(open(path, "rb").read())
+  raw[info.header_offset + 30 + len(info.filename) + 500] ^= 0xFF  # inside the array data
+  open(path, "wb").write(bytes(raw))
+  assert parts.finished(str(tmp_path)) == set()
+  assert os.path.exists(path + ".damaged")
+  assert any("Bad CRC" in r.getMessage() for r in caplog.records)
