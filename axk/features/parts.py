@@ -72,8 +72,14 @@ def load_npz(path: str, what: str, *, mmap: bool = False) -> dict[str, np.ndarra
     return None
 
 
+# Members at least this large stay memory-mapped; smaller ones are copied, so that a part
+# holds one map (one file descriptor) at most.
+MMAP_MIN_BYTES = 1 << 20
+
+
 def _mmap_npz(path: str) -> dict[str, np.ndarray]:
   out = {}
+  whole = None
   with zipfile.ZipFile(path) as z, open(path, "rb") as f:
     for info in z.infolist():
       if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
@@ -94,9 +100,12 @@ def _mmap_npz(path: str) -> dict[str, np.ndarray]:
       key = info.filename[:-len(".npy")]
       if int(np.prod(shape)) == 0:
         out[key] = np.zeros(shape, dtype)
-      else:
-        out[key] = np.memmap(path, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
-                             order="F" if fortran else "C")
+        continue
+      if whole is None:
+        whole = np.memmap(path, dtype=np.uint8, mode="r")
+      view = np.ndarray(shape, dtype, buffer=whole, offset=f.tell(),
+                        order="F" if fortran else "C")
+      out[key] = view if view.nbytes >= MMAP_MIN_BYTES else np.array(view)
   return out
 
 
@@ -113,13 +122,28 @@ def read_parts(parts_dir: str, *, mmap: bool = True) -> dict[str, dict]:
   in memory at once (1.9 MB a clip in the full layout).
   """
   out = {}
-  for path in _part_files(parts_dir):
+  paths = _part_files(parts_dir)
+  if mmap:
+    _allow_open_files(len(paths) + 256)
+  for path in paths:
     arrays = load_npz(path, "part file", mmap=mmap)
     if arrays is None or "text" not in arrays:
       continue
     for i, text in enumerate(arrays["text"]):
       out[str(text)] = {k: v[i] for k, v in arrays.items()}
   return out
+
+
+def _allow_open_files(n: int) -> None:
+  """Raises this process's soft limit of open files towards `n` (a mapped part holds one)."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+      want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+      resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+  except (ImportError, ValueError, OSError):  # Not Unix, or not allowed: keep the limit.
+    pass
 
 
 def finished(parts_dir: str) -> set[str]:
