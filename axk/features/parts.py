@@ -58,9 +58,10 @@ def set_aside(path: str, error: Exception, what: str) -> None:
 def load_npz(path: str, what: str, *, mmap: bool = False) -> dict[str, np.ndarray] | None:
   """All arrays of an .npz file, or None (after `set_aside`) when it does not load.
 
-  With `mmap`, the arrays are read-only memory maps of the file (`np.savez` stores its
-  members uncompressed), so that holding every part costs no memory; each member's CRC is
-  still checked, by streaming it once.
+  With `mmap`, members of `MMAP_MIN_BYTES` or more are read-only views of one memory map
+  of the file (`np.savez` stores its members uncompressed) and smaller ones are copies, so
+  that holding every part costs little memory; each member's CRC is still checked, by
+  streaming it once.
   """
   try:
     if mmap:
@@ -103,8 +104,11 @@ def _mmap_npz(path: str) -> dict[str, np.ndarray]:
         continue
       if whole is None:
         whole = np.memmap(path, dtype=np.uint8, mode="r")
-      view = np.ndarray(shape, dtype, buffer=whole, offset=f.tell(),
-                        order="F" if fortran else "C")
+      try:
+        view = np.ndarray(shape, dtype, buffer=whole, offset=f.tell(),
+                          order="F" if fortran else "C")
+      except TypeError as e:  # the header promises more bytes than the file holds
+        raise ValueError(f"member {info.filename}: {e}") from None
       out[key] = view if view.nbytes >= MMAP_MIN_BYTES else np.array(view)
   return out
 
