@@ -107,8 +107,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.ast = ml_collections.ConfigDict()
   c.ast.batch_size = 8  # clips per AST forward pass
-  c.ast.num_audio_tokens = 32  # AST tokens kept per clip (ITH's audio tokens)
-  c.ast.token_pooling = "time"  # time (mean over frequency, pool along time) | flat
+  # ITH's audio tokens per clip (axk/features/ast.py). AST's output is 2 special tokens and
+  # a 12 x 101 grid of patches (frequency x time); the published ITH code feeds all 1214 to
+  # the cross-attention: `full` (1.86 MB a clip in float16).
+  # Deviation from the published code: `grid` keeps the 2 specials and pools the patches to
+  # `ast.grid` cells, frequency kept as its own axis (frequency-major). Chosen from
+  # `python -m axk.bench.audio_tokens` (README, "ITH's audio tokens"): full's shards for all
+  # of AuditoryBench are 59 GB (grid 12 x 8: 5 GB), a 32-row batch of full reads ~110 MB,
+  # and its BERT-base train step costs 1.5-1.9x the FLOPs of 16 time tokens (grid 12 x 8:
+  # 1.03-1.06x). Grid keeps every frequency band, which the pitch task asks about.
+  # `--config.ast.token_layout=full` undoes the deviation. `time` (patches averaged over
+  # frequency, pooled along time to num_audio_tokens) was axk's earlier layout; `flat`
+  # pools the whole sequence to num_audio_tokens.
+  c.ast.token_layout = "grid"  # grid | full | time | flat
+  c.ast.grid = (12, 8)  # grid: (frequency cells, time cells); tokens = 2 + 12 * 8 = 98
+  c.ast.num_audio_tokens = 32  # time | flat: tokens kept per clip
 
   c.retrieval = ml_collections.ConfigDict()
   c.retrieval.query_template = "{span} sound"  # CLAP text query (AudioBERT)
@@ -192,6 +205,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.dir = "sample"
     c.models.tiny = True
     c.ast.num_audio_tokens = 4
+    c.ast.grid = (2, 2)  # the tiny AST's patch grid is 2 x 4: 2 + 4 tokens
     c.database.synthetic_clips = 24
     c.database.chunk_size = 8
     c.retrieval.features_dir = "features_retrieval"

@@ -71,7 +71,10 @@ def get_config(arg=None):
   c.train.trainable = (".*",)
   c.train.log_every = 20
   c.features.dir = "auto"
-  c.features.audio_tokens = 16
+  # AST tokens per span for runs without features (no_audio); with features the manifest's
+  # count wins. 98: configs/features.py's default `grid` layout, 2 + 12 x 8 (the published
+  # code's full sequence is 1214: build the features with --config.ast.token_layout=full).
+  c.features.audio_tokens = 98
   c.spans.predictions = "auto"
   c.stages.features_config = "configs/features.py:generation"
   common.apply_base(c, base)

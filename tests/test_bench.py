@@ -10,7 +10,7 @@ _CHILD = """
 import sys
 sys.modules["configs"] = None  # Any `import configs...` now fails.
 import axk.bench.bert, axk.bench.epoch, axk.bench.features, axk.bench.generation
-import axk.bench.loop, axk.bench.train_step
+import axk.bench.loop, axk.bench.train_step, axk.bench.audio_tokens
 print("ok")
 """
 

@@ -64,7 +64,7 @@ def _config(models, **overrides):
   c.database.chunk_size = 4
   c.retrieval.features_dir = FEATURES
   c.batch_size = 8
-  c.ast.num_audio_tokens = 3
+  c.ast.token_layout, c.ast.num_audio_tokens = "time", 3
   for key, value in overrides.items():
     setattr(c, key, value)
   return c
@@ -201,7 +201,7 @@ def test_other_num_audio_tokens_is_refused_in_one_line(reference):
     shards.verify(os.path.join(reference, FEATURES), num_audio_tokens=16)
   message = str(e.value)
   assert "\n" not in message and shards.MANIFEST in message
-  assert "num_audio_tokens is 3, 16 wanted" in message
+  assert "num_audio_tokens is 3, 16 wanted" in message and "layout 'time'" in message
 
 
 def test_truncated_part_is_named_and_only_it_recomputed(models, copy, reference, monkeypatch,

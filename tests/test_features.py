@@ -95,7 +95,7 @@ def _config(models, audio_db, **overrides):
   c.data.tasks = ("pitch",)
   c.data.splits = ("dev",)
   c.batch_size = 8
-  c.ast.num_audio_tokens = 3
+  c.ast.token_layout, c.ast.num_audio_tokens = "time", 3
   c.generation.steps = 2
   c.generation.seconds = 0.25
   c.generation.n = 2

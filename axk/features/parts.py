@@ -4,7 +4,8 @@
 `batch_size` acquisition keys, written atomically when the batch is done; the name hashes
 the batch's keys. A part that does not load (truncated, emptied, overwritten) is named in
 a warning, moved aside to `<name>.damaged`, and its keys count as not done, so that the
-next acquisition recomputes exactly them.
+next acquisition recomputes exactly them. Parts are read memory-mapped (`read_parts`), each
+member's CRC checked.
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ def set_aside(path: str, error: Exception, what: str) -> None:
   os.replace(path, f"{path}.damaged")
 
 
-def load_npz(path: str, what: str) -> dict[str, np.ndarray] | None:
-  """All arrays of an .npz file, or None (after `set_aside`) when it does not load."""
+def load_npz(path: str, what: str, *, mmap: bool = False) -> dict[str, np.ndarray] | None:
+  """All arrays of an .npz file, or None (after `set_aside`) when it does not load.
+
+  With `mmap`, members of `MMAP_MIN_BYTES` or more are read-only views of one memory map
+  of the file (`np.savez` stores its members uncompressed) and smaller ones are copies, so
+  that holding every part costs little memory; each member's CRC is still checked, by
+  streaming it once.
+  """
   try:
+    if mmap:
+      return _mmap_npz(path)
     with np.load(path, allow_pickle=False) as z:
       return {k: z[k] for k in z.files}
   except LOAD_ERRORS as e:
@@ -64,23 +73,81 @@ def load_npz(path: str, what: str) -> dict[str, np.ndarray] | None:
     return None
 
 
+# Members at least this large stay memory-mapped; smaller ones are copied, so that a part
+# holds one map (one file descriptor) at most.
+MMAP_MIN_BYTES = 1 << 20
+
+
+def _mmap_npz(path: str) -> dict[str, np.ndarray]:
+  out = {}
+  whole = None
+  with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+    for info in z.infolist():
+      if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+        raise ValueError(f"member {info.filename} is compressed or not an array")
+      with z.open(info) as member:  # reads it through once: a bad CRC raises BadZipFile
+        while member.read(1 << 24):
+          pass
+      f.seek(info.header_offset)
+      local = f.read(30)  # the local file header; name and extra field lengths at 26
+      name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(
+          local[28:30], "little")
+      f.seek(info.header_offset + 30 + name_len + extra_len)
+      read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                     (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+      shape, fortran, dtype = read_header(f)
+      if dtype.hasobject:
+        raise ValueError(f"member {info.filename} holds objects")
+      key = info.filename[:-len(".npy")]
+      if int(np.prod(shape)) == 0:
+        out[key] = np.zeros(shape, dtype)
+        continue
+      if whole is None:
+        whole = np.memmap(path, dtype=np.uint8, mode="r")
+      try:
+        view = np.ndarray(shape, dtype, buffer=whole, offset=f.tell(),
+                          order="F" if fortran else "C")
+      except TypeError as e:  # the header promises more bytes than the file holds
+        raise ValueError(f"member {info.filename}: {e}") from None
+      out[key] = view if view.nbytes >= MMAP_MIN_BYTES else np.array(view)
+  return out
+
+
 def _part_files(parts_dir: str) -> list[str]:
   return sorted(glob.glob(os.path.join(parts_dir, "shard-*", "part-*.npz")))
 
 
-def read_parts(parts_dir: str) -> dict[str, dict]:
+def read_parts(parts_dir: str, *, mmap: bool = True) -> dict[str, dict]:
   """Key -> its results, from every part file of `parts_dir` (every worker's).
 
   Parts that do not load are set aside (see the module docstring); their keys are absent.
+  With `mmap` (the default) results are read-only views of memory-mapped parts
+  (`load_npz`), so that neither the assembly nor `finished` holds every clip's AST tokens
+  in memory at once (1.9 MB a clip in the full layout).
   """
   out = {}
-  for path in _part_files(parts_dir):
-    arrays = load_npz(path, "part file")
+  paths = _part_files(parts_dir)
+  if mmap:
+    _allow_open_files(len(paths) + 256)
+  for path in paths:
+    arrays = load_npz(path, "part file", mmap=mmap)
     if arrays is None or "text" not in arrays:
       continue
     for i, text in enumerate(arrays["text"]):
       out[str(text)] = {k: v[i] for k, v in arrays.items()}
   return out
+
+
+def _allow_open_files(n: int) -> None:
+  """Raises this process's soft limit of open files towards `n` (a mapped part holds one)."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+      want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+      resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+  except (ImportError, ValueError, OSError):  # Not Unix, or not allowed: keep the limit.
+    pass
 
 
 def finished(parts_dir: str) -> set[str]:

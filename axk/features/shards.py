@@ -25,7 +25,8 @@ Each record is one example:
                             best rejected score when none passed)
       source       str      retrieved clip id or generated clip key, "" when none
       ast_pooled   float16[D_ast]                     mean of AST's last hidden states
-      ast_tokens   float16[num_audio_tokens, D_ast]   AST tokens, pooled along time
+      ast_tokens   float16[num_audio_tokens, D_ast]   ITH's AST tokens, in the layout the
+                            manifest names (`params.ast.token_layout`, axk/features/ast.py)
       clap_text    float16[D_clap]   CLAP text embedding of the query / scoring text
       clap_audio   float16[D_clap]   CLAP audio embedding (zeros when no audio)
 
@@ -33,12 +34,16 @@ Spans with the same normalised text share one acquisition, so their features are
 The datasets are readable without TensorFlow (`tfds.data_source`,
 `tfds.builder_from_directory(...).as_data_source()`, grain); `load_features` is the
 reader the JAX side uses, and `verify` checks the files against the manifest before
-anyone trains on them. This module never imports torch.
+anyone trains on them. With `lazy_tokens=True` it hands out a `TokenRef` per span instead of
+its `ast_tokens` (1.9 MB a span in the `full` layout): the tokens stay in the shards and are
+read record by record when a batch needs them (`TokenStore`). This module never imports
+torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
 import glob
 import json
 import logging
@@ -232,23 +237,101 @@ def decode_record(record: Mapping, dims: Mapping[str, int] | None = None) -> dic
   return {"id": _text(record["id"]), "sentence": _text(record["sentence"]), "spans": spans}
 
 
-def load_features(features_dir: str, task: str, split: str) -> dict[str, dict]:
+class TokenStore:
+  """The stored `ast_tokens` of one features folder, read a record at a time.
+
+  Attributes:
+    features_dir: the folder holding `axk_features/`.
+    reads: records read so far (a batch of rows reads one record per distinct row).
+  """
+
+  def __init__(self, features_dir: str):
+    self.features_dir = features_dir
+    self.reads = 0
+    self._sources: dict[tuple[str, str], object] = {}
+    self._last: tuple[tuple | None, np.ndarray | None] = (None, None)
+
+  def source(self, task: str, split: str):
+    if (task, split) not in self._sources:
+      self._sources[task, split] = data_source(self.features_dir, task, split)
+    return self._sources[task, split]
+
+  def record_tokens(self, task: str, split: str, index: int) -> np.ndarray:
+    """`[spans, num_audio_tokens, D_ast]` float16 of record `index` (the last one is kept,
+    so that the spans of one row cost one read)."""
+    key = (task, split, index)
+    if self._last[0] != key:
+      self._last = (key, self.records_tokens(task, split, [index])[index])
+    return self._last[1]
+
+  def records_tokens(self, task: str, split: str, indices: Sequence[int]
+                     ) -> dict[int, np.ndarray]:
+    """`record_tokens` of several records, read in one call (array_record reads them in
+    parallel)."""
+    indices = sorted(set(int(i) for i in indices))
+    records = self.source(task, split).__getitems__(indices)
+    self.reads += len(indices)
+    return {i: np.stack([np.asarray(t, dtype=np.float16) for t in r["spans"]["ast_tokens"]])
+            for i, r in zip(indices, records)}
+
+
+def read_tokens(cells: Sequence) -> list[np.ndarray]:
+  """Each of `cells` (a `TokenRef` or an array) as an array; the refs of one store and split
+  are read together, one read per distinct record (`TokenStore.records_tokens`)."""
+  groups: dict[tuple, set[int]] = {}
+  for c in cells:
+    if isinstance(c, TokenRef):
+      groups.setdefault((id(c.store), c.task, c.split), set()).add(c.record)
+  stores = {id(c.store): c.store for c in cells if isinstance(c, TokenRef)}
+  read = {key: stores[key[0]].records_tokens(key[1], key[2], sorted(indices))
+          for key, indices in groups.items()}
+  return [read[id(c.store), c.task, c.split][c.record][c.span] if isinstance(c, TokenRef)
+          else np.asarray(c) for c in cells]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenRef:
+  """One span's `ast_tokens`, still in the shards: `np.asarray(ref)` reads them."""
+
+  store: TokenStore
+  task: str
+  split: str
+  record: int  # the record's index in its split
+  span: int  # the span's index in the record
+  shape: tuple[int, int]  # (num_audio_tokens, D_ast)
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    tokens = self.store.record_tokens(self.task, self.split, self.record)[self.span]
+    return tokens if dtype is None else tokens.astype(dtype)
+
+
+def load_features(features_dir: str, task: str, split: str, *, lazy_tokens: bool = False,
+                  store: TokenStore | None = None) -> dict[str, dict]:
   """Reads one split's features.
 
   Args:
     features_dir: the folder holding `manifest.json` and `axk_features/`.
     task: one of `axk.data.types.TASKS`.
     split: one of the splits written (see the manifest).
+    lazy_tokens: each span's `ast_tokens` is a `TokenRef` (read on demand through `store`,
+      or a new `TokenStore`), so the split's tokens are never all in memory.
+    store: the `TokenStore` the refs read through.
 
   Returns:
     Example id -> `{"sentence": str, "spans": [span dict]}`, span dicts with the fields of
     the module docstring (`ast_pooled`, `ast_tokens`, `clap_text`, `clap_audio` as
-    np.float16 arrays).
+    np.float16 arrays, `ast_tokens` a `TokenRef` with `lazy_tokens`).
   """
   source = data_source(features_dir, task, split)
+  if lazy_tokens and store is None:
+    store = TokenStore(features_dir)
   out = {}
   for i in range(len(source)):
     record = decode_record(source[i])
+    if lazy_tokens:
+      for j, span in enumerate(record["spans"]):
+        span["ast_tokens"] = TokenRef(store, task, split, i, j, span["ast_tokens"].shape)
     out[record.pop("id")] = record
   return out
 
@@ -337,9 +420,11 @@ def verify(features_dir: str, *, num_audio_tokens: int | None = None) -> dict:
                            "rebuild the features")
   have = manifest.get("dims", {}).get("num_audio_tokens")
   if num_audio_tokens is not None and have != num_audio_tokens:
+    layout = manifest.get("params", {}).get("ast", {}).get("token_layout", "unrecorded")
     raise FeaturesMismatch(f"{path}: num_audio_tokens is {have}, {num_audio_tokens} wanted; "
-                           "rebuild the features with --config.ast.num_audio_tokens="
-                           f"{num_audio_tokens}")
+                           f"the features have layout {layout!r}: rebuild them with the "
+                           "--config.ast.token_layout / ast.grid / ast.num_audio_tokens that "
+                           f"give {num_audio_tokens} tokens (axk/features/ast.py)")
   stamps = {}
   for rel, entry in sorted(table.items()):
     full = os.path.join(features_dir, rel)

@@ -163,8 +163,7 @@ class FeatureSource:
       what = f"models.{role}"
       paths[role] = hub.resolve(self._model_paths[role], what, ignore_patterns=hub.NOT_PYTORCH)
       models[role] = hub.describe(self._model_paths[role], paths[role])
-    params = {"ast": {"num_audio_tokens": int(self.config.ast.num_audio_tokens),
-                      "token_pooling": self.config.ast.token_pooling},
+    params = {"ast": ast_params(self.config.ast),
               **self.params()}
     return Setup(self.name, models, paths, params, self.section.features_dir)
 
@@ -213,8 +212,8 @@ class FeatureSource:
       from axk.features import ast as ast_lib  # pylint: disable=g-import-not-at-top
       c = self.config
       self._ast = ast_lib.AstEncoder(self.setup.paths["ast"], num_tokens=c.ast.num_audio_tokens,
-                                     token_pooling=c.ast.token_pooling, device=c.device,
-                                     batch_size=c.ast.batch_size)
+                                     token_layout=c.ast.token_layout, grid=tuple(c.ast.grid),
+                                     device=c.device, batch_size=c.ast.batch_size)
       self._ast.info = dict(self.setup.models["ast"])
     return self._ast
 
@@ -435,6 +434,15 @@ def task_taus(config) -> dict[str, float]:
   if isinstance(tau, (int, float)):
     return {task: float(tau) for task in TASKS}
   return {task: float(v) for task, v in tau.items()}
+
+
+def ast_params(ast) -> dict:
+  """`config.ast`'s fields that change the stored tokens (the run key, the manifest),
+  checked (ValueError naming the field) before any model loads."""
+  from axk.features import ast as ast_lib  # pylint: disable=g-import-not-at-top
+  ast_lib.check_layout(ast.token_layout, int(ast.num_audio_tokens), tuple(ast.grid))
+  return {"token_layout": ast.token_layout, "num_audio_tokens": int(ast.num_audio_tokens),
+          "grid": [int(g) for g in ast.grid]}
 
 
 def generation_params(config):

@@ -9,7 +9,8 @@ Span sources, in order: feature shards (`FeatureSpans`: the spans the features w
 for, each with its audio), a span detector's predictions (every split not kept gold), the
 gold spans.
 A span dict has `start`, `end`, `text` and, from features, `has_audio`, `ast_pooled` (one
-vector) and `ast_tokens` (a token sequence).
+vector) and `ast_tokens` (a token sequence, or a `shards.TokenRef` to it in the shards).
+ITH's tokens reach the batches as an `axk.train.data.SpanTokens`, read per batch.
 """
 
 from __future__ import annotations
@@ -30,17 +31,24 @@ class FeaturesError(ValueError):
 
 
 class FeatureSpans:
-  """The spans (with audio) of feature shards, read once per split (torch-free reader)."""
+  """The spans (with audio) of feature shards, read once per split (torch-free reader).
+
+  Span metadata and pooled vectors are held in memory; `ast_tokens` stay in the shards
+  (`shards.TokenRef`, read through one `TokenStore`) until a batch takes their row.
+  """
 
   def __init__(self, features_dir: str):
+    from axk.features.shards import TokenStore
     self.features_dir = features_dir
+    self.tokens = TokenStore(features_dir)
     self._splits: dict[tuple[str, str], dict] = {}
 
   def __call__(self, example: types.Example) -> list[dict]:
     from axk.features.shards import load_features
     key = (example.task, example.split)
     if key not in self._splits:
-      self._splits[key] = load_features(self.features_dir, *key)
+      self._splits[key] = load_features(self.features_dir, *key, lazy_tokens=True,
+                                        store=self.tokens)
     row = self._splits[key].get(example.id)
     if row is None:
       raise FeaturesError(f"{self.features_dir}: no features for {example.id}; the features "
@@ -91,24 +99,35 @@ def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_di
   """Per row, the audio of its first `max_spans` spans.
 
   Returns `span_has_audio` [rows, S] (int32) and, by `audio`: "pooled" -> `span_audio`
-  [rows, S, audio_dim], "tokens" -> `span_audio_tokens` [rows, S, audio_tokens, audio_dim]
-  (float16, zeros where a span has no audio), "none" -> nothing else. S is the most spans
-  of a row, at least 1 and at most `max_spans`.
+  [rows, S, audio_dim] (float16), "tokens" -> `span_audio_tokens` [rows, S, audio_tokens,
+  audio_dim], a lazy `axk.train.data.SpanTokens` (float16; a batch reads only its rows'
+  tokens), "none" -> nothing else; zeros where a span has no audio. S is the most spans of
+  a row, at least 1 and at most `max_spans`.
   """
   n = len(spans)
   s = max(1, min(max_spans, max((len(x) for x in spans), default=0)))
   out = {"span_has_audio": np.zeros((n, s), np.int32)}
-  field = {"pooled": ("span_audio", "ast_pooled", (audio_dim,)),
-           "tokens": ("span_audio_tokens", "ast_tokens", (audio_tokens, audio_dim)),
-           "none": None}[audio]
-  if field:
-    out[field[0]] = np.zeros((n, s) + field[2], np.float16)
+  if audio == "pooled":
+    out["span_audio"] = np.zeros((n, s, audio_dim), np.float16)
+  cells, index = [], np.full((n, s), -1, np.int64)
   for i, row in enumerate(spans):
     for j, span in enumerate(row[:s]):
       if span.get("has_audio"):
         out["span_has_audio"][i, j] = 1
-        if field:
-          out[field[0]][i, j] = span[field[1]]
+        if audio == "pooled":
+          out["span_audio"][i, j] = span["ast_pooled"]
+        elif audio == "tokens":
+          tokens = span["ast_tokens"]
+          if tuple(tokens.shape) != (audio_tokens, audio_dim):
+            raise FeaturesError(f"span {span.get('text')!r}: ast_tokens of shape "
+                                f"{tuple(tokens.shape)}, {(audio_tokens, audio_dim)} expected")
+          index[i, j] = len(cells)
+          cells.append(tokens)
+  if audio == "tokens":
+    from axk.features.shards import read_tokens  # torch-free
+    from axk.train import data as data_lib  # not at the top: axk.main imports this module
+    out["span_audio_tokens"] = data_lib.SpanTokens(cells, index, (audio_tokens, audio_dim),
+                                                   read=read_tokens)
   return out
 
 

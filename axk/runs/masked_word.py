@@ -172,6 +172,9 @@ class MaskedWord:
       dims = manifest.get("dims", {})  # The shards' dimensions win over the config's.
       self.audio_dim = int(dims.get("ast", self.audio_dim))
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
+      ast = manifest.get("params", {}).get("ast", {})
+      logging.info("Features %s: %d AST tokens a span (layout %s).",
+                   self.features_dir, self.audio_tokens, ast.get("token_layout", "unrecorded"))
       features = inputs_lib.FeatureSpans(self.features_dir)
     self.model = build_model(self.module, config, self.bert_config, self.audio_dim)
     self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")

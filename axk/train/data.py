@@ -8,6 +8,10 @@ the batches the interrupted one would have seen. Every process computes the same
 batch of row indices and reads only the rows its own devices hold (`process_rows`). Token
 axes are cut to the batch's longest row rounded up to `bucket` tokens, so the jitted steps
 compile once per bucket, not once per length.
+
+An array may also be a `SpanTokens`: ITH's audio tokens `[rows, spans, tokens, dim]` whose
+cells (one span's tokens) are read only when a batch takes their row, so a split's audio
+tokens are never all in host memory (the full AST sequence is 1214 x 768 a span).
 """
 
 from __future__ import annotations
@@ -22,6 +26,53 @@ import numpy as np
 # Keys whose axis 1 is the token axis (trimmed to the bucket length).
 TOKEN_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "span_ids",
                         "span_labels", "mlm_labels", "offsets"})
+
+
+class SpanTokens:
+  """A lazy `[rows, spans, tokens, dim]` array: cell `(r, s)` is `cells[index[r, s]]`, or
+  zeros where `index` is -1 (no span, or a span without audio).
+
+  `x[rows]` (an int array or int) reads and returns those rows as numpy, the cells through
+  `read` (a list of cells -> their `[tokens, dim]` arrays, e.g. `shards.read_tokens`, which
+  reads a batch's records in one call; by default `np.asarray` per cell); `x[a:b]` is a lazy
+  view; `np.asarray(x)` reads every row (only for a few rows: model init).
+  """
+
+  def __init__(self, cells, index: np.ndarray, cell_shape: tuple[int, int],
+               dtype=np.float16, read: Callable[[list], list] | None = None):
+    self.cells = cells
+    self.index = np.asarray(index, np.int64)
+    self.cell_shape = tuple(int(d) for d in cell_shape)
+    self.dtype = np.dtype(dtype)
+    self.read = read or (lambda cells: [np.asarray(c) for c in cells])
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return self.index.shape + self.cell_shape
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def __len__(self) -> int:
+    return len(self.index)
+
+  def __getitem__(self, key):
+    if isinstance(key, slice):
+      return SpanTokens(self.cells, self.index[key], self.cell_shape, self.dtype, self.read)
+    if np.ndim(key) == 0:
+      return self[np.asarray([key])][0]
+    index = self.index[np.asarray(key)]
+    out = np.zeros(index.shape + self.cell_shape, self.dtype)
+    positions = list(zip(*np.nonzero(index >= 0)))
+    for pos, value in zip(positions, self.read([self.cells[index[p]] for p in positions])):
+      out[pos] = value
+    return out
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    out = self[np.arange(len(self))]
+    return out if dtype is None else out.astype(dtype)
 
 
 def num_rows(arrays: Mapping[str, np.ndarray]) -> int:
