@@ -4,7 +4,9 @@ The paper's settings: BERT-base, LoRA rank 64 / alpha 128 / dropout 0.01 on quer
 value, 20 epochs, batch 32, lr 3e-4, AdamW, cosine with 10% warm-up, clip 1.0; base BERT and
 its MLM head frozen. Spans: gold spans for training, as the published code (it reads the
 CSV's span columns; it also evaluates at them, where axk evaluates at the detector's spans,
-as the paper does); `--config.spans.gold_splits=` trains on detected spans instead.
+as the paper does); `--config.spans.gold_splits=` trains on detected spans instead. Every
+difference from the paper and the published code, with the switch that undoes it:
+docs/fidelity.md.
 
     python -m axk.main --config=configs/audiobert.py --workdir=workdirs/audiobert \
         --config.features.dir=FEATURES   # configs/features.py:retrieval output (or "auto")

@@ -184,7 +184,8 @@ def masked_word_config():
   # <workdir>/stages/.
   c.features.dir = ""
   c.features.audio_dim = 768  # AST width (read from the manifest when features are given).
-  c.features.audio_tokens = 16  # AST tokens per span (ITH; read from the manifest too).
+  # configs/ith.py sets 98, configs/features.py's default `grid` layout (2 + 12 x 8).
+  c.features.audio_tokens = 16  # AST tokens per span (ITH) without features; else the manifest's.
 
   c.stages = ml_collections.ConfigDict()  # Used when spans/features are "auto".
   c.stages.span_config = "configs/span.py"  # The span detector's config (with variant).

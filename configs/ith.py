@@ -4,7 +4,8 @@ The paper's settings: BERT-base fully fine-tuned, fusion on the embedding output
 batch 32, AdamW, cosine with warm-up, lr 3e-4 for animal and 4e-5 for pitch (one model per
 task). Features from configs/features.py:generation (Stable Audio Open, CLAP rejection).
 Spans: the detector's on every split, train included, as the published code
-(`--config.spans.gold_splits=train` trains on gold spans instead).
+(`--config.spans.gold_splits=train` trains on gold spans instead). Every difference from the
+paper and the published code, with the switch that undoes it: docs/fidelity.md.
 
     python -m axk.main --config=configs/ith.py --workdir=workdirs/ith
     python -m axk.main --config=configs/ith.py:minilm,no_audio --workdir=W \

@@ -65,7 +65,7 @@ def _tau_name(tau: float) -> str:
 
 def _rows() -> dict:
   """Every row of every table, by name (its folder in the workdir). One data table: a
-  variant arriving in configs/ith.py is used by writing its name here."""
+  new variant of configs/ith.py is used by writing its name here."""
   ith, audiobert = "configs/ith.py", "configs/audiobert.py"
   rows = {
       # The pretrained model is deterministic at evaluation: one seed says everything.
