@@ -104,6 +104,11 @@ def make(name: str, config, workdir: str, model_paths: Mapping[str, str]) -> "Fe
   return SOURCES[name](config, workdir, model_paths)
 
 
+def cached_clip_path(cache_dir: str, key: str, ext: str = "flac") -> str:
+  """Where the clip cache (`axk.features.generation.ClipCache`) keeps clip `key`."""
+  return os.path.join(cache_dir, key[:2], f"{key}.{ext}")
+
+
 def empty_arrays(n: int, clap_dim: int, ast_dim: int, num_tokens: int) -> dict[str, np.ndarray]:
   """The common per-key arrays of `n` keys, all without audio."""
   return {
@@ -185,6 +190,11 @@ class FeatureSource:
     del row
     return {}
 
+  def clip_file(self, source: str) -> str | None:
+    """The playable audio file of an acquisition's `source` (None when it has none)."""
+    del source
+    return None
+
   # -- for subclasses -------------------------------------------------------------------------
   def model_roles(self) -> tuple[str, ...]:
     return ("clap", "ast")
@@ -264,6 +274,27 @@ class RetrievalSource(FeatureSource):
   def record(self, row: Mapping[str, np.ndarray]) -> dict:
     return {"top_k": [[str(i), float(v)] for i, v in zip(row["topk_ids"], row["topk_scores"])
                       if i]}
+
+  def clip_file(self, source: str) -> str | None:
+    """The database file of clip id `source`; a clip inside a TFDS record is written once
+    as WAV under `<workdir>/cache/retrieved/`."""
+    i = self.db.index.get(source)
+    if i is None:
+      return None
+    path = self.db.clips[i].path
+    if os.path.isfile(path):
+      return path
+    out = os.path.join(self.workdir, "cache", "retrieved", hub.digest(source) + ".wav")
+    if not os.path.exists(out):
+      import io  # pylint: disable=g-import-not-at-top
+
+      import soundfile as sf  # pylint: disable=g-import-not-at-top
+      wave, buf = self._load(i), io.BytesIO()
+      if wave is None:
+        return None
+      sf.write(buf, wave, self.ast.sampling_rate, format="WAV", subtype="PCM_16")
+      files.write_bytes(out, buf.getvalue())
+    return out
 
   def _load(self, i: int):
     from axk.features import audio as audio_lib  # pylint: disable=g-import-not-at-top
@@ -347,6 +378,15 @@ class GenerationSource(FeatureSource):
     return {"rounds": int(row["rounds"])}
 
   @property
+  def cache_dir(self) -> str:
+    return self.section.cache_dir or os.path.join(self.workdir, "cache", "clips")
+
+  def clip_file(self, source: str) -> str | None:
+    """The accepted clip's FLAC in the clip cache (`source` is its cache key)."""
+    path = cached_clip_path(self.cache_dir, source) if source else ""
+    return path if path and os.path.isfile(path) else None
+
+  @property
   def sampler(self):
     """The rejection sampler around the generator, built on first use."""
     if self._sampler is None:
@@ -356,7 +396,7 @@ class GenerationSource(FeatureSource):
                                             device=self.config.device,
                                             torch_dtype=g.torch_dtype)
       generator.info = dict(self.setup.models["generator"])
-      cache = generation.ClipCache(g.cache_dir or os.path.join(self.workdir, "cache", "clips"))
+      cache = generation.ClipCache(self.cache_dir)
       self._sampler = generation.RejectionSampler(
           generator, self.clap, cache, generation_params(self.config),
           spans_per_call=g.spans_per_call, keep_rejected=g.keep_rejected)
