@@ -142,6 +142,22 @@ class Inputs:
   features_dir: str = ""  # Feature shards ("": text only).
 
 
+def outputs_of(logits, batch, choice_ids: Sequence[int]) -> dict:
+  """What scoring reads from masked-LM logits at the masks [batch, masks, vocab]: `argmax`,
+  `labels` (-1 past each row's masks), `label_logprob` (sum over the row's pieces) and, for
+  closed-answer tasks (pitch), `choice_logits` of `choice_ids` at the first mask."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
+  valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
+  label_logp = jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
+  out = {"argmax": jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
+         "labels": jnp.where(valid, labels, -1).astype(jnp.int32),
+         "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1)}
+  if choice_ids:
+    out["choice_logits"] = logits[:, 0, jnp.asarray(choice_ids)]
+  return out
+
+
 class MaskedWord:
   """`axk.train.loop.Experiment` of a masked-word model on AuditoryBench."""
 
@@ -228,17 +244,7 @@ class MaskedWord:
     return loss, {"audio_spans": batch["span_has_audio"].sum() / labels.shape[0]}
 
   def predict(self, params, batch):
-    logits = self.apply(params, batch, deterministic=True)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
-    valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
-    label_logp = jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
-    out = {"argmax": jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
-           "labels": jnp.where(valid, labels, -1).astype(jnp.int32),
-           "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1)}
-    if self.choice_ids:  # Closed-answer tasks (pitch): their words' logits at the mask.
-      out["choice_logits"] = logits[:, 0, jnp.asarray(self.choice_ids)]
-    return out
+    return outputs_of(self.apply(params, batch, deterministic=True), batch, self.choice_ids)
 
   def answers(self, key, views, outputs) -> list[dict]:
     """Per example: its answer, the paper protocol's and the candidate protocol's
