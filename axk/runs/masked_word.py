@@ -36,6 +36,7 @@ import optax
 
 from axk import hf
 from axk import provenance
+from axk import report
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.models import bert as bert_lib
@@ -283,6 +284,7 @@ class MaskedWord:
     if jax.process_index() == 0:
       for key, out in outputs.items():
         answers = self.answers(key, self.eval_arrays[key], out)
+        report.audio_effect(self, params, key, answers)  # For report.html.
         metrics_lib.write_text(
             os.path.join(workdir, "predictions", key.replace("/", "_") + ".jsonl"),
             "".join(json.dumps(a) + "\n" for a in answers))
@@ -369,7 +371,10 @@ def run(config, workdir: str) -> dict:
     return MaskedWord(c, w, inputs)
 
   if len(groups) == 1:
-    return run_seeds(_for_tasks(config, groups[0], rates), workdir, make, record)
+    merged = run_seeds(_for_tasks(config, groups[0], rates), workdir, make, record)
+    if merged and jax.process_index() == 0:
+      logging.info("Report: %s", report.write(workdir))
+    return merged
   merged = {}
   for group in groups:
     result = run_seeds(_for_tasks(config, group, rates), os.path.join(workdir, group[0]), make,
@@ -386,6 +391,8 @@ def run(config, workdir: str) -> dict:
     with open(os.path.join(workdir, g[0], "results.md")) as f:
       parts.append(f.read())
   metrics_lib.write_text(os.path.join(workdir, "results.md"), "\n".join(parts))
+  if jax.process_index() == 0:
+    logging.info("Report: %s", report.write(workdir))
   return merged
 
 
