@@ -66,16 +66,17 @@ def infer_task(sentence: str) -> str:
   return "pitch" if _PITCH.search(sentence) else "animal"
 
 
-def check_sentence(sentence, where: str = "text") -> str:
-  """The sentence, or InputError naming `where`."""
+def check_sentence(sentence, where: str = "") -> str:
+  """The sentence, or InputError naming `where` (e.g. "--text 2", "file.csv:3")."""
+  at = f"{where}: the" if where else "The"
   if not isinstance(sentence, str) or not sentence.strip():
-    raise InputError(f"{where}: the sentence is empty; write one with a [MASK].")
+    raise InputError(f"{at} sentence is empty; write one with a [MASK].")
   n = sentence.count(types.MASK)
   if n == 0:
-    raise InputError(f"{where}: the sentence has no {types.MASK}; mark the word to predict "
-                     f"with {types.MASK}.")
+    raise InputError(f"{at} sentence has no {types.MASK}; mark the word to predict with "
+                     f"{types.MASK}.")
   if n > 1:
-    raise InputError(f"{where}: the sentence has {n} {types.MASK}s; exactly one is allowed.")
+    raise InputError(f"{at} sentence has {n} {types.MASK}s; exactly one is allowed.")
   return sentence.strip()
 
 
