@@ -226,15 +226,15 @@ class Predictor:
 
   def model(self, task: str):
     """(loaded export, method module, tokenizer) of `task`."""
-    if task not in self._models:
+    folder = self.exports[task]  # One model for several tasks is loaded once.
+    if folder not in self._models:
       from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
       from axk.hf import exports  # pylint: disable=g-import-not-at-top
       from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
-      folder = self.exports[task]
       loaded = getattr(exports, f"load_{self.method}")(folder)
-      self._models[task] = (loaded, masked_word.model_module(self.method),
-                            enc.load_tokenizer(os.path.join(folder, "base")))
-    return self._models[task]
+      self._models[folder] = (loaded, masked_word.model_module(self.method),
+                              enc.load_tokenizer(os.path.join(folder, "base")))
+    return self._models[folder]
 
   def vocabulary(self, task: str) -> tuple[str, ...]:
     """The animal names of the run's data (answers and options of every split)."""

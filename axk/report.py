@@ -177,8 +177,8 @@ def _spans(features_dir: str, predictions: str, task: str, split: str) -> dict[s
 def collect(workdir: str, text_only: str = "") -> dict:
   """Everything the page shows, from the workdir's files."""
   config = _read_json(os.path.join(workdir, "config.json"), {})
-  if config.get("model", {}).get("name") not in ("ith", "audiobert"):
-    raise ValueError(f"{workdir}: not an AudioBERT or ITH run (no config.json of one).")
+  if "name" not in config.get("model", {}):
+    raise ValueError(f"{workdir}: not a masked-word run (no config.json naming its model).")
   results = _read_json(os.path.join(workdir, "results.json"))
   if results is None:
     raise ValueError(f"{workdir}: no results.json; the run has not finished.")
@@ -237,8 +237,9 @@ def _without_audio(examples: Sequence[Mapping]) -> dict[tuple[str, str], float]:
 
 
 def _published(method: str) -> dict:
-  own = "AudioBERT (paper)" if method == "audiobert" else "ITH (paper)"
-  return {k: PUBLISHED[k] for k in ("BERT-base, no training", own)}
+  own = {"audiobert": ("AudioBERT (paper)",), "ith": ("ITH (paper)",)}.get(
+      method, ("AudioBERT (paper)", "ITH (paper)"))  # Another method: both.
+  return {k: PUBLISHED[k] for k in ("BERT-base, no training", *own)}
 
 
 def plots(data: Mapping) -> dict[str, str]:
