@@ -100,6 +100,11 @@ def spans_value(record: dict) -> list[tuple[str, str | None]]:
   return out
 
 
+def _error(sentence: str) -> str:
+  return (f"<div id='axk-error' style='color:#b00;font-weight:bold;padding:.5em'>"
+          f"{html.escape(sentence)}</div>")
+
+
 def respond(model: str, sentence: str, task: str, options: str):
   """The page's outputs for one sentence; errors become one sentence in the page."""
   import gradio as gr  # pylint: disable=g-import-not-at-top
@@ -111,11 +116,11 @@ def respond(model: str, sentence: str, task: str, options: str):
                           opts)
     record = p([query])[0]
   except (predict.InputError, predict.ModelError) as e:
-    return [f"<div id='axk-error'>{html.escape(str(e))}</div>", None, "", ""] + hidden
+    return [_error(str(e)), gr.update(value=None, visible=False), "", ""] + hidden
   except Exception as e:  # pylint: disable=broad-except
     logging.exception("demo: prediction failed")
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return [f"<div id='axk-error'>The prediction failed: {html.escape(first)}</div>", None, "",
+    return [_error(f"The prediction failed: {first}"), gr.update(value=None, visible=False), "",
             ""] + hidden
   players = []
   for s in record["spans"][:MAX_PLAYERS]:
@@ -125,7 +130,8 @@ def respond(model: str, sentence: str, task: str, options: str):
   players += hidden[len(players):]
   spans = ("" if record["spans"] else "<p id='axk-nospan'>No auditory span detected: the "
            "model answers from the text alone.</p>")
-  return ["", spans_value(record), spans + answer_html(record), gate_html(record)] + players
+  return (["", gr.update(value=spans_value(record), visible=True),
+           spans + answer_html(record), gate_html(record)] + players)
 
 
 def build(model: str):
