@@ -160,10 +160,12 @@ class Predictor:
   def __init__(self, model: str, *, device: str = "cpu", top: int = 5):
     import ml_collections  # pylint: disable=g-import-not-at-top
     self.run_dir = find_run(model)
-    self.config = ml_collections.ConfigDict(_read_json(os.path.join(self.run_dir,
-                                                                    "config.json")))
+    from axk import provenance  # pylint: disable=g-import-not-at-top
+    raw = _read_json(os.path.join(self.run_dir, "config.json"))
+    resolved = raw.pop("resolved", {})  # What the stages produced, beside the config.
+    raw.pop(provenance.REVISIONS_KEY, None)
+    self.config = ml_collections.ConfigDict(raw)
     self.method = self.config.model.name
-    resolved = self.config.get("resolved", {})
     self.tasks = tuple(self.config.data.tasks)
     self.exports = {}
     for t in self.tasks:
