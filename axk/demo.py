@@ -147,7 +147,7 @@ def build(model: str):
       with gr.Column(scale=1):
         task = gr.Dropdown(["auto", *predict.types.TASKS], value="auto", label="task")
         options = gr.Textbox(label="animal options (a|b|c|d, optional)")
-    model_box = gr.Textbox(value=model, label="model (a run's workdir)")
+    model_box = gr.Textbox(value=model, label="model (a run's workdir)", elem_id="axk-model")
     button = gr.Button("Predict", variant="primary", elem_id="axk-submit")
     gr.Examples([[e] for e in predict.EXAMPLES], inputs=[sentence])
     error = gr.HTML(elem_id="axk-error-box")
