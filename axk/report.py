@@ -72,15 +72,16 @@ def audio_effect(experiment, params, key: str, answers: Sequence[dict]) -> None:
     return res
 
   def run(rows):
+    """Every row, in order, on this process alone (process 0 writes the predictions), in
+    fixed-size batches (the last padded with row 0)."""
+    size, n = int(experiment.config.train.eval_batch_size), data_lib.num_rows(rows)
     chunks = []
-    for batch in data_lib.eval_batches(rows, int(experiment.config.train.eval_batch_size)):
-      valid = batch.pop("valid").astype(bool)
-      out = jax.device_get(step(params, batch))
-      chunks.append({k: np.asarray(v)[valid] for k, v in out.items()})
-    width = {k: max(c[k].shape[1] for c in chunks) for k in chunks[0] if chunks[0][k].ndim > 1}
-    return {k: np.concatenate([np.pad(c[k], [(0, 0), (0, width[k] - c[k].shape[1])]
-                                      + [(0, 0)] * (c[k].ndim - 2)) if k in width else c[k]
-                               for c in chunks]) for k in chunks[0]}
+    for start in range(0, n, size):
+      index = np.arange(start, start + size)
+      index[index >= n] = 0
+      out = jax.device_get(step(params, {k: v[index] for k, v in rows.items()}))
+      chunks.append({k: np.asarray(v)[:min(size, n - start)] for k, v in out.items()})
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
   with_audio = run(arrays)
   silent = run(without_audio(arrays, experiment.module, model))

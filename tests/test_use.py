@@ -1,7 +1,7 @@
 """Using a trained run: `axk.predict`, the Gradio demo in a real browser, `report.html`.
 
-Everything runs on the session's smoke chain (`ith_smoke`) and one AudioBERT smoke run that
-reuses its stages. References are independent of the code under test: the span detector's
+Everything runs on the session's smoke runs (`ith_smoke`, and `audiobert_smoke` on its
+stages; conftest.py). References are independent of the code under test: the span detector's
 export run in JAX by hand, the features stage's own acquisitions and parts, the models' own
 forward passes (`model.apply(..., mutable=["intermediates"])`) on inputs built here, and the
 clips decoded with soundfile. Screenshots go to `$AXK_SCREENSHOTS` (default: a temporary
@@ -29,20 +29,6 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def audiobert_smoke(ith_smoke, tmp_path_factory):
-  """`configs/audiobert.py:smoke` trained on the ITH chain's detector and retrieval features."""
-  workdir = tmp_path_factory.mktemp("audiobert_smoke") / "run"
-  stages = ith_smoke / "stages"
-  proc = subprocess.run(
-      [sys.executable, "-m", "axk.main", "--config=configs/audiobert.py:smoke",
-       f"--workdir={workdir}", f"--config.spans.predictions={stages / 'span' / 'predictions'}",
-       f"--config.features.dir={stages / 'features' / 'features_retrieval'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return workdir
-
-
 def _acquisitions(features_dir) -> dict[str, dict]:
   with open(os.path.join(features_dir, "acquisitions.jsonl"), encoding="utf-8") as f:
     return {r["text"]: r for r in map(json.loads, f)}
@@ -89,7 +75,7 @@ def _parts_rows(features_dir) -> dict:
 
 
 # -- axk.predict ---------------------------------------------------------------------------------
-def _check_record(r, sentence, run, features, tokenizer_dir):
+def _check_record(r, sentence, run, features):
   import soundfile as sf
   assert r["sentence"] == sentence
   assert r["task"] == ("pitch" if "pitch" in sentence else "animal") and r["task_inferred"]
@@ -178,7 +164,7 @@ def test_predict_ith_reports_spans_clips_answers_and_the_models_own_gate(ith_smo
   assert len(records) == len(sentences)
   fused_checked = 0
   for sentence, r in zip(sentences, records):
-    _check_record(r, sentence, ith_smoke, "features", None)
+    _check_record(r, sentence, ith_smoke, "features")
     assert r["method"] == "ith" and r["lora_gate"] is None
     accepted = {k + 1 for k, s in enumerate(r["spans"]) if s["accepted"]}
     for t in r["tokens"]:  # The gate exists exactly on the tokens of fused spans.
@@ -205,10 +191,10 @@ def test_predict_ith_reports_spans_clips_answers_and_the_models_own_gate(ith_smo
 def test_predict_audiobert_reports_retrieved_clips_and_the_lora_gate(ith_smoke, audiobert_smoke,
                                                                      tmp_path):
   sentences = _sentences(ith_smoke, "features_retrieval")
-  records = _predict(audiobert_smoke, sentences, tmp_path / "ab.jsonl")
+  records = _predict(audiobert_smoke[1], sentences, tmp_path / "ab.jsonl")
   with_audio = 0
   for sentence, r in zip(sentences, records):
-    _check_record(r, sentence, ith_smoke, "features_retrieval", None)
+    _check_record(r, sentence, ith_smoke, "features_retrieval")
     assert r["method"] == "audiobert"
     assert all(t["gate"] is None for t in r["tokens"])
     has_audio = any(s["accepted"] for s in r["spans"])
