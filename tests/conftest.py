@@ -30,3 +30,17 @@ def ith_smoke(tmp_path_factory):
                         capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return workdir
+
+
+@pytest.fixture(scope="session")
+def audiobert_smoke(ith_smoke, tmp_path_factory):
+  """`configs/audiobert.py:smoke` trained once, in this process, on the ITH chain's span
+  predictions and retrieval features. Returns (config, workdir)."""
+  from axk.runs import masked_word
+  from configs import audiobert as audiobert_config
+  config = audiobert_config.get_config("smoke")
+  config.features.dir = str(ith_smoke / "stages" / "features" / "features_retrieval")
+  config.spans.predictions = str(ith_smoke / "stages" / "span" / "predictions")
+  workdir = tmp_path_factory.mktemp("audiobert_smoke") / "run"
+  masked_word.run(config, str(workdir))
+  return config, workdir

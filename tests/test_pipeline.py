@@ -38,11 +38,9 @@ def test_ith_smoke_runs_every_stage_and_writes_results(ith_smoke):
   assert "## animal" in md and "## pitch" in md and "leaks" in md
 
 
-def test_audiobert_smoke_on_retrieval_features(ith_smoke, tmp_path):
-  config = audiobert_config.get_config("smoke")
-  config.features.dir = str(ith_smoke / "stages" / "features" / "features_retrieval")
-  config.spans.predictions = str(ith_smoke / "stages" / "span" / "predictions")
-  results = masked_word.run(config, str(tmp_path))
+def test_audiobert_smoke_on_retrieval_features(audiobert_smoke):
+  config, tmp_path = audiobert_smoke  # Run once for the session (conftest.py).
+  results = json.loads((tmp_path / "results.json").read_text())
   assert results["pitch"]["test"]["with_audio"] > 0
   assert not (tmp_path / "stages").exists()  # Given inputs: no stage ran.
   model = AudioBertTorch.from_export(str(tmp_path / "export"))

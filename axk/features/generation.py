@@ -288,7 +288,8 @@ class ClipCache:
     os.makedirs(folder, exist_ok=True)
 
   def _path(self, key: str, ext: str) -> str:
-    return os.path.join(self.folder, key[:2], f"{key}.{ext}")
+    from axk.features.sources import cached_clip_path  # pylint: disable=g-import-not-at-top
+    return cached_clip_path(self.folder, key, ext)
 
   def sidecar(self, key: str) -> dict | None:
     try:

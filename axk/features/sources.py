@@ -107,6 +107,11 @@ def make(name: str, config, workdir: str, model_paths: Mapping[str, str]) -> "Fe
   return SOURCES[name](config, workdir, model_paths)
 
 
+def cached_clip_path(cache_dir: str, key: str, ext: str = "flac") -> str:
+  """Where the clip cache (`axk.features.generation.ClipCache`) keeps clip `key`."""
+  return os.path.join(cache_dir, key[:2], f"{key}.{ext}")
+
+
 def empty_arrays(n: int, clap_dim: int, ast_dim: int, num_tokens: int) -> dict[str, np.ndarray]:
   """The common per-key arrays of `n` keys, all without audio."""
   return {
@@ -186,6 +191,11 @@ class FeatureSource:
     """Extras of one key's `acquisitions.jsonl` line; none by default."""
     del row
     return {}
+
+  def clip_file(self, source: str) -> str | None:
+    """The playable audio file of an acquisition's `source` (None when it has none)."""
+    del source
+    return None
 
   # -- for subclasses -------------------------------------------------------------------------
   def model_roles(self) -> tuple[str, ...]:
@@ -276,6 +286,27 @@ class RetrievalSource(FeatureSource):
     chosen = self.db.index.get(str(row["source"]))
     if chosen is not None and self.db.clips[chosen].caption:
       out["caption"] = self.db.clips[chosen].caption  # what the retrieved clip is said to be
+    return out
+
+  def clip_file(self, source: str) -> str | None:
+    """The database file of clip id `source`; a clip inside a TFDS record is written once
+    as WAV under `<workdir>/cache/retrieved/`."""
+    i = self.db.index.get(source)
+    if i is None:
+      return None
+    path = self.db.clips[i].path
+    if os.path.isfile(path):
+      return path
+    out = os.path.join(self.workdir, "cache", "retrieved", hub.digest(source) + ".wav")
+    if not os.path.exists(out):
+      import io  # pylint: disable=g-import-not-at-top
+
+      import soundfile as sf  # pylint: disable=g-import-not-at-top
+      wave, buf = self._load(i), io.BytesIO()
+      if wave is None:
+        return None
+      sf.write(buf, wave, self.ast.sampling_rate, format="WAV", subtype="PCM_16")
+      files.write_bytes(out, buf.getvalue())
     return out
 
   def _load(self, i: int):
@@ -386,6 +417,15 @@ class GenerationSource(FeatureSource):
             "scores": [round(float(v), 6) for v in row["scores"][:tried]]}
 
   @property
+  def cache_dir(self) -> str:
+    return self.section.cache_dir or os.path.join(self.workdir, "cache", "clips")
+
+  def clip_file(self, source: str) -> str | None:
+    """The accepted clip's FLAC in the clip cache (`source` is its cache key)."""
+    path = cached_clip_path(self.cache_dir, source) if source else ""
+    return path if path and os.path.isfile(path) else None
+
+  @property
   def sampler(self):
     """The rejection sampler around the generator, built on first use."""
     if self._sampler is None:
@@ -395,7 +435,7 @@ class GenerationSource(FeatureSource):
                                             device=self.config.device,
                                             torch_dtype=g.torch_dtype)
       generator.info = dict(self.setup.models["generator"])
-      cache = generation.ClipCache(g.cache_dir or os.path.join(self.workdir, "cache", "clips"))
+      cache = generation.ClipCache(self.cache_dir)
       self._sampler = generation.RejectionSampler(
           generator, self.clap, cache, generation_params(self.config),
           spans_per_call=g.spans_per_call, keep_rejected=g.keep_rejected)

@@ -36,6 +36,7 @@ import optax
 
 from axk import hf
 from axk import provenance
+from axk import report
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.models import bert as bert_lib
@@ -148,6 +149,22 @@ class Inputs:
   features_dir: str = ""  # Feature shards ("": text only).
 
 
+def outputs_of(logits, batch, choice_ids: Sequence[int]) -> dict:
+  """What scoring reads from masked-LM logits at the masks [batch, masks, vocab]: `argmax`,
+  `labels` (-1 past each row's masks), `label_logprob` (sum over the row's pieces) and, for
+  closed-answer tasks (pitch), `choice_logits` of `choice_ids` at the first mask."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
+  valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
+  label_logp = jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
+  out = {"argmax": jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
+         "labels": jnp.where(valid, labels, -1).astype(jnp.int32),
+         "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1)}
+  if choice_ids:
+    out["choice_logits"] = logits[:, 0, jnp.asarray(choice_ids)]
+  return out
+
+
 class MaskedWord:
   """`axk.train.loop.Experiment` of a masked-word model on AuditoryBench."""
 
@@ -255,17 +272,7 @@ class MaskedWord:
     return loss, {"audio_spans": batch["span_has_audio"].sum() / labels.shape[0]}
 
   def predict(self, params, batch):
-    logits = self.apply(params, batch, deterministic=True)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
-    valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
-    label_logp = jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
-    out = {"argmax": jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
-           "labels": jnp.where(valid, labels, -1).astype(jnp.int32),
-           "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1)}
-    if self.choice_ids:  # Closed-answer tasks (pitch): their words' logits at the mask.
-      out["choice_logits"] = logits[:, 0, jnp.asarray(self.choice_ids)]
-    return out
+    return outputs_of(self.apply(params, batch, deterministic=True), batch, self.choice_ids)
 
   def answers(self, key, views, outputs) -> list[dict]:
     """Per example: its answer, the paper protocol's and the candidate protocol's
@@ -303,6 +310,7 @@ class MaskedWord:
     if jax.process_index() == 0:
       for key, out in outputs.items():
         answers = self.answers(key, self.eval_arrays[key], out)
+        report.audio_effect(self, params, key, answers)  # For report.html.
         metrics_lib.write_text(
             os.path.join(workdir, "predictions", key.replace("/", "_") + ".jsonl"),
             "".join(json.dumps(a) + "\n" for a in answers))
@@ -407,7 +415,10 @@ def run(config, workdir: str) -> dict:
     return MaskedWord(c, w, inputs)
 
   if len(groups) == 1:
-    return run_seeds(_for_tasks(config, groups[0], rates), workdir, make, record)
+    merged = run_seeds(_for_tasks(config, groups[0], rates), workdir, make, record)
+    if merged and jax.process_index() == 0:
+      logging.info("Report: %s", report.write(workdir))
+    return merged
   merged = {}
   for group in groups:
     result = run_seeds(_for_tasks(config, group, rates), os.path.join(workdir, group[0]), make,
@@ -424,6 +435,8 @@ def run(config, workdir: str) -> dict:
     with open(os.path.join(workdir, g[0], "results.md")) as f:
       parts.append(f.read())
   metrics_lib.write_text(os.path.join(workdir, "results.md"), "\n".join(parts))
+  if jax.process_index() == 0:
+    logging.info("Report: %s", report.write(workdir))
   return merged
 
 

@@ -1,0 +1,509 @@
+r"""Predict with a trained AudioBERT or ITH run: spans, their audio, the answer, what audio did.
+
+    python -m axk.predict --model=workdirs/ith --text="Rattle is the sound a [MASK] makes."
+    python -m axk.predict --model=workdirs/ith --input=sentences.csv --output=out.jsonl
+
+`--model` is a run's workdir (or an export inside one): its `config.json` names the span
+detector (`resolved.spans_predictions`, whose `export/` is run here) and the feature shards
+(`resolved.features_dir`, whose manifest holds the feature settings); each task's model is
+`<workdir>/<task>/export` (one model per task) or `<workdir>/export`. For every sentence:
+
+  * the task (given, or inferred: "[MASK] ... than" or "pitch" -> pitch, else animal);
+  * the detected spans (character offsets);
+  * each span's audio, acquired by the run's own feature source (`axk.features.sources`,
+    generation with CLAP rejection or retrieval) with the run's settings: the source's run
+    key must equal the manifest's. Clips are cached by the source (clip cache, database
+    embeddings), so a sentence seen again costs nothing; `audio` is the playable clip file;
+  * the answer: pitch with the probabilities of higher/lower; animal as the top candidates
+    over the animal names of the run's data (each name scored as a whole word: the sum of
+    its word pieces' log-probabilities, `[MASK]` repeated to its length, as the candidate
+    protocol of `axk.data.benchmark`), and over the given options;
+  * the same answer with every span's audio removed (`span_has_audio` zeroed, the gate
+    recomputed), and what the audio did: ITH's fusion gate per token (the module's `sow`),
+    AudioBERT's LoRA gate.
+
+Inputs are built by `axk.runs.inputs.build`, as in training and evaluation.
+
+A bad sentence (empty, no `[MASK]`, several) or a folder that is not a run is one line
+(`InputError`, `ModelError`), raised before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from axk.data import benchmark
+from axk.data import types
+from axk.data.auditorybench import normalise
+
+EXAMPLES = (  # Case-study style sentences (animal, animal, pitch): the demo's examples.
+    "Rattle is the sound a [MASK] makes.",
+    "Hoot is the sound an [MASK] makes.",
+    "The buzzing of a mosquito has a [MASK] pitch than the roar of a lion.",
+)
+_PITCH = re.compile(r"\[MASK\](\s+\S+){0,2}\s+than\b|\bpitch\b", re.IGNORECASE)
+
+
+class InputError(ValueError):
+  """A sentence or input file that cannot be predicted (one line naming it)."""
+
+
+class ModelError(ValueError):
+  """A `--model` folder that is not an AudioBERT/ITH run or export."""
+
+
+def infer_task(sentence: str) -> str:
+  """"pitch" for a comparison ("a [MASK] pitch than ..."), else "animal"."""
+  return "pitch" if _PITCH.search(sentence) else "animal"
+
+
+def check_sentence(sentence, where: str = "") -> str:
+  """The sentence, or InputError naming `where` (e.g. "--text 2", "file.csv:3")."""
+  at = f"{where}: the" if where else "The"
+  if not isinstance(sentence, str) or not sentence.strip():
+    raise InputError(f"{at} sentence is empty; write one with a [MASK].")
+  n = sentence.count(types.MASK)
+  if n == 0:
+    raise InputError(f"{at} sentence has no {types.MASK}; mark the word to predict with "
+                     f"{types.MASK}.")
+  if n > 1:
+    raise InputError(f"{at} sentence has {n} {types.MASK}s; exactly one is allowed.")
+  return sentence.strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One sentence to predict; `task` "" to infer it, `options` for animal (may be empty)."""
+
+  sentence: str
+  task: str = ""
+  options: tuple[str, ...] = ()
+  inferred: bool = False  # Set by `Predictor.check` when the task was inferred.
+
+
+def read_input(path: str) -> list[Query]:
+  """Queries from a CSV (`sentence`, optional `task`, `options` "a|b|c" or columns A-D) or a
+  JSON-lines file (`{"sentence": ..., "task": ..., "options": [...]}`)."""
+  if not os.path.isfile(path):
+    raise InputError(f"--input={path}: no such file.")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    if path.endswith((".jsonl", ".json")):
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            rows.append((f"{path}:{n}", json.loads(line)))
+          except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{n}: not a JSON object ({e.msg}).") from None
+    else:
+      reader = csv.DictReader(f)
+      if "sentence" not in (reader.fieldnames or ()):
+        raise InputError(f"{path}: no `sentence` column (columns: {reader.fieldnames}).")
+      rows = [(f"{path}:{n + 1}", r) for n, r in enumerate(reader, 1)]
+  out = []
+  for where, r in rows:
+    if not isinstance(r, dict) or "sentence" not in r:
+      raise InputError(f"{where}: expected an object with `sentence`.")
+    options = r.get("options") or [r[k] for k in benchmark.ANIMAL_LETTERS if r.get(k)]
+    if isinstance(options, str):
+      options = options.split("|")
+    out.append(Query(check_sentence(r["sentence"], where), str(r.get("task") or ""),
+                     tuple(normalise(o) for o in options if normalise(o))))
+  return out
+
+
+def _read_json(path: str) -> dict:
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def find_run(model: str) -> str:
+  """The run workdir of `model` (the folder itself, or the run an export lies in)."""
+  path = os.path.abspath(os.path.expanduser(model))
+  if not os.path.isdir(path):
+    raise ModelError(f"--model={model}: no such folder.")
+  for folder in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+    config = os.path.join(folder, "config.json")
+    if os.path.isfile(config):
+      try:
+        name = _read_json(config).get("model", {}).get("name")
+      except (OSError, ValueError, AttributeError):
+        raise ModelError(f"{config}: not a readable run config.") from None
+      if name in ("ith", "audiobert"):
+        # A task's sub-run (`<run>/<task>/`) points back at its parent's stages.
+        parent = os.path.join(os.path.dirname(folder), "config.json")
+        if os.path.isfile(parent) and _read_json(parent).get("model", {}).get("name") == name:
+          return os.path.dirname(folder)
+        return folder
+  raise ModelError(f"--model={model}: not an AudioBERT or ITH run (no config.json of one in "
+                   "it or above it); pass a run's workdir.")
+
+
+def _softmax(x) -> np.ndarray:
+  x = np.asarray(x, np.float64)
+  e = np.exp(x - x.max())
+  return e / e.sum()
+
+
+class Predictor:
+  """A run loaded for prediction (see the module docstring). Models load on first use."""
+
+  def __init__(self, model: str, *, device: str = "cpu", top: int = 5):
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    self.run_dir = find_run(model)
+    from axk import provenance  # pylint: disable=g-import-not-at-top
+    raw = _read_json(os.path.join(self.run_dir, "config.json"))
+    resolved = raw.pop("resolved", {})  # What the stages produced, beside the config.
+    raw.pop(provenance.REVISIONS_KEY, None)
+    self.config = ml_collections.ConfigDict(raw)
+    self.method = self.config.model.name
+    self.tasks = tuple(self.config.data.tasks)
+    self.exports = {}
+    for t in self.tasks:
+      for folder in (os.path.join(self.run_dir, t, "export"), os.path.join(self.run_dir,
+                                                                            "export")):
+        if os.path.isfile(os.path.join(folder, f"{self.method}.json")):
+          self.exports[t] = folder
+          break
+    if not self.exports:
+      raise ModelError(f"{self.run_dir}: the run has no export yet ({self.method}.json in "
+                       "export/ or <task>/export/); it has not finished.")
+    predictions = resolved.get("spans_predictions", "")
+    self.detector_dir = os.path.join(os.path.dirname(predictions), "export") if predictions \
+        else ""
+    if self.detector_dir and not os.path.isfile(os.path.join(self.detector_dir,
+                                                             "config.json")):
+      raise ModelError(f"{self.run_dir}: its span detector {self.detector_dir} is missing.")
+    self.features_dir = resolved.get("features_dir", "")
+    self.manifest = {}
+    if self.features_dir:
+      from axk.features import shards  # pylint: disable=g-import-not-at-top  (torch-free)
+      try:
+        self.manifest = shards.read_manifest(self.features_dir)
+      except (FileNotFoundError, shards.FeaturesMismatch) as e:
+        raise ModelError(f"{self.run_dir}: its features {self.features_dir} do not load "
+                         f"({e}).") from None
+    self.device, self.top = device, top
+    self._models, self._source, self._detector, self._vocab = {}, None, None, {}
+    self._acquired: dict[str, dict] = {}
+
+  # -- parts, loaded once ----------------------------------------------------------------------
+  @property
+  def detector(self):
+    if self._detector is None and self.detector_dir:
+      from axk.features import detector as detector_lib  # pylint: disable=g-import-not-at-top
+      self._detector = detector_lib.Detector(self.detector_dir, device=self.device)
+    return self._detector
+
+  @property
+  def source(self):
+    """The run's feature source, rebuilt from the features manifest; its run key must be the
+    manifest's, so clips come with exactly the run's settings."""
+    if self._source is None and self.features_dir:
+      import ml_collections  # pylint: disable=g-import-not-at-top
+
+      from axk.features import pipeline  # pylint: disable=g-import-not-at-top
+      from axk.features import sources  # pylint: disable=g-import-not-at-top
+      manifest = self.manifest
+      config = ml_collections.ConfigDict(manifest["config"])
+      config.device = self.device
+      workdir = os.path.dirname(self.features_dir)
+      source = sources.make(manifest["source"], config, workdir,
+                            pipeline.model_paths(config, workdir))
+      if source.setup.run_key != manifest["run_key"]:
+        raise ModelError(f"{self.features_dir}: its feature settings or models changed since "
+                         f"the run (run key {source.setup.run_key} != {manifest['run_key']}).")
+      source.prepare()
+      self._source = source
+    return self._source
+
+  def model(self, task: str):
+    """(loaded export, method module, tokenizer) of `task`."""
+    folder = self.exports[task]  # One model for several tasks is loaded once.
+    if folder not in self._models:
+      from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
+      from axk.hf import exports  # pylint: disable=g-import-not-at-top
+      from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
+      loaded = getattr(exports, f"load_{self.method}")(folder)
+      self._models[folder] = (loaded, masked_word.model_module(self.method),
+                              enc.load_tokenizer(os.path.join(folder, "base")))
+    return self._models[folder]
+
+  def vocabulary(self, task: str) -> tuple[str, ...]:
+    """The animal names of the run's data (answers and options of every split)."""
+    if task not in self._vocab:
+      from axk.runs import common  # pylint: disable=g-import-not-at-top
+      c = self.config.copy_and_resolve_references()
+      c.data.tasks = (task,)
+      names = set()
+      for d in common.load_data(c, keep_missing_spans=True)[task].values():
+        for e in d.examples:
+          names.add(e.answer)
+          names.update(e.options)
+      self._vocab[task] = tuple(sorted(n for n in names if n))
+    return self._vocab[task]
+
+  # -- prediction ------------------------------------------------------------------------------
+  def check(self, queries: Sequence[Query]) -> list[Query]:
+    """Queries with their task, or InputError (before any model loads)."""
+    out = []
+    for n, q in enumerate(queries, 1):
+      sentence = check_sentence(q.sentence, f"sentence {n}")
+      task = q.task or infer_task(sentence)
+      if task not in self.exports:
+        raise InputError(f"sentence {n}: task {task!r} is not one this run trained "
+                         f"({', '.join(self.exports)}).")
+      out.append(dataclasses.replace(q, sentence=sentence, task=task, inferred=not q.task))
+    return out
+
+  def spans(self, sentences: Sequence[str]) -> list[list[types.Span]]:
+    if self.detector is None:
+      return [[] for _ in sentences]
+    return [list(s) for s in self.detector(list(sentences))]
+
+  def audio(self, keys: Sequence[str]) -> dict[str, dict]:
+    """Per normalised span text: the source's arrays in storage form, plus its clip file."""
+    from axk.features import sources  # pylint: disable=g-import-not-at-top
+    todo = sorted({k for k in keys if k not in self._acquired})
+    if todo and self.source is not None:
+      part = sources.to_part(todo, self.source.acquire(todo))
+      for i, k in enumerate(todo):
+        row = {f: part[f][i] for f in part}
+        row["audio"] = (self.source.clip_file(str(row["source"])) if row["has_audio"]
+                        else None)
+        self._acquired[k] = row
+    return {k: self._acquired[k] for k in keys if k in self._acquired}
+
+  def __call__(self, queries: Sequence[Query]) -> list[dict]:
+    queries = self.check(queries)
+    found = self.spans([q.sentence for q in queries])
+    acquired = self.audio([normalise(s.text) for row in found for s in row])
+    return [self._one(q, row, acquired) for q, row in zip(queries, found)]
+
+  def _one(self, q: Query, found: Sequence[types.Span], acquired: Mapping[str, dict]) -> dict:
+    from axk.runs import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+    loaded, module, tokenizer = self.model(q.task)
+    c = self.config.data
+    spans = []
+    for s in found:
+      row = acquired.get(normalise(s.text))
+      d = {"start": s.start, "end": s.end, "text": s.text, "has_audio": False}
+      if row is not None:
+        d.update(has_audio=bool(row["has_audio"]), ast_pooled=row["ast_pooled"],
+                 ast_tokens=row["ast_tokens"])
+      spans.append(d)
+    spec = benchmark.spec(q.task)
+    tokens = (int(self.manifest["dims"]["num_audio_tokens"]) if self.manifest else
+              int(self.config.features.audio_tokens))
+    audio_dim = int(loaded.module.audio_dim)
+
+    def arrays_of(options: Sequence[str], protocol: str):
+      example = types.Example("predict/0", q.task, "predict", q.sentence, options[0], (),
+                              tuple(options), 0)
+      return inputs_lib.build([example], [spans], tokenizer, model_module=module,
+                              model=loaded.module, protocol=protocol,
+                              max_length=int(c.max_length), max_spans=int(c.max_spans),
+                              audio_dim=audio_dim, audio_tokens=tokens)
+
+    record = {"sentence": q.sentence, "task": q.task, "task_inferred": q.inferred,
+              "method": self.method, "model": loaded.path,
+              "spans": [self._span_record(s, acquired.get(normalise(s["text"])))
+                        for s in spans]}
+    if spec.closed:
+      arrays = arrays_of(spec.choices, "paper")
+      options = list(spec.choices)
+    else:
+      options = list(self.vocabulary(q.task))
+      arrays = arrays_of(options, "candidates")
+    outputs = {audio: forward(loaded, module, arrays, audio=audio, choice_words=spec.choices,
+                              tokenizer=tokenizer) for audio in (True, False)}
+    for audio, name in ((True, "answer"), (False, "answer_without_audio")):
+      out = outputs[audio]
+      probs = (_softmax(out["choice_logits"][0]) if spec.closed
+               else _softmax(out["label_logprob"]))
+      record[name] = self._answer(options, probs)
+      if q.options and not spec.closed:
+        record[name]["options"] = self._over_options(q.options, arrays_of, loaded, module,
+                                                     tokenizer, audio)
+    # The row the gate is read from: pitch's one row, animal's best candidate.
+    row = 0 if spec.closed else int(np.argmax(outputs[True]["label_logprob"]))
+    record["audio_changed"] = (record["answer"]["predicted"] !=
+                               record["answer_without_audio"]["predicted"])
+    record["tokens"] = self._tokens(tokenizer, arrays, row, outputs[True])
+    record["lora_gate"] = (float(arrays["lora_gate"][row]) if self.method == "audiobert"
+                           else None)
+    return record
+
+  def _over_options(self, options, arrays_of, loaded, module, tokenizer, audio):
+    arrays = arrays_of(options, "candidates")
+    out = forward(loaded, module, arrays, audio=audio, choice_words=(), tokenizer=tokenizer)
+    best = benchmark.candidate_answers(1, arrays["example_index"], arrays["option_index"],
+                                       out["label_logprob"])[0]
+    probs = _softmax(out["label_logprob"])
+    return {"predicted": options[best],
+            "probabilities": {o: float(p) for o, p in zip(options, probs)}}
+
+  def _answer(self, options, probs) -> dict:
+    order = np.argsort(-probs, kind="stable")
+    if len(options) <= 2:
+      return {"predicted": options[int(order[0])],
+              "probabilities": {o: float(p) for o, p in zip(options, probs)}}
+    return {"predicted": options[int(order[0])],
+            "top": [{"answer": options[i], "probability": float(probs[i])}
+                    for i in order[:self.top]]}
+
+  def _span_record(self, span: Mapping, row: Mapping | None) -> dict:
+    out = {"start": span["start"], "end": span["end"], "text": span["text"],
+           "accepted": bool(span["has_audio"]), "clap_score": None, "source": None,
+           "audio": None}
+    if row is not None:
+      out.update(clap_score=float(row["clap_score"]), source=str(row["source"]) or None,
+                 audio=row["audio"])
+    return out
+
+  def _tokens(self, tokenizer, arrays, row: int, out: Mapping) -> list[dict]:
+    """The row's tokens (special tokens left out) with span ids and, for ITH, the gate on
+    the tokens the fusion acted on."""
+    ids = arrays["input_ids"][row]
+    special = set(tokenizer.all_special_ids) - {tokenizer.mask_token_id}
+    tokens = []
+    for i in range(int(arrays["attention_mask"][row].sum())):
+      if int(ids[i]) in special:
+        continue
+      start, end = (int(x) for x in arrays["offsets"][row, i])
+      gate = None
+      if "fused" in out and bool(out["fused"][row, i]):
+        gate = float(out["gate"][row, i])
+      tokens.append({"index": i, "token": tokenizer.convert_ids_to_tokens(int(ids[i])),
+                     "start": start, "end": end, "span": int(arrays["span_ids"][row, i]),
+                     "gate": gate})
+    return tokens
+
+
+def without_audio(arrays: Mapping[str, np.ndarray], module, model) -> dict[str, np.ndarray]:
+  """The same rows with no span audio: `span_has_audio` zeroed and the LoRA gate
+  recomputed from it (AudioBERT's default gate then switches LoRA off)."""
+  out = dict(arrays)
+  out["span_has_audio"] = np.zeros_like(arrays["span_has_audio"])
+  out["lora_gate"] = module.lora_gate_of(out, getattr(model, "lora_gate", None))
+  return out
+
+
+def forward(loaded, module, arrays: Mapping[str, np.ndarray], *, audio: bool = True,
+            choice_words: Sequence[str] = (), tokenizer=None) -> dict[str, np.ndarray]:
+  """The model's outputs on `arrays` (`axk.runs.masked_word.outputs_of`), plus ITH's gate
+  and fused mask per token when the fusion sows them."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
+  from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
+  if not audio:
+    arrays = without_audio(arrays, module, loaded.module)
+  batch = {k: jnp.asarray(arrays[k]) for k in module.INPUTS}
+  batch["mask_positions"] = jnp.asarray(arrays["mask_positions"])
+  out, state = loaded.module.apply({"params": loaded.params}, batch,
+                                   positions=batch["mask_positions"],
+                                   mutable=["intermediates"])
+  choice_ids = [enc.answer_pieces(tokenizer, w)[0] for w in choice_words]
+  result = masked_word.outputs_of(out["logits"], {**batch, **{
+      k: jnp.asarray(arrays[k]) for k in ("mlm_labels", "mask_count")}}, choice_ids)
+  result = {k: np.asarray(v) for k, v in result.items()}
+  fusion = state.get("intermediates", {}).get("fusion", {})
+  if "gate" in fusion:
+    result["gate"] = np.asarray(fusion["gate"][0])
+    result["fused"] = np.asarray(fusion["fused"][0])
+  return result
+
+
+def jsonable(record: Mapping) -> dict:
+  """A prediction as plain JSON values."""
+  return json.loads(json.dumps(record, default=lambda x: x.tolist() if hasattr(x, "tolist")
+                               else str(x)))
+
+
+def _answer_text(answer: Mapping) -> str:
+  if "probabilities" in answer:
+    return " ".join(f"{k} {v:.3f}" for k, v in answer["probabilities"].items())
+  return ", ".join(f"{t['answer']} {t['probability']:.3f}" for t in answer["top"])
+
+
+def table(records: Sequence[Mapping]) -> str:
+  """A readable summary of predictions, one block per sentence."""
+  lines = []
+  for r in records:
+    lines.append(f"{r['sentence']}")
+    lines.append(f"  task      {r['task']}{' (inferred)' if r['task_inferred'] else ''}")
+    for s in r["spans"] or [None]:
+      if s is None:
+        lines.append("  span      (none detected)")
+        continue
+      score = "" if s["clap_score"] is None else f"  CLAP {s['clap_score']:+.3f}"
+      state = "accepted" if s["accepted"] else "no audio"
+      lines.append(f"  span      [{s['start']}:{s['end']}] {s['text']!r}  {state}{score}")
+      if s["audio"]:
+        lines.append(f"            {s['audio']}")
+    for name, key in (("answer", "answer"), ("no audio", "answer_without_audio")):
+      a = r[key]
+      lines.append(f"  {name:<9} {a['predicted']}  ({_answer_text(a)})")
+      if "options" in a:
+        lines.append(f"  {'':<9} options: {a['options']['predicted']}  "
+                     f"({_answer_text(a['options'])})")
+    gates = [f"{t['token']}={t['gate']:.2f}" for t in r["tokens"] if t["gate"] is not None]
+    if r["lora_gate"] is not None:
+      lines.append(f"  LoRA gate {'on' if r['lora_gate'] else 'off'}")
+    elif gates:
+      lines.append(f"  gate      {' '.join(gates)}")
+    lines.append(f"  audio changed the answer: {'yes' if r['audio_changed'] else 'no'}")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m axk.predict", description=__doc__.split(
+      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--model", required=True, help="a run's workdir (or an export in one)")
+  parser.add_argument("--text", action="append", default=[],
+                      help="a sentence with one [MASK] (repeat for more)")
+  parser.add_argument("--input", default="", help="CSV (sentence[,task][,options|A-D]) or "
+                      "JSON lines ({sentence, task, options})")
+  parser.add_argument("--task", default="", choices=("", *types.TASKS),
+                      help="the task of every --text sentence (default: inferred)")
+  parser.add_argument("--options", default="", help="animal options for --text, a|b|c")
+  parser.add_argument("--output", default="", help="write JSON lines here")
+  parser.add_argument("--top", type=int, default=5, help="animal candidates shown")
+  parser.add_argument("--device", default="cpu", help="torch device of detector and features")
+  args = parser.parse_args(argv)
+  try:
+    options = tuple(normalise(o) for o in args.options.split("|") if normalise(o))
+    queries = [Query(check_sentence(t, f"--text {i}"), args.task, options)
+               for i, t in enumerate(args.text, 1)]
+    if args.input:
+      queries += read_input(args.input)
+    if not queries:
+      raise InputError("nothing to predict: give --text=SENTENCE or --input=FILE.")
+    predictor = Predictor(args.model, device=args.device, top=args.top)
+    predictor.check(queries)
+    records = [jsonable(r) for r in predictor(queries)]
+  except (InputError, ModelError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 3
+  if args.output:
+    from axk.utils import files  # pylint: disable=g-import-not-at-top
+    files.write_text(args.output, "".join(json.dumps(r) + "\n" for r in records))
+    print(f"{len(records)} predictions written to {args.output}")
+  else:
+    print(table(records))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
