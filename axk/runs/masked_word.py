@@ -185,7 +185,7 @@ class MaskedWord:
       self.audio_dim = int(dims.get("ast", self.audio_dim))
       self.audio_tokens = int(dims.get("num_audio_tokens", self.audio_tokens))
       features = inputs_lib.FeatureSpans(self.features_dir)
-    # results.json's first entry, results.md's title and first note (oracle features).
+    # results.json's first entry, results.md's title and a note (oracle features).
     self.labels = {"oracle": dict(manifest["oracle"])} if features and manifest.get(
         "oracle") else {}
     self.name = _oracle_title(self.name, self.labels)
