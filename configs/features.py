@@ -40,6 +40,13 @@ Several workers (processes or machines sharing the workdir, or copying their
     python -m axk.main --config=configs/features.py:generation --workdir=W \
         --config.num_shards=4 --config.stage=assemble        # once, at the end
 
+Oracle (a diagnostic, not audio): vectors built from the gold answers at the gold spans of
+every split, as ordinary shards labelled `oracle` in the manifest; `oracle_shuffled` permutes
+them across the examples of each task and split (see README, "Oracle features"):
+
+    python -m axk.main --config=configs/features.py:oracle --workdir=workdirs/feat_oracle \
+        --config.data.dir=/data/auditorybench        # then --config.features.dir=<that>/features
+
 Spans from the detector instead of the gold ones:
 
     --config.spans.source=predictions --config.spans.predictions=SPAN_WORKDIR/predictions
@@ -52,7 +59,7 @@ import ml_collections
 
 from configs import common
 
-VARIANTS = ("retrieval", "generation", "smoke")
+VARIANTS = ("retrieval", "generation", "smoke", "oracle", "oracle_shuffled")
 # Modifiers of the generation source (after a comma: `generation,no_rejection`,
 # `smoke,audioldm2`), ITH's ablations of the paper's Tables 2 and 3.
 MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
@@ -194,8 +201,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generation.cache_dir = ""
   c.generation.features_dir = "features"  # output folder, relative to the workdir
 
+  # The oracle (axk/features/sources.py: OracleSource): no model, no audio; each span gets a
+  # fixed random vector chosen by the gold answer (pitch: "high"/"low"; animal: its animal).
+  c.oracle = ml_collections.ConfigDict()
+  c.oracle.shuffle = False  # Permute the vectors across each task/split's examples (control).
+  c.oracle.seed = 0  # Draws the vectors and the permutation.
+  c.oracle.dim = 768  # Width of the vectors (AST's, which both models' audio paths expect).
+  c.oracle.scale = 1.0  # RMS of their entries (1: the scale of layer-normalised features).
+  c.oracle.features_dir = "features"  # output folder, relative to the workdir
+
   if variant == "generation":
     c.source = "generation"
+  elif variant in ("oracle", "oracle_shuffled"):
+    # Keyed on the gold answers at the gold spans: gold spans for every split.
+    c.source = "oracle"
+    c.spans.source = "gold"
+    c.oracle.shuffle = variant == "oracle_shuffled"
+    c.ast.num_audio_tokens = 4  # ITH's audio tokens per span; all equal the span's vector.
+    c.batch_size = 2048  # keys per part file: one per span here, so many more than spans
   elif variant == "smoke":
     c.source = "retrieval,generation"
     c.device = "cpu"

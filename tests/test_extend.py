@@ -18,8 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "models"))
 def test_a_new_fusion_variant_trains_two_steps_through_the_normal_loop(ith_smoke, tmp_path):
   config = ith_config.get_config("smoke")
   config.model.name = "fusion_without_gate"  # tests/models/fusion_without_gate.py
-  for field in ("fusion_layer", "use_lora", "lora_rank", "lora_alpha", "lora_dropout",
-                "lora_targets"):
+  for field in masked_word.method_fields(config):
     del config.model[field]  # ITH's own fields; the variant has none of them.
   config.features.dir = str(ith_smoke / "stages" / "features" / "features")
   config.spans.predictions = str(ith_smoke / "stages" / "span" / "predictions")

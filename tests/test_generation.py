@@ -327,7 +327,7 @@ def test_sentence_audio_fuses_every_token(built, tmp_path):
   tokenizer = enc.load_tokenizer(common.minilm_dir())
   arrays = inputs_lib.build(examples, rows, tokenizer, model_module=ith, model=None,
                             protocol="paper", max_length=128, max_spans=4, audio_dim=32,
-                            audio_tokens=int(c.ast.num_audio_tokens))
+                            audio_tokens=shards.read_manifest(out)["dims"]["num_audio_tokens"])
   special = np.isin(arrays["input_ids"], tokenizer.all_special_ids) & (
       arrays["input_ids"] != tokenizer.mask_token_id)
   words = (arrays["attention_mask"] == 1) & ~special

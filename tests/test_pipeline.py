@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import huggingface_hub
 import numpy as np
@@ -44,7 +45,14 @@ def test_audiobert_smoke_on_retrieval_features(audiobert_smoke):
   assert results["pitch"]["test"]["with_audio"] > 0
   assert not (tmp_path / "stages").exists()  # Given inputs: no stage ran.
   model = AudioBertTorch.from_export(str(tmp_path / "export"))
-  assert model.use_lora and model.audio_proj is not None
+  # A projection exactly when the AST width differs from the model's (`audio_projection`
+  # "auto", as the paper and the published code).
+  run = json.loads((tmp_path / "config.json").read_text())
+  manifest = json.loads((pathlib.Path(run["resolved"]["features_dir"]) /
+                         "manifest.json").read_text())
+  assert model.use_lora
+  assert (model.audio_proj is not None) == (manifest["dims"]["ast"] !=
+                                            run["model"]["tiny"]["hidden_size"])
   # What axk.main does after a finished run: the export's model card.
   assert push.finish_run(config, str(tmp_path)) == [str(tmp_path / "export" / "README.md")]
   card = huggingface_hub.ModelCard.load(tmp_path / "export" / "README.md").data

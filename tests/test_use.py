@@ -37,8 +37,10 @@ def _acquisitions(features_dir) -> dict[str, dict]:
 def _sentences(ith_smoke, features: str) -> list[str]:
   """The examples' sentences plus one evaluated sentence whose detected span has accepted
   audio in the run's features (so the fusion acts)."""
-  accepted = {k for k, r in _acquisitions(ith_smoke / "stages" / "features" / features).items()
-              if r["has_audio"]}
+  # Generation keys are "<task>|<span>" (a threshold per task); retrieval keys the span.
+  accepted = {r.get("span", k) for k, r in
+              _acquisitions(ith_smoke / "stages" / "features" / features).items()
+              if r["has_audio"] and r.get("task", "animal") == "animal"}
   from axk.predict import EXAMPLES
   for path in sorted((ith_smoke / "stages" / "span" / "predictions").glob("animal_*.jsonl")):
     for line in path.read_text().splitlines():
@@ -66,6 +68,13 @@ def _detector_spans(export: pathlib.Path, sentence: str) -> list[tuple[int, int,
       sentence, offsets, np.asarray(logits[0]).argmax(-1).tolist())]
 
 
+def _feature_key(table, task: str, text: str):
+  """The features stage's entry for a span: generation keys are "<task>|<span>" (one
+  threshold per task), retrieval keys the span alone."""
+  span = normalise(text)
+  return table.get(f"{task}|{span}", table.get(span))
+
+
 def _parts_rows(features_dir) -> dict:
   """The features stage's own acquired arrays, by span text (its part files)."""
   from axk.features import parts
@@ -86,7 +95,7 @@ def _check_record(r, sentence, run, features):
   # Audio: what the features stage decided for the same span text, with a playable clip.
   acquired = _acquisitions(run / "stages" / "features" / features)
   for s in r["spans"]:
-    known = acquired.get(normalise(s["text"]))
+    known = _feature_key(acquired, r["task"], s["text"])
     if known is not None:
       assert s["accepted"] == known["has_audio"]
       assert s["clap_score"] == pytest.approx(known["clap_score"], abs=2e-3)
@@ -125,7 +134,7 @@ def _forward(export, method, r, run, features):
   rows = _parts_rows(run / "stages" / "features" / features)
   spans = []
   for s in r["spans"]:
-    row = rows.get(normalise(s["text"]))
+    row = _feature_key(rows, r["task"], s["text"])
     if row is None:
       return None  # A span the features stage never saw: no independent audio.
     spans.append({"start": s["start"], "end": s["end"], "text": s["text"],

@@ -373,6 +373,8 @@ def run(config, workdir: str) -> dict[str, str]:
     raise ValueError(f"shard_index={config.shard_index} not in [0, num_shards="
                      f"{config.num_shards})")
   names = _split_list(config.source, tuple(sources_lib.SOURCES), "source")
+  for name in names:  # Before any stage: a source may refuse the config (one line).
+    sources_lib.SOURCES[name].check(config)
   _quiet_libraries()
   start = time.time()
   examples, inputs = load_data(config)

@@ -209,13 +209,17 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
       base_model=base_model, datasets=["auditorybench"], license=license_id,
       pipeline_tag=PIPELINE_TAGS[kind],
       tags=["axk", "auditorybench", "auditory-knowledge", kind, "jax", "pytorch"]
+      + ([results["oracle"].get("kind", "oracle")] if results.get("oracle") else [])
       + (["peft", "lora"] if os.path.isdir(os.path.join(export_dir, "adapter")) else []),
       model_name=f"axk {title}",
       eval_results=model_index(results, kind, data.get("revision")) or None)
   selection = results.get("selection", {})
   lines = [f"# axk {title}", "",
-           "Trained with axk (JAX/Flax) on AuditoryBench. Accuracy and F1 in %.", "",
-           "## Results", ""]
+           "Trained with axk (JAX/Flax) on AuditoryBench. Accuracy and F1 in %.", ""]
+  oracle = results.get("oracle")  # Features built from the gold answers (a diagnostic).
+  if oracle:
+    lines += [f"**Not a usable model: {oracle.get('note')}**", ""]
+  lines += ["## Results", ""]
   lines += _results_table(results, None)
   if seeds:
     lines += [f"Mean ± standard deviation over the run's seeds ({parent}/results.json):",

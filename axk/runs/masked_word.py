@@ -141,6 +141,27 @@ def task_groups(config) -> list[tuple[str, ...]]:
   return [(t,) for t in tasks] if config.train.get("separate_tasks") else [tasks]
 
 
+def oracle_label(features_dir: str) -> dict:
+  """`{"oracle": <the manifest's oracle entry>}` when `features_dir` holds oracle features
+  (built from the gold answers, `configs/features.py:oracle`), else `{}`. Every results file
+  of a run trained on them carries it, so that no one reads its numbers as audio's."""
+  if not features_dir:
+    return {}
+  from axk.features.shards import read_manifest  # torch-free
+  entry = read_manifest(features_dir).get("oracle")
+  return {"oracle": dict(entry)} if entry else {}
+
+
+def _oracle_title(title: str, label: Mapping) -> str:
+  if not label:
+    return title
+  return f"{title}: trained on {label['oracle']['kind'].upper()} features (not audio)"
+
+
+def _oracle_notes(label: Mapping) -> list[str]:
+  return [f"**{label['oracle']['note']}**"] if label else []
+
+
 @dataclasses.dataclass(frozen=True)
 class Inputs:
   """What the stages resolved: where the spans and the audio features come from."""
@@ -193,6 +214,10 @@ class MaskedWord:
       logging.info("Features %s: %d AST tokens a span (layout %s).",
                    self.features_dir, self.audio_tokens, ast.get("token_layout", "unrecorded"))
       features = inputs_lib.FeatureSpans(self.features_dir)
+    # results.json's first entry, results.md's title and a note (oracle features).
+    self.labels = {"oracle": dict(manifest["oracle"])} if features and manifest.get(
+        "oracle") else {}
+    self.name = _oracle_title(self.name, self.labels)
     self.model = build_model(self.module, config, self.bert_config, self.audio_dim)
     self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")
     self.data = data = common.load_data(config, keep_missing_spans=True)
@@ -307,6 +332,7 @@ class MaskedWord:
              "majority: always answering the split's most frequent answer. with_audio: % of "
              "examples with at least one span with audio.",
              benchmark.UNSEEN_NOTE]
+    notes = _oracle_notes(self.labels) + notes
     if jax.process_index() == 0:
       for key, out in outputs.items():
         answers = self.answers(key, self.eval_arrays[key], out)
@@ -382,14 +408,16 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
     return {}
   merged = _merge_seeds(runs)
   selection = {f"seed_{s}": _selection_of(os.path.join(workdir, f"seed_{s}")) for s in seeds}
+  label = oracle_label(((record or {}).get("resolved") or {}).get("features_dir", ""))
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {
-      **merged, loop.SELECTION_KEY: selection,
+      **label, **merged, loop.SELECTION_KEY: selection,
       provenance.REVISIONS_KEY: provenance.collect(config, (record or {}).get("resolved"))})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
-      f"{config.get('name') or 'run'}: mean over seeds {seeds}", merged,
-      [f"Per-seed runs in seed_<s>/; *_std is the population standard deviation (ddof=0) "
-       f"over {len(seeds)} seeds.",
-       benchmark.UNSEEN_NOTE]))
+      _oracle_title(f"{config.get('name') or 'run'}: mean over seeds {seeds}", label), merged,
+      _oracle_notes(label)
+      + [f"Per-seed runs in seed_<s>/; *_std is the population standard deviation (ddof=0) "
+         f"over {len(seeds)} seeds.",
+         benchmark.UNSEEN_NOTE]))
   return merged
 
 
@@ -428,7 +456,7 @@ def run(config, workdir: str) -> dict:
     merged.update(result)
   selection = {g[0]: _selection_of(os.path.join(workdir, g[0])) for g in groups}
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {
-      **merged, loop.SELECTION_KEY: selection,
+      **oracle_label(inputs.features_dir), **merged, loop.SELECTION_KEY: selection,
       provenance.REVISIONS_KEY: provenance.collect(config, resolved)})
   parts = []
   for g in groups:

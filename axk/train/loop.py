@@ -49,6 +49,8 @@ class Experiment(Protocol):
   train_arrays: Mapping[str, np.ndarray]
   eval_arrays: Mapping[str, Mapping[str, np.ndarray]]
   selection: str
+  # Optional `labels`: entries put first in results.json (e.g. `oracle`: what the run's
+  # inputs were, when they were not what its results would otherwise be read as).
 
   def init_params(self, rng: jax.Array) -> dict:
     """Random parameters (also traced abstractly for shapes)."""
@@ -455,7 +457,8 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment,
                "metric": experiment.selection, "value": chosen_value,
                "select_best": bool(tc.select_best)}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
-                         {**results, SELECTION_KEY: selection,
+                         {**getattr(experiment, "labels", {}), **results,
+                          SELECTION_KEY: selection,
                           provenance.REVISIONS_KEY: revisions})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),
                          metrics_lib.results_markdown(experiment.name, results, notes))
