@@ -283,19 +283,30 @@ class Predictor:
         self._acquired[k] = row
     return {k: self._acquired[k] for k in keys if k in self._acquired}
 
+  def keys(self, q: Query, found: Sequence[types.Span]) -> list[str]:
+    """The feature source's acquisition key of each span (generation keys carry the task,
+    whose threshold applies), as the run's features stage keyed them."""
+    if self.source is None:
+      return [normalise(s.text) for s in found]
+    example = types.Example("predict/0", q.task, "predict", q.sentence, "", (), (), -1)
+    return self.source.keys(example, found)
+
   def __call__(self, queries: Sequence[Query]) -> list[dict]:
     queries = self.check(queries)
     found = self.spans([q.sentence for q in queries])
-    acquired = self.audio([normalise(s.text) for row in found for s in row])
-    return [self._one(q, row, acquired) for q, row in zip(queries, found)]
+    keys = [self.keys(q, row) for q, row in zip(queries, found)]
+    acquired = self.audio([k for row in keys for k in row])
+    return [self._one(q, row, [acquired.get(k) for k in ks])
+            for q, row, ks in zip(queries, found, keys)]
 
-  def _one(self, q: Query, found: Sequence[types.Span], acquired: Mapping[str, dict]) -> dict:
+  def _one(self, q: Query, found: Sequence[types.Span], acquired: Sequence[dict | None]
+           ) -> dict:
+    """One record; `acquired[i]` is span i's acquisition (None without a feature source)."""
     from axk.runs import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
     loaded, module, tokenizer = self.model(q.task)
     c = self.config.data
     spans = []
-    for s in found:
-      row = acquired.get(normalise(s.text))
+    for s, row in zip(found, acquired):
       d = {"start": s.start, "end": s.end, "text": s.text, "has_audio": False}
       if row is not None:
         d.update(has_audio=bool(row["has_audio"]), ast_pooled=row["ast_pooled"],
@@ -316,8 +327,7 @@ class Predictor:
 
     record = {"sentence": q.sentence, "task": q.task, "task_inferred": q.inferred,
               "method": self.method, "model": loaded.path,
-              "spans": [self._span_record(s, acquired.get(normalise(s["text"])))
-                        for s in spans]}
+              "spans": [self._span_record(s, row) for s, row in zip(spans, acquired)]}
     if spec.closed:
       arrays = arrays_of(spec.choices, "paper")
       options = list(spec.choices)

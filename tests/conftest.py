@@ -44,3 +44,13 @@ def audiobert_smoke(ith_smoke, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("audiobert_smoke") / "run"
   masked_word.run(config, str(workdir))
   return config, workdir
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+  """Tiny PyTorch models are all per-op overhead; a second thread only waits on the first."""
+  import torch
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ not tokens, and a batch reads only its own rows' records, with the values the sh
 An ITH smoke run on these features trains and evaluates.
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -22,10 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _features_config():
-  spec = importlib.util.spec_from_file_location(
-      "features_config", os.path.join(ROOT, "configs", "features.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from configs import features as module  # pylint: disable=g-import-not-at-top
   c = module.get_config("smoke")
   c.source = "retrieval"
   c.data.tasks, c.data.splits = ("pitch",), ("train", "dev")

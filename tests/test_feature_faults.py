@@ -11,7 +11,6 @@ recomputed.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import logging
 import os
 import shutil
@@ -51,10 +50,7 @@ def models(tmp_path_factory) -> dict[str, str]:
 
 
 def _config(models, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "features_config", os.path.join(ROOT, "configs", "features.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from configs import features as module  # pylint: disable=g-import-not-at-top
   c = module.get_config("smoke")
   c.source = "retrieval"
   c.models.tiny = False

@@ -8,7 +8,6 @@ database is synthetic (tones, chirps and noise in WAV, FLAC and OGG, plus a corr
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -37,17 +36,12 @@ from axk.features import pipeline
 from axk.features import retrieval
 from axk.features import shards
 from axk.features import tiny
+from test_generation import CraftedClap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_thread():
-  # Tiny models are all per-op overhead; a second thread only waits on the first.
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="session")
@@ -77,10 +71,7 @@ def audio_db(tmp_path_factory) -> str:
 
 
 def _load_config(variant: str):
-  spec = importlib.util.spec_from_file_location(
-      "features_config", os.path.join(ROOT, "configs", "features.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from configs import features as module  # pylint: disable=g-import-not-at-top
   return module.get_config(variant)
 
 
@@ -380,19 +371,7 @@ class _CraftedGenerator:
     return [np.full((1, 320), 0.5 * self.score_of_seed[s], np.float32) for s in seeds]
 
 
-class _CraftedClap:
-  """Text embedding [1, 0]; a clip of constant value x embeds as [2x, sqrt(1 - 4x^2)]."""
-
-  info = {"fingerprint": "crafted-clap"}
-  sampling_rate = 16_000
-  dim = 2
-
-  def text(self, texts):
-    return np.tile(np.array([1.0, 0.0], np.float32), (len(texts), 1))
-
-  def audio(self, waves):
-    s = np.clip([2 * float(np.mean(w)) for w in waves], -1, 1)
-    return np.stack([s, np.sqrt(1 - s ** 2)], 1).astype(np.float32)
+_CraftedClap = CraftedClap  # One fake CLAP for the rejection tests (test_generation.py).
 
 
 def _first_of_all(spans, score_of, params):

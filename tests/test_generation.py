@@ -9,7 +9,6 @@ tau and n never draws a clip twice.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -32,12 +31,7 @@ from axk.features import tiny
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class CraftedGenerator:
@@ -149,10 +143,7 @@ def test_fallback_sound_clip(tmp_path):
 
 
 def _features_config(variant="generation"):
-  spec = importlib.util.spec_from_file_location(
-      "features_config", os.path.join(ROOT, "configs", "features.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from configs import features as module  # pylint: disable=g-import-not-at-top
   return module.get_config(variant)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import importlib.util
 import json
 import os
 
@@ -28,10 +27,7 @@ SPLITS = ("train", "dev")
 
 
 def _config(variant: str):
-  spec = importlib.util.spec_from_file_location(
-      "features_config", os.path.join(ROOT, "configs", "features.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from configs import features as module  # pylint: disable=g-import-not-at-top
   c = module.get_config(variant)
   c.data.dir = "sample"
   c.data.splits = SPLITS

@@ -171,7 +171,7 @@ def test_a_subset_trains_once_resumes_and_tables_its_rows(tmp_path, caplog):
   same programs, from the compilation cache); the cells equal the rows' own results.json; a
   second run trains nothing."""
   workdir = str(tmp_path)
-  c = _existing(paper_config.get_config("smoke,table1,table2"))
+  c = paper_config.get_config("smoke,table1,table2")
   c.only = ("bert", "text_only", "no_gate")
   c.layouts.table2 = ("text_only", "no_gate")  # Deltas from text-only.
   c.rows.no_gate.variant, c.rows.no_gate.seeds = "no_audio", (1,)

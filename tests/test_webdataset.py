@@ -10,7 +10,6 @@ models; the expected ids, captions, samples and top-1 clips are computed indepen
 from __future__ import annotations
 
 import glob
-import importlib.util
 import io
 import json
 import os
@@ -99,10 +98,7 @@ def shard_db(tmp_path_factory) -> dict:
 
 
 def _load_config(variant: str):
-  spec = importlib.util.spec_from_file_location(
-      "features_config", os.path.join(ROOT, "configs", "features.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  from configs import features as module  # pylint: disable=g-import-not-at-top
   return module.get_config(variant)
 
 
