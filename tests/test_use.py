@@ -149,7 +149,7 @@ def _forward(export, method, r, run, features):
                                         audio=module_file.AUDIO,
                                         audio_tokens=manifest["dims"]["num_audio_tokens"]))
   arrays["lora_gate"] = arrays["span_has_audio"].any(axis=1).astype(np.float32)
-  batch = {k: arrays[k] for k in module_file.INPUTS}
+  batch = {k: np.asarray(arrays[k]) for k in module_file.INPUTS}  # tokens: a lazy array
   out, state = loaded.module.apply({"params": loaded.params}, batch,
                                    positions=arrays["mask_positions"], mutable=["intermediates"])
   fusion = state.get("intermediates", {}).get("fusion", {})
