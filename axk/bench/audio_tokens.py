@@ -35,10 +35,7 @@ from axk.bench import synthetic
 from axk.bench import train_step
 from axk.features import ast as ast_lib
 from axk.features import shards
-from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
-from axk.train import loop
-from axk.train import sharding
 
 MIT_GRID = (12, 101)  # the MIT AudioSet checkpoint's patch grid (frequency, time)
 AUDIO_DIM = 768
@@ -92,26 +89,9 @@ def step_timer(tokens: int, args):
   """A function timing `args.steps` ITH train steps with `tokens` audio tokens per span."""
   rows = synthetic.rows(args.batch, args.length, vocab=synthetic.SIZES[args.size]["vocab_size"],
                         audio_tokens=tokens)
-  task = synthetic.SyntheticTask("ith", synthetic.bert_config(args.size), rows)
-  config = synthetic.trainer_config(task, batch_size=args.batch, steps=args.steps + 2,
-                                    rows=args.batch)
-  workdir = tempfile.mkdtemp()
-  trainer = loop.Trainer(config, workdir, task, devices=jax.devices()[:1])
-  state, _ = trainer.init_state(ckpt_lib.Checkpoints(os.path.join(workdir, "ckpt")))
-  with sharding.activate(trainer.mesh, trainer.rules):
-    batch = sharding.global_batch(trainer.batches[0], trainer.batch_sharding)
-    compiled = trainer.train_step.lower(state, batch).compile()
-  holder = {"state": state}
-
-  def run() -> float:
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-      holder["state"], scalars = compiled(holder["state"], batch)
-    jax.block_until_ready(scalars)
-    return (time.perf_counter() - t0) / args.steps
-
-  run()  # warm-up
-  return run, train_step._flops(compiled)  # pylint: disable=protected-access
+  # The production step, timed as the train-step benchmark times it (float32 here).
+  return train_step.axk_side("ith", args.size, rows,
+                             argparse.Namespace(**{"dtype": "float32", **vars(args)}))
 
 
 def main(argv=None):
