@@ -31,7 +31,7 @@ from ml_collections import config_flags
 
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
-from axk.hf import push
+from axk.publish import push
 from axk.hub import ModelNotAvailable
 from axk.features.shards import FeaturesMismatch
 from axk.runs.common import ConfigError

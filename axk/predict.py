@@ -138,14 +138,14 @@ def find_run(model: str) -> str:
         name = _read_json(config).get("model", {}).get("name")
       except (OSError, ValueError, AttributeError):
         raise ModelError(f"{config}: not a readable run config.") from None
-      if name in ("ith", "audiobert"):
+      if name:  # A masked-word run names its method.
         # A task's sub-run (`<run>/<task>/`) points back at its parent's stages.
         parent = os.path.join(os.path.dirname(folder), "config.json")
         if os.path.isfile(parent) and _read_json(parent).get("model", {}).get("name") == name:
           return os.path.dirname(folder)
         return folder
-  raise ModelError(f"--model={model}: not an AudioBERT or ITH run (no config.json of one in "
-                   "it or above it); pass a run's workdir.")
+  raise ModelError(f"--model={model}: not a masked-word run (no config.json naming a method "
+                   "in it or above it); pass a run's workdir.")
 
 
 def _softmax(x) -> np.ndarray:
@@ -165,17 +165,21 @@ class Predictor:
     resolved = raw.pop("resolved", {})  # What the stages produced, beside the config.
     raw.pop(provenance.REVISIONS_KEY, None)
     self.config = ml_collections.ConfigDict(raw)
-    self.method = self.config.model.name
+    from axk import methods  # pylint: disable=g-import-not-at-top
+    try:
+      self.method = methods.get(self.config.model.name)
+    except (methods.MethodError, ImportError) as e:
+      raise ModelError(f"{self.run_dir}: {e}") from None
     self.tasks = tuple(self.config.data.tasks)
     self.exports = {}
     for t in self.tasks:
       for folder in (os.path.join(self.run_dir, t, "export"), os.path.join(self.run_dir,
                                                                             "export")):
-        if os.path.isfile(os.path.join(folder, f"{self.method}.json")):
+        if os.path.isfile(os.path.join(folder, f"{self.method.name}.json")):
           self.exports[t] = folder
           break
     if not self.exports:
-      raise ModelError(f"{self.run_dir}: the run has no export yet ({self.method}.json in "
+      raise ModelError(f"{self.run_dir}: the run has no export yet ({self.method.name}.json in "
                        "export/ or <task>/export/); it has not finished.")
     predictions = resolved.get("spans_predictions", "")
     self.detector_dir = os.path.join(os.path.dirname(predictions), "export") if predictions \
@@ -227,14 +231,11 @@ class Predictor:
     return self._source
 
   def model(self, task: str):
-    """(loaded export, method module, tokenizer) of `task`."""
+    """(loaded export, tokenizer) of `task`."""
     folder = self.exports[task]  # One model for several tasks is loaded once.
     if folder not in self._models:
       from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
-      from axk.hf import exports  # pylint: disable=g-import-not-at-top
-      from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
-      loaded = getattr(exports, f"load_{self.method}")(folder)
-      self._models[folder] = (loaded, masked_word.model_module(self.method),
+      self._models[folder] = (self.method.load(folder),
                               enc.load_tokenizer(os.path.join(folder, "base")))
     return self._models[folder]
 
@@ -303,7 +304,7 @@ class Predictor:
            ) -> dict:
     """One record; `acquired[i]` is span i's acquisition (None without a feature source)."""
     from axk.runs import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
-    loaded, module, tokenizer = self.model(q.task)
+    loaded, tokenizer = self.model(q.task)
     c = self.config.data
     spans = []
     for s, row in zip(found, acquired):
@@ -320,13 +321,13 @@ class Predictor:
     def arrays_of(options: Sequence[str], protocol: str):
       example = types.Example("predict/0", q.task, "predict", q.sentence, options[0], (),
                               tuple(options), 0)
-      return inputs_lib.build([example], [spans], tokenizer, model_module=module,
+      return inputs_lib.build([example], [spans], tokenizer, method=self.method,
                               model=loaded.module, protocol=protocol,
                               max_length=int(c.max_length), max_spans=int(c.max_spans),
                               audio_dim=audio_dim, audio_tokens=tokens)
 
     record = {"sentence": q.sentence, "task": q.task, "task_inferred": q.inferred,
-              "method": self.method, "model": loaded.path,
+              "method": self.method.name, "model": loaded.path,
               "spans": [self._span_record(s, row) for s, row in zip(spans, acquired)]}
     if spec.closed:
       arrays = arrays_of(spec.choices, "paper")
@@ -334,7 +335,7 @@ class Predictor:
     else:
       options = list(self.vocabulary(q.task))
       arrays = arrays_of(options, "candidates")
-    outputs = {audio: forward(loaded, module, arrays, audio=audio, choice_words=spec.choices,
+    outputs = {audio: forward(loaded, arrays, audio=audio, choice_words=spec.choices,
                               tokenizer=tokenizer) for audio in (True, False)}
     for audio, name in ((True, "answer"), (False, "answer_without_audio")):
       out = outputs[audio]
@@ -342,20 +343,20 @@ class Predictor:
                else _softmax(out["label_logprob"]))
       record[name] = self._answer(options, probs)
       if q.options and not spec.closed:
-        record[name]["options"] = self._over_options(q.options, arrays_of, loaded, module,
-                                                     tokenizer, audio)
+        record[name]["options"] = self._over_options(q.options, arrays_of, loaded, tokenizer,
+                                                     audio)
     # The row the gate is read from: pitch's one row, animal's best candidate.
     row = 0 if spec.closed else int(np.argmax(outputs[True]["label_logprob"]))
     record["audio_changed"] = (record["answer"]["predicted"] !=
                                record["answer_without_audio"]["predicted"])
     record["tokens"] = self._tokens(tokenizer, arrays, row, outputs[True])
-    record["lora_gate"] = (float(arrays["lora_gate"][row]) if self.method == "audiobert"
+    record["lora_gate"] = (float(arrays["lora_gate"][row]) if self.method.gate == "lora"
                            else None)
     return record
 
-  def _over_options(self, options, arrays_of, loaded, module, tokenizer, audio):
+  def _over_options(self, options, arrays_of, loaded, tokenizer, audio):
     arrays = arrays_of(options, "candidates")
-    out = forward(loaded, module, arrays, audio=audio, choice_words=(), tokenizer=tokenizer)
+    out = forward(loaded, arrays, audio=audio, choice_words=(), tokenizer=tokenizer)
     best = benchmark.candidate_answers(1, arrays["example_index"], arrays["option_index"],
                                        out["label_logprob"])[0]
     probs = _softmax(out["label_logprob"])
@@ -399,39 +400,22 @@ class Predictor:
     return tokens
 
 
-def without_audio(arrays: Mapping[str, np.ndarray], module, model) -> dict[str, np.ndarray]:
-  """The same rows with no span audio: `span_has_audio` zeroed and the LoRA gate
-  recomputed from it (AudioBERT's default gate then switches LoRA off)."""
-  out = dict(arrays)
-  out["span_has_audio"] = np.zeros_like(arrays["span_has_audio"])
-  out["lora_gate"] = module.lora_gate_of(out, getattr(model, "lora_gate", None))
-  return out
-
-
-def forward(loaded, module, arrays: Mapping[str, np.ndarray], *, audio: bool = True,
+def forward(loaded, arrays: Mapping[str, np.ndarray], *, audio: bool = True,
             choice_words: Sequence[str] = (), tokenizer=None) -> dict[str, np.ndarray]:
-  """The model's outputs on `arrays` (`axk.runs.masked_word.outputs_of`), plus ITH's gate
-  and fused mask per token when the fusion sows them."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
+  """The loaded model's outputs on `arrays` (`axk.runs.analysis.step`: scoring's outputs,
+  plus the fusion's gate and fused mask per token where the module sows them); `audio`
+  False removes every span's audio first (`Method.without_audio`)."""
   from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
-  from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
+  from axk.runs import analysis  # pylint: disable=g-import-not-at-top
   if not audio:
-    arrays = without_audio(arrays, module, loaded.module)
-  batch = {k: jnp.asarray(arrays[k]) for k in module.INPUTS}
-  batch["mask_positions"] = jnp.asarray(arrays["mask_positions"])
-  out, state = loaded.module.apply({"params": loaded.params}, batch,
-                                   positions=batch["mask_positions"],
-                                   mutable=["intermediates"])
+    arrays = loaded.method.without_audio(arrays, loaded.module)
   choice_ids = [enc.answer_pieces(tokenizer, w)[0] for w in choice_words]
-  result = masked_word.outputs_of(out["logits"], {**batch, **{
-      k: jnp.asarray(arrays[k]) for k in ("mlm_labels", "mask_count")}}, choice_ids)
-  result = {k: np.asarray(v) for k, v in result.items()}
-  fusion = state.get("intermediates", {}).get("fusion", {})
-  if "gate" in fusion:
-    result["gate"] = np.asarray(fusion["gate"][0])
-    result["fused"] = np.asarray(fusion["fused"][0])
-  return result
+  key = tuple(choice_ids)
+  if key not in loaded.steps:  # One compiled step per model and answer words.
+    loaded.steps[key] = analysis.step(loaded.module, choice_ids)
+  apply = loaded.steps[key]
+  return analysis.run_rows(apply, loaded.params, arrays, loaded.method.inputs,
+                           batch_size=analysis.num_rows(arrays))
 
 
 def jsonable(record: Mapping) -> dict:

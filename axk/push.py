@@ -3,7 +3,7 @@
     python -m axk.push --workdir=workdirs/ith [--repo_id=org/axk-ith] [--public] [--overwrite]
 
 `--repo_id` defaults to the run's `export.push_to_hub` (config.json). Each export of the run
-goes to its own repo (see `axk.hf.push`); new repos are private unless `--public`, and a repo
+goes to its own repo (see `axk.publish.push`); new repos are private unless `--public`, and a repo
 that already holds files is refused unless `--overwrite`.
 """
 
@@ -16,7 +16,7 @@ import sys
 from absl import app
 from absl import flags
 
-from axk.hf import push
+from axk.publish import push
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir (holds results.json).")
 _REPO_ID = flags.DEFINE_string("repo_id", None, "Hub repo id, `org/name`.")

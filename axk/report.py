@@ -13,10 +13,11 @@ published numbers (`PUBLISHED`, from the papers); training curves (loss, dev acc
 predicted answers with and without audio, a player and the CLAP score per span clip, the
 gate per token) with filters, examples where audio changed the answer first.
 
-The answers without audio and the gates come from the run's end (`audio_effect`, called by
-`MaskedWord.finish`): one more forward pass over each evaluated split with `span_has_audio`
-zeroed (the LoRA gate recomputed from it), and one with the fusion's sown gate, both written
-into `predictions/<task>_<split>.jsonl` beside the answers.
+A renderer of files: the answers without audio and the gates come from the run's end
+(`axk.runs.analysis`, called by `MaskedWord.finish`): one more forward pass over each
+evaluated split with `span_has_audio` zeroed (the LoRA gate recomputed from it), and one with
+the fusion's sown gate, both written into `predictions/<task>_<split>.jsonl` beside the
+answers.
 """
 
 from __future__ import annotations
@@ -44,59 +45,6 @@ PUBLISHED = {
                     "pitch": {"dev": 79.82, "test": 78.96, "wiki": 76.74}},
 }
 REPORT = "report.html"
-
-
-# -- at the end of a run -------------------------------------------------------------------------
-def audio_effect(experiment, params, key: str, answers: Sequence[dict]) -> None:
-  """Adds to each answer of `key` (paper protocol, one row per example): its sentence,
-  `with_audio`, `predicted_without_audio` / `correct_without_audio` (a pass with no span
-  audio), `lora_gate` (AudioBERT) and `gate` ([start, end, value] of every token the ITH
-  fusion acted on, from the module's sow)."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from axk.predict import without_audio  # pylint: disable=g-import-not-at-top
-  from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
-  from axk.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  arrays = experiment.eval_arrays[key]["paper"]
-  examples = experiment.examples[key]
-  model, choice_ids = experiment.model, experiment.choice_ids
-
-  @jax.jit
-  def step(params, batch):
-    out, state = model.apply({"params": params}, batch, positions=batch["mask_positions"],
-                             deterministic=True, mutable=["intermediates"])
-    res = masked_word.outputs_of(out["logits"], batch, choice_ids)
-    fusion = state.get("intermediates", {}).get("fusion", {})
-    if "gate" in fusion:
-      res["gate"], res["fused"] = fusion["gate"][0], fusion["fused"][0]
-    return res
-
-  def run(rows):
-    """Every row, in order, on this process alone (process 0 writes the predictions), in
-    fixed-size batches (the last padded with row 0)."""
-    size, n = int(experiment.config.train.eval_batch_size), data_lib.num_rows(rows)
-    chunks = []
-    for start in range(0, n, size):
-      index = np.arange(start, start + size)
-      index[index >= n] = 0
-      out = jax.device_get(step(params, {k: v[index] for k, v in rows.items()}))
-      chunks.append({k: np.asarray(v)[:min(size, n - start)] for k, v in out.items()})
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-
-  with_audio = run(arrays)
-  silent = run(without_audio(arrays, experiment.module, model))
-  task = experiment.tasks[key.split("/")[0]]
-  predicted, correct = benchmark.paper_answers(task, examples, silent, experiment.choice_words,
-                                               experiment.tokenizer.decode)
-  for i, (a, e) in enumerate(zip(answers, examples)):
-    a.update(sentence=e.sentence, with_audio=bool(arrays["span_has_audio"][i].any()),
-             predicted_without_audio=predicted[i], correct_without_audio=bool(correct[i]))
-    if "lora_gate" in experiment.module.INPUTS:
-      a["lora_gate"] = float(arrays["lora_gate"][i])
-    if "gate" in with_audio:
-      a["gate"] = [[int(arrays["offsets"][i, t, 0]), int(arrays["offsets"][i, t, 1]),
-                    round(float(with_audio["gate"][i, t]), 4)]
-                   for t in np.flatnonzero(with_audio["fused"][i])]
 
 
 # -- reading a workdir ---------------------------------------------------------------------------

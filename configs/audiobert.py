@@ -35,7 +35,8 @@ def get_config(arg=None):
                                      ("no_audio", "no_train", "one_seed"))
   c = common.masked_word_config()
   c.name = "AudioBERT"
-  c.model.name = "audiobert"  # axk/models/audiobert.py
+  c.model.name = "audiobert"  # axk/methods/audiobert.py
+  common.add_lora(c)
   c.model.init = "bert-base-uncased"
   c.model.use_audio = True  # Inject the AST vector at each span's first token.
   # "add": the paper adds the vector to the embedding; "replace": the published code

@@ -32,7 +32,7 @@ def data_config():
   d = ml_collections.ConfigDict()
   d.dir = "github"  # AuditoryBench folder; "github" downloads it, "sample" is the demo set.
   d.cache_dir = ""  # Where "github" downloads go (default ~/.cache/axk/auditorybench).
-  # -- Pinned inputs and published artifacts (axk/data/pins.py, axk/hf/push.py) ------------
+  # -- Pinned inputs and published artifacts (axk/data/pins.py, axk/publish/push.py) ------------
   # The HJ-Ok/AudioBERT commit "github" downloads (40 hex; moves the pin on purpose). Every
   # file is checked against its sha256: pinned in axk, or recorded at the first download.
   d.revision = ""
@@ -58,7 +58,7 @@ def base_config():
   c.model.remat = False  # Recompute encoder layers in the backward pass (saves memory).
   c.model.dropout = 0.1  # Hidden and attention dropout.
 
-  # -- Pinned inputs and published artifacts (axk/hub.py, axk/hf/card.py, axk/hf/push.py) --
+  # -- Pinned inputs and published artifacts (axk/hub.py, axk/publish/card.py, axk/publish/push.py) --
   # Hub revision (commit, tag or branch) of model.init; "" takes the hub's default branch.
   # Every run records the exact commit it used in config.json and results.json.
   c.model.revision = ""
@@ -146,12 +146,23 @@ def parse_variants(arg, bases, modifiers=()):
   return base, mods
 
 
+def add_lora(c):
+  """The LoRA fields of a method whose `Model` has them (axk/models/lora.py)."""
+  c.model.use_lora = True  # Train a LoRA subtree (params["lora"]).
+  c.model.lora_rank = 64  # LoRA rank.
+  c.model.lora_alpha = 128.0  # LoRA alpha (scale = alpha / rank).
+  c.model.lora_dropout = 0.01  # Dropout on LoRA inputs.
+  c.model.lora_targets = ("query", "key", "value")  # Attention projections with LoRA.
+  return c
+
+
 def masked_word_config():
   """Fields shared by AudioBERT and ITH (masked-word prediction with span audio).
 
-  `model.name` picks the method file (`axk/models/<name>.py`); the `model` fields other than
-  BERT's (`init`, `tiny`, `dtype`, `param_dtype`, `remat`, `dropout`) are that file's
-  `Model` fields, passed to it as they are.
+  `model.name` picks the method (`axk/methods/`: "audiobert", "ith", or a module that
+  registers one); the `model` fields other than BERT's (`init`, `tiny`, `dtype`,
+  `param_dtype`, `remat`, `dropout`) are its `Model`'s fields, passed to it as they are. A
+  method whose `Model` has LoRA fields adds them with `add_lora`.
   """
   c = base_config()
   c.entry = "axk.runs.masked_word:run"
@@ -159,7 +170,7 @@ def masked_word_config():
   # Both papers report the mean of 5 seeds; `:smoke` and the `one_seed` modifier run one.
   c.seeds = (0, 1, 2, 3, 4)  # One run per seed; results: mean and population std over them.
   c.data.max_spans = 4  # Spans per example kept (pitch has 2); more are dropped.
-  c.model.name = ""  # The method: axk/models/<name>.py ("audiobert", "ith") or a module path.
+  c.model.name = ""  # The method: "audiobert", "ith" (axk/methods/) or a module registering one.
   # A task trains at train.learning_rate when it is nonzero, else at
   # train.task_learning_rates[task].
   c.train.task_learning_rates = ml_collections.ConfigDict()
@@ -193,11 +204,5 @@ def masked_word_config():
   c.stages.features_output = "features"  # Its output folder (the one with manifest.json).
   c.stages.features_args = ()  # Extra flags for it, e.g. ("--config.database.dir=/db",).
 
-  # LoRA fields of both methods' `Model` (see axk/models/lora.py).
-  c.model.use_lora = True  # Train a LoRA subtree (params["lora"]).
-  c.model.lora_rank = 64  # LoRA rank.
-  c.model.lora_alpha = 128.0  # LoRA alpha (scale = alpha / rank).
-  c.model.lora_dropout = 0.01  # Dropout on LoRA inputs.
-  c.model.lora_targets = ("query", "key", "value")  # Attention projections with LoRA.
   c.train.eval_batch_size = 64
   return c

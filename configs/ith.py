@@ -47,7 +47,8 @@ def get_config(arg=None):
                                       *FEATURE_MODIFIERS))
   c = common.masked_word_config()
   c.name = "Imagine to Hear"
-  c.model.name = "ith"  # axk/models/ith.py
+  c.model.name = "ith"  # axk/methods/ith.py
+  common.add_lora(c)
   c.model.init = "bert-base-uncased"
   c.model.fusion_layer = 0  # 0: fusion on the embedding output; k: after encoder layer k.
   c.model.use_lora = False  # Full fine-tuning, as the paper (LoRA, if on: every input).

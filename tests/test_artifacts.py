@@ -22,9 +22,9 @@ from axk import provenance
 from axk.data import auditorybench as ab
 from axk.data import pins
 from axk.features import shards
-from axk.hf import card as card_lib
-from axk.hf import exports
-from axk.hf import push as push_lib
+from axk.publish import card as card_lib
+from axk import methods
+from axk.publish import push as push_lib
 from axk.models import audiobert as audiobert_lib
 from axk.models import bert as bert_lib
 from axk.models import ith as ith_lib
@@ -250,10 +250,10 @@ def torch_inputs(b, names):
 def audiobert_export(tmp_path_factory):
   module = audiobert_lib.Model(CFG, audio_dim=D, lora_rank=4, lora_alpha=8.0)
   b = batch()
-  args = {k: b[k] for k in audiobert_lib.INPUTS}
+  args = {k: b[k] for k in methods.get("audiobert").inputs}
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), args)["params"]), 1)
   out = tmp_path_factory.mktemp("audiobert") / "export"
-  audiobert_lib.export(jax.device_get(params), module, str(out))
+  methods.get("audiobert").export(jax.device_get(params), module, str(out))
   logits = np.asarray(module.apply({"params": params}, args)["logits"])
   return out, b, logits
 
@@ -269,7 +269,7 @@ def test_peft_adapter_loads_with_the_base_it_records(audiobert_export):
   base = transformers.BertForMaskedLM.from_pretrained(config.base_model_name_or_path)
   model = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
   # Adapter on for every row, no audio: axk's AudioBERT with gate 1 and no audio.
-  loaded = exports.load_audiobert(str(out))
+  loaded = methods.load_export(str(out))
   on = dict(b, lora_gate=np.ones(B, np.float32), span_has_audio=np.zeros((B, S), np.int32))
   ours = np.asarray(loaded(**on))
   with torch.no_grad():
@@ -284,7 +284,7 @@ def test_gated_pytorch_inference_is_one_pass_and_equals_axk(audiobert_export):
   passes = []
   model.model.get_base_model().bert.embeddings.register_forward_hook(
       lambda *_: passes.append(1))
-  theirs = model(**torch_inputs(b, audiobert_lib.INPUTS)).numpy()
+  theirs = model(**torch_inputs(b, methods.get("audiobert").inputs)).numpy()
   assert len(passes) == 1
   assert set(b["lora_gate"].tolist()) == {0.0, 1.0}  # rows with and without a span
   valid = b["attention_mask"].astype(bool)
@@ -295,12 +295,12 @@ def test_audiobert_loads_by_name_in_pytorch_and_jax(audiobert_export, tmp_path):
   out, b, logits = audiobert_export
   hub_cache(tmp_path / "cache", "org/axk-audiobert", str(out))
   kwargs = dict(cache_dir=str(tmp_path / "cache"), local_files_only=True)
-  jax_model = exports.load_audiobert("org/axk-audiobert", **kwargs)
+  jax_model = methods.load_export("org/axk-audiobert", **kwargs)
   assert jax_model.path.endswith(REV)
   np.testing.assert_allclose(np.asarray(jax_model(**b)), logits, atol=1e-5, rtol=0)
   by_name = AudioBertTorch.from_pretrained("org/axk-audiobert", revision=REV, **kwargs)
   local = AudioBertTorch.from_export(str(out))
-  inputs = torch_inputs(b, audiobert_lib.INPUTS)
+  inputs = torch_inputs(b, methods.get("audiobert").inputs)
   np.testing.assert_allclose(by_name(**inputs).numpy(), local(**inputs).numpy(), atol=1e-5,
                              rtol=0)
   # The card's PEFT-only recipe for a hub repo: base from `base/`, adapter from `adapter/`.
@@ -323,16 +323,16 @@ def test_ith_loads_by_name_in_pytorch_and_jax(tmp_path, use_lora):
   module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=1, use_lora=use_lora, lora_rank=4,
                          lora_alpha=8.0)
   b = batch(3)
-  args = {k: b[k] for k in ith_lib.INPUTS}
+  args = {k: b[k] for k in methods.get("ith").inputs}
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), args)["params"]), 4)
   logits = np.asarray(module.apply({"params": params}, args)["logits"])
-  ith_lib.export(jax.device_get(params), module, str(tmp_path / "export"))
+  methods.get("ith").export(jax.device_get(params), module, str(tmp_path / "export"))
   hub_cache(tmp_path / "cache", "org/axk-ith", str(tmp_path / "export"))
   kwargs = dict(cache_dir=str(tmp_path / "cache"), local_files_only=True)
-  jax_model = exports.load_ith("org/axk-ith", **kwargs)
+  jax_model = methods.load_export("org/axk-ith", **kwargs)
   np.testing.assert_allclose(np.asarray(jax_model(**b)), logits, atol=1e-5, rtol=0)
   torch_model = IthTorch.from_pretrained("org/axk-ith", **kwargs)
-  theirs = torch_model(**torch_inputs(b, ith_lib.INPUTS)).numpy()
+  theirs = torch_model(**torch_inputs(b, methods.get("ith").inputs)).numpy()
   valid = b["attention_mask"].astype(bool)
   assert np.abs(logits - theirs)[valid].max() <= 1e-4
 

@@ -8,6 +8,7 @@ import optax
 import pytest
 import torch
 
+from axk import methods
 from axk.models import audiobert as audiobert_lib
 from axk.models import bert as bert_lib
 from axk.models import ith as ith_lib
@@ -58,11 +59,11 @@ def to_torch(b):
 
 def audiobert_inputs(b):
   """The batch fields the AudioBERT module declares it reads (one positional argument)."""
-  return ({k: b[k] for k in audiobert_lib.INPUTS},)
+  return ({k: b[k] for k in methods.get("audiobert").inputs},)
 
 
 def ith_inputs(b):
-  return ({k: b[k] for k in ith_lib.INPUTS},)
+  return ({k: b[k] for k in methods.get("ith").inputs},)
 
 
 def base_logits(params, b):
@@ -90,7 +91,7 @@ def test_audiobert_gate_off_is_exactly_the_base_model(audiobert):
 
 def test_audiobert_export_matches_pytorch_peft(audiobert, tmp_path):
   module, params, b = audiobert
-  audiobert_lib.export(jax.device_get(params), module, str(tmp_path))
+  methods.get("audiobert").export(jax.device_get(params), module, str(tmp_path))
   pt = AudioBertTorch.from_export(str(tmp_path))
   ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
   theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
@@ -147,21 +148,20 @@ def test_audiobert_injects_the_raw_ast_vector_at_each_spans_first_token(injectio
 
 
 def test_audiobert_replace_without_projection_exports_to_pytorch_and_jax(tmp_path):
-  from axk.hf import exports
   w = CFG.hidden_size
   module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
                                injection="replace")
   b = dict(batch(), span_audio=np.random.RandomState(8).randn(B, S, w).astype(np.float32))
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
       "params"]), 4)
-  audiobert_lib.export(jax.device_get(params), module, str(tmp_path))
+  methods.get("audiobert").export(jax.device_get(params), module, str(tmp_path))
   assert not (tmp_path / "audio_projection.safetensors").exists()
   ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
   pt = AudioBertTorch.from_export(str(tmp_path))
   theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
-  loaded = exports.load_audiobert(str(tmp_path))
+  loaded = methods.load_export(str(tmp_path))
   assert loaded.module.injection == "replace" and not loaded.module.projects
-  again = np.asarray(loaded(**{k: b[k] for k in audiobert_lib.INPUTS}))
+  again = np.asarray(loaded(**{k: b[k] for k in methods.get("audiobert").inputs}))
   valid = b["attention_mask"].astype(bool)
   assert np.abs(ours - theirs)[valid].max() <= 1e-4
   assert np.abs(ours - again)[valid].max() <= 1e-5
@@ -237,7 +237,7 @@ def test_ith_export_matches_pytorch_span_by_span(fusion_layer, options, tmp_path
   module = ith_lib.Model(CFG, audio_dim=D, fusion_layer=fusion_layer, **options)
   b = batch(2)
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *ith_inputs(b))["params"]), 5)
-  ith_lib.export(jax.device_get(params), module, str(tmp_path))
+  methods.get("ith").export(jax.device_get(params), module, str(tmp_path))
   pt = IthTorch.from_export(str(tmp_path))
   ours = np.asarray(module.apply({"params": params}, *ith_inputs(b))["logits"])
   tb = to_torch(b)

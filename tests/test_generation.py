@@ -287,7 +287,7 @@ def test_source_keys_and_records_are_per_task(built, tmp_path):
 def test_sentence_audio_fuses_every_token(built, tmp_path):
   """`sentence_audio` ("w/o DKI"): one clip per sentence, its span on every token."""
   from axk.data import encode as enc
-  from axk.models import ith
+  from axk import methods
   from axk.runs import inputs as inputs_lib
   from configs import common
 
@@ -316,7 +316,7 @@ def test_sentence_audio_fuses_every_token(built, tmp_path):
   sidecar = cache.sidecar(rows[0][0]["source"])
   assert sidecar["prompt"] == normalise(examples[0].sentence.replace("[MASK]", " "))
   tokenizer = enc.load_tokenizer(common.minilm_dir())
-  arrays = inputs_lib.build(examples, rows, tokenizer, model_module=ith, model=None,
+  arrays = inputs_lib.build(examples, rows, tokenizer, method=methods.get("ith"), model=None,
                             protocol="paper", max_length=128, max_spans=4, audio_dim=32,
                             audio_tokens=shards.read_manifest(out)["dims"]["num_audio_tokens"])
   special = np.isin(arrays["input_ids"], tokenizer.all_special_ids) & (

@@ -163,7 +163,7 @@ def test_the_oracle_refuses_detected_spans_before_any_stage(tmp_path):
 
 
 def test_a_run_on_oracle_features_says_so_in_every_results_file(built, tmp_path):
-  from axk.hf import card
+  from axk.publish import card
   from axk.runs import masked_word
   from configs import ith as ith_config
   config = ith_config.get_config("smoke")

@@ -7,8 +7,8 @@ import pathlib
 import huggingface_hub
 import numpy as np
 
-from axk.hf import card as card_lib
-from axk.hf import push
+from axk.publish import card as card_lib
+from axk.publish import push
 from axk.pt.audiobert import AudioBertTorch
 from axk.pt.ith import IthTorch
 from axk.runs import masked_word

@@ -125,11 +125,10 @@ def _check_record(r, sentence, run, features):
 def _forward(export, method, r, run, features):
   """The model's own forward pass on inputs built here from the features stage's arrays:
   (logits at the masks, gate [length] or None, fused [length] or None, lora_gate)."""
-  from axk.hf import exports
+  from axk import methods
   from axk.runs import inputs as inputs_lib
-  from axk.models import audiobert, ith
-  module_file = {"ith": ith, "audiobert": audiobert}[method]
-  loaded = getattr(exports, f"load_{method}")(str(export))
+  module_file = methods.get(method)
+  loaded = module_file.load(str(export))
   tokenizer = enc.load_tokenizer(str(export / "base"))
   rows = _parts_rows(run / "stages" / "features" / features)
   spans = []
@@ -146,10 +145,10 @@ def _forward(export, method, r, run, features):
                       spans=[[types.Span(s["start"], s["end"], s["text"]) for s in spans]])
   manifest = json.loads((run / "stages" / "features" / features / "manifest.json").read_text())
   arrays.update(inputs_lib.audio_arrays([spans], max_spans=8, audio_dim=loaded.module.audio_dim,
-                                        audio=module_file.AUDIO,
+                                        audio=module_file.audio,
                                         audio_tokens=manifest["dims"]["num_audio_tokens"]))
   arrays["lora_gate"] = arrays["span_has_audio"].any(axis=1).astype(np.float32)
-  batch = {k: np.asarray(arrays[k]) for k in module_file.INPUTS}  # tokens: a lazy array
+  batch = {k: np.asarray(arrays[k]) for k in module_file.inputs}  # tokens: a lazy array
   out, state = loaded.module.apply({"params": loaded.params}, batch,
                                    positions=arrays["mask_positions"], mutable=["intermediates"])
   fusion = state.get("intermediates", {}).get("fusion", {})

@@ -106,7 +106,7 @@ def hf_name(axk_path: str) -> tuple[str, str] | None:
   return None
 
 
-def _from_hf(x: np.ndarray, transform: str, shape: tuple[int, ...]) -> np.ndarray:
+def from_hf(x: np.ndarray, transform: str, shape: tuple[int, ...]) -> np.ndarray:
   if transform.startswith("kernel"):
     x = x.T
   out = np.reshape(x, shape)
@@ -149,7 +149,7 @@ def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[in
     if x.size != want:
       raise ValueError(f"{source}: {normalized[name]} has shape {x.shape}, axk expects "
                        f"{shape} at {path}")
-    params[path] = _from_hf(x, transform, tuple(shape))
+    params[path] = from_hf(x, transform, tuple(shape))
     used.add(name)
   unused = sorted(k for n, k in normalized.items() if n not in used and not _IGNORED.match(n))
   return params, missing, unused

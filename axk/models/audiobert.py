@@ -1,15 +1,9 @@
 """AudioBERT: BERT + per-example gated LoRA + audio added at the first token of each span.
 
-A method file: everything AudioBERT-specific is here, and `configs/audiobert.py` selects it
-with `config.model.name = "audiobert"`. The shared masked-word run (`axk/runs/masked_word.py`)
-reads what this module declares:
-
-  * `Model(bert_config, audio_dim=..., **method fields of config.model)`: the flax module;
-    `Model.check()` validates the method fields (one line naming the field) before any work;
-  * `AUDIO`: which stored audio feature it reads ("pooled": one AST vector per span);
-  * `INPUTS`: the batch fields `Model.__call__` reads;
-  * `lora_gate_of(arrays, mode)`: the per-example LoRA gate it expects in the batch;
-  * `AUX_TABLE` and `export()`: its extra parameters' PyTorch names and its HF/PEFT export.
+The Flax module of the method `audiobert` (`axk/methods/audiobert.py`: its inputs, LoRA
+gate, export and PyTorch names); `configs/audiobert.py` selects it with
+`config.model.name = "audiobert"`. `Model.check()` validates the method's fields (one line
+naming the field) before any work.
 
 Inputs beyond BERT's: `span_ids` [batch, length] (k on the tokens of the k-th span, 0
 elsewhere, as `axk.data.encode` makes them), `span_audio` [batch, spans, audio_dim] (the
@@ -31,39 +25,20 @@ reproduced). Examples whose gate is 0 and that have no audio get exactly the bas
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from axk.models import bert as bert_lib
 from axk.models import lora as lora_lib
 from axk.models.spans import first_token_onehot
 
-AUDIO = "pooled"
-INPUTS = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio",
-          "span_has_audio", "lora_gate")
 # Per-example LoRA gate: on for rows with a span that has audio, with any span, or always.
 LORA_GATES = ("span_audio", "span", "always")
 INJECTIONS = ("add", "replace")  # `Model.injection`: add the audio vector, or overwrite.
 # `Model.audio_projection`: a learned projection only when the widths differ, or always.
 PROJECTIONS = ("auto", "always")
-# The audio projection <-> `axk.pt.audiobert.AudioBertTorch.audio_proj` (transforms of
-# `axk.hf.convert.TABLE`).
-AUX_TABLE = (
-    ("audio_proj/dense/kernel", "audio_proj.weight", "kernel1"),
-    ("audio_proj/dense/bias", "audio_proj.bias", "bias"),
-)
-
-
-def lora_gate_of(arrays: Mapping[str, np.ndarray], mode: str) -> np.ndarray:
-  """The [rows] float32 gate of encoded rows: `mode` is one of `LORA_GATES`."""
-  has_span = (arrays["span_ids"] > 0).any(axis=1)
-  has_audio = arrays["span_has_audio"].any(axis=1)
-  gate = {"span_audio": has_audio, "span": has_span, "always": np.ones_like(has_span)}
-  return gate[mode].astype(np.float32)
 
 
 class Model(nn.Module):
@@ -135,31 +110,3 @@ class Model(nn.Module):
                          lora_gate=batch["lora_gate"], lora_dropout=self.lora_dropout)
     return self.bert.heads(x, deterministic=deterministic, positions=positions)
 
-
-def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = None,
-           base_model_name_or_path: str | None = None) -> list[str]:
-  """Writes `base/` (BertForMaskedLM), `adapter/` (PEFT LoRA), the audio projection and
-  `audiobert.json` to `out_dir`; returns notes for results.md."""
-  from safetensors.numpy import save_file
-
-  from axk import hf
-  from axk.hf import convert
-  from axk.utils import files
-  from axk.utils.tree import flatten
-  hf.save(params["bert"], model.config, os.path.join(out_dir, "base"), head="mlm",
-          tokenizer_from=tokenizer_from)
-  if model.use_lora:
-    lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
-  if model.projects:
-    aux = convert.aux_to_torch(flatten({"audio_proj": params["audio_proj"]}), AUX_TABLE)
-    with files.atomic_path(os.path.join(out_dir, "audio_projection.safetensors")) as tmp:
-      save_file({k: v.astype(np.float32) for k, v in aux.items()}, tmp)
-  files.write_json(os.path.join(out_dir, "audiobert.json"), {
-      "audio_dim": model.audio_dim, "use_lora": model.use_lora,
-      "use_audio": model.use_audio, "lora_gate": model.lora_gate,
-      "injection": model.injection, "audio_projection": model.audio_projection,
-      "projected": model.projects, "injected_at": "embedding output, first token of each span"})
-  parts = ["export/base (BertForMaskedLM)"]
-  parts += ["export/adapter (PEFT LoRA)"] if model.use_lora else []
-  parts += ["export/audio_projection.safetensors"] if model.projects else []
-  return [f"Export: {', '.join(parts)}; run with axk.pt.audiobert.AudioBertTorch."]

@@ -1,10 +1,8 @@
 """Imagine to Hear: BERT with a gated cross-attention fusion of each span's audio tokens.
 
-A method file: everything ITH-specific is here, and `configs/ith.py` selects it with
-`config.model.name = "ith"`. The shared masked-word run (`axk/runs/masked_word.py`) reads
-what this module declares: `Model` (constructed from the method fields of `config.model`;
-`Model.check()` validates them before any work), `AUDIO` ("tokens": a sequence of AST
-tokens per span), `INPUTS`, `lora_gate_of`, `AUX_TABLE` and `export()`.
+The Flax module of the method `ith` (`axk/methods/ith.py`: its inputs, export and PyTorch
+names); `configs/ith.py` selects it with `config.model.name = "ith"`. `Model.check()`
+validates the method's fields before any work.
 
 For every span with accepted audio, the span's text tokens (queries) attend to that span's
 audio tokens (keys and values, after a two-layer audio MLP: Linear, ReLU, Linear as the
@@ -39,49 +37,21 @@ spans without audio are left exactly as they were (a select, bit for bit).
 
 from __future__ import annotations
 
-import os
 import dataclasses
 from typing import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from axk.models import bert as bert_lib
 from axk.models import lora as lora_lib
 from axk.models.spans import span_onehot
 
-AUDIO = "tokens"
-INPUTS = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio_tokens",
-          "span_has_audio")
-# The audio MLP and the fusion <-> `axk.pt.ith` (transforms of `axk.hf.convert.TABLE`).
-# Rows of parameters a model lacks (the gate, with `fusion_gate=False`) are skipped.
-AUX_TABLE = tuple(
-    [(f"audio_mlp/{n}/dense/{p}", f"audio_mlp.{n}.{t}", tr)
-     for n in ("fc1", "fc2") for p, t, tr in (("kernel", "weight", "kernel1"),
-                                               ("bias", "bias", "bias"))]
-    + [(f"fusion/{n}/{p}", f"fusion.{n}.{t}", tr)
-       for n in ("query", "key", "value") for p, t, tr in (("kernel", "weight", "kernel1"),
-                                                           ("bias", "bias", "bias"))]
-    + [("fusion/out/kernel", "fusion.out.weight", "kernel2"),
-       ("fusion/out/bias", "fusion.out.bias", "bias")]
-    + [(f"fusion/{n}/ln/{p}", f"fusion.{n}.{t}", "copy")
-       for n in ("attention_norm", "ffn_norm") for p, t in (("scale", "weight"),
-                                                             ("bias", "bias"))]
-    + [(f"fusion/{n}/dense/{p}", f"fusion.{n}.{t}", tr)
-       for n in ("ffn_in", "ffn_out", "gate_x", "gate_z")
-       for p, t, tr in (("kernel", "weight", "kernel1"), ("bias", "bias", "bias"))])
 # The audio MLP's activation (`Model.audio_activation`) and the gate's orientation
 # (`Model.gate_on`: what `g` multiplies).
 ACTIVATIONS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 GATE_ON = ("text", "audio")
-
-
-def lora_gate_of(arrays: Mapping[str, np.ndarray], mode: str | None = None) -> np.ndarray:
-  """ITH's LoRA (with `use_lora`) is on for every input."""
-  del mode
-  return np.ones(arrays["input_ids"].shape[0], np.float32)
 
 
 class AudioMLP(nn.Module):
@@ -239,32 +209,3 @@ class Model(nn.Module):
     x = self.bert.encode(x, batch["attention_mask"], start=self.fusion_layer, **encode)
     return self.bert.heads(x, deterministic=deterministic, positions=positions)
 
-
-def export(params, model: Model, out_dir: str, *, tokenizer_from: str | None = None,
-           base_model_name_or_path: str | None = None) -> list[str]:
-  """Writes `base/` (BertForMaskedLM), `fusion.safetensors` (audio MLP and fusion weights),
-  `ith.json` (and `adapter/` with LoRA) to `out_dir`; returns notes for results.md."""
-  from safetensors.numpy import save_file
-
-  from axk import hf
-  from axk.hf import convert
-  from axk.utils import files
-  from axk.utils.tree import flatten
-  c = model.config
-  hf.save(params["bert"], c, os.path.join(out_dir, "base"), head="mlm",
-          tokenizer_from=tokenizer_from)
-  aux = convert.aux_to_torch(flatten({"audio_mlp": params["audio_mlp"],
-                                      "fusion": params["fusion"]}), AUX_TABLE)
-  with files.atomic_path(os.path.join(out_dir, "fusion.safetensors")) as tmp:
-    save_file({k: v.astype(np.float32) for k, v in aux.items()}, tmp)
-  if model.use_lora:
-    lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
-  files.write_json(os.path.join(out_dir, "ith.json"), {
-      "audio_dim": model.audio_dim, "hidden_size": c.hidden_size,
-      "num_attention_heads": c.num_attention_heads,
-      "layer_norm_eps": float(model.fusion_norm_eps), "fusion_layer": model.fusion_layer,
-      "fusion_gate": bool(model.fusion_gate), "gate_on": model.gate_on,
-      "audio_activation": model.audio_activation, "use_lora": model.use_lora})
-  lora = ", export/adapter (PEFT LoRA)" if model.use_lora else ""
-  return [f"Export: export/base (BertForMaskedLM), export/fusion.safetensors (audio MLP + "
-          f"fusion){lora}; run with axk.pt.ith.IthTorch."]

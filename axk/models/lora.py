@@ -149,6 +149,30 @@ def to_peft(flat_lora: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
+_PEFT_NAME = re.compile(r"layer\.(?P<i>\d+)\.(?P<m>attention\.self\.query|attention\.self\.key|"
+                        r"attention\.self\.value|attention\.output\.dense)\.lora_(?P<ab>[AB])"
+                        r"\.weight$")
+_FROM_PEFT_MODULE = {v: k for k, v in _PEFT_MODULES.items()}
+
+
+def from_peft(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """PEFT state dict -> `{"layer_{i}_{target}/a|b": array}` (A [rank, in] and B [out, rank]
+  transposed; the caller reshapes to the subtree's shapes). Inverse of `to_peft`."""
+  out = {}
+  for name, x in state.items():
+    m = _PEFT_NAME.search(name)
+    if m is None:
+      raise ValueError(f"adapter tensor {name!r} is not a LoRA weight of a BERT attention layer")
+    target = _FROM_PEFT_MODULE[m["m"]]
+    out[f"layer_{m['i']}_{target}/{'a' if m['ab'] == 'A' else 'b'}"] = np.asarray(x).T
+  return out
+
+
+def from_peft_module(module: str) -> str:
+  """An axk LoRA target of a PEFT `target_modules` entry ("query", "attention.output.dense")."""
+  return _FROM_PEFT_MODULE.get(module, module)
+
+
 def peft_target_modules(targets) -> list[str]:
   """PEFT `target_modules` (module-name suffixes) for axk LoRA targets."""
   return sorted(_PEFT_MODULES[t] if t == "out" else t for t in targets)

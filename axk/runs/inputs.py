@@ -3,7 +3,7 @@
 Training, evaluation and single-sentence prediction all go through `build`:
 
     spans = split_spans(examples, features=..., predictions=...)   # per example: span dicts
-    arrays = build(examples, spans, tokenizer, model_module, protocol="paper", ...)
+    arrays = build(examples, spans, tokenizer, method=..., model=..., protocol="paper", ...)
 
 Span sources, in order: feature shards (`FeatureSpans`: the spans the features were built
 for, each with its audio), a span detector's predictions (every split not kept gold), the
@@ -132,7 +132,7 @@ def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_di
 
 
 def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]], tokenizer, *,
-          model_module, model, protocol: str, max_length: int, max_spans: int,
+          method, model, protocol: str, max_length: int, max_spans: int,
           audio_dim: int, audio_tokens: int = 0) -> dict[str, np.ndarray]:
   """The arrays a masked-word model reads, one row per example ("paper") or per (example,
   option) ("candidates").
@@ -140,9 +140,9 @@ def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]],
   Args:
     examples: the examples; `spans` their span dicts (`split_spans`).
     tokenizer: from `axk.data.encode.load_tokenizer`.
-    model_module: the model file (`axk.models.audiobert`, ...): its `AUDIO` says which audio
-      to attach and its `lora_gate_of` computes the per-row gate.
-    model: its `Model` instance (the gate mode is `model.lora_gate` where it has one).
+    method: the `axk.methods.Method`: its `audio` says which audio to attach and its
+      `lora_gate` computes the per-row gate.
+    model: its `Model` instance.
     protocol: "paper" (`axk.data.encode.encode`) or "candidates" (`encode_candidates`).
   """
   as_spans = [[types.Span(int(s["start"]), int(s["end"]), str(s["text"])) for s in row]
@@ -154,10 +154,10 @@ def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]],
                         spans=as_spans)
   rows = arrays["example_index"]
   audio = audio_arrays([spans[i] for i in rows], max_spans=max_spans, audio_dim=audio_dim,
-                       audio=model_module.AUDIO, audio_tokens=audio_tokens)
+                       audio=method.audio, audio_tokens=audio_tokens)
   arrays.update(audio)
   # Span ids beyond max_spans are dropped, so no token points at a missing span.
   s = audio["span_has_audio"].shape[1]
   arrays["span_ids"] = np.where(arrays["span_ids"] > s, 0, arrays["span_ids"])
-  arrays["lora_gate"] = model_module.lora_gate_of(arrays, getattr(model, "lora_gate", None))
+  arrays["lora_gate"] = method.lora_gate(arrays, model)
   return arrays

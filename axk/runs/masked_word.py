@@ -1,11 +1,12 @@
 """Masked-word prediction on AuditoryBench with span audio: the run of AudioBERT and ITH.
 
-The model is a method file named by `config.model.name`: `axk/models/<name>.py` ("audiobert",
-"ith"), or any importable module ("mylab.my_fusion"). What the run needs from it is
-declared there: `Model` (built as `Model(bert_config, audio_dim=..., **method fields)`, the
-method fields being `config.model` minus `BERT_FIELDS`), `Model.check()`, `AUDIO`, `INPUTS`,
-`lora_gate_of` and `export`. Everything else is shared: inputs (`axk/runs/inputs.py`), the
-benchmark tasks' scoring (`axk/data/benchmark.py`), the loop (`axk/train/loop.py`).
+The method is the registered `axk.methods.Method` named by `config.model.name` ("audiobert",
+"ith", or a module that registers one, e.g. "mylab.my_fusion"): its `model_class` is built as
+`Model(bert_config, audio_dim=..., **method fields)`, the method fields being `config.model`
+minus `axk.methods.BERT_FIELDS`; its `audio`, `inputs`, `lora_gate` and `export` are what the
+run reads. Everything else is shared: inputs (`axk/runs/inputs.py`), the benchmark tasks'
+scoring (`axk.tasks`), the loop (`axk/train/loop.py`), the run-end analysis
+(`axk/runs/analysis.py`) and `report.html` (`axk/report.py`).
 
     run(config, workdir)
       validate(config)            every field checked, before any stage (one line on error)
@@ -21,11 +22,9 @@ trains its own model in `<workdir>/<task>/`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
-from types import ModuleType
 from typing import Mapping, Sequence
 
 import flax.linen as nn
@@ -35,66 +34,42 @@ import numpy as np
 import optax
 
 from axk import hf
+from axk import methods
 from axk import provenance
 from axk import report
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.models import bert as bert_lib
+from axk.runs import analysis
 from axk.runs import common
 from axk.runs import inputs as inputs_lib
 from axk.runs import stages
 from axk.train import loop
 from axk.train import metrics as metrics_lib
 
-# `config.model` fields that describe the BERT every method starts from; the others are the
-# method's own and go to its `Model`.
-BERT_FIELDS = ("name", "init", "revision", "tiny", "dtype", "param_dtype", "remat", "dropout")
 # `train.loss_tokens`: where the masked-LM loss is taken (see `MaskedWord.loss`).
 LOSS_TOKENS = ("mask", "sentence")
 
 
-def model_module(name: str) -> ModuleType:
-  """The method file `config.model.name` names: `axk.models.<name>`, else the importable
-  module `<name>` itself (a method kept outside axk, e.g. "mylab.fusions.no_gate")."""
-  module = None
-  for path in (f"axk.models.{name}", name):
-    try:
-      module = importlib.import_module(path)
-      break
-    except ModuleNotFoundError as e:
-      if not (e.name and path.startswith(e.name)):
-        raise  # The module exists but one of its imports is missing.
-  if module is None or not name:
-    raise common.ConfigError(f"--config.model.name={name!r}: no module axk.models.{name} or "
-                             f"{name}.")
-  missing = [a for a in ("Model", "AUDIO", "INPUTS", "lora_gate_of", "export")
-             if not hasattr(module, a)]
-  if missing:
-    raise common.ConfigError(f"--config.model.name={name!r}: {module.__name__} lacks "
-                             f"{', '.join(missing)}.")
-  return module
+def method_of(config) -> methods.Method:
+  """The method `config.model.name` names (ConfigError naming the field otherwise)."""
+  try:
+    return methods.get(config.model.name)
+  except methods.MethodError as e:
+    raise common.ConfigError(f"--config.model.name={config.model.name!r}: {e}") from None
 
 
 def method_fields(config) -> dict:
   """The method's own `config.model` fields (constructor arguments of its `Model`)."""
-  return {k: v for k, v in config.model.items() if k not in BERT_FIELDS}
+  return {k: v for k, v in config.model.items() if k not in methods.BERT_FIELDS}
 
 
-def build_model(module: ModuleType, config, bert_config, audio_dim: int):
-  """`module.Model(bert_config, audio_dim=audio_dim, **method fields)`, checked."""
-  fields = method_fields(config)
-  known = {f.name for f in dataclasses.fields(module.Model)} - {"parent", "name", "config"}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise common.ConfigError(
-        f"--config.model.{unknown[0]}: not a field of {module.__name__}.Model (its fields: "
-        f"{', '.join(sorted(known - {'audio_dim'}))}).")
-  model = module.Model(bert_config, audio_dim=audio_dim, **fields)
+def build_model(method: methods.Method, config, bert_config, audio_dim: int):
+  """The method's `Model` from `config.model`, checked (ConfigError naming the field)."""
   try:
-    model.check()
+    return method.build(bert_config, audio_dim, **method_fields(config))
   except ValueError as e:
     raise common.ConfigError(f"--config.model.{e}") from None
-  return model
 
 
 def learning_rates(config) -> dict[str, float]:
@@ -126,9 +101,9 @@ def validate(config, workdir: str) -> None:
   if not seeds or len(set(seeds)) != len(seeds):
     raise common.ConfigError(f"--config.seeds={seeds}: must be distinct, at least one.")
   common.gold_splits(config)
-  module = model_module(config.model.name)
+  method = method_of(config)
   bert_config = common.bert_config_of(config)
-  build_model(module, config, bert_config, int(config.features.audio_dim))
+  build_model(method, config, bert_config, int(config.features.audio_dim))
   rates = learning_rates(config)
   for group in task_groups(config):
     _for_tasks(config, group, rates)
@@ -170,22 +145,6 @@ class Inputs:
   features_dir: str = ""  # Feature shards ("": text only).
 
 
-def outputs_of(logits, batch, choice_ids: Sequence[int]) -> dict:
-  """What scoring reads from masked-LM logits at the masks [batch, masks, vocab]: `argmax`,
-  `labels` (-1 past each row's masks), `label_logprob` (sum over the row's pieces) and, for
-  closed-answer tasks (pitch), `choice_logits` of `choice_ids` at the first mask."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  labels = jnp.take_along_axis(batch["mlm_labels"], batch["mask_positions"], axis=1)
-  valid = jnp.arange(labels.shape[1])[None, :] < batch["mask_count"][:, None]
-  label_logp = jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], -1)[..., 0]
-  out = {"argmax": jnp.where(valid, logits.argmax(-1), -1).astype(jnp.int32),
-         "labels": jnp.where(valid, labels, -1).astype(jnp.int32),
-         "label_logprob": jnp.sum(jnp.where(valid, label_logp, 0.0), axis=1)}
-  if choice_ids:
-    out["choice_logits"] = logits[:, 0, jnp.asarray(choice_ids)]
-  return out
-
-
 class MaskedWord:
   """`axk.train.loop.Experiment` of a masked-word model on AuditoryBench."""
 
@@ -193,8 +152,8 @@ class MaskedWord:
 
   def __init__(self, config, workdir: str, inputs: Inputs):
     self.config = config
-    self.module = model_module(config.model.name)
-    self.name = config.get("name") or self.module.__name__
+    self.method = method_of(config)
+    self.name = config.get("name") or self.method.title
     self.path = common.model_dir(config, workdir)
     self.tokenizer = enc.load_tokenizer(self.path)
     self.bert_config = common.bert_config(config, self.path)
@@ -218,7 +177,7 @@ class MaskedWord:
     self.labels = {"oracle": dict(manifest["oracle"])} if features and manifest.get(
         "oracle") else {}
     self.name = _oracle_title(self.name, self.labels)
-    self.model = build_model(self.module, config, self.bert_config, self.audio_dim)
+    self.model = build_model(self.method, config, self.bert_config, self.audio_dim)
     self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")
     self.data = data = common.load_data(config, keep_missing_spans=True)
     if self.features_dir:  # Refuse features built from other CSV files than these.
@@ -234,7 +193,7 @@ class MaskedWord:
                                      predictions=inputs.spans_predictions,
                                      gold_splits=common.gold_splits(config))
       return {p: inputs_lib.build(
-          examples, spans, self.tokenizer, model_module=self.module, model=self.model,
+          examples, spans, self.tokenizer, method=self.method, model=self.model,
           protocol=p, max_length=config.data.max_length, max_spans=config.data.max_spans,
           audio_dim=self.audio_dim, audio_tokens=self.audio_tokens) for p in protocol}
 
@@ -297,7 +256,8 @@ class MaskedWord:
     return loss, {"audio_spans": batch["span_has_audio"].sum() / labels.shape[0]}
 
   def predict(self, params, batch):
-    return outputs_of(self.apply(params, batch, deterministic=True), batch, self.choice_ids)
+    return analysis.outputs_of(self.apply(params, batch, deterministic=True), batch,
+                               self.choice_ids)
 
   def answers(self, key, views, outputs) -> list[dict]:
     """Per example: its answer, the paper protocol's and the candidate protocol's
@@ -325,6 +285,22 @@ class MaskedWord:
             **{f"{m}_unseen": v for m, v in _accuracies(unseen).items()},
             "examples_unseen": len(unseen), "with_audio": 100 * with_audio}
 
+  def audio_effect(self, params, key: str, answers: Sequence[dict]) -> None:
+    """Adds to the answers of `key` what the audio did (`analysis.audio_effect`): a pass
+    over the split with every span's audio removed, and the gates."""
+    arrays = self.eval_arrays[key]["paper"]
+    apply = analysis.step(self.model, self.choice_ids)
+    size = int(self.config.train.eval_batch_size)
+    with_audio = analysis.run_rows(apply, params, arrays, self.method.inputs, size)
+    silent = analysis.run_rows(apply, params, self.method.without_audio(arrays, self.model),
+                               self.method.inputs, size)
+    task = self.tasks[key.split("/")[0]]
+    analysis.audio_effect(
+        answers, self.examples[key], arrays, with_audio,
+        benchmark.paper_answers(task, self.examples[key], silent, self.choice_words,
+                                self.tokenizer.decode),
+        lora_gate=self.method.gate == "lora")
+
   def finish(self, params, workdir, outputs):
     notes = ["accuracy: the paper protocol; for animal it repeats [MASK] to the gold answer's "
              "length, so the input leaks that length. accuracy_candidates: leak-free "
@@ -336,13 +312,13 @@ class MaskedWord:
     if jax.process_index() == 0:
       for key, out in outputs.items():
         answers = self.answers(key, self.eval_arrays[key], out)
-        report.audio_effect(self, params, key, answers)  # For report.html.
+        self.audio_effect(params, key, answers)  # For report.html.
         metrics_lib.write_text(
             os.path.join(workdir, "predictions", key.replace("/", "_") + ".jsonl"),
             "".join(json.dumps(a) + "\n" for a in answers))
       init = str(self.config.model.init)
       base = None if self.config.model.tiny or os.path.isdir(os.path.expanduser(init)) else init
-      notes += self.module.export(params, self.model, os.path.join(workdir, "export"),
+      notes += self.method.export(params, self.model, os.path.join(workdir, "export"),
                                   tokenizer_from=self.path, base_model_name_or_path=base)
     return notes
 

@@ -7,11 +7,13 @@ and split; every metric of the model, and `<metric>_std` where the run averaged 
 then, in prose, the results table, how the model was trained (config, axk commit, feature
 settings, data revision, every model revision) and how to load and run it.
 
-    from axk.hf import card
+    from axk.publish import card
     card.write_card("workdir/export")      # reads workdir/results.json and config.json
     card.write_run_cards("workdir")        # every export of a run (seeds, tasks)
 
-Imports neither torch nor jax.
+What a card says of a method (its title, how to load and call its export) comes from the
+method (`axk.methods.Method`: `title`, `card_usage`); the span detector's card is this
+module's own.
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ import json
 import os
 from typing import Mapping
 
+from axk import methods
 from axk.data import benchmark
 from axk.utils import files
 
 CARD = "README.md"
-KINDS = ("audiobert", "ith", "span")
 TASK_NAMES = {name: spec.title for name, spec in benchmark.TASK_SPECS.items()}
-PIPELINE_TAGS = {"audiobert": "fill-mask", "ith": "fill-mask", "span": "token-classification"}
-TITLES = {"audiobert": "AudioBERT", "ith": "Imagine to Hear (ITH)",
-          "span": "AuditoryBench span detector"}
+SPAN_TITLE = "AuditoryBench span detector"
 # Numbers of a split that describe the data or a baseline, not the model.
 NOT_MODEL_METRICS = ("examples", "examples_unseen", "majority", "with_audio")
 # Licences of base models axk's configs name (from their hub pages); others read the base
@@ -48,11 +48,11 @@ GENERATOR_NOTE = (
 
 
 def export_kind(export_dir: str) -> str | None:
-  """"audiobert", "ith", "span" (a token classifier), or None for no axk export."""
-  if os.path.exists(os.path.join(export_dir, "audiobert.json")):
-    return "audiobert"
-  if os.path.exists(os.path.join(export_dir, "ith.json")):
-    return "ith"
+  """The method's name ("audiobert", "ith", ...), "span" (a token classifier), or None for
+  no axk export."""
+  method = methods.of_export(export_dir)
+  if method is not None:
+    return method.name
   config = os.path.join(export_dir, "config.json")
   if os.path.exists(config):
     with open(config, encoding="utf-8") as f:
@@ -84,7 +84,7 @@ def model_index(results: Mapping, kind: str, data_revision: str | None = None) -
         if base in NOT_MODEL_METRICS or not isinstance(value, (int, float)):
           continue
         out.append(EvalResult(
-            task_type=PIPELINE_TAGS[kind], dataset_type="auditorybench",
+            task_type=_pipeline_tag(kind), dataset_type="auditorybench",
             dataset_name=f"AuditoryBench ({TASK_NAMES[task]})", dataset_config=task,
             dataset_split=split, dataset_revision=data_revision, metric_type=name,
             metric_name=name.replace("_", " "), metric_value=float(value)))
@@ -131,6 +131,10 @@ def _results_table(results: Mapping, seeds_results: Mapping | None) -> list[str]
   return lines
 
 
+def _pipeline_tag(kind: str) -> str:
+  return "token-classification" if kind == "span" else "fill-mask"
+
+
 def _usage(kind: str, repo_id: str) -> list[str]:
   if kind == "span":
     return ["```python", "from transformers import pipeline",
@@ -138,35 +142,7 @@ def _usage(kind: str, repo_id: str) -> list[str]:
             'aggregation_strategy="simple")',
             'detector("A [MASK] makes a sound like a continuous, high-pitched whine.")',
             "# label SPAN: the words that need auditory knowledge", "```"]
-  cls = "AudioBertTorch" if kind == "audiobert" else "IthTorch"
-  module = "audiobert" if kind == "audiobert" else "ith"
-  loader = "load_audiobert" if kind == "audiobert" else "load_ith"
-  lines = ["PyTorch (with axk and its requirements installed):", "", "```python",
-           f"from axk.pt.{module} import {cls}",
-           f'model = {cls}.from_pretrained("{repo_id}")  # or a local folder, revision=...',
-           "logits = model(input_ids, attention_mask, token_type_ids, span_ids,",
-           ("               span_audio, span_has_audio, lora_gate)  # [batch, length, vocab]"
-            if kind == "audiobert" else
-            "               span_audio_tokens, span_has_audio)  # [batch, length, vocab]"),
-           "```", "", "JAX (axk):", "", "```python", "from axk.hf import exports",
-           f'model = exports.{loader}("{repo_id}")',
-           "logits = model(**batch)  # the same inputs, as arrays", "```", ""]
-  if kind == "audiobert" and os.path.isabs(repo_id):  # a local export
-    adapter = os.path.join(repo_id, "adapter")
-    lines += ["The LoRA adapter alone, with PEFT (its `adapter_config.json` names the base "
-              "model):", "", "```python", "from peft import PeftConfig, PeftModel",
-              "from transformers import BertForMaskedLM",
-              f'base = BertForMaskedLM.from_pretrained(PeftConfig.from_pretrained("{adapter}")'
-              ".base_model_name_or_path)",
-              f'model = PeftModel.from_pretrained(base, "{adapter}")', "```", ""]
-  elif kind == "audiobert":
-    # PEFT 0.21 joins `subfolder` twice for hub adapters: load from the snapshot instead.
-    lines += ["The LoRA adapter alone, with PEFT (the base model is this repo's `base/`):",
-              "", "```python", "from huggingface_hub import snapshot_download",
-              "from peft import PeftModel", "from transformers import BertForMaskedLM",
-              f'path = snapshot_download("{repo_id}")',
-              'base = BertForMaskedLM.from_pretrained(f"{path}/base")',
-              'model = PeftModel.from_pretrained(base, f"{path}/adapter")', "```", ""]
+  lines = methods.get(kind).card_usage(repo_id)
   lines += ["Inputs: `span_ids` marks the k-th auditory span's tokens with k; the audio "
             "features of each span come from axk's feature pipeline (`configs/features.py`)."]
   return lines
@@ -185,7 +161,7 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
   from huggingface_hub import ModelCardData  # pylint: disable=g-import-not-at-top
   kind = export_kind(export_dir)
   if kind is None:
-    raise ValueError(f"{export_dir}: not an axk export (no audiobert.json, ith.json or "
+    raise ValueError(f"{export_dir}: not an axk export (no <method>.json or "
                      "token-classification config.json)")
   run_dir = run_dir or os.path.dirname(os.path.abspath(export_dir))
   results = _read(os.path.join(run_dir, "results.json"))
@@ -203,11 +179,11 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
   # As configured, maybe `id@revision`; the card names the id.
   base_model = str(init.get("name")).partition("@")[0] if init.get("source") == "hub" else None
   license_id, license_from = _license(config, base_model, init.get("path", ""))
-  title = TITLES[kind]
+  title = SPAN_TITLE if kind == "span" else methods.get(kind).title
   metadata = ModelCardData(
       library_name="transformers" if kind == "span" else "axk",
       base_model=base_model, datasets=["auditorybench"], license=license_id,
-      pipeline_tag=PIPELINE_TAGS[kind],
+      pipeline_tag=_pipeline_tag(kind),
       tags=["axk", "auditorybench", "auditory-knowledge", kind, "jax", "pytorch"]
       + ([results["oracle"].get("kind", "oracle")] if results.get("oracle") else [])
       + (["peft", "lora"] if os.path.isdir(os.path.join(export_dir, "adapter")) else []),

@@ -3,7 +3,7 @@
     python -m axk.main --config=configs/ith.py --workdir=W --config.export.push_to_hub=org/axk-ith
     python -m axk.push --workdir=W --repo_id=org/axk-ith        # an existing run's export
 
-Each export of the run (`axk.hf.card.run_exports`) goes to its own model repo: the run's
+Each export of the run (`axk.publish.card.run_exports`) goes to its own model repo: the run's
 own `export/` to `repo_id`, `<task>/export/` to `repo_id-<task>`, `seed_<s>/export/` to
 `repo_id-seed_<s>`. One commit per repo holds every file of the export, its model card
 (rendered for that repo id) and, for PEFT adapters, an `adapter_config.json` whose
@@ -21,7 +21,7 @@ import re
 from typing import Any
 
 from axk import hub
-from axk.hf import card as card_lib
+from axk.publish import card as card_lib
 
 
 class PushError(RuntimeError):

@@ -1,0 +1,78 @@
+"""AudioBERT as a method: retrieved audio added at each span's first token, LoRA switched on
+per example (the module: `axk.models.audiobert`; PyTorch: `axk.pt.audiobert`)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from axk.methods import base
+from axk.models import audiobert as model_lib
+
+
+@base.register
+class AudioBert(base.Method):
+  """AudioBERT (see `axk.models.audiobert`)."""
+
+  name = "audiobert"
+  title = "AudioBERT"
+  model_class = model_lib.Model
+  audio = "pooled"  # One AST vector per span.
+  inputs = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio",
+            "span_has_audio", "lora_gate")
+  gate = "lora"
+  # The audio projection <-> `axk.pt.audiobert.AudioBertTorch.audio_proj`.
+  aux_table = (("audio_proj/dense/kernel", "audio_proj.weight", "kernel1"),
+               ("audio_proj/dense/bias", "audio_proj.bias", "bias"))
+  aux_file = "audio_projection.safetensors"
+  torch_class = "axk.pt.audiobert:AudioBertTorch"
+  published_row = "audiobert"
+
+  def lora_gate(self, arrays: Mapping[str, np.ndarray], model) -> np.ndarray:
+    """On for rows with a span that has audio, with any span, or always (`model.lora_gate`,
+    one of `axk.models.audiobert.LORA_GATES`)."""
+    mode = getattr(model, "lora_gate", "span_audio")
+    has_span = (arrays["span_ids"] > 0).any(axis=1)
+    has_audio = arrays["span_has_audio"].any(axis=1)
+    gate = {"span_audio": has_audio, "span": has_span, "always": np.ones_like(has_span)}
+    return gate[mode].astype(np.float32)
+
+  def has_aux(self, model) -> bool:
+    return model.projects
+
+  def meta(self, model) -> dict:
+    # The keys `axk.pt.audiobert` reads.
+    return {"method": self.name, "audio_dim": model.audio_dim, "use_lora": model.use_lora,
+            "use_audio": model.use_audio, "lora_gate": model.lora_gate,
+            "injection": model.injection, "audio_projection": model.audio_projection,
+            "projected": model.projects,
+            "injected_at": "embedding output, first token of each span"}
+
+  def fields_from_meta(self, meta: Mapping) -> dict:
+    # Exports from before `injection`/`audio_projection`: added, always projected.
+    return {"use_lora": bool(meta["use_lora"]), "use_audio": bool(meta["use_audio"]),
+            "lora_gate": meta.get("lora_gate", "span_audio"),
+            "injection": meta.get("injection", "add"),
+            "audio_projection": meta.get("audio_projection", "always")}
+
+  def card_usage(self, repo_id: str) -> list[str]:
+    import os  # pylint: disable=g-import-not-at-top
+    lines = super().card_usage(repo_id)
+    if os.path.isabs(repo_id):  # a local export
+      adapter = os.path.join(repo_id, "adapter")
+      lines += ["The LoRA adapter alone, with PEFT (its `adapter_config.json` names the base "
+                "model):", "", "```python", "from peft import PeftConfig, PeftModel",
+                "from transformers import BertForMaskedLM",
+                f'base = BertForMaskedLM.from_pretrained(PeftConfig.from_pretrained("{adapter}")'
+                ".base_model_name_or_path)",
+                f'model = PeftModel.from_pretrained(base, "{adapter}")', "```", ""]
+    else:
+      # PEFT 0.21 joins `subfolder` twice for hub adapters: load from the snapshot instead.
+      lines += ["The LoRA adapter alone, with PEFT (the base model is this repo's `base/`):",
+                "", "```python", "from huggingface_hub import snapshot_download",
+                "from peft import PeftModel", "from transformers import BertForMaskedLM",
+                f'path = snapshot_download("{repo_id}")',
+                'base = BertForMaskedLM.from_pretrained(f"{path}/base")',
+                'model = PeftModel.from_pretrained(base, f"{path}/adapter")', "```", ""]
+    return lines

@@ -1,0 +1,2 @@
+"""Publishing a run: model cards for its exports (`card`) and their upload to the Hub
+(`push`)."""
