@@ -125,6 +125,7 @@ class Method:
     """The export's `<name>.json`: everything needed to build the same `Model` again."""
     return {"method": self.name, "audio_dim": int(model.audio_dim),
             "hidden_size": model.config.hidden_size,
+            "use_lora": bool(getattr(model, "use_lora", False)),
             "fields": {k: _jsonable(getattr(model, k)) for k in self.fields()}}
 
   def fields_from_meta(self, meta: Mapping) -> dict:

@@ -35,7 +35,7 @@ def load_export(export_dir: str, meta_file: str):
     meta = json.load(f)
   model = transformers.BertForMaskedLM.from_pretrained(
       os.path.join(export_dir, "base"), local_files_only=True)
-  if meta["use_lora"]:
+  if meta.get("use_lora"):
     import peft
     model = peft.PeftModel.from_pretrained(model, os.path.join(export_dir, "adapter"))
   return model, meta

@@ -361,6 +361,11 @@ def _selection_of(workdir: str):
     return None
 
 
+def _stamp(config, record: Mapping | None) -> dict:
+  """The exact data commit and model revisions a run reads (axk/provenance.py)."""
+  return {provenance.REVISIONS_KEY: provenance.collect(config, (record or {}).get("resolved"))}
+
+
 def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = None) -> dict:
   """Trains once per seed in `config.seeds`; results are the mean and standard deviation.
 
@@ -373,13 +378,15 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
   if len(seeds) == 1:
     c = config.copy_and_resolve_references()
     c.seed = seeds[0]
-    return loop.train_and_evaluate(c, workdir, make_experiment(c, workdir), record=record)
+    return loop.train_and_evaluate(c, workdir, make_experiment(c, workdir), record=record,
+                                   stamp=_stamp(c, record))
   runs = []
   for seed in seeds:
     c = config.copy_and_resolve_references()
     c.seed = seed
     sub = os.path.join(workdir, f"seed_{seed}")
-    runs.append(loop.train_and_evaluate(c, sub, make_experiment(c, sub), record=record))
+    runs.append(loop.train_and_evaluate(c, sub, make_experiment(c, sub), record=record,
+                                        stamp=_stamp(c, record)))
   if not all(runs):  # An interrupted seed: rerun the command to continue.
     return {}
   merged = _merge_seeds(runs)
@@ -387,7 +394,7 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
   label = oracle_label(((record or {}).get("resolved") or {}).get("features_dir", ""))
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {
       **label, **merged, loop.SELECTION_KEY: selection,
-      provenance.REVISIONS_KEY: provenance.collect(config, (record or {}).get("resolved"))})
+      **_stamp(config, record)})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
       _oracle_title(f"{config.get('name') or 'run'}: mean over seeds {seeds}", label), merged,
       _oracle_notes(label)

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from axk import hf
+from axk import provenance
 from axk.data import encode as enc
 from axk.data import spans as spans_lib
 from axk.data import types
@@ -170,4 +171,6 @@ def run(config, workdir: str):
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
   task = SpanTask(config, workdir)
-  return loop.train_and_evaluate(config, workdir, task)
+  # The exact data commit and model revisions this run reads (axk/provenance.py).
+  stamp = {provenance.REVISIONS_KEY: provenance.collect(config)}
+  return loop.train_and_evaluate(config, workdir, task, stamp=stamp)

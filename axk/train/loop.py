@@ -24,7 +24,6 @@ import optax
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from axk import provenance
 from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
 from axk.train import metrics as metrics_lib
@@ -326,19 +325,20 @@ class _FiniteChecks:
 
 
 def train_and_evaluate(config, workdir: str, experiment: Experiment,
-                       record: Mapping[str, Any] | None = None) -> dict:
+                       record: Mapping[str, Any] | None = None,
+                       stamp: Mapping[str, Any] | None = None) -> dict:
   """Trains `experiment` as `config` says, evaluates, writes everything into `workdir`.
 
   `config.json` holds `config` and, beside it, the entries of `record` (what the run's
-  stages resolved, say). Returns the results dict (`results[task][split][metric]`), also
-  written to `results.json` (with the selected step under `SELECTION_KEY`) and `results.md`.
+  stages resolved, say) and of `stamp` (what the caller stamps on every file of the run:
+  the revisions it reads, `axk.provenance`). Returns the results dict
+  (`results[task][split][metric]`), also written to `results.json` (with the selected step
+  under `SELECTION_KEY`, and `stamp`) and `results.md`.
   """
   os.makedirs(workdir, exist_ok=True)
-  # The exact data commit and model revisions this run reads (axk/provenance.py).
-  revisions = provenance.collect(config, (record or {}).get("resolved"))
+  stamp = dict(stamp or {})
   metrics_lib.write_json(os.path.join(workdir, "config.json"),
-                         {**config.to_dict(), **(record or {}),
-                          provenance.REVISIONS_KEY: revisions})
+                         {**config.to_dict(), **(record or {}), **stamp})
   tc = config.train
   trainer = Trainer(config, workdir, experiment)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
@@ -458,8 +458,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment,
                "select_best": bool(tc.select_best)}
   metrics_lib.write_json(os.path.join(workdir, "results.json"),
                          {**getattr(experiment, "labels", {}), **results,
-                          SELECTION_KEY: selection,
-                          provenance.REVISIONS_KEY: revisions})
+                          SELECTION_KEY: selection, **stamp})
   metrics_lib.write_text(os.path.join(workdir, "results.md"),
                          metrics_lib.results_markdown(experiment.name, results, notes))
   writer.close()

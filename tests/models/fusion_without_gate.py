@@ -2,26 +2,21 @@
 
 It exists to show what adding a method takes: this file plus a config (built in
 `tests/test_extend.py`); no shared run, loop or input code changes. It reuses ITH's pieces
-and declares what the masked-word run reads (`Model`, `AUDIO`, `INPUTS`, `lora_gate_of`,
-`export`).
+and registers itself as a method (`axk.methods.Method`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from axk import methods
 from axk.models import bert as bert_lib
 from axk.models import ith
 from axk.models.spans import span_onehot
-
-AUDIO = ith.AUDIO
-INPUTS = ith.INPUTS
-lora_gate_of = ith.lora_gate_of
 
 
 class UngatedFusion(nn.Module):
@@ -66,9 +61,10 @@ class Model(nn.Module):
     return self.bert.heads(x, deterministic=deterministic, positions=positions)
 
 
-def export(params, model: Model, out_dir: str, *, tokenizer_from=None,
-           base_model_name_or_path=None) -> list[str]:
-  from axk import hf
-  hf.save(params["bert"], model.config, os.path.join(out_dir, "base"), head="mlm",
-          tokenizer_from=tokenizer_from)
-  return ["Export: export/base (BertForMaskedLM)."]
+@methods.register
+class FusionWithoutGate(methods.Method):
+  name = "fusion_without_gate"
+  title = "ITH without its gate"
+  model_class = Model
+  audio = "tokens"
+  inputs = methods.get("ith").inputs
