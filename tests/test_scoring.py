@@ -325,3 +325,24 @@ def test_span_metrics_leave_out_rows_missing_a_gold_span():
                                  {"all": {"pred": pred}})
   assert m["span_f1"] == pytest.approx(100.0) and m["token_f1"] == pytest.approx(100.0)
   assert m["examples"] == 1
+
+
+@pytest.mark.parametrize("sentence,offsets,labels,expected", [
+    # A span starting inside a word ("Cl|ucking") widens to the word.
+    ("Clucking is the sound a [MASK] makes.", [(0, 2), (2, 8), (9, 11)], [0, 1, 0],
+     ((0, 8, "Clucking"),)),
+    # Starting and ending inside words: "Ho|ot is" -> "Hoot is"; "hig|h-pitched" keeps the
+    # hyphenated word whole.
+    ("Hoot is a high-pitched call.", [(0, 2), (2, 4), (5, 7), (10, 13), (13, 14)],
+     [0, 1, 1, 0, 1], ((0, 7, "Hoot is"), (10, 22, "high-pitched"))),
+    # Two runs inside one word merge into that word; punctuation stays outside.
+    ("A squeaky, shrill noise.", [(2, 5), (5, 7), (7, 9), (9, 10)], [1, 0, 1, 0],
+     ((2, 9, "squeaky"),)),
+])
+def test_detected_spans_are_widened_to_whole_words(sentence, offsets, labels, expected):
+  found = spans_lib.spans_from_labels(sentence, offsets, labels)
+  assert [(s.start, s.end, s.text) for s in found] == list(expected)
+  for s in found:  # A span never cuts a word.
+    assert s.start == 0 or not (sentence[s.start - 1].isalnum() and sentence[s.start].isalnum())
+    assert s.end == len(sentence) or not (sentence[s.end - 1].isalnum()
+                                          and sentence[s.end].isalnum())

@@ -107,12 +107,30 @@ def write_predictions(path: str, examples: Sequence[Example],
   files.write_text(path, "".join(lines))
 
 
+def _in_word(c: str) -> bool:
+  """A character that belongs to a word: letters, digits, and the apostrophes and hyphens
+  inside words ("don't", "high-pitched")."""
+  return c.isalnum() or c in "'’-_"
+
+
+def snap_to_words(sentence: str, start: int, end: int) -> tuple[int, int]:
+  """`[start, end)` widened to whole words: a start or end inside a word moves to that
+  word's edge ("Cl|ucking" -> "Clucking")."""
+  while 0 < start < len(sentence) and _in_word(sentence[start - 1]) and _in_word(
+      sentence[start]):
+    start -= 1
+  while 0 < end < len(sentence) and _in_word(sentence[end - 1]) and _in_word(sentence[end]):
+    end += 1
+  return start, end
+
+
 def spans_from_labels(sentence: str, offsets: Sequence[tuple[int, int]],
                       labels: Sequence[int]) -> tuple[Span, ...]:
-  """Contiguous positive tokens -> spans by character offsets.
+  """Contiguous positive tokens -> spans by character offsets, on whole words.
 
   Tokens with empty offsets (special tokens, padding) end a run and are never part of a
-  span.
+  span. A run that starts or ends inside a word (a word piece) is widened to the whole word
+  (`snap_to_words`), so a span never cuts a word; runs that then touch or overlap merge.
   """
   spans, start, end = [], None, None
   for (a, b), label in zip(offsets, labels):
@@ -126,7 +144,13 @@ def spans_from_labels(sentence: str, offsets: Sequence[tuple[int, int]],
     end = b
   if start is not None:
     spans.append((start, end))
-  return tuple(Span(a, b, sentence[a:b]) for a, b in spans if sentence[a:b].strip())
+  merged: list[tuple[int, int]] = []
+  for a, b in (snap_to_words(sentence, a, b) for a, b in spans):
+    if merged and a <= merged[-1][1]:
+      merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+    else:
+      merged.append((a, b))
+  return tuple(Span(a, b, sentence[a:b]) for a, b in merged if sentence[a:b].strip())
 
 
 def gold_spans(examples: Iterable[Example]) -> dict[str, tuple[Span, ...]]:
