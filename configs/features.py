@@ -77,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.features.pipeline:run"  # what axk.main calls: run(config, workdir)
-  # Registered sources (axk/features/sources.py) to run: "retrieval", "generation", or both,
+  # Registered sources (axk/features/sources/) to run: "retrieval", "generation", or both,
   # "retrieval,generation"; each reads its own section below (c.retrieval, c.generation).
   c.source = "retrieval"
   c.stage = "all"  # all | spans | database | acquire | assemble (see pipeline docstring)
@@ -201,7 +201,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generation.cache_dir = ""
   c.generation.features_dir = "features"  # output folder, relative to the workdir
 
-  # The oracle (axk/features/sources.py: OracleSource): no model, no audio; each span gets a
+  # The oracle (axk/features/sources/oracle.py: OracleSource): no model, no audio; each span gets a
   # fixed random vector chosen by the gold answer (pitch: "high"/"low"; animal: its animal).
   c.oracle = ml_collections.ConfigDict()
   c.oracle.shuffle = False  # Permute the vectors across each task/split's examples (control).

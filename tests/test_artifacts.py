@@ -20,6 +20,7 @@ import torch
 from axk import hub
 from axk import provenance
 from axk.data import auditorybench as ab
+from axk.data import download as download_lib
 from axk.data import pins
 from axk.features import shards
 from axk.publish import card as card_lib
@@ -47,7 +48,7 @@ def sha(data: bytes) -> str:
 
 
 def serve(upstream: pathlib.Path, calls: list):
-  """`ab._urlopen` answering raw.githubusercontent URLs from `upstream/<commit>/<path>`."""
+  """`download_lib._urlopen` serving raw.githubusercontent URLs from `upstream/<commit>/<path>`."""
   prefix = pins.RAW_URL.format(repository=pins.REPOSITORY, revision="", path="")[:-2]
 
   def opener(url, timeout):
@@ -70,7 +71,7 @@ def upstream(tmp_path, monkeypatch):
            for p in root.rglob("*.csv")}
   monkeypatch.setitem(pins.PINS, REV, pins.Pin(layout="per_task", files=files))
   calls = []
-  monkeypatch.setattr(ab, "_urlopen", serve(tmp_path / "upstream", calls))
+  monkeypatch.setattr(download_lib, "_urlopen", serve(tmp_path / "upstream", calls))
   return root, calls
 
 
@@ -110,9 +111,9 @@ def test_unpinned_commit_records_hashes_at_first_download(tmp_path, monkeypatch)
   other = "f" * 40
   shutil.copytree(ab.sample_data_dir(), tmp_path / "upstream" / other / "dataset")
   calls = []
-  monkeypatch.setattr(ab, "_urlopen", serve(tmp_path / "upstream", calls))
+  monkeypatch.setattr(download_lib, "_urlopen", serve(tmp_path / "upstream", calls))
   folder = ab.download(tmp_path / "cache", other)
-  record = json.loads((pathlib.Path(folder) / ab.REVISION_FILE).read_text())
+  record = json.loads((pathlib.Path(folder) / download_lib.REVISION_FILE).read_text())
   assert record["revision"] == other and record["pinned"] is False
   assert len(record["files"]) == 8
   (pathlib.Path(folder) / "sound_pitch_comparsion" / "dev.csv").write_text("changed\n")
@@ -123,7 +124,7 @@ def test_unpinned_commit_records_hashes_at_first_download(tmp_path, monkeypatch)
 @pytest.mark.parametrize("revision, match", [("dev", "not a 40-hex commit"),
                                              ("abc123", "not a 40-hex commit")])
 def test_download_needs_a_commit_or_a_pinned_branch(tmp_path, monkeypatch, revision, match):
-  monkeypatch.setattr(ab, "_urlopen", lambda url, timeout: pytest.fail("no download"))
+  monkeypatch.setattr(download_lib, "_urlopen", lambda url, timeout: pytest.fail("no download"))
   with pytest.raises(ab.DataError, match=match):
     ab.resolve_data_dir("github", tmp_path, revision=revision)
 
@@ -148,7 +149,7 @@ def test_the_default_main_is_pinned_by_the_shared_copys_content(tmp_path, monkey
       raise AssertionError(f"asked for {url}")
     return io.BytesIO(served[url])
 
-  monkeypatch.setattr(ab, "_urlopen", fake_urlopen)
+  monkeypatch.setattr(download_lib, "_urlopen", fake_urlopen)
   folder = ab.resolve_data_dir("github", tmp_path / "cache")
   assert ab.load_task(folder, "pitch").keys() == {"train", "dev", "test"}
   path = "dataset/sound_pitch_comparsion/dev.csv"

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from axk.data import auditorybench as ab
+from axk.data import download as download_lib
 from axk.data import encode as enc
 from axk.data.types import Example
 from axk.data.types import PITCH_OPTIONS
@@ -344,7 +345,7 @@ def _serve_sample(calls, missing=()):
 def test_download_writes_files_atomically(tmp_path, monkeypatch):
   calls = []
   missing = {("sound_pitch_comparsion", "wiki.csv")}
-  monkeypatch.setattr(ab, "_urlopen", _serve_sample(calls, missing))
+  monkeypatch.setattr(download_lib, "_urlopen", _serve_sample(calls, missing))
   root = ab.resolve_data_dir("github", cache_dir=tmp_path / "cache", revision=COMMIT)
   assert root == str(tmp_path / "cache" / COMMIT) and len(calls) == 8
   assert all(u.startswith(f"https://raw.githubusercontent.com/HJ-Ok/AudioBERT/{COMMIT}/dataset/")
@@ -374,7 +375,7 @@ def test_download_failure_leaves_no_partial_file(tmp_path, monkeypatch):
     def read(self, *args):
       raise ConnectionResetError("connection reset")
 
-  monkeypatch.setattr(ab, "_urlopen", lambda url, timeout: Broken())
+  monkeypatch.setattr(download_lib, "_urlopen", lambda url, timeout: Broken())
   with pytest.raises(ab.DataError, match="connection reset"):
     ab.download(tmp_path, COMMIT)
   assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -29,6 +29,7 @@ from axk.features import pipeline
 from axk.features import retrieval
 from axk.features import shards as shards_lib
 from axk.features import tiny
+from axk.features.database import webdataset as webdataset_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,7 +147,7 @@ def test_shards_listed_with_ids_captions_and_problems(shard_db, tmp_path, monkey
   # A second listing reads the cached indexes: no shard is opened as a tar again.
   _no_tar_scan(monkeypatch)
   scanned = []
-  monkeypatch.setattr(retrieval, "scan_shard", lambda *a, **k: scanned.append(a))
+  monkeypatch.setattr(webdataset_lib, "scan_shard", lambda *a, **k: scanned.append(a))
   again = retrieval.AudioDatabase.from_config(_db_config(shard_db["dir"], str(tmp_path)))
   assert not scanned and again.clips == db.clips
   assert again.content_fingerprint() == db.content_fingerprint()

@@ -1,7 +1,7 @@
-"""AuditoryBench: loading, validation, leakage checks and download.
+"""AuditoryBench as a run reads it: the folder `data.dir` names, its CSVs read and validated.
 
 The benchmark ships as one folder per task with `train`, `dev`, `test` and (optionally)
-`wiki` CSV files:
+`wiki` CSV files (`axk.data.layout`):
 
     animal_sound_recognition/{train,dev,test,wiki}.csv
         animal, description (or span), sentence, A, B, C, D, Answer
@@ -12,7 +12,8 @@ The published files have faults (see the project's data notes): answers that are
 letters, rows with two `[MASK]`, gold spans that do not occur in their sentence, and, in
 the repository's older flat layout, a training file identical to the test file. This module
 reads columns by header name, normalises answers, skips bad rows with a counted reason
-(never guessing a repair), and refuses split leakage.
+(`axk.data.rows`, never guessing a repair), and refuses split leakage. A folder is a local
+one, the shipped sample, or a download of a pinned upstream commit (`axk.data.download`).
 """
 
 from __future__ import annotations
@@ -24,60 +25,48 @@ import csv
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 import pathlib
 import re
-import urllib.error
-import urllib.request
 
-from axk.data import pins
+from axk.data import benchmark
+from axk.data.download import download
+from axk.data.layout import DataError
+from axk.data.layout import REQUIRED_SPLITS
+from axk.data.layout import check_data_dir
+from axk.data.layout import sample_data_dir
+from axk.data.layout import split_path
+from axk.data.rows import EMPTY_SPAN
+from axk.data.rows import MANY_MASKS
+from axk.data.rows import NO_MASK
+from axk.data.rows import SPAN_FUZZY
+from axk.data.rows import SPAN_MISSING_KEPT
+from axk.data.rows import SPAN_NOT_FOUND
+from axk.data.rows import UNDECODABLE
+from axk.data.rows import WRONG_FIELD_COUNT
+from axk.data.rows import normalise
 from axk.data.types import Example
 from axk.data.types import MASK
 from axk.data.types import SPLITS
 from axk.data.types import Span
-from axk.data.types import TASK_DIRS
+# pylint: disable=unused-import
+# Named here too: the data a run records beside the folder it resolves here, the reasons
+# `SplitData.skipped` reports that the task's row reader decides, and the tasks.
+from axk.data.download import data_revision
+from axk.data.rows import BAD_LETTER
+from axk.data.rows import BAD_PITCH_ANSWER
+from axk.data.rows import EMPTY_ANSWER
+from axk.data.rows import OPTION_DISAGREES
 from axk.data.types import TASKS
-from axk.utils import files as files_lib
+# pylint: enable=unused-import
 
 logger = logging.getLogger(__name__)
 
-# Splits a task folder must have; `wiki` (the out-of-domain test) is optional.
-REQUIRED_SPLITS = ("train", "dev", "test")
-# In each downloaded commit's folder: the commit and the sha256 of each file.
-REVISION_FILE = "revision.json"
-DEFAULT_CACHE_DIR = "~/.cache/axk/auditorybench"
-# Short enough that an offline machine fails in seconds rather than hanging a launch.
-DOWNLOAD_TIMEOUT_S = 5.0
 # Beyond this fraction of shared sentences, two splits are one split under two names.
 MAX_SENTENCE_OVERLAP = 0.5
 
-# Reasons for skipping a row, as they appear in `SplitData.skipped`.
-UNDECODABLE = "undecodable bytes"
-WRONG_FIELD_COUNT = "wrong number of fields"
-NO_MASK = "no [MASK]"
-MANY_MASKS = "more than one [MASK]"
-EMPTY_ANSWER = "empty answer"
-BAD_PITCH_ANSWER = "answer not higher/lower"
-BAD_LETTER = "Answer not one of A-D"
-OPTION_DISAGREES = "option at Answer disagrees with animal"
-EMPTY_SPAN = "empty gold span"
-SPAN_NOT_FOUND = "gold span not found"
-# Remarks on kept rows, as they appear in `SplitData.notes`.
-SPAN_FUZZY = "gold span matched ignoring punctuation"
-SPAN_MISSING_KEPT = "gold span missing, row kept"
-
 _SURROGATE = re.compile("[\udc80-\udcff]")
-_DATA_DIR_HINT = (
-    "pass --config.data.dir=/path/to/auditorybench (a folder holding "
-    f"{' and '.join(TASK_DIRS.values())}), or --config.data.dir=sample for the tiny "
-    "sample dataset shipped with axk (axk.data.auditorybench.sample_data_dir())"
-)
-
-
-class DataError(ValueError):
-  """A data file or folder that cannot be used as AuditoryBench."""
 
 
 @dataclasses.dataclass
@@ -116,11 +105,6 @@ class SplitData:
     """The examples that have all their gold spans (those `keep_missing_spans=False` would
     keep): what span metrics and span training use."""
     return [e for e in self.examples if e.id not in self.missing_spans]
-
-
-def normalise(text: str) -> str:
-  """Lower-cases `text`, collapses runs of whitespace and strips the ends."""
-  return " ".join(text.split()).lower()
 
 
 # ----------------------------------------------------------------------------------------
@@ -243,7 +227,6 @@ def _validate_row(
   if num_masks > 1:
     return MANY_MASKS, None, (), (), []
 
-  from axk.data import benchmark  # The benchmark tasks' row formats (imports this module).
   reason, answer, options, span_texts = benchmark.spec(task).rows.read(fields)
   if reason is not None:
     return reason, None, (), (), []
@@ -265,16 +248,6 @@ def _validate_row(
       notes.append(SPAN_FUZZY)
     spans.append(span)
   return None, answer, options, tuple(spans), notes
-
-
-def split_path(data_dir: str | os.PathLike[str], task: str, split: str) -> pathlib.Path:
-  """The CSV file of `task`/`split` under `data_dir`."""
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  return pathlib.Path(data_dir) / TASK_DIRS[task] / f"{split}.csv"
-
 
 def load_split(
     data_dir: str | os.PathLike[str],
@@ -312,7 +285,6 @@ def load_split(
   """
   path = split_path(data_dir, task, split)
   header, records, raw = _read_records(path)
-  from axk.data import benchmark
   rows = benchmark.spec(task).rows
   wanted = dict(rows.columns)
   # Optional columns come as a group: all of them, or none (then the reader does without,
@@ -470,185 +442,8 @@ def load_task(
 
 
 # ----------------------------------------------------------------------------------------
-# Where the data comes from: a local folder, the shipped sample, or GitHub.
+# Where the folder comes from: a local folder, the shipped sample, or GitHub.
 # ----------------------------------------------------------------------------------------
-
-
-def sample_data_dir() -> str:
-  """The tiny invented dataset shipped with axk, for demos and smoke tests."""
-  return str(pathlib.Path(__file__).parent / "sample")
-
-
-def check_data_dir(path: str | os.PathLike[str]) -> str:
-  """Returns `path` when it holds every required split file of every task.
-
-  Raises:
-    DataError: listing every missing folder or file.
-  """
-  root = pathlib.Path(path).expanduser()
-  if not root.is_dir():
-    raise DataError(f"AuditoryBench folder {root} does not exist or is not a folder; "
-                    f"{_DATA_DIR_HINT}")
-  missing = []
-  for task in TASKS:
-    folder = root / TASK_DIRS[task]
-    if not folder.is_dir():
-      missing.append(f"{TASK_DIRS[task]}/")
-      continue
-    missing.extend(f"{TASK_DIRS[task]}/{s}.csv" for s in REQUIRED_SPLITS
-                   if not (folder / f"{s}.csv").is_file())
-  if missing:
-    flat = sorted(p.name for p in root.glob("*_*.csv"))
-    hint = (f" It holds {flat}: the upstream repository's older flat layout, whose animal "
-            "train file is its test file; use the per-task folders instead."
-            if flat else "")
-    raise DataError(f"AuditoryBench folder {root} lacks {', '.join(missing)}.{hint}")
-  return str(root)
-
-
-def _urlopen(url: str, timeout: float):
-  # Looked up at call time, so that tests can replace either this function or
-  # `urllib.request.urlopen`.
-  return urllib.request.urlopen(url, timeout=timeout)
-
-
-def _fetch(url: str) -> bytes:
-  with _urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-    return response.read()
-
-
-def _hash_mismatch(name: str, have: str, want: str, what: str) -> DataError:
-  return DataError(f"{name}: sha256 {have} differs from the {what} {want}; the file changed. "
-                   "Delete it to download it again, or move the pin on purpose with "
-                   "--config.data.revision=<commit>.")
-
-
-def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = "") -> str:
-  """Downloads AuditoryBench at one commit of the AudioBERT repository into `cache_dir`.
-
-  The files go to `<cache_dir>/<commit>/`, so that commits never mix. Every file, new or
-  already there, is checked: against `axk.data.pins.PINS` when the commit is pinned there,
-  else against the sha256 recorded at its first download (`revision.json` in that folder).
-  A missing upstream `wiki` file (HTTP 404, or a pin without it) is remembered with a
-  `wiki.csv.missing` marker, so that later runs, offline ones too, do not ask again.
-
-  Args:
-    cache_dir: target folder, default `DEFAULT_CACHE_DIR`.
-    revision: a 40-hex commit of `pins.REPOSITORY`, or a branch pinned by content in
-      `pins.PINS` (default `pins.DEFAULT_REVISION`, "main").
-
-  Returns:
-    The folder of that commit, checked by `check_data_dir`.
-
-  Raises:
-    DataError: a malformed revision; a file whose sha256 differs from the pinned or
-      recorded one (naming the file and both hashes); the network cannot be reached (after
-      one try with a short timeout, so that an offline machine fails in seconds) or a
-      required file cannot be fetched.
-  """
-  revision = str(revision or pins.DEFAULT_REVISION).strip()
-  if not pins.COMMIT.match(revision) and revision not in pins.PINS:
-    raise DataError(f"--config.data.revision={revision}: not a 40-hex commit of "
-                    f"{pins.REPOSITORY} (a branch or tag moves; name the commit).")
-  pin = pins.PINS.get(revision)
-  layout = pin.layout if pin else "per_task"
-  root = pathlib.Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / revision
-  record_path = root / REVISION_FILE
-  recorded = {}
-  if record_path.exists():
-    recorded = json.loads(record_path.read_text()).get("files", {})
-  files = {}
-  for task in TASKS:
-    for split in SPLITS:
-      dest = split_path(root, task, split)
-      rel = dest.relative_to(root).as_posix()
-      marker = dest.with_name(dest.name + ".missing")
-      upstream = pins.upstream_path(layout, TASK_DIRS[task], split)
-      want = pin.files.get(upstream) if pin else recorded.get(rel)
-      what = (f"pinned sha256 of {pins.REPOSITORY}@{revision[:12]}:{upstream}" if pin
-              else "sha256 recorded at its first download")
-      required = split in REQUIRED_SPLITS
-      if dest.exists():
-        have = files_lib.sha256_file(dest)
-        if want and have != want:
-          raise _hash_mismatch(str(dest), have, want, what)
-        files[rel] = have
-        continue
-      if marker.exists():
-        continue
-      if pin and want is None:
-        if required:
-          raise DataError(f"{pins.REPOSITORY}@{revision}: the pin lists no {upstream}.")
-        logger.info("%s@%s: the pin lists no %s; %s/%s left out (%s)", pins.REPOSITORY,
-                    revision, upstream, task, split, pin.note)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-        continue
-      url = pins.url(revision, upstream)
-      try:
-        data = _fetch(url)
-      except urllib.error.HTTPError as e:
-        if e.code == 404 and not required:
-          logger.info("%s: not published upstream (404); %s/%s left out", url, task, split)
-          marker.parent.mkdir(parents=True, exist_ok=True)
-          marker.touch()
-          continue
-        raise DataError(f"downloading {url} failed: HTTP {e.code} {e.reason}; "
-                        f"{_DATA_DIR_HINT}") from e
-      except (urllib.error.URLError, OSError) as e:
-        if not required:
-          logger.warning("downloading %s failed (%s); %s/%s left out", url, e, task, split)
-          continue
-        reason = getattr(e, "reason", e)
-        raise DataError(f"cannot download AuditoryBench from {url} ({reason}); offline? "
-                        f"{_DATA_DIR_HINT}") from e
-      have = hashlib.sha256(data).hexdigest()
-      if want and have != want:  # Checked before the file is written: nothing is kept.
-        raise _hash_mismatch(url, have, want, what)
-      # Readers never see a half-written file: the name appears only once complete.
-      files_lib.write_bytes(str(dest), data)
-      files[rel] = have
-      logger.info("downloaded %s -> %s (sha256 %s)", url, dest, have)
-  record = {"repository": pins.REPOSITORY, "revision": revision, "pinned": pin is not None,
-            "layout": layout, "files": {**recorded, **files}}
-  if not record_path.exists() or json.loads(record_path.read_text()) != record:
-    files_lib.write_json(str(record_path), record)
-  return check_data_dir(root)
-
-
-def data_revision(data_dir: str | os.PathLike[str]) -> dict:
-  """What the data of a run is: for `provenance`, `config.json`, results and manifests.
-
-  Returns:
-    `{"source", "revision", "pinned", "files"}` (+ `"repository"` for downloads, `"path"`
-    for folders): `revision` is the upstream commit for a download, the pinned commit whose
-    files a local folder holds byte for byte, or else `sha256:<digest>` of the folder's
-    CSV files (a content fingerprint); `files` maps each CSV to its sha256.
-  """
-  root = pathlib.Path(data_dir).expanduser()
-  files = {}
-  for task in TASKS:
-    for split in SPLITS:
-      path = split_path(root, task, split)
-      if path.is_file():
-        files[path.relative_to(root).as_posix()] = files_lib.sha256_file(path)
-  record_path = root / REVISION_FILE
-  if record_path.exists():
-    record = json.loads(record_path.read_text())
-    return {"source": "github", "repository": record["repository"],
-            "revision": record["revision"], "pinned": bool(record["pinned"]), "files": files}
-  matched = None
-  for revision, pin in pins.PINS.items():
-    expected = {split_path(pathlib.Path(), t, s).as_posix(): pin.files[p]
-                for t in TASKS for s in SPLITS
-                if (p := pins.upstream_path(pin.layout, TASK_DIRS[t], s)) in pin.files}
-    if expected == files:
-      matched = revision
-  digest = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode())
-  source = "sample" if root.resolve() == pathlib.Path(sample_data_dir()).resolve() else "local"
-  return {"source": source, "path": str(root.resolve()),
-          "revision": matched or f"sha256:{digest.hexdigest()[:16]}",
-          "pinned": matched is not None, "files": files}
 
 
 def resolve_data_dir(
@@ -662,7 +457,7 @@ def resolve_data_dir(
     path_or_none: a local folder holding the task folders; `"sample"` for the shipped
       sample dataset; `None` or `"github"` to download the published files (see
       `download`).
-    cache_dir: download target, default `DEFAULT_CACHE_DIR`.
+    cache_dir: download target, default `axk.data.download.DEFAULT_CACHE_DIR`.
     revision: the upstream commit to download (`--config.data.revision`, see `download`).
 
   Returns:

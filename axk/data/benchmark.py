@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from axk.data import auditorybench as ab
+from axk.data import rows as ab
 from axk.data.types import PITCH_OPTIONS
 from axk.data.types import Example
 

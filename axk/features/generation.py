@@ -22,14 +22,15 @@ prompt `"sound"`, the published `sound_0.wav`), scored against the span's text.
 Each call may give every span its own `tau` and `n` (ITH's per-task thresholds); requests of
 the same span share their candidates, so a clip is drawn at most once whatever asks for it.
 
-Cache: every candidate drawn gets a JSON sidecar at `<cache_dir>/<key[:2]>/<key>.json`, keyed
-by `clip_key` (a hash of the model, the prompt, the generation parameters and the seed),
-holding its prompt, seed, index, CLAP score and the text it was scored against, and (with
-`keep_rejected`, the default) the clip itself as 16-bit FLAC beside it, so that any later
-setting (another tau, a larger or smaller n, another rule) is decided from the cache and
-calls the generator only for candidates never drawn. Scores are always computed on the clip
-as stored (after the FLAC round trip), so a cached clip and a fresh one score the same. Files
-are written by a background thread while the next generator call runs.
+Cache (`axk.features.clips`): every candidate drawn gets a JSON sidecar at
+`<cache_dir>/<key[:2]>/<key>.json`, keyed by `clip_key` (a hash of the model, the prompt,
+the generation parameters and the seed), holding its prompt, seed, index, CLAP score and the
+text it was scored against, and (with `keep_rejected`, the default) the clip itself as
+16-bit FLAC beside it, so that any later setting (another tau, a larger or smaller n,
+another rule) is decided from the cache and calls the generator only for candidates never
+drawn. Scores are always computed on the clip as stored (after the FLAC round trip), so a
+cached clip and a fresh one score the same. Files are written by a background thread while
+the next generator call runs.
 
 Supported generators (`generation.pipeline_class`): `StableAudioPipeline` (default),
 `AudioLDM2Pipeline` (one waveform per prompt, so its own CLAP reranking never runs) and other
@@ -56,7 +57,7 @@ import torch
 from axk import hub
 from axk.features import audio as audio_lib
 from axk.features.clap import pick_device
-from axk.utils import files
+from axk.features.clips import ClipCache
 
 logger = logging.getLogger(__name__)
 
@@ -278,43 +279,6 @@ class Acquired:
   def tried(self) -> int:
     """Candidates decided: the accepted one's index + 1, or all `n` when none passed."""
     return len(self.scores)
-
-
-class ClipCache:
-  """Generated clips as FLAC plus JSON sidecars, keyed by `clip_key`."""
-
-  def __init__(self, folder: str):
-    self.folder = folder
-    os.makedirs(folder, exist_ok=True)
-
-  def _path(self, key: str, ext: str) -> str:
-    from axk.features.sources import cached_clip_path  # pylint: disable=g-import-not-at-top
-    return cached_clip_path(self.folder, key, ext)
-
-  def sidecar(self, key: str) -> dict | None:
-    try:
-      with open(self._path(key, "json"), encoding="utf-8") as f:
-        return json.load(f)
-    except (OSError, json.JSONDecodeError):
-      return None
-
-  def audio(self, key: str) -> tuple[np.ndarray, int] | None:
-    """The stored clip, `[C, T]` float32 and its rate, or None."""
-    path = self._path(key, "flac")
-    if not os.path.exists(path):
-      return None
-    import soundfile as sf  # pylint: disable=g-import-not-at-top
-    wave, rate = sf.read(path, dtype="float32", always_2d=True)
-    return wave.T, int(rate)
-
-  def put(self, key: str, sidecar: dict, flac: bytes | None) -> None:
-    """Writes the clip (when given) and then its sidecar, each atomically."""
-    os.makedirs(os.path.join(self.folder, key[:2]), exist_ok=True)
-    if flac is not None:
-      files.write_bytes(self._path(key, "flac"), flac)
-    files.write_bytes(self._path(key, "json"),
-                      json.dumps({**sidecar, "audio": flac is not None}, indent=1,
-                                 sort_keys=True).encode())
 
 
 def _flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:

@@ -38,15 +38,17 @@ import time
 import tqdm
 
 from axk import hub
-from axk.data import auditorybench
 from axk.data import spans as spans_lib
+from axk.data.download import data_revision
 from axk.data.types import Example
 from axk.data.types import Span
 from axk.data.types import SPLITS
-from axk.data.types import TASKS
 from axk.features import parts
 from axk.features import shards
 from axk.features import sources as sources_lib
+from axk.features.inputs import load_data
+from axk.features.inputs import model_paths
+from axk.features.inputs import split_list
 from axk.utils import files
 
 logger = logging.getLogger(__name__)
@@ -56,36 +58,9 @@ SPAN_UNITS = ("span", "sentence")
 STAGES = ("all", "spans", "database", "acquire", "assemble")
 
 
-def _split_list(value, allowed: Sequence[str], what: str) -> list[str]:
-  items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
-  items = [v for v in items if v]
-  bad = [v for v in items if v not in allowed]
-  if bad or not items:
-    raise ValueError(f"{what}={value!r}: expected a comma-separated subset of {allowed}")
-  return items
-
-
 # ----------------------------------------------------------------------------------------
-# Data and spans.
+# Spans.
 # ----------------------------------------------------------------------------------------
-
-
-def load_data(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, dict]]:
-  """Examples by task and split, and the inputs' provenance for the manifest."""
-  data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
-                                            config.data.get("revision", ""))
-  tasks = _split_list(config.data.tasks, TASKS, "data.tasks")
-  splits = _split_list(config.data.splits, SPLITS, "data.splits")
-  examples, inputs = {}, {}
-  for task in tasks:
-    loaded = auditorybench.load_task(data_dir, task, splits,
-                                     keep_missing_spans=config.data.keep_missing_spans)
-    examples[task] = {split: d.examples for split, d in loaded.items()}
-    for split, d in loaded.items():
-      inputs[f"{task}/{split}"] = {"path": os.path.abspath(d.path),
-                                   "sha256": d.sha256 or shards.sha256_file(d.path),
-                                   "num_examples": len(d.examples), "skipped": d.skipped}
-  return examples, inputs
 
 
 def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[Example]]],
@@ -104,7 +79,7 @@ def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[E
   if config.spans.get("unit", "span") not in SPAN_UNITS:
     raise ValueError(f"spans.unit={config.spans.unit!r}; expected one of {SPAN_UNITS}")
   folder = os.path.join(workdir, "spans")
-  gold_splits = (set(_split_list(config.spans.gold_splits, SPLITS, "spans.gold_splits"))
+  gold_splits = (set(split_list(config.spans.gold_splits, SPLITS, "spans.gold_splits"))
                  if config.spans.gold_splits and source != "gold" else set())
   # Which source each split takes: the detector predicts evaluation splits only.
   source_of = lambda split: "gold" if split in gold_splits else source
@@ -191,23 +166,6 @@ def sentence_spans(examples: Mapping[str, Mapping[str, list[Example]]]
   return {e.id: (Span(0, len(e.sentence), e.sentence),)
           for by_split in examples.values() for split_examples in by_split.values()
           for e in split_examples}
-
-
-# ----------------------------------------------------------------------------------------
-# Models (real or tiny).
-# ----------------------------------------------------------------------------------------
-
-
-def model_paths(config, workdir: str) -> dict[str, str]:
-  """Configured model locations, or tiny random models built in the workdir."""
-  paths = {"clap": config.models.clap, "ast": config.models.ast,
-           "generator": config.models.generator}
-  if config.models.tiny:
-    from axk.features import tiny  # pylint: disable=g-import-not-at-top
-    generator = tiny.GENERATORS.get(config.generation.pipeline_class, "stable_audio")
-    built = tiny.build_all(os.path.join(workdir, "tiny_models"), generator=generator)
-    paths = {"clap": built["clap"], "ast": built["ast"], "generator": built[generator]}
-  return paths
 
 
 # ----------------------------------------------------------------------------------------
@@ -338,7 +296,7 @@ def assemble_stage(source: sources_lib.FeatureSource, workdir: str,
         "dims": dims,
         "inputs": dict(inputs),
         # The data's commit (or content fingerprint); readers refuse another revision.
-        "data": auditorybench.data_revision(os.path.dirname(os.path.dirname(
+        "data": data_revision(os.path.dirname(os.path.dirname(
             next(iter(inputs.values()))["path"]))),
         "spans": dict(spans_info),
         "counts": {"distinct_spans": len(distinct), "distinct_with_audio": with_audio,
@@ -372,7 +330,7 @@ def run(config, workdir: str) -> dict[str, str]:
   if not 0 <= config.shard_index < config.num_shards:
     raise ValueError(f"shard_index={config.shard_index} not in [0, num_shards="
                      f"{config.num_shards})")
-  names = _split_list(config.source, tuple(sources_lib.SOURCES), "source")
+  names = split_list(config.source, tuple(sources_lib.SOURCES), "source")
   for name in names:  # Before any stage: a source may refuse the config (one line).
     sources_lib.SOURCES[name].check(config)
   _quiet_libraries()
