@@ -22,7 +22,9 @@ import json
 import os
 import subprocess
 
+from axk import hf
 from axk import hub
+from axk.data import auditorybench as ab
 
 REVISIONS_KEY = "revisions"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +48,6 @@ def axk_commit() -> str:
 
 def data_record(data_config) -> dict:
   """`auditorybench.data_revision` of the folder `data_config` resolves to."""
-  from axk.data import auditorybench as ab  # pylint: disable=g-import-not-at-top
   folder = ab.resolve_data_dir(data_config.dir, data_config.get("cache_dir") or None,
                                data_config.get("revision", ""))
   return ab.data_revision(folder)
@@ -58,8 +59,6 @@ def collect(config, resolved: dict | None = None) -> dict:
   `resolved`: what the run's stages produced (`features_dir`, `spans_predictions`), which
   wins over the config's fields (there they may read "auto")."""
   resolved = resolved or {}
-  from axk import hf  # pylint: disable=g-import-not-at-top
-  from axk.data import auditorybench as ab  # pylint: disable=g-import-not-at-top
   record: dict = {"axk": {"commit": axk_commit()}}
   # A task read its data and model before the loop calls this, so these resolve again from
   # the cache; a task that reads neither (a test's) gets the reason instead of a revision.

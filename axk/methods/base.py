@@ -41,6 +41,7 @@ from axk.hf import convert
 from axk.hf import io as hf_io
 from axk.models import bert as bert_lib
 from axk.models import lora as lora_lib
+from axk.pt import resolve_export
 from axk.utils import files
 from axk.utils.tree import flatten, unflatten
 
@@ -308,7 +309,6 @@ def of_export(path: str) -> Method | None:
 def load_export(name_or_dir: str, *, revision: str | None = None, **hub_kwargs) -> Loaded:
   """Any method's export, from a folder or a hub repo id (`hub_kwargs`: cache_dir, token,
   local_files_only), as a JAX model."""
-  from axk.pt import resolve_export  # pylint: disable=g-import-not-at-top  (no torch)
   path = resolve_export(name_or_dir, revision=revision, **hub_kwargs)
   method = of_export(path)
   if method is None:

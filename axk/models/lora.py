@@ -26,6 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from axk.pt import peft_adapter
+from axk.utils.tree import flatten
+
 
 TARGETS = ("query", "key", "value", "out")
 # `config` of the modules below: an `axk.models.bert.BertConfig` (not imported: bert imports
@@ -184,7 +187,6 @@ def write_adapter(flat_lora: Mapping[str, np.ndarray], *, rank: int, alpha: floa
   """The LoRA subtree (flat) as a PEFT adapter folder for the exported `BertForMaskedLM`
   (`<adapter_dir>/../base`), written by PEFT itself (`axk.pt.peft_adapter`, in a child
   process: no torch here). `base_model_name_or_path` defaults to that folder."""
-  from axk.pt import peft_adapter
   peft_adapter.write_adapter(
       to_peft(flat_lora), adapter_dir, os.path.join(os.path.dirname(adapter_dir), "base"),
       rank=rank, alpha=alpha, dropout=dropout, target_modules=peft_target_modules(targets),
@@ -194,7 +196,6 @@ def write_adapter(flat_lora: Mapping[str, np.ndarray], *, rank: int, alpha: floa
 def export_adapter(params, model, out_dir: str, base_model_name_or_path: str | None) -> None:
   """`out_dir/adapter/` from `params["lora"]` of a model with the LoRA fields (`lora_rank`,
   `lora_alpha`, `lora_dropout`, `lora_targets`)."""
-  from axk.utils.tree import flatten
   write_adapter(flatten(params["lora"]), rank=model.lora_rank, alpha=model.lora_alpha,
                 dropout=model.lora_dropout, targets=model.lora_targets,
                 adapter_dir=os.path.join(out_dir, "adapter"),

@@ -6,6 +6,8 @@ Imported only by code that asks for it; nothing in training imports torch.
 import json
 import os
 
+from axk import hub
+
 
 def resolve_export(name_or_dir: str, *, revision: str | None = None,
                    cache_dir: str | None = None, token: str | bool | None = None,
@@ -15,7 +17,6 @@ def resolve_export(name_or_dir: str, *, revision: str | None = None,
   if os.path.isdir(os.path.expanduser(name_or_dir)):
     return os.path.expanduser(name_or_dir)
   import huggingface_hub  # pylint: disable=g-import-not-at-top
-  from axk import hub  # pylint: disable=g-import-not-at-top
   try:
     return huggingface_hub.snapshot_download(
         name_or_dir, revision=revision, cache_dir=cache_dir, token=token,

@@ -22,6 +22,7 @@ from typing import Any
 
 from axk import hub
 from axk.publish import card as card_lib
+from axk.utils import files
 
 
 class PushError(RuntimeError):
@@ -123,7 +124,6 @@ def push_run(workdir: str, repo_id: str, *, private: bool = True, overwrite: boo
 def finish_run(config, workdir: str) -> list[str]:
   """After a finished run (process 0): the model card of every export, then the upload
   when `config.export.push_to_hub` names a repo. Returns the cards written."""
-  from axk.utils import files  # pylint: disable=g-import-not-at-top
   if not workdir or not os.path.isdir(workdir) or not files.is_writer():
     return []
   cards = card_lib.write_run_cards(workdir)

@@ -23,6 +23,10 @@ import numpy as np
 from axk.data import encode as enc
 from axk.data import spans as spans_lib
 from axk.data import types
+from axk.features.shards import TokenStore
+from axk.features.shards import load_features
+from axk.features.shards import read_tokens
+from axk.train import data as data_lib
 
 
 class FeaturesError(ValueError):
@@ -38,13 +42,11 @@ class FeatureSpans:
   """
 
   def __init__(self, features_dir: str):
-    from axk.features.shards import TokenStore
     self.features_dir = features_dir
     self.tokens = TokenStore(features_dir)
     self._splits: dict[tuple[str, str], dict] = {}
 
   def __call__(self, example: types.Example) -> list[dict]:
-    from axk.features.shards import load_features
     key = (example.task, example.split)
     if key not in self._splits:
       self._splits[key] = load_features(self.features_dir, *key, lazy_tokens=True,
@@ -124,8 +126,6 @@ def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_di
           index[i, j] = len(cells)
           cells.append(tokens)
   if audio == "tokens":
-    from axk.features.shards import read_tokens  # torch-free
-    from axk.train import data as data_lib  # not at the top: axk.main imports this module
     out["span_audio_tokens"] = data_lib.SpanTokens(cells, index, (audio_tokens, audio_dim),
                                                    read=read_tokens)
   return out

@@ -25,6 +25,7 @@ import sys
 import jax
 
 import axk
+from axk.features import shards
 from axk.runs import common
 from axk.runs.common import ConfigError
 
@@ -165,7 +166,6 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   if config.features.dir == AUTO:
     feat_dir = os.path.join(stages, features_stage)
     features = os.path.join(feat_dir, config.stages.get("features_output", "features"))
-    from axk.features import shards  # torch-free
     gold = common.gold_splits(config)
     # Done only when every file matches its manifest and its spans are the ones asked for.
     if not shards.verified(features) or not _same_gold_splits(features, gold):
