@@ -41,6 +41,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from axk import plugins
 from axk.data import benchmark
 from axk.data import types
 from axk.data.auditorybench import normalise
@@ -164,6 +165,10 @@ class Predictor:
     raw = _read_json(os.path.join(self.run_dir, "config.json"))
     resolved = raw.pop("resolved", {})  # What the stages produced, beside the config.
     raw.pop(provenance.REVISIONS_KEY, None)
+    try:
+      plugins.load(raw.get("plugins", ()))  # Tasks and methods the run registered.
+    except plugins.PluginError as e:
+      raise ModelError(f"{self.run_dir}: {e}") from None
     self.config = ml_collections.ConfigDict(raw)
     self.method = self.config.model.name
     self.tasks = tuple(self.config.data.tasks)

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from axk import plugins
 from axk.data import benchmark
 from axk.utils import files
 
@@ -180,6 +181,7 @@ def collect(workdir: str, text_only: str = "") -> dict:
   config = _read_json(os.path.join(workdir, "config.json"), {})
   if "name" not in config.get("model", {}):
     raise ValueError(f"{workdir}: not a masked-word run (no config.json naming its model).")
+  plugins.load(config.get("plugins", ()))  # Tasks and methods the run registered.
   results = _read_json(os.path.join(workdir, "results.json"))
   if results is None:
     raise ValueError(f"{workdir}: no results.json; the run has not finished.")

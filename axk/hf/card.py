@@ -20,6 +20,7 @@ import json
 import os
 from typing import Mapping
 
+from axk import plugins
 from axk.data import benchmark
 from axk.utils import files
 
@@ -188,6 +189,7 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
     raise ValueError(f"{export_dir}: not an axk export (no audiobert.json, ith.json or "
                      "token-classification config.json)")
   run_dir = run_dir or os.path.dirname(os.path.abspath(export_dir))
+  plugins.load(_read(os.path.join(run_dir, "config.json")).get("plugins", ()))
   results = _read(os.path.join(run_dir, "results.json"))
   if not task_results(results):
     raise ValueError(f"{run_dir}/results.json: no results; the card cites the run's numbers")

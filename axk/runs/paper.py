@@ -145,6 +145,8 @@ def build_row(config, name: str, workdir: str) -> Row:
     c = _get_config(row_spec_of(config, name))
     for key in ("dir", "cache_dir", "revision"):
       c.data[key] = config.data[key]
+    if config.get("plugins"):
+      c.plugins = tuple(config.plugins)
     c.seeds = tuple(spec.seeds) or tuple(config.seeds)
     for path, value in tuple(config.overrides) + tuple(spec.overrides):
       _set_field(c, path, value)
