@@ -8,7 +8,7 @@ are matplotlib SVG inline, and the clips are relative links into the run's featu
 
 The page: the results table beside the majority baseline, the same model with its audio
 removed, a text-only run when given (`--text_only=WORKDIR` of a `no_audio` run) and the
-published numbers (`PUBLISHED`, from the papers); training curves (loss, dev accuracy from
+published numbers (the tasks' `published`); training curves (loss, dev accuracy from
 `metrics.jsonl`); accuracy by split; an example browser (sentence with its spans, gold and
 predicted answers with and without audio, a player and the CLAP score per span clip, the
 gate per token) with filters, examples where audio changed the answer first.
@@ -32,18 +32,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from axk import plugins
-from axk.data import benchmark
+from axk import tasks
 from axk.utils import files
 
-# Accuracy (%) reported by the papers (BERT-base), as in ../shared/docs/REFERENCE.md.
-PUBLISHED = {
-    "BERT-base, no training": {"animal": {"dev": 15.51, "test": 13.46, "wiki": 3.05},
-                               "pitch": {"dev": 59.42, "test": 60.41, "wiki": 48.06}},
-    "AudioBERT (paper)": {"animal": {"dev": 38.28, "test": 36.63, "wiki": 14.32},
-                          "pitch": {"dev": 73.18, "test": 74.83, "wiki": 55.31}},
-    "ITH (paper)": {"animal": {"dev": 39.36, "test": 41.55, "wiki": 19.09},
-                    "pitch": {"dev": 79.82, "test": 78.96, "wiki": 76.74}},
-}
+# The published accuracy (%) the page shows (BERT-base): label -> row of the tasks'
+# `published` tables (`axk.tasks.Task.published`).
+PUBLISHED_ROWS = {"BERT-base, no training": "bert", "AudioBERT (paper)": "audiobert",
+                  "ITH (paper)": "ith"}
 REPORT = "report.html"
 
 
@@ -87,8 +82,8 @@ def audio_effect(experiment, params, key: str, answers: Sequence[dict]) -> None:
   with_audio = run(arrays)
   silent = run(without_audio(arrays, experiment.module, model))
   task = experiment.tasks[key.split("/")[0]]
-  predicted, correct = benchmark.paper_answers(task, examples, silent, experiment.choice_words,
-                                               experiment.tokenizer.decode)
+  predicted, correct = task.paper_answers(examples, silent, experiment.choice_words,
+                                          experiment.tokenizer.decode)
   for i, (a, e) in enumerate(zip(answers, examples)):
     a.update(sentence=e.sentence, with_audio=bool(arrays["span_has_audio"][i].any()),
              predicted_without_audio=predicted[i], correct_without_audio=bool(correct[i]))
@@ -239,10 +234,13 @@ def _without_audio(examples: Sequence[Mapping]) -> dict[tuple[str, str], float]:
   return out
 
 
-def _published(method: str) -> dict:
+def _published(method: str, task_names) -> dict:
+  """label -> {task: {split: accuracy}} of the published rows for `method`'s page."""
   own = {"audiobert": ("AudioBERT (paper)",), "ith": ("ITH (paper)",)}.get(
       method, ("AudioBERT (paper)", "ITH (paper)"))  # Another method: both.
-  return {k: PUBLISHED[k] for k in ("BERT-base, no training", *own)}
+  known = [t for t in dict.fromkeys(task_names) if t in tasks.names()]
+  return {k: {t: dict(tasks.get(t).published.get(PUBLISHED_ROWS[k], {})) for t in known}
+          for k in ("BERT-base, no training", *own)}
 
 
 def plots(data: Mapping) -> dict[str, str]:
@@ -274,7 +272,7 @@ def plots(data: Mapping) -> dict[str, str]:
   series = {"model": [data["results"][t][s]["accuracy"] for t, s in keys],
             "audio removed": [silent.get((t, s), np.nan) for t, s in keys],
             "majority": [data["results"][t][s].get("majority", np.nan) for t, s in keys]}
-  for name, table in _published(data["config"]["model"]["name"]).items():
+  for name, table in _published(data["config"]["model"]["name"], [t for t, _ in keys]).items():
     series[name] = [table.get(t, {}).get(s, np.nan) for t, s in keys]
   fig, ax = plt.subplots(figsize=(10, 3.2))
   width = 0.8 / len(series)
@@ -294,7 +292,8 @@ def _fmt(x) -> str:
 
 def results_table(data: Mapping) -> str:
   silent = _without_audio(data["examples"])
-  published = _published(data["config"]["model"]["name"])
+  published = _published(data["config"]["model"]["name"],
+                         [t for t, _ in _splits(data["results"])])
   text = data.get("text_only") or {}
   head = (["task/split", "accuracy", "accuracy_candidates", "audio removed", "majority"]
           + (["text-only run"] if text else []) + list(published) + ["examples", "with_audio"])

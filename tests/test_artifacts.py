@@ -19,6 +19,7 @@ import torch
 
 from axk import hub
 from axk import provenance
+from axk import tasks
 from axk.data import auditorybench as ab
 from axk.data import pins
 from axk.features import shards
@@ -350,7 +351,7 @@ def card_numbers(readme: pathlib.Path) -> dict:
 
 
 def model_numbers(results: dict) -> dict:
-  return {(t, s, m): v for t, splits in results.items() if t in card_lib.TASK_NAMES
+  return {(t, s, m): v for t, splits in results.items() if t in tasks.names()
           for s, metrics in splits.items() for m, v in metrics.items()
           if m.removesuffix("_std") not in card_lib.NOT_MODEL_METRICS}
 

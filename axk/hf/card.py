@@ -21,12 +21,11 @@ import os
 from typing import Mapping
 
 from axk import plugins
-from axk.data import benchmark
+from axk import tasks
 from axk.utils import files
 
 CARD = "README.md"
 KINDS = ("audiobert", "ith", "span")
-TASK_NAMES = {name: spec.title for name, spec in benchmark.TASK_SPECS.items()}
 PIPELINE_TAGS = {"audiobert": "fill-mask", "ith": "fill-mask", "span": "token-classification"}
 TITLES = {"audiobert": "AudioBERT", "ith": "Imagine to Hear (ITH)",
           "span": "AuditoryBench span detector"}
@@ -70,8 +69,9 @@ def _read(path: str) -> dict:
 
 
 def task_results(results: Mapping) -> dict:
-  """`results[task][split][metric]` without the top-level keys that are not tasks."""
-  return {t: v for t, v in results.items() if t in TASK_NAMES and isinstance(v, Mapping)}
+  """`results[task][split][metric]` without the top-level keys that are not tasks (not
+  registered, `axk.tasks`)."""
+  return {t: v for t, v in results.items() if t in tasks.names() and isinstance(v, Mapping)}
 
 
 def model_index(results: Mapping, kind: str, data_revision: str | None = None) -> list:
@@ -86,7 +86,7 @@ def model_index(results: Mapping, kind: str, data_revision: str | None = None) -
           continue
         out.append(EvalResult(
             task_type=PIPELINE_TAGS[kind], dataset_type="auditorybench",
-            dataset_name=f"AuditoryBench ({TASK_NAMES[task]})", dataset_config=task,
+            dataset_name=f"AuditoryBench ({tasks.get(task).title})", dataset_config=task,
             dataset_split=split, dataset_revision=data_revision, metric_type=name,
             metric_name=name.replace("_", " "), metric_value=float(value)))
   return out
@@ -118,7 +118,7 @@ def _results_table(results: Mapping, seeds_results: Mapping | None) -> list[str]
     metrics = []
     for values in splits.values():
       metrics += [m for m in values if m not in metrics and not m.endswith("_std")]
-    lines += [f"**{TASK_NAMES[task]}**", "", "| split | " + " | ".join(metrics) + " |",
+    lines += [f"**{tasks.get(task).title}**", "", "| split | " + " | ".join(metrics) + " |",
               "| --- |" + " --- |" * len(metrics)]
     for split, values in splits.items():
       cells = []

@@ -5,7 +5,8 @@ The model is a method file named by `config.model.name`: `axk/models/<name>.py` 
 declared there: `Model` (built as `Model(bert_config, audio_dim=..., **method fields)`, the
 method fields being `config.model` minus `BERT_FIELDS`), `Model.check()`, `AUDIO`, `INPUTS`,
 `lora_gate_of` and `export`. Everything else is shared: inputs (`axk/runs/inputs.py`), the
-benchmark tasks' scoring (`axk/data/benchmark.py`), the loop (`axk/train/loop.py`).
+benchmark tasks' specs and scoring (`axk/tasks/`, `axk/data/benchmark.py`), the loop
+(`axk/train/loop.py`). The run trains tasks whose head is `masked_word` or `choice`.
 
     run(config, workdir)
       validate(config)            every field checked, before any stage (one line on error)
@@ -13,9 +14,9 @@ benchmark tasks' scoring (`axk/data/benchmark.py`), the loop (`axk/train/loop.py
       per task group and seed: MaskedWord(...) -> loop.train_and_evaluate(...)
 
 Learning rates (`train.learning_rate`, `train.task_learning_rates`): a task trains at
-`train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`;
-`validate` refuses a task that gets no rate. With `train.separate_tasks` each benchmark task
-trains its own model in `<workdir>/<task>/`.
+`train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`, else
+at its spec's `learning_rate`; `validate` refuses a task that gets no rate. With
+`train.separate_tasks` each benchmark task trains its own model in `<workdir>/<task>/`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import optax
 from axk import hf
 from axk import provenance
 from axk import report
+from axk import tasks as tasks_lib
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.models import bert as bert_lib
@@ -51,6 +53,8 @@ from axk.train import metrics as metrics_lib
 BERT_FIELDS = ("name", "init", "revision", "tiny", "dtype", "param_dtype", "remat", "dropout")
 # `train.loss_tokens`: where the masked-LM loss is taken (see `MaskedWord.loss`).
 LOSS_TOKENS = ("mask", "sentence")
+# The task heads (`axk.tasks.HEADS`) this run trains.
+HEADS = ("masked_word", "choice")
 
 
 def model_module(name: str) -> ModuleType:
@@ -103,7 +107,7 @@ def learning_rates(config) -> dict[str, float]:
   table = dict(tc.task_learning_rates.items()) if "task_learning_rates" in tc else {}
   out = {}
   for t in config.data.tasks:
-    rate = tc.learning_rate or table.get(t, 0.0)
+    rate = tc.learning_rate or table.get(t, 0.0) or tasks_lib.get(t).learning_rate
     if not rate > 0:
       raise common.ConfigError(
           f"--config.train.learning_rate={tc.learning_rate}: task {t!r} gets no learning rate "
@@ -117,6 +121,11 @@ def validate(config, workdir: str) -> None:
   if not workdir:
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
+  for t in config.data.tasks:
+    head = tasks_lib.get(t).head
+    if head not in HEADS:
+      raise common.ConfigError(f"task {t!r} has head {head!r}; the masked-word run trains "
+                               f"{' and '.join(HEADS)} heads only.")
   if config.train.get("loss_tokens", "mask") not in LOSS_TOKENS:
     raise common.ConfigError(f"--config.train.loss_tokens={config.train.loss_tokens!r}: must "
                              f"be one of {', '.join(LOSS_TOKENS)}.")
@@ -225,8 +234,8 @@ class MaskedWord:
       check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
                                            for s, d in splits.items()},
                      data_revision=provenance.data_record(config.data)["revision"])
-    self.tasks = {t: benchmark.spec(t) for t in data}
-    self.choice_words = benchmark.choice_words(list(data))
+    self.tasks = {t: tasks_lib.get(t) for t in data}
+    self.choice_words = tasks_lib.choice_words(list(data))
     self.choice_ids = [enc.answer_pieces(self.tokenizer, w)[0] for w in self.choice_words]
 
     def build(examples, protocol):
@@ -245,8 +254,9 @@ class MaskedWord:
     for key in common.eval_keys(data):
       task, split = key.split("/")
       self.examples[key] = data[task][split].examples
-      self.eval_arrays[key] = build(self.examples[key], ("paper", "candidates"))
-    self.majority = {key: benchmark.majority_baseline(ex) for key, ex in self.examples.items()}
+      self.eval_arrays[key] = build(self.examples[key], self.tasks[task].protocols)
+    self.majority = {key: self.tasks[key.split("/")[0]].majority_baseline(ex)
+                     for key, ex in self.examples.items()}
     self.unseen = {key: benchmark.unseen_in_train(ex, data[key.split("/")[0]]["train"].examples)
                    for key, ex in self.examples.items()}
 
@@ -304,13 +314,15 @@ class MaskedWord:
     prediction, and whether each is right."""
     examples = self.examples[key]
     task = self.tasks[key.split("/")[0]]
-    predicted, correct = benchmark.paper_answers(task, examples, outputs["paper"],
-                                                 self.choice_words, self.tokenizer.decode)
-    rows = views["candidates"]
-    best = benchmark.candidate_answers(
-        len(examples), rows["example_index"], rows["option_index"],
-        outputs["candidates"].get("label_logprob", ()),
-        without_options=[i for i, e in enumerate(examples) if not e.options])
+    predicted, correct = task.paper_answers(examples, outputs["paper"], self.choice_words,
+                                            self.tokenizer.decode)
+    best = [None] * len(examples)
+    if "candidates" in views:
+      rows = views["candidates"]
+      best = benchmark.candidate_answers(
+          len(examples), rows["example_index"], rows["option_index"],
+          outputs["candidates"].get("label_logprob", ()),
+          without_options=[i for i, e in enumerate(examples) if not e.options])
     # Examples without options (an animal file without A-D) have no candidate answer.
     return [{"id": e.id, "answer": e.answer, "predicted": p, "correct": bool(c),
              "predicted_candidate": None if b is None else e.options[b],
