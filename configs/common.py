@@ -47,8 +47,7 @@ def data_config():
 def base_config():
   c = ml_collections.ConfigDict()
   c.entry = ""  # "module:function" that `axk.main` calls with (config, workdir).
-  # Modules imported at start that register methods or tasks, e.g. ("mylab.loudness",).
-  c.plugins = ()
+  c.plugins = ()  # Modules imported at start that register methods or tasks ("mylab.loudness",).
   c.seed = 0  # Initialisation, dropout and data order.
   c.resume = ""  # Another run's workdir to take parameters from (after this workdir's own).
 

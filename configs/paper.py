@@ -125,9 +125,7 @@ def get_config(arg=None):
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.runs.paper:run"
-  # Modules imported at start that register methods or tasks, e.g. ("mylab.loudness",); every
-  # row's config gets them too.
-  c.plugins = ()
+  c.plugins = ()  # Modules imported at start that register methods or tasks (every row too).
   c.name = "The papers' tables"
   c.base = base  # Base variant of every row's config ("smoke", "minilm" or "" for BERT-base).
   c.tables = tables  # Which tables to run and write.
