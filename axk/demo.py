@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # Run as a file (a Space's app_file): import axk 
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from axk import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
+from axk import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MAX_PLAYERS = 4  # Audio players on the page (spans beyond them are listed, not played).
 _predictors: dict[str, predict.Predictor] = {}
@@ -36,6 +37,15 @@ def predictor(model: str) -> predict.Predictor:
   if key not in _predictors:
     _predictors[key] = predict.Predictor(model or ".")
   return _predictors[key]
+
+
+def task_choices(model: str) -> tuple[str, ...]:
+  """The tasks the run `model` trained (its registered specs' names), else every registered
+  task when the folder is not a run (the page then says why at the first prediction)."""
+  try:
+    return tuple(predictor(model).exports)
+  except predict.ModelError:
+    return tasks.names()
 
 
 def _gate_style(g: float) -> str:
@@ -145,7 +155,7 @@ def build(model: str):
     with gr.Row():
       sentence = gr.Textbox(label="sentence", lines=2, elem_id="axk-sentence", scale=4)
       with gr.Column(scale=1):
-        task = gr.Dropdown(["auto", *predict.types.TASKS], value="auto", label="task")
+        task = gr.Dropdown(["auto", *task_choices(model)], value="auto", label="task")
         options = gr.Textbox(label="animal options (a|b|c|d, optional)")
     model_box = gr.Textbox(value=model, label="model (a run's workdir)", elem_id="axk-model")
     button = gr.Button("Predict", variant="primary", elem_id="axk-submit")

@@ -11,7 +11,8 @@ values and comments with
 
 (--helpfull lists every flag of the libraries as well.)
 
-It parses flags, starts JAX's distributed runtime when the job has several processes, takes
+It parses flags, imports the modules `config.plugins` names (they register methods and
+benchmark tasks), starts JAX's distributed runtime when the job has several processes, takes
 the workdir's lock (one run per workdir) and hands the config to the function the config
 names in `config.entry` ("module:function"). A fault in the command, config, data or workdir
 ends the run with one line starting "error:" and exit status 3 (`SETUP_EXIT`).
@@ -29,6 +30,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from axk import plugins
 from axk.data.auditorybench import DataError
 from axk.hf import CheckpointError
 from axk.publish import push
@@ -146,6 +148,10 @@ def main(argv):
   if _SHOW_CONFIG.value:
     print(show_config(config, flags.FLAGS["config"].config_filename))
     return
+  try:
+    plugins.load(config.get("plugins", ()))
+  except plugins.PluginError as e:
+    _fail(str(e))
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)

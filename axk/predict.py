@@ -8,16 +8,17 @@ detector (`resolved.spans_predictions`, whose `export/` is run here) and the fea
 (`resolved.features_dir`, whose manifest holds the feature settings); each task's model is
 `<workdir>/<task>/export` (one model per task) or `<workdir>/export`. For every sentence:
 
-  * the task (given, or inferred: "[MASK] ... than" or "pitch" -> pitch, else animal);
+  * the task (given, or inferred: the run's task whose spec scores the sentence highest,
+    `axk.tasks.infer`; "[MASK] ... than" or "pitch" -> pitch, else animal);
   * the detected spans (character offsets);
   * each span's audio, acquired by the run's own feature source (`axk.features.sources`,
     generation with CLAP rejection or retrieval) with the run's settings: the source's run
     key must equal the manifest's. Clips are cached by the source (clip cache, database
     embeddings), so a sentence seen again costs nothing; `audio` is the playable clip file;
-  * the answer: pitch with the probabilities of higher/lower; animal as the top candidates
-    over the animal names of the run's data (each name scored as a whole word: the sum of
-    its word pieces' log-probabilities, `[MASK]` repeated to its length, as the candidate
-    protocol of `axk.data.benchmark`), and over the given options;
+  * the answer: a closed-answer task (pitch) with the probabilities of its choices; an open
+    one (animal) as the top candidates over the answers of the run's data (each scored as a
+    whole word: the sum of its word pieces' log-probabilities, `[MASK]` repeated to its
+    length, as the candidate protocol of `axk.tasks`), and over the given options;
   * the same answer with every span's audio removed (`span_has_audio` zeroed, the gate
     recomputed), and what the audio did: ITH's fusion gate per token (the module's `sow`),
     AudioBERT's LoRA gate.
@@ -35,12 +36,13 @@ import csv
 import dataclasses
 import json
 import os
-import re
 import sys
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from axk import plugins
+from axk import tasks
 from axk.data import benchmark
 from axk.data import types
 from axk.data.auditorybench import normalise
@@ -50,7 +52,7 @@ EXAMPLES = (  # Case-study style sentences (animal, animal, pitch): the demo's e
     "Hoot is the sound an [MASK] makes.",
     "The buzzing of a mosquito has a [MASK] pitch than the roar of a lion.",
 )
-_PITCH = re.compile(r"\[MASK\](\s+\S+){0,2}\s+than\b|\bpitch\b", re.IGNORECASE)
+OPTION_COLUMNS = ("A", "B", "C", "D")  # An input CSV's option columns (AuditoryBench's).
 
 
 class InputError(ValueError):
@@ -59,11 +61,6 @@ class InputError(ValueError):
 
 class ModelError(ValueError):
   """A `--model` folder that is not an AudioBERT/ITH run or export."""
-
-
-def infer_task(sentence: str) -> str:
-  """"pitch" for a comparison ("a [MASK] pitch than ..."), else "animal"."""
-  return "pitch" if _PITCH.search(sentence) else "animal"
 
 
 def check_sentence(sentence, where: str = "") -> str:
@@ -113,7 +110,7 @@ def read_input(path: str) -> list[Query]:
   for where, r in rows:
     if not isinstance(r, dict) or "sentence" not in r:
       raise InputError(f"{where}: expected an object with `sentence`.")
-    options = r.get("options") or [r[k] for k in benchmark.ANIMAL_LETTERS if r.get(k)]
+    options = r.get("options") or [r[k] for k in OPTION_COLUMNS if r.get(k)]
     if isinstance(options, str):
       options = options.split("|")
     out.append(Query(check_sentence(r["sentence"], where), str(r.get("task") or ""),
@@ -164,6 +161,10 @@ class Predictor:
     raw = _read_json(os.path.join(self.run_dir, "config.json"))
     resolved = raw.pop("resolved", {})  # What the stages produced, beside the config.
     raw.pop(provenance.REVISIONS_KEY, None)
+    try:
+      plugins.load(raw.get("plugins", ()))  # Tasks and methods the run registered.
+    except plugins.PluginError as e:
+      raise ModelError(f"{self.run_dir}: {e}") from None
     self.config = ml_collections.ConfigDict(raw)
     from axk import methods  # pylint: disable=g-import-not-at-top
     try:
@@ -259,7 +260,7 @@ class Predictor:
     out = []
     for n, q in enumerate(queries, 1):
       sentence = check_sentence(q.sentence, f"sentence {n}")
-      task = q.task or infer_task(sentence)
+      task = q.task or tasks.infer(sentence, among=self.exports)
       if task not in self.exports:
         raise InputError(f"sentence {n}: task {task!r} is not one this run trained "
                          f"({', '.join(self.exports)}).")
@@ -313,7 +314,7 @@ class Predictor:
         d.update(has_audio=bool(row["has_audio"]), ast_pooled=row["ast_pooled"],
                  ast_tokens=row["ast_tokens"])
       spans.append(d)
-    spec = benchmark.spec(q.task)
+    spec = tasks.get(q.task)
     tokens = (int(self.manifest["dims"]["num_audio_tokens"]) if self.manifest else
               int(self.config.features.audio_tokens))
     audio_dim = int(loaded.module.audio_dim)
@@ -345,7 +346,7 @@ class Predictor:
       if q.options and not spec.closed:
         record[name]["options"] = self._over_options(q.options, arrays_of, loaded, tokenizer,
                                                      audio)
-    # The row the gate is read from: pitch's one row, animal's best candidate.
+    # The row the gate is read from: a closed task's one row, an open task's best candidate.
     row = 0 if spec.closed else int(np.argmax(outputs[True]["label_logprob"]))
     record["audio_changed"] = (record["answer"]["predicted"] !=
                                record["answer_without_audio"]["predicted"])
@@ -469,9 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="a sentence with one [MASK] (repeat for more)")
   parser.add_argument("--input", default="", help="CSV (sentence[,task][,options|A-D]) or "
                       "JSON lines ({sentence, task, options})")
-  parser.add_argument("--task", default="", choices=("", *types.TASKS),
-                      help="the task of every --text sentence (default: inferred)")
-  parser.add_argument("--options", default="", help="animal options for --text, a|b|c")
+  parser.add_argument("--task", default="", help="the task of every --text sentence, one the "
+                      "run trained (default: inferred from the sentence)")
+  parser.add_argument("--options", default="", help="options of an open-answer task (animal) "
+                      "for --text, a|b|c")
   parser.add_argument("--output", default="", help="write JSON lines here")
   parser.add_argument("--top", type=int, default=5, help="animal candidates shown")
   parser.add_argument("--device", default="cpu", help="torch device of detector and features")

@@ -25,6 +25,7 @@ import subprocess
 from axk import hf
 from axk import hub
 from axk.data import auditorybench as ab
+from axk.data import download
 
 REVISIONS_KEY = "revisions"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,10 +48,10 @@ def axk_commit() -> str:
 
 
 def data_record(data_config) -> dict:
-  """`auditorybench.data_revision` of the folder `data_config` resolves to."""
+  """`download.data_revision` of the folder `data_config` resolves to."""
   folder = ab.resolve_data_dir(data_config.dir, data_config.get("cache_dir") or None,
                                data_config.get("revision", ""))
-  return ab.data_revision(folder)
+  return download.data_revision(folder)
 
 
 def collect(config, resolved: dict | None = None) -> dict:

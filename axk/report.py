@@ -8,7 +8,7 @@ are matplotlib SVG inline, and the clips are relative links into the run's featu
 
 The page: the results table beside the majority baseline, the same model with its audio
 removed, a text-only run when given (`--text_only=WORKDIR` of a `no_audio` run) and the
-published numbers (`PUBLISHED`, from the papers); training curves (loss, dev accuracy from
+published numbers (the tasks' `published`); training curves (loss, dev accuracy from
 `metrics.jsonl`); accuracy by split; an example browser (sentence with its spans, gold and
 predicted answers with and without audio, a player and the CLAP score per span clip, the
 gate per token) with filters, examples where audio changed the answer first.
@@ -32,18 +32,15 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from axk.data import benchmark
+from axk import methods
+from axk import plugins
+from axk import tasks
 from axk.utils import files
 
-# Accuracy (%) reported by the papers (BERT-base), as in ../shared/docs/REFERENCE.md.
-PUBLISHED = {
-    "BERT-base, no training": {"animal": {"dev": 15.51, "test": 13.46, "wiki": 3.05},
-                               "pitch": {"dev": 59.42, "test": 60.41, "wiki": 48.06}},
-    "AudioBERT (paper)": {"animal": {"dev": 38.28, "test": 36.63, "wiki": 14.32},
-                          "pitch": {"dev": 73.18, "test": 74.83, "wiki": 55.31}},
-    "ITH (paper)": {"animal": {"dev": 39.36, "test": 41.55, "wiki": 19.09},
-                    "pitch": {"dev": 79.82, "test": 78.96, "wiki": 76.74}},
-}
+# The published accuracy (%) the page shows (BERT-base): label -> row of the tasks'
+# `published` tables (`axk.tasks.Task.published`).
+PUBLISHED_ROWS = {"BERT-base, no training": "bert", "AudioBERT (paper)": "audiobert",
+                  "ITH (paper)": "ith"}
 REPORT = "report.html"
 
 
@@ -128,6 +125,7 @@ def collect(workdir: str, text_only: str = "") -> dict:
   config = _read_json(os.path.join(workdir, "config.json"), {})
   if "name" not in config.get("model", {}):
     raise ValueError(f"{workdir}: not a masked-word run (no config.json naming its model).")
+  plugins.load(config.get("plugins", ()))  # Tasks and methods the run registered.
   results = _read_json(os.path.join(workdir, "results.json"))
   if results is None:
     raise ValueError(f"{workdir}: no results.json; the run has not finished.")
@@ -185,10 +183,20 @@ def _without_audio(examples: Sequence[Mapping]) -> dict[tuple[str, str], float]:
   return out
 
 
-def _published(method: str) -> dict:
-  own = {"audiobert": ("AudioBERT (paper)",), "ith": ("ITH (paper)",)}.get(
-      method, ("AudioBERT (paper)", "ITH (paper)"))  # Another method: both.
-  return {k: PUBLISHED[k] for k in ("BERT-base, no training", *own)}
+def _published(method: str, task_names) -> dict:
+  """label -> {task: {split: accuracy}} of the published rows for `method`'s page: the
+  untrained BERT and the method's own row (`Method.published_row`), or every method's row
+  for a method the papers do not have."""
+  try:
+    row = methods.get(method).published_row
+  except (methods.MethodError, ImportError):
+    row = ""
+  rows = [row] if row in PUBLISHED_ROWS.values() else [r for r in PUBLISHED_ROWS.values()
+                                                        if r != "bert"]
+  labels = {r: label for label, r in PUBLISHED_ROWS.items()}
+  known = [t for t in dict.fromkeys(task_names) if t in tasks.names()]
+  return {labels[r]: {t: dict(tasks.get(t).published.get(r, {})) for t in known}
+          for r in ("bert", *rows)}
 
 
 def plots(data: Mapping) -> dict[str, str]:
@@ -220,7 +228,7 @@ def plots(data: Mapping) -> dict[str, str]:
   series = {"model": [data["results"][t][s]["accuracy"] for t, s in keys],
             "audio removed": [silent.get((t, s), np.nan) for t, s in keys],
             "majority": [data["results"][t][s].get("majority", np.nan) for t, s in keys]}
-  for name, table in _published(data["config"]["model"]["name"]).items():
+  for name, table in _published(data["config"]["model"]["name"], [t for t, _ in keys]).items():
     series[name] = [table.get(t, {}).get(s, np.nan) for t, s in keys]
   fig, ax = plt.subplots(figsize=(10, 3.2))
   width = 0.8 / len(series)
@@ -240,7 +248,8 @@ def _fmt(x) -> str:
 
 def results_table(data: Mapping) -> str:
   silent = _without_audio(data["examples"])
-  published = _published(data["config"]["model"]["name"])
+  published = _published(data["config"]["model"]["name"],
+                         [t for t, _ in _splits(data["results"])])
   text = data.get("text_only") or {}
   head = (["task/split", "accuracy", "accuracy_candidates", "audio removed", "majority"]
           + (["text-only run"] if text else []) + list(published) + ["examples", "with_audio"])

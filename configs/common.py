@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from axk.tasks import auditorybench
+
 # Logical axis -> mesh axis (t5x's minimal set). Only configs name mesh axes.
 RULES = (
     ("batch", "data"),
@@ -36,7 +38,7 @@ def data_config():
   # The HJ-Ok/AudioBERT commit "github" downloads (40 hex; moves the pin on purpose). Every
   # file is checked against its sha256: pinned in axk, or recorded at the first download.
   d.revision = ""
-  d.tasks = ("animal", "pitch")  # Which AuditoryBench tasks.
+  d.tasks = auditorybench.NAMES  # Which benchmark tasks (axk/tasks/; plugins register more).
   d.splits = ("train", "dev", "test", "wiki")  # Which splits (wiki only where its file exists).
   d.max_length = 128  # Longest tokenised sentence allowed (longer is an error).
   return d
@@ -45,6 +47,7 @@ def data_config():
 def base_config():
   c = ml_collections.ConfigDict()
   c.entry = ""  # "module:function" that `axk.main` calls with (config, workdir).
+  c.plugins = ()  # Modules imported at start that register methods or tasks ("mylab.loudness",).
   c.seed = 0  # Initialisation, dropout and data order.
   c.resume = ""  # Another run's workdir to take parameters from (after this workdir's own).
 
@@ -172,7 +175,7 @@ def masked_word_config():
   c.data.max_spans = 4  # Spans per example kept (pitch has 2); more are dropped.
   c.model.name = ""  # The method: "audiobert", "ith" (axk/methods/) or a module registering one.
   # A task trains at train.learning_rate when it is nonzero, else at
-  # train.task_learning_rates[task].
+  # train.task_learning_rates[task], else at its spec's `learning_rate` (axk/tasks/).
   c.train.task_learning_rates = ml_collections.ConfigDict()
   c.train.separate_tasks = False  # One model per benchmark task, in <workdir>/<task>/.
   # Where the masked-LM loss is taken: "mask" (the answer's pieces at [MASK], as ITH's

@@ -35,6 +35,7 @@ seeds. `one_seed` and `no_train` run one seed, and so does `smoke`, to keep the 
 fast.
 """
 
+from axk import tasks
 from configs import common
 
 # Modifiers that pick a feature variant: configs/features.py:<base>,<modifier>.
@@ -64,10 +65,11 @@ def get_config(arg=None):
   c.train.epochs = 8
   c.train.batch_size = 32
   # One model per task, each at its own rate: a task trains at train.learning_rate when it
-  # is nonzero (--config.train.learning_rate=1e-4 sets both), else at its entry here.
+  # is nonzero (--config.train.learning_rate=1e-4 sets all), else at its entry here, which
+  # starts as its spec's `learning_rate` (axk/tasks/: the rate ITH published for it).
   c.train.learning_rate = 0.0
   c.train.separate_tasks = True
-  c.train.task_learning_rates.update({"animal": 3e-4, "pitch": 4e-5})
+  c.train.task_learning_rates.update({t: tasks.get(t).learning_rate for t in c.data.tasks})
   c.train.warmup_ratio = 0.1
   c.train.clip_norm = 1.0
   c.train.trainable = (".*",)
@@ -82,7 +84,7 @@ def get_config(arg=None):
   common.apply_base(c, base)
   if base == "smoke":
     c.train.learning_rate = 0.0
-    c.train.task_learning_rates.update({"animal": 1e-3, "pitch": 1e-3})
+    c.train.task_learning_rates.update({t: 1e-3 for t in c.data.tasks})
   if "lora" in mods:
     c.model.use_lora = True
     c.train.trainable = ("lora/.*", "audio_mlp/.*", "fusion/.*")

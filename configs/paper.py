@@ -38,6 +38,8 @@ naming the row; `--config.missing=skip` runs the others and lists it in the tabl
 
 import ml_collections
 
+from axk.tasks import auditorybench
+
 TABLES = ("table1", "table2", "table3", "figure2", "audiobert")
 BASES = ("smoke", "minilm")
 
@@ -48,7 +50,8 @@ CACHE_FIELD = "generation.cache_dir"  # The clip cache every feature setting sha
 FIGURE2_TAUS = (0.0, 0.2, 0.4, 0.6, 0.8)
 FIGURE2_TRIES = (1, 2, 3, 4, 5)
 FIGURE2_TRIES_TAU = 0.6  # Figure 2's n sweep: pitch at this tau.
-TASKS = ("animal", "pitch")
+FIGURE2_TRIES_TASK = "pitch"  # Figure 2's n sweep: its task.
+TASKS = auditorybench.NAMES  # The papers' benchmark tasks: the tables' columns.
 
 
 def _row(label, config, variant="", overrides=(), features=(), seeds=(), tau=-1.0, tries=0):
@@ -87,10 +90,11 @@ def _rows() -> dict:
   for n in FIGURE2_TRIES:
     if n == FIGURE2_TRIES[-1]:
       continue  # The tau sweep's point at FIGURE2_TRIES_TAU (n = 5) is this one.
-    rows[f"pitch_n_{n}"] = _row(
-        f"pitch, tau = {FIGURE2_TRIES_TAU}, n = {n}", ith,
-        overrides=[("data.tasks", ("pitch",))],
-        features=[(TAU_FIELD.format(task="pitch"), FIGURE2_TRIES_TAU), (TRIES_FIELD, n)],
+    rows[f"{FIGURE2_TRIES_TASK}_n_{n}"] = _row(
+        f"{FIGURE2_TRIES_TASK}, tau = {FIGURE2_TRIES_TAU}, n = {n}", ith,
+        overrides=[("data.tasks", (FIGURE2_TRIES_TASK,))],
+        features=[(TAU_FIELD.format(task=FIGURE2_TRIES_TASK), FIGURE2_TRIES_TAU),
+                  (TRIES_FIELD, n)],
         tau=FIGURE2_TRIES_TAU, tries=n)
   return rows
 
@@ -98,7 +102,8 @@ def _rows() -> dict:
 def _layouts() -> dict:
   """Each table's rows, in the papers' order. Table 2's first row is the model the deltas
   are taken from; Figure 2 has its tau points and its n points (pitch)."""
-  tries = [f"pitch_n_{n}" for n in FIGURE2_TRIES[:-1]] + [_tau_name(FIGURE2_TRIES_TAU)]
+  tries = ([f"{FIGURE2_TRIES_TASK}_n_{n}" for n in FIGURE2_TRIES[:-1]]
+           + [_tau_name(FIGURE2_TRIES_TAU)])
   return {
       "table1": ("bert", "text_only", "audiobert", "ith"),
       "table2": ("ith", "no_gate", "sentence_audio", "no_rejection"),
@@ -120,6 +125,7 @@ def get_config(arg=None):
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.runs.paper:run"
+  c.plugins = ()  # Modules imported at start that register methods or tasks (every row too).
   c.name = "The papers' tables"
   c.base = base  # Base variant of every row's config ("smoke", "minilm" or "" for BERT-base).
   c.tables = tables  # Which tables to run and write.
@@ -136,6 +142,10 @@ def get_config(arg=None):
   # last point is the tau sweep's row at FIGURE2_TRIES_TAU.
   c.default_tries = FIGURE2_TRIES[-1]
   c.figure_split = "test"  # Split of Figure 2's accuracy and share of spans without audio.
+  c.figure_tries_task = FIGURE2_TRIES_TASK  # The task of Figure 2's n sweep.
+  # The benchmark tasks of the tables' columns (each with its spec's `columns` splits); empty:
+  # the tasks the rows train (their data.tasks).
+  c.tasks = TASKS
   # JAX's persistent compilation cache for the rows, which all run in this process ("":
   # <workdir>/stages/jax_cache; "none": off). Rows of one model size share their programs.
   c.jax_cache_dir = ""

@@ -19,6 +19,7 @@ import torch
 
 from axk import hub
 from axk import provenance
+from axk import tasks
 from axk.data import auditorybench as ab
 from axk.data import download as download_lib
 from axk.data import pins
@@ -80,7 +81,7 @@ def test_download_at_a_pinned_commit_checks_every_file(upstream, tmp_path):
   folder = ab.resolve_data_dir("github", tmp_path / "cache", revision=REV)
   assert folder == str(tmp_path / "cache" / REV) and len(calls) == 8
   assert all(f"/HJ-Ok/AudioBERT/{REV}/dataset/" in u for u in calls)
-  record = ab.data_revision(folder)
+  record = download_lib.data_revision(folder)
   assert record["revision"] == REV and record["pinned"] and record["source"] == "github"
   assert record["files"]["sound_pitch_comparsion/test.csv"] == sha(
       (root / "sound_pitch_comparsion" / "test.csv").read_bytes())
@@ -170,9 +171,9 @@ def test_the_one_known_commit_is_pinned_with_every_file():
 
 def test_local_copy_of_a_pinned_commit_is_recognised(upstream, tmp_path):
   root, _ = upstream
-  assert ab.data_revision(root)["revision"] == REV
+  assert download_lib.data_revision(root)["revision"] == REV
   (root / "sound_pitch_comparsion" / "wiki.csv").unlink()  # no longer that commit's files
-  record = ab.data_revision(root)
+  record = download_lib.data_revision(root)
   assert record["revision"].startswith("sha256:") and not record["pinned"]
 
 
@@ -351,7 +352,7 @@ def card_numbers(readme: pathlib.Path) -> dict:
 
 
 def model_numbers(results: dict) -> dict:
-  return {(t, s, m): v for t, splits in results.items() if t in card_lib.TASK_NAMES
+  return {(t, s, m): v for t, splits in results.items() if t in tasks.names()
           for s, metrics in splits.items() for m, v in metrics.items()
           if m.removesuffix("_std") not in card_lib.NOT_MODEL_METRICS}
 

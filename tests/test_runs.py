@@ -1,6 +1,7 @@
 """The masked-word run's plumbing: config checks before any stage, learning rates, config
 left unchanged, `config.json`'s resolved values."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import time
 
 import pytest
 
+from axk import tasks
 from axk.runs import common
 from axk.runs import masked_word
 from axk.train import loop
@@ -65,9 +67,14 @@ def test_ith_learning_rate_rule(monkeypatch, tmp_path, overrides, expected):
   assert saved["train"]["learning_rate"] == before["train"]["learning_rate"]
 
 
-def test_a_task_without_learning_rate_or_one_model_at_two_rates_is_refused(tmp_path):
+def test_a_task_without_learning_rate_or_one_model_at_two_rates_is_refused(monkeypatch,
+                                                                           tmp_path):
   config = _text_only(ith_config.get_config("smoke"))
   del config.train.task_learning_rates["pitch"]
+  # Without an entry, the task's own rate (its spec's).
+  assert masked_word.learning_rates(config) == {"animal": 1e-3, "pitch": 4e-5}
+  monkeypatch.setitem(tasks.base._REGISTRY, "pitch",  # pylint: disable=protected-access
+                      dataclasses.replace(tasks.get("pitch"), learning_rate=0.0))
   with pytest.raises(common.ConfigError, match="task 'pitch' gets no learning rate"):
     masked_word.validate(config, str(tmp_path))
   config = _text_only(ith_config.get_config("smoke"))

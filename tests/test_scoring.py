@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from axk import tasks
 from axk.data import benchmark
 from axk.data import spans as spans_lib
 from axk.data.types import Example
@@ -101,8 +102,7 @@ def test_paper_protocol_needs_every_piece_right_over_the_whole_vocabulary():
   np.testing.assert_array_equal(outputs["argmax"], [[1, 2], [1, 5], [4, -1]])
   np.testing.assert_array_equal(outputs["labels"], [[1, 2], [1, 2], [3, -1]])
   examples = [_animal(1, "eagle owl"), _animal(2, "eagle owl"), _animal(3, "cat")]
-  predicted, correct = benchmark.paper_answers(benchmark.spec("animal"), examples, outputs,
-                                               (), _decode)
+  predicted, correct = tasks.get("animal").paper_answers(examples, outputs, (), _decode)
   assert predicted == ["eagle owl", "eagle bird", "dog"]
   assert correct == [True, False, False]
 
@@ -113,8 +113,7 @@ def test_paper_protocol_counts_a_multi_piece_answer_right_only_when_all_pieces_a
              "labels": np.array([[1, 2], [1, 2], [3, -1], [1, 2]])}
   examples = [_animal(i, a) for i, a in enumerate(["eagle owl", "eagle owl", "cat",
                                                    "eagle owl"])]
-  _, correct = benchmark.paper_answers(benchmark.spec("animal"), examples, outputs, (),
-                                       _decode)
+  _, correct = tasks.get("animal").paper_answers(examples, outputs, (), _decode)
   assert correct == [True, False, True, False]  # 2 of 4 right, not 4 of 4 (`any`)
 
 
@@ -138,8 +137,7 @@ def test_pitch_is_the_larger_of_the_higher_and_lower_logits(words):
   batch = _batch([[1], [1], [1]], [1, 1, 1], [[4], [2], [2]])
   outputs = jax.device_get(masked_word.MaskedWord.predict(fake, None, batch))
   examples = [_pitch(0, "higher"), _pitch(1, "higher"), _pitch(2, "lower")]
-  predicted, correct = benchmark.paper_answers(benchmark.spec("pitch"), examples, outputs,
-                                               words, _decode)
+  predicted, correct = tasks.get("pitch").paper_answers(examples, outputs, words, _decode)
   assert predicted == ["higher", "lower", "lower"]  # 2 > 1; 0.1 < 0.3; -1 < 3
   assert correct == [True, False, True]
 

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from axk import tasks
 from axk.bench import common
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -148,7 +149,7 @@ def torch_side(config, task, model_dir):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", help="JSON output file")
-  parser.add_argument("--task", default="pitch", choices=("animal", "pitch"))
+  parser.add_argument("--task", default="pitch", choices=tasks.names())
   parser.add_argument("--data_dir", default=os.path.join(_ROOT, "..", "shared",
                                                          "auditorybench"))
   parser.add_argument("--config_file", default=os.path.join(_ROOT, "configs", "ith.py"))

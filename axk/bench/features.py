@@ -174,11 +174,11 @@ def bench_rejection(spans: Sequence[str], n: int, paper_taus: Sequence[float]) -
 def bench_dedup(data_dir: str) -> dict:
   """Total versus distinct gold spans of AuditoryBench."""
   from axk.data import auditorybench  # pylint: disable=g-import-not-at-top
-  from axk.data.types import TASKS  # pylint: disable=g-import-not-at-top
+  from axk import tasks  # pylint: disable=g-import-not-at-top
   from axk.data import spans as spans_lib  # pylint: disable=g-import-not-at-top
 
   per_task, everything = {}, {}
-  for task in TASKS:
+  for task in tasks.auditorybench.NAMES:
     loaded = auditorybench.load_task(data_dir, task, keep_missing_spans=True)
     found = {e.id: e.spans for d in loaded.values() for e in d.examples}
     everything.update(found)

@@ -30,7 +30,7 @@ import os
 import pathlib
 import re
 
-from axk.data import benchmark
+from axk import tasks
 from axk.data.download import download
 from axk.data.layout import DataError
 from axk.data.layout import REQUIRED_SPLITS
@@ -50,16 +50,6 @@ from axk.data.types import Example
 from axk.data.types import MASK
 from axk.data.types import SPLITS
 from axk.data.types import Span
-# pylint: disable=unused-import
-# Named here too: the data a run records beside the folder it resolves here, the reasons
-# `SplitData.skipped` reports that the task's row reader decides, and the tasks.
-from axk.data.download import data_revision
-from axk.data.rows import BAD_LETTER
-from axk.data.rows import BAD_PITCH_ANSWER
-from axk.data.rows import EMPTY_ANSWER
-from axk.data.rows import OPTION_DISAGREES
-from axk.data.types import TASKS
-# pylint: enable=unused-import
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +64,7 @@ class SplitData:
   """One loaded CSV file.
 
   Attributes:
-    task: one of `TASKS`.
+    task: a registered benchmark task (`axk.tasks`).
     split: one of `SPLITS`.
     path: the CSV file read.
     examples: the valid rows, in file order.
@@ -227,7 +217,7 @@ def _validate_row(
   if num_masks > 1:
     return MANY_MASKS, None, (), (), []
 
-  reason, answer, options, span_texts = benchmark.spec(task).rows.read(fields)
+  reason, answer, options, span_texts = tasks.get(task).rows.read(fields)
   if reason is not None:
     return reason, None, (), (), []
 
@@ -256,7 +246,7 @@ def load_split(
     *,
     keep_missing_spans: bool = False,
 ) -> SplitData:
-  """Reads and validates `<data_dir>/<TASK_DIRS[task]>/<split>.csv`.
+  """Reads and validates `<data_dir>/<the task's folder>/<split>.csv`.
 
   Columns are read by header name (exact, else ignoring case), so files that list them in
   another order (the wiki splits) load the same. Answers and options are lower-cased with
@@ -269,7 +259,7 @@ def load_split(
 
   Args:
     data_dir: folder holding the task folders.
-    task: one of `TASKS`.
+    task: a registered benchmark task (`axk.tasks`).
     split: one of `SPLITS`.
     keep_missing_spans: keep rows whose gold span is empty or not found, with only the
       spans that were found (so `Example.spans` may be shorter or empty), counting them in
@@ -285,7 +275,7 @@ def load_split(
   """
   path = split_path(data_dir, task, split)
   header, records, raw = _read_records(path)
-  rows = benchmark.spec(task).rows
+  rows = tasks.get(task).rows
   wanted = dict(rows.columns)
   # Optional columns come as a group: all of them, or none (then the reader does without,
   # e.g. an animal file without options: the paper protocol needs none). One of them alone
@@ -418,7 +408,7 @@ def load_task(
 
   Args:
     data_dir: folder holding the task folders (see `resolve_data_dir`).
-    task: one of `TASKS`.
+    task: a registered benchmark task (`axk.tasks`).
     splits: which splits to load. Those in `REQUIRED_SPLITS` must exist; `wiki` is
       loaded when its file exists and otherwise left out of the result (and logged).
     keep_missing_spans: as in `load_split`.

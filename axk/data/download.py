@@ -23,8 +23,7 @@ from axk.data.layout import check_data_dir
 from axk.data.layout import sample_data_dir
 from axk.data.layout import split_path
 from axk.data.types import SPLITS
-from axk.data.types import TASK_DIRS
-from axk.data.types import TASKS
+from axk import tasks
 from axk.utils import files as files_lib
 
 logger = logging.getLogger(__name__)
@@ -88,12 +87,12 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
   if record_path.exists():
     recorded = json.loads(record_path.read_text()).get("files", {})
   files = {}
-  for task in TASKS:
+  for task in tasks.auditorybench.NAMES:
     for split in SPLITS:
       dest = split_path(root, task, split)
       rel = dest.relative_to(root).as_posix()
       marker = dest.with_name(dest.name + ".missing")
-      upstream = pins.upstream_path(layout, TASK_DIRS[task], split)
+      upstream = pins.upstream_path(layout, tasks.get(task).folder, split)
       want = pin.files.get(upstream) if pin else recorded.get(rel)
       what = (f"pinned sha256 of {pins.REPOSITORY}@{revision[:12]}:{upstream}" if pin
               else "sha256 recorded at its first download")
@@ -157,7 +156,7 @@ def data_revision(data_dir: str | os.PathLike[str]) -> dict:
   """
   root = pathlib.Path(data_dir).expanduser()
   files = {}
-  for task in TASKS:
+  for task in tasks.auditorybench.NAMES:
     for split in SPLITS:
       path = split_path(root, task, split)
       if path.is_file():
@@ -170,8 +169,8 @@ def data_revision(data_dir: str | os.PathLike[str]) -> dict:
   matched = None
   for revision, pin in pins.PINS.items():
     expected = {split_path(pathlib.Path(), t, s).as_posix(): pin.files[p]
-                for t in TASKS for s in SPLITS
-                if (p := pins.upstream_path(pin.layout, TASK_DIRS[t], s)) in pin.files}
+                for t in tasks.auditorybench.NAMES for s in SPLITS
+                if (p := pins.upstream_path(pin.layout, tasks.get(t).folder, s)) in pin.files}
     if expected == files:
       matched = revision
   digest = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode())

@@ -1,6 +1,6 @@
 """The layout of an AuditoryBench folder: where each task's split files lie, and its checks.
 
-A folder holds one folder per task (`axk.data.types.TASK_DIRS`) with `train`, `dev`, `test`
+A folder holds one folder per task (its spec's `folder`, `axk.tasks`) with `train`, `dev`, `test`
 and (optionally) `wiki` CSV files. The tiny invented sample that ships with axk has that
 layout too.
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+from axk import tasks
 from axk.data.types import SPLITS
-from axk.data.types import TASK_DIRS
-from axk.data.types import TASKS
 
 # Splits a task folder must have; `wiki` (the out-of-domain test) is optional.
 REQUIRED_SPLITS = ("train", "dev", "test")
@@ -20,7 +19,7 @@ REQUIRED_SPLITS = ("train", "dev", "test")
 # How to name a folder, for every message about one that cannot be used.
 DATA_DIR_HINT = (
     "pass --config.data.dir=/path/to/auditorybench (a folder holding "
-    f"{' and '.join(TASK_DIRS.values())}), or --config.data.dir=sample for the tiny "
+    f"{' and '.join(tasks.get(t).folder for t in tasks.auditorybench.NAMES)}), or --config.data.dir=sample for the tiny "
     "sample dataset shipped with axk (axk.data.auditorybench.sample_data_dir())"
 )
 
@@ -31,11 +30,10 @@ class DataError(ValueError):
 
 def split_path(data_dir: str | os.PathLike[str], task: str, split: str) -> pathlib.Path:
   """The CSV file of `task`/`split` under `data_dir`."""
-  if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+  folder = tasks.get(task).folder
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-  return pathlib.Path(data_dir) / TASK_DIRS[task] / f"{split}.csv"
+  return pathlib.Path(data_dir) / folder / f"{split}.csv"
 
 
 def sample_data_dir() -> str:
@@ -54,12 +52,13 @@ def check_data_dir(path: str | os.PathLike[str]) -> str:
     raise DataError(f"AuditoryBench folder {root} does not exist or is not a folder; "
                     f"{DATA_DIR_HINT}")
   missing = []
-  for task in TASKS:
-    folder = root / TASK_DIRS[task]
+  for task in tasks.auditorybench.NAMES:
+    name = tasks.get(task).folder
+    folder = root / name
     if not folder.is_dir():
-      missing.append(f"{TASK_DIRS[task]}/")
+      missing.append(f"{name}/")
       continue
-    missing.extend(f"{TASK_DIRS[task]}/{s}.csv" for s in REQUIRED_SPLITS
+    missing.extend(f"{name}/{s}.csv" for s in REQUIRED_SPLITS
                    if not (folder / f"{s}.csv").is_file())
   if missing:
     flat = sorted(p.name for p in root.glob("*_*.csv"))

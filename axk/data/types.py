@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-# Short task names used everywhere in axk, and the upstream folder of each.
-TASKS = ("animal", "pitch")
-TASK_DIRS = {
-    "animal": "animal_sound_recognition",
-    # Misspelt upstream; the spelling is part of the download URL.
-    "pitch": "sound_pitch_comparsion",
-}
 SPLITS = ("train", "dev", "test", "wiki")
 MASK = "[MASK]"
-PITCH_OPTIONS = ("higher", "lower")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +24,14 @@ class Example:
   Attributes:
     id: stable identifier `"{task}/{split}/{row}"`, row being the 1-based data row of the
       CSV file (header excluded), so that messages and predictions point back at the file.
-    task: one of `TASKS`.
+    task: a registered benchmark task (`axk.tasks`).
     split: one of `SPLITS`.
     sentence: the sentence, with exactly one `[MASK]`.
     answer: the gold answer, lower-cased with whitespace collapsed.
     spans: the gold auditory spans, as character offsets into `sentence`.
     options: candidate answers for the leak-free candidate protocol (animal: the four
       options A-D normalised like `answer`, or none when the file has no option columns;
-      pitch: `PITCH_OPTIONS`).
+      a task with a closed answer set, such as pitch: its `choices`).
     label: `options.index(answer)`, -1 without options.
   """
 

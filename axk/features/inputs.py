@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 import os
 
+from axk import tasks as tasks_lib
 from axk.data import auditorybench
 from axk.data.types import Example
 from axk.data.types import SPLITS
-from axk.data.types import TASKS
 from axk.features import shards
 
 
@@ -31,7 +31,7 @@ def load_data(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, di
   """Examples by task and split, and the inputs' provenance for the manifest."""
   data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
                                             config.data.get("revision", ""))
-  tasks = split_list(config.data.tasks, TASKS, "data.tasks")
+  tasks = split_list(config.data.tasks, tasks_lib.names(), "data.tasks")
   splits = split_list(config.data.splits, SPLITS, "data.splits")
   examples, inputs = {}, {}
   for task in tasks:

@@ -52,7 +52,7 @@ import shutil
 
 import numpy as np
 
-from axk.data.types import TASKS
+from axk import tasks as tasks_lib
 from axk.utils import files
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _builder_class():
 
     name = BUILDER_NAME
     VERSION = tfds.core.Version(VERSION)
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t) for t in TASKS]
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=t) for t in tasks_lib.names()]
     # TFDS locates a builder's source file through `importlib_resources`, which it does
     # not install on Python >= 3.9; nothing here needs that file (no checksums).
     code_path = None
@@ -312,7 +312,7 @@ def load_features(features_dir: str, task: str, split: str, *, lazy_tokens: bool
 
   Args:
     features_dir: the folder holding `manifest.json` and `axk_features/`.
-    task: one of `axk.data.types.TASKS`.
+    task: a registered benchmark task (`axk.tasks`).
     split: one of the splits written (see the manifest).
     lazy_tokens: each span's `ast_tokens` is a `TokenRef` (read on demand through `store`,
       or a new `TokenStore`), so the split's tokens are never all in memory.

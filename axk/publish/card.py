@@ -23,11 +23,11 @@ import os
 from typing import Mapping
 
 from axk import methods
-from axk.data import benchmark
+from axk import plugins
+from axk import tasks
 from axk.utils import files
 
 CARD = "README.md"
-TASK_NAMES = {name: spec.title for name, spec in benchmark.TASK_SPECS.items()}
 SPAN_TITLE = "AuditoryBench span detector"
 # Numbers of a split that describe the data or a baseline, not the model.
 NOT_MODEL_METRICS = ("examples", "examples_unseen", "majority", "with_audio")
@@ -69,8 +69,9 @@ def _read(path: str) -> dict:
 
 
 def task_results(results: Mapping) -> dict:
-  """`results[task][split][metric]` without the top-level keys that are not tasks."""
-  return {t: v for t, v in results.items() if t in TASK_NAMES and isinstance(v, Mapping)}
+  """`results[task][split][metric]` without the top-level keys that are not tasks (not
+  registered, `axk.tasks`)."""
+  return {t: v for t, v in results.items() if t in tasks.names() and isinstance(v, Mapping)}
 
 
 def model_index(results: Mapping, kind: str, data_revision: str | None = None) -> list:
@@ -85,7 +86,7 @@ def model_index(results: Mapping, kind: str, data_revision: str | None = None) -
           continue
         out.append(EvalResult(
             task_type=_pipeline_tag(kind), dataset_type="auditorybench",
-            dataset_name=f"AuditoryBench ({TASK_NAMES[task]})", dataset_config=task,
+            dataset_name=f"AuditoryBench ({tasks.get(task).title})", dataset_config=task,
             dataset_split=split, dataset_revision=data_revision, metric_type=name,
             metric_name=name.replace("_", " "), metric_value=float(value)))
   return out
@@ -117,7 +118,7 @@ def _results_table(results: Mapping, seeds_results: Mapping | None) -> list[str]
     metrics = []
     for values in splits.values():
       metrics += [m for m in values if m not in metrics and not m.endswith("_std")]
-    lines += [f"**{TASK_NAMES[task]}**", "", "| split | " + " | ".join(metrics) + " |",
+    lines += [f"**{tasks.get(task).title}**", "", "| split | " + " | ".join(metrics) + " |",
               "| --- |" + " --- |" * len(metrics)]
     for split, values in splits.items():
       cells = []
@@ -164,6 +165,7 @@ def render(export_dir: str, run_dir: str | None = None, repo_id: str | None = No
     raise ValueError(f"{export_dir}: not an axk export (no <method>.json or "
                      "token-classification config.json)")
   run_dir = run_dir or os.path.dirname(os.path.abspath(export_dir))
+  plugins.load(_read(os.path.join(run_dir, "config.json")).get("plugins", ()))
   results = _read(os.path.join(run_dir, "results.json"))
   if not task_results(results):
     raise ValueError(f"{run_dir}/results.json: no results; the card cites the run's numbers")

@@ -8,6 +8,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from axk import hf
+from axk import tasks
 from axk.data import auditorybench as ab
 from axk.data import encode as enc
 from axk.data import types
@@ -28,7 +29,8 @@ def check_config(config) -> None:
       raise ConfigError(f"--config.train.{name}={tc[name]}: must be a positive integer.")
   if int(tc.epochs) < 0:
     raise ConfigError(f"--config.train.epochs={tc.epochs}: must be >= 0 (0: evaluate only).")
-  if "learning_rate" in tc and not tc.learning_rate > 0 and not tc.get("task_learning_rates"):
+  # Per-task rates (`task_learning_rates`, the tasks' own) are checked by the run that has them.
+  if "learning_rate" in tc and not tc.learning_rate > 0 and "task_learning_rates" not in tc:
     raise ConfigError(f"--config.train.learning_rate={tc.learning_rate}: must be positive.")
   if not 0 <= tc.warmup_ratio < 1:
     raise ConfigError(f"--config.train.warmup_ratio={tc.warmup_ratio}: must be in [0, 1).")
@@ -50,8 +52,9 @@ def check_config(config) -> None:
 
 
 def check_data(data) -> None:
-  """One line for unknown benchmark tasks or splits in `config.data`."""
-  for field, known in (("tasks", types.TASKS), ("splits", types.SPLITS)):
+  """One line for unknown benchmark tasks (not registered, `axk.tasks`) or splits in
+  `config.data`."""
+  for field, known in (("tasks", tasks.names()), ("splits", types.SPLITS)):
     values = tuple(data[field])
     unknown = [v for v in values if v not in known]
     if unknown or not values:

@@ -5,8 +5,9 @@ The method is the registered `axk.methods.Method` named by `config.model.name` (
 `Model(bert_config, audio_dim=..., **method fields)`, the method fields being `config.model`
 minus `axk.methods.BERT_FIELDS`; its `audio`, `inputs`, `lora_gate` and `export` are what the
 run reads. Everything else is shared: inputs (`axk/runs/inputs.py`), the benchmark tasks'
-scoring (`axk.tasks`), the loop (`axk/train/loop.py`), the run-end analysis
-(`axk/runs/analysis.py`) and `report.html` (`axk/report.py`).
+specs and scoring (`axk.tasks`), the loop (`axk/train/loop.py`), the run-end analysis
+(`axk/runs/analysis.py`) and `report.html` (`axk/report.py`). The run trains tasks whose
+head is `masked_word` or `choice`.
 
     run(config, workdir)
       validate(config)            every field checked, before any stage (one line on error)
@@ -14,9 +15,9 @@ scoring (`axk.tasks`), the loop (`axk/train/loop.py`), the run-end analysis
       per task group and seed: MaskedWord(...) -> loop.train_and_evaluate(...)
 
 Learning rates (`train.learning_rate`, `train.task_learning_rates`): a task trains at
-`train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`;
-`validate` refuses a task that gets no rate. With `train.separate_tasks` each benchmark task
-trains its own model in `<workdir>/<task>/`.
+`train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`, else
+at its spec's `learning_rate`; `validate` refuses a task that gets no rate. With
+`train.separate_tasks` each benchmark task trains its own model in `<workdir>/<task>/`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from axk import hf
 from axk import methods
 from axk import provenance
 from axk import report
+from axk import tasks as tasks_lib
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.models import bert as bert_lib
@@ -49,6 +51,8 @@ from axk.train import metrics as metrics_lib
 
 # `train.loss_tokens`: where the masked-LM loss is taken (see `MaskedWord.loss`).
 LOSS_TOKENS = ("mask", "sentence")
+# The task heads (`axk.tasks.HEADS`) this run trains.
+HEADS = ("masked_word", "choice")
 
 
 def method_of(config) -> methods.Method:
@@ -78,7 +82,7 @@ def learning_rates(config) -> dict[str, float]:
   table = dict(tc.task_learning_rates.items()) if "task_learning_rates" in tc else {}
   out = {}
   for t in config.data.tasks:
-    rate = tc.learning_rate or table.get(t, 0.0)
+    rate = tc.learning_rate or table.get(t, 0.0) or tasks_lib.get(t).learning_rate
     if not rate > 0:
       raise common.ConfigError(
           f"--config.train.learning_rate={tc.learning_rate}: task {t!r} gets no learning rate "
@@ -92,6 +96,11 @@ def validate(config, workdir: str) -> None:
   if not workdir:
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
+  for t in config.data.tasks:
+    head = tasks_lib.get(t).head
+    if head not in HEADS:
+      raise common.ConfigError(f"task {t!r} has head {head!r}; the masked-word run trains "
+                               f"{' and '.join(HEADS)} heads only.")
   if config.train.get("loss_tokens", "mask") not in LOSS_TOKENS:
     raise common.ConfigError(f"--config.train.loss_tokens={config.train.loss_tokens!r}: must "
                              f"be one of {', '.join(LOSS_TOKENS)}.")
@@ -184,8 +193,8 @@ class MaskedWord:
       check_manifest(manifest, csv_sha256={f"{t}/{s}": d.sha256 for t, splits in data.items()
                                            for s, d in splits.items()},
                      data_revision=provenance.data_record(config.data)["revision"])
-    self.tasks = {t: benchmark.spec(t) for t in data}
-    self.choice_words = benchmark.choice_words(list(data))
+    self.tasks = {t: tasks_lib.get(t) for t in data}
+    self.choice_words = tasks_lib.choice_words(list(data))
     self.choice_ids = [enc.answer_pieces(self.tokenizer, w)[0] for w in self.choice_words]
 
     def build(examples, protocol):
@@ -204,8 +213,9 @@ class MaskedWord:
     for key in common.eval_keys(data):
       task, split = key.split("/")
       self.examples[key] = data[task][split].examples
-      self.eval_arrays[key] = build(self.examples[key], ("paper", "candidates"))
-    self.majority = {key: benchmark.majority_baseline(ex) for key, ex in self.examples.items()}
+      self.eval_arrays[key] = build(self.examples[key], self.tasks[task].protocols)
+    self.majority = {key: self.tasks[key.split("/")[0]].majority_baseline(ex)
+                     for key, ex in self.examples.items()}
     self.unseen = {key: benchmark.unseen_in_train(ex, data[key.split("/")[0]]["train"].examples)
                    for key, ex in self.examples.items()}
 
@@ -264,13 +274,15 @@ class MaskedWord:
     prediction, and whether each is right."""
     examples = self.examples[key]
     task = self.tasks[key.split("/")[0]]
-    predicted, correct = benchmark.paper_answers(task, examples, outputs["paper"],
-                                                 self.choice_words, self.tokenizer.decode)
-    rows = views["candidates"]
-    best = benchmark.candidate_answers(
-        len(examples), rows["example_index"], rows["option_index"],
-        outputs["candidates"].get("label_logprob", ()),
-        without_options=[i for i, e in enumerate(examples) if not e.options])
+    predicted, correct = task.paper_answers(examples, outputs["paper"], self.choice_words,
+                                            self.tokenizer.decode)
+    best = [None] * len(examples)
+    if "candidates" in views:
+      rows = views["candidates"]
+      best = benchmark.candidate_answers(
+          len(examples), rows["example_index"], rows["option_index"],
+          outputs["candidates"].get("label_logprob", ()),
+          without_options=[i for i, e in enumerate(examples) if not e.options])
     # Examples without options (an animal file without A-D) have no candidate answer.
     return [{"id": e.id, "answer": e.answer, "predicted": p, "correct": bool(c),
              "predicted_candidate": None if b is None else e.options[b],
@@ -297,8 +309,8 @@ class MaskedWord:
     task = self.tasks[key.split("/")[0]]
     analysis.audio_effect(
         answers, self.examples[key], arrays, with_audio,
-        benchmark.paper_answers(task, self.examples[key], silent, self.choice_words,
-                                self.tokenizer.decode),
+        task.paper_answers(self.examples[key], silent, self.choice_words,
+                           self.tokenizer.decode),
         lora_gate=self.method.gate == "lora")
 
   def finish(self, params, workdir, outputs):

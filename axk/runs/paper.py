@@ -29,25 +29,17 @@ from typing import Any, Mapping
 
 import jax
 
+from axk import tasks as tasks_lib
 from axk.runs import common
 from axk.runs import masked_word
 from axk.runs import stages
 from axk.utils import files
 
-COLUMNS = tuple((t, s) for t in ("animal", "pitch") for s in ("dev", "test", "wiki"))
-COLUMN_TITLES = {"animal": "animal", "pitch": "pitch"}
 ROW_RECORD = "paper_row.json"
 
-# Published accuracy (%), ITH paper Table 1, as listed in ../shared/docs/REFERENCE.md
-# ("Reported accuracy"). Keys: the rows of configs/paper.py; "llama" is a published-only row.
-# Tables 2 and 3 and Figure 2 have no published numbers there: their cells show none.
-PUBLISHED_SOURCE = "ITH paper, Table 1 (REFERENCE.md, \"Reported accuracy\")"
-PUBLISHED = {
-    "bert": (15.51, 13.46, 3.05, 59.42, 60.41, 48.06),
-    "llama": (23.10, 21.80, 16.24, 61.46, 62.55, 47.72),
-    "audiobert": (38.28, 36.63, 14.32, 73.18, 74.83, 55.31),
-    "ith": (39.36, 41.55, 19.09, 79.82, 78.96, 76.74),
-}
+# Published accuracy (%) comes from the tasks' specs (`axk.tasks.Task.published`), keyed by
+# the rows of configs/paper.py; "llama" is a published-only row. Tables 2 and 3 and Figure 2
+# have no published numbers: their cells show none.
 PUBLISHED_ONLY = {"table1": (("LLaMA3.1-8B, no training (published only)", "llama"),)}
 TITLES = {
     "table1": "Table 1: accuracy on AuditoryBench",
@@ -56,6 +48,28 @@ TITLES = {
     "figure2": "Figure 2: rejection threshold tau and tries n",
     "audiobert": "AudioBERT: main table",
 }
+
+
+def columns(config, rows=()) -> tuple[tuple[str, str], ...]:
+  """The tables' columns, (task, split): the tasks of `config.tasks` (else those `rows`
+  train, in order), each with its spec's `columns` splits."""
+  names = tuple(config.get("tasks") or ()) or tuple(dict.fromkeys(
+      t for r in rows if r.config is not None for t in r.config.data.tasks))
+  return tuple((t, s) for t in names for s in tasks_lib.get(t).columns)
+
+
+def published(key: str, cols) -> list | None:
+  """Row `key`'s published accuracy per column of `cols` (None where a task has none), or
+  None when no column has one."""
+  values = [tasks_lib.get(t).published.get(key, {}).get(s) for t, s in cols]
+  return values if any(v is not None for v in values) else None
+
+
+def published_source(cols) -> str:
+  """Where the published numbers of `cols` come from (their tasks' `published_source`)."""
+  return "; ".join(dict.fromkeys(
+      tasks_lib.get(t).published_source for t, _ in cols
+      if tasks_lib.get(t).published and tasks_lib.get(t).published_source)) or "none"
 
 
 @dataclasses.dataclass
@@ -145,6 +159,8 @@ def build_row(config, name: str, workdir: str) -> Row:
     c = _get_config(row_spec_of(config, name))
     for key in ("dir", "cache_dir", "revision"):
       c.data[key] = config.data[key]
+    if config.get("plugins"):
+      c.plugins = tuple(config.plugins)
     c.seeds = tuple(spec.seeds) or tuple(config.seeds)
     for path, value in tuple(config.overrides) + tuple(spec.overrides):
       _set_field(c, path, value)
@@ -186,7 +202,7 @@ def validate(config, workdir: str) -> list[Row]:
     raise common.ConfigError("--workdir is required.")
   if config.missing not in ("error", "skip"):
     raise common.ConfigError(f"--config.missing={config.missing}: must be error or skip.")
-  splits = sorted({s for _, s in COLUMNS})
+  splits = sorted({s for t in tasks_lib.names() for s in tasks_lib.get(t).columns})
   if config.figure_split not in splits:
     raise common.ConfigError(f"--config.figure_split={config.figure_split}: one of "
                              f"{', '.join(splits)}.")
@@ -353,10 +369,10 @@ def delta_cell(value, base) -> str:
   return f"{value[0] - base[0]:+.2f}"
 
 
-def _header(first: str) -> list[str]:
-  titles = [f"{COLUMN_TITLES[t]} {s}" for t, s in COLUMNS]
+def _header(first: str, cols) -> list[str]:
+  titles = [f"{t} {s}" for t, s in cols]
   return [f"| {first} | " + " | ".join(titles) + " |",
-          "| --- |" + " --- |" * len(COLUMNS)]
+          "| --- |" + " --- |" * len(cols)]
 
 
 def _no_audio_share(row_workdir: str, task: str, split: str):
@@ -376,7 +392,8 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
   by_name = {r.name: r for r in rows}
   results = {r.name: _read_json(os.path.join(r.workdir, "results.json")) for r in rows}
   lines, data = [], {}
-  published = metric == "accuracy"
+  with_published = metric == "accuracy"
+  cols = columns(config, rows)
 
   def label(name):
     r = by_name[name]
@@ -387,38 +404,44 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
     lines += ["", f"## {TITLES.get(table, table)}", ""]
     data[table] = {}
     if table == "figure2":
-      lines += _figure2_lines(config, by_name, results, metric, data[table])
+      lines += _figure2_lines(config, by_name, results, metric, data[table],
+                              tuple(dict.fromkeys(t for t, _ in cols)))
       continue
-    lines += _header("model" if table != "table3" else "generator")
+    lines += _header("model" if table != "table3" else "generator", cols)
     base = None
     for i, name in enumerate(layout):
-      values = [_metric(results[name], t, s, metric) for t, s in COLUMNS]
-      data[table][name] = {f"{t}/{s}": v and v[0] for (t, s), v in zip(COLUMNS, values)}
+      values = [_metric(results[name], t, s, metric) for t, s in cols]
+      data[table][name] = {f"{t}/{s}": v and v[0] for (t, s), v in zip(cols, values)}
       if table == "table2" and i == 0:
         base = values
       if table == "table2" and i > 0:
         cells = [delta_cell(v, b) for v, b in zip(values, base)]
       else:
-        pub = PUBLISHED.get(name) if published and table in ("table1", "audiobert") else None
+        pub = (published(name, cols) if with_published and table in ("table1", "audiobert")
+               else None)
         cells = [cell(v, pub[j] if pub else None) for j, v in enumerate(values)]
       lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
-    for title, key in PUBLISHED_ONLY.get(table, ()) if published else ():
-      lines.append(f"| {title} | " + " | ".join(f"({v:.2f})" for v in PUBLISHED[key]) + " |")
+    for title, key in PUBLISHED_ONLY.get(table, ()) if with_published else ():
+      pub = published(key, cols)
+      if pub:
+        lines.append(f"| {title} | " + " | ".join("—" if v is None else f"({v:.2f})"
+                                                  for v in pub) + " |")
   return lines, data
 
 
-def _figure2_lines(config, by_name, results, metric, data) -> list[str]:
+def _figure2_lines(config, by_name, results, metric, data, task_names) -> list[str]:
   split = config.figure_split
   taus, tries = config.layouts.figure2.tau, config.layouts.figure2.tries
+  n_task = config.figure_tries_task
   lines = [f"{metric} on {split} (%), and % of the {split} spans left without audio.", "",
-           "| tau | animal | animal: no audio | pitch | pitch: no audio |",
-           "| --- | --- | --- | --- | --- |"]
+           "| tau | " + " | ".join(f"{t} | {t}: no audio" for t in task_names) + " |",
+           "| --- |" + " --- | --- |" * len(task_names)]
   data["tau"], data["tries"] = [], []
   for name in taus:
     row = by_name[name]
     point = {"row": name, "tau": row.spec.tau}
     cells = []
-    for task in ("animal", "pitch"):
+    for task in task_names:
       v = _metric(results[name], task, split, metric)
       share = _no_audio_share(row.workdir, task, split) if results[name] else None
       point[task], point[f"{task}_no_audio"] = v and v[0], share
@@ -426,30 +449,33 @@ def _figure2_lines(config, by_name, results, metric, data) -> list[str]:
     data["tau"].append(point)
     lines.append(f"| {row.spec.tau:.1f} | " + " | ".join(cells) + " |")
   tau = by_name[tries[0]].spec.tau if tries else ""
-  lines += ["", f"| n (pitch, tau {tau}) | pitch | pitch: no audio |", "| --- | --- | --- |"]
+  lines += ["", f"| n ({n_task}, tau {tau}) | {n_task} | {n_task}: no audio |",
+            "| --- | --- | --- |"]
   for name in tries:
     row = by_name[name]
     n = row.spec.tries or int(config.default_tries)
-    v = _metric(results[name], "pitch", split, metric)
-    share = _no_audio_share(row.workdir, "pitch", split) if results[name] else None
-    data["tries"].append({"row": name, "n": n, "pitch": v and v[0], "pitch_no_audio": share})
+    v = _metric(results[name], n_task, split, metric)
+    share = _no_audio_share(row.workdir, n_task, split) if results[name] else None
+    data["tries"].append({"row": name, "n": n, n_task: v and v[0], f"{n_task}_no_audio": share})
     lines.append(f"| {n} | {cell(v)} | {'—' if share is None else f'{share:.1f}'} |")
   return lines
 
 
-def plot_figure2(data: Mapping, path: str, metric: str, split: str) -> None:
+def plot_figure2(data: Mapping, path: str, metric: str, split: str, task_names,
+                 n_task: str) -> None:
   """Figure 2 as a PNG: accuracy (solid) and share of spans without audio (dashed) against
-  tau per task, and against n for pitch."""
+  tau per task of `task_names`, and against n for `n_task`."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  panels = ((axes[0], data["tau"], "tau", ("animal", "pitch"), "rejection threshold tau"),
-            (axes[1], data["tries"], "n", ("pitch",), "tries n (pitch)"))
-  for ax, points, x, tasks, xlabel in panels:
+  panels = ((axes[0], data["tau"], "tau", tuple(task_names), "rejection threshold tau"),
+            (axes[1], data["tries"], "n", (n_task,), f"tries n ({n_task})"))
+  colors = {t: f"C{i}" for i, t in enumerate(dict.fromkeys((*task_names, n_task)))}
+  for ax, points, x, names, xlabel in panels:
     share_ax = ax.twinx()
-    for task in tasks:
-      color = {"animal": "tab:blue", "pitch": "tab:orange"}[task]
+    for task in names:
+      color = colors[task]
       xs = [p[x] for p in points]
       ax.plot(xs, [math.nan if p[task] is None else p[task] for p in points], "o-",
               color=color, label=f"{task} {metric}")
@@ -472,10 +498,11 @@ def plot_figure2(data: Mapping, path: str, metric: str, split: str) -> None:
 def write(config, workdir: str, rows: list[Row]) -> dict:
   """paper_table.md, results.json (and figure2.png) from the rows' results.json files."""
   seeds = tuple(config.seeds)
+  cols = columns(config, rows)
   lines = [f"# {config.name}", "",
            f"Accuracy (%) on AuditoryBench, `{config.metric}`; mean ± std over seeds {seeds} "
            "where a row ran several. Published numbers in parentheses: "
-           f"{PUBLISHED_SOURCE}, for BERT-base; Tables 2, 3 and Figure 2 list none there. "
+           f"{published_source(cols)}, for BERT-base; Tables 2, 3 and Figure 2 list none there. "
            "Text-only fine-tuned: the row the papers leave out, trained on the same train "
            "split."]
   if config.base:
@@ -487,7 +514,7 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   out = {"tables": {config.metric: data}}
   for metric in config.extra_metrics:
     results = [_read_json(os.path.join(r.workdir, "results.json")) for r in rows]
-    if any(_metric(res, t, s, metric) for res in results for t, s in COLUMNS):
+    if any(_metric(res, t, s, metric) for res in results for t, s in cols):
       body, out["tables"][metric] = tables(config, rows, metric)
       lines += ["", f"# {metric}"] + body
   notes = [r.missing for r in rows
@@ -504,6 +531,7 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   files.write_json(os.path.join(workdir, "results.json"), out)
   if "figure2" in config.tables:
     plot_figure2(data["figure2"], os.path.join(workdir, "figure2.png"), config.metric,
-                 config.figure_split)
+                 config.figure_split, tuple(dict.fromkeys(t for t, _ in cols)),
+                 config.figure_tries_task)
   logging.info("Tables written to %s", os.path.join(workdir, "paper_table.md"))
   return out

@@ -16,7 +16,7 @@ from axk.data.rows import normalise
 from axk.data.types import Example
 from axk.data.types import MASK
 from axk.data.types import Span
-from axk.data.types import TASKS
+from axk import tasks as tasks_lib
 from axk.features import audio as audio_lib
 from axk.features.clips import ClipCache
 from axk.features.clips import cached_clip_path
@@ -129,11 +129,15 @@ class GenerationSource(FeatureSource):
 
 
 def task_taus(config) -> dict[str, float]:
-  """`config.generation.tau` as task -> threshold (a single number applies to every task)."""
+  """`config.generation.tau` as task -> threshold (a single number applies to every task);
+  a task the config gives no threshold gets its spec's (`axk.tasks`, `Task.tau`)."""
   tau = config.generation.tau
+  names = tuple(dict.fromkeys((*tasks_lib.auditorybench.NAMES, *config.data.tasks)))
   if isinstance(tau, (int, float)):
-    return {task: float(tau) for task in TASKS}
-  return {task: float(v) for task, v in tau.items()}
+    return {task: float(tau) for task in names}
+  out = {task: float(v) for task, v in tau.items()}
+  out.update({t: tasks_lib.get(t).tau for t in config.data.tasks if t not in out})
+  return out
 
 
 def generation_params(config):

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from axk import hub
-from axk.data.rows import normalise
+from axk import tasks as tasks_lib
 from axk.data.types import Example
 from axk.data.types import Span
 from axk.features.inputs import load_data
@@ -26,9 +26,7 @@ ORACLE_SHUFFLED_NOTE = (
     "ORACLE features, SHUFFLED: the oracle vectors permuted across the examples of each "
     "task and split, so they carry no information about a row's answer (a control: such a "
     "run must do no better than text only).")
-# The pitch roles; a span whose role cannot be told (a row without both gold spans) has none.
-ORACLE_ROLES = {"higher": ("high", "low"), "lower": ("low", "high")}
-ORACLE_NO_ROLE = "none"
+ORACLE_NO_ROLE = tasks_lib.NO_ROLE  # A span whose role cannot be told.
 
 
 def oracle_vector(role: str, dim: int, *, seed: int, scale: float) -> np.ndarray:
@@ -44,21 +42,10 @@ def oracle_vector(role: str, dim: int, *, seed: int, scale: float) -> np.ndarray
 
 
 def oracle_roles(example: Example, answer: str, spans: Sequence[Span]) -> list[str]:
-  """The oracle role of each span of `example` when its gold answer is `answer`.
-
-  Pitch: the gold span 1 (`example.spans[0]`) is "high" and span 2 "low" when the answer
-  is "higher", and the reverse for "lower"; spans are matched to the gold ones by their
-  offsets, since `spans` come in sentence order. A row that lacks one of its gold spans
-  (not found in the sentence) cannot say which span is which: its spans get no role.
-  Animal: every span gets the role of the answer's animal.
-  """
-  if example.task != "pitch":
-    return [f"animal={normalise(answer)}"] * len(spans)
-  gold = [(s.start, s.end) for s in example.spans]
-  if len(gold) != 2 or gold[0] == gold[1] or answer not in ORACLE_ROLES:
-    return [ORACLE_NO_ROLE] * len(spans)
-  by_offsets = dict(zip(gold, ORACLE_ROLES[answer]))
-  return [by_offsets.get((s.start, s.end), ORACLE_NO_ROLE) for s in spans]
+  """The oracle role of each span of `example` when its gold answer is `answer`: its task's
+  (`axk.tasks.Task.oracle_roles`; pitch: "high"/"low" by the gold spans, animal:
+  "animal=<name>" for every span)."""
+  return tasks_lib.get(example.task).oracle_roles(example, answer, spans)
 
 
 @register
