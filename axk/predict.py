@@ -39,13 +39,25 @@ import os
 import sys
 from typing import Mapping, Sequence
 
+import ml_collections
 import numpy as np
 
+from axk import methods
 from axk import plugins
+from axk import provenance
 from axk import tasks
 from axk.data import benchmark
+from axk.data import encode as enc
 from axk.data import types
-from axk.data.auditorybench import normalise
+from axk.data.rows import normalise
+from axk.features import detector as detector_lib
+from axk.features import pipeline
+from axk.features import shards
+from axk.features import sources
+from axk.runs import analysis
+from axk.runs import common
+from axk.runs import inputs as inputs_lib
+from axk.utils import files
 
 EXAMPLES = (  # Case-study style sentences (animal, animal, pitch): the demo's examples.
     "Rattle is the sound a [MASK] makes.",
@@ -58,10 +70,8 @@ OPTION_COLUMNS = ("A", "B", "C", "D")  # An input CSV's option columns (Auditory
 class InputError(ValueError):
   """A sentence or input file that cannot be predicted (one line naming it)."""
 
-
 class ModelError(ValueError):
   """A `--model` folder that is not an AudioBERT/ITH run or export."""
-
 
 def check_sentence(sentence, where: str = "") -> str:
   """The sentence, or InputError naming `where` (e.g. "--text 2", "file.csv:3")."""
@@ -80,7 +90,6 @@ def check_sentence(sentence, where: str = "") -> str:
 @dataclasses.dataclass(frozen=True)
 class Query:
   """One sentence to predict; `task` "" to infer it, `options` for animal (may be empty)."""
-
   sentence: str
   task: str = ""
   options: tuple[str, ...] = ()
@@ -153,11 +162,8 @@ def _softmax(x) -> np.ndarray:
 
 class Predictor:
   """A run loaded for prediction (see the module docstring). Models load on first use."""
-
   def __init__(self, model: str, *, device: str = "cpu", top: int = 5):
-    import ml_collections  # pylint: disable=g-import-not-at-top
     self.run_dir = find_run(model)
-    from axk import provenance  # pylint: disable=g-import-not-at-top
     raw = _read_json(os.path.join(self.run_dir, "config.json"))
     resolved = raw.pop("resolved", {})  # What the stages produced, beside the config.
     raw.pop(provenance.REVISIONS_KEY, None)
@@ -166,7 +172,6 @@ class Predictor:
     except plugins.PluginError as e:
       raise ModelError(f"{self.run_dir}: {e}") from None
     self.config = ml_collections.ConfigDict(raw)
-    from axk import methods  # pylint: disable=g-import-not-at-top
     try:
       self.method = methods.get(self.config.model.name)
     except (methods.MethodError, ImportError) as e:
@@ -191,7 +196,6 @@ class Predictor:
     self.features_dir = resolved.get("features_dir", "")
     self.manifest = {}
     if self.features_dir:
-      from axk.features import shards  # pylint: disable=g-import-not-at-top  (torch-free)
       try:
         self.manifest = shards.read_manifest(self.features_dir)
       except (FileNotFoundError, shards.FeaturesMismatch) as e:
@@ -205,7 +209,6 @@ class Predictor:
   @property
   def detector(self):
     if self._detector is None and self.detector_dir:
-      from axk.features import detector as detector_lib  # pylint: disable=g-import-not-at-top
       self._detector = detector_lib.Detector(self.detector_dir, device=self.device)
     return self._detector
 
@@ -214,10 +217,7 @@ class Predictor:
     """The run's feature source, rebuilt from the features manifest; its run key must be the
     manifest's, so clips come with exactly the run's settings."""
     if self._source is None and self.features_dir:
-      import ml_collections  # pylint: disable=g-import-not-at-top
 
-      from axk.features import pipeline  # pylint: disable=g-import-not-at-top
-      from axk.features import sources  # pylint: disable=g-import-not-at-top
       manifest = self.manifest
       config = ml_collections.ConfigDict(manifest["config"])
       config.device = self.device
@@ -235,7 +235,6 @@ class Predictor:
     """(loaded export, tokenizer) of `task`."""
     folder = self.exports[task]  # One model for several tasks is loaded once.
     if folder not in self._models:
-      from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
       self._models[folder] = (self.method.load(folder),
                               enc.load_tokenizer(os.path.join(folder, "base")))
     return self._models[folder]
@@ -243,7 +242,6 @@ class Predictor:
   def vocabulary(self, task: str) -> tuple[str, ...]:
     """The animal names of the run's data (answers and options of every split)."""
     if task not in self._vocab:
-      from axk.runs import common  # pylint: disable=g-import-not-at-top
       c = self.config.copy_and_resolve_references()
       c.data.tasks = (task,)
       names = set()
@@ -274,7 +272,6 @@ class Predictor:
 
   def audio(self, keys: Sequence[str]) -> dict[str, dict]:
     """Per normalised span text: the source's arrays in storage form, plus its clip file."""
-    from axk.features import sources  # pylint: disable=g-import-not-at-top
     todo = sorted({k for k in keys if k not in self._acquired})
     if todo and self.source is not None:
       part = sources.to_part(todo, self.source.acquire(todo))
@@ -304,7 +301,6 @@ class Predictor:
   def _one(self, q: Query, found: Sequence[types.Span], acquired: Sequence[dict | None]
            ) -> dict:
     """One record; `acquired[i]` is span i's acquisition (None without a feature source)."""
-    from axk.runs import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
     loaded, tokenizer = self.model(q.task)
     c = self.config.data
     spans = []
@@ -406,8 +402,6 @@ def forward(loaded, arrays: Mapping[str, np.ndarray], *, audio: bool = True,
   """The loaded model's outputs on `arrays` (`axk.runs.analysis.step`: scoring's outputs,
   plus the fusion's gate and fused mask per token where the module sows them); `audio`
   False removes every span's audio first (`Method.without_audio`)."""
-  from axk.data import encode as enc  # pylint: disable=g-import-not-at-top
-  from axk.runs import analysis  # pylint: disable=g-import-not-at-top
   if not audio:
     arrays = loaded.method.without_audio(arrays, loaded.module)
   choice_ids = [enc.answer_pieces(tokenizer, w)[0] for w in choice_words]
@@ -493,7 +487,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 3
   if args.output:
-    from axk.utils import files  # pylint: disable=g-import-not-at-top
     files.write_text(args.output, "".join(json.dumps(r) + "\n" for r in records))
     print(f"{len(records)} predictions written to {args.output}")
   else:

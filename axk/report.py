@@ -35,6 +35,10 @@ import numpy as np
 from axk import methods
 from axk import plugins
 from axk import tasks
+from axk.data import spans as spans_lib
+from axk.features import clips
+from axk.features import shards
+from axk.features.database import folder as folder_db
 from axk.utils import files
 
 # The published accuracy (%) the page shows (BERT-base): label -> row of the tasks'
@@ -77,8 +81,6 @@ class Clips:
   """Span clip files of a run's features, by acquisition `source` (torch-free)."""
 
   def __init__(self, features_dir: str):
-    from axk.features import shards  # pylint: disable=g-import-not-at-top
-    from axk.features import sources  # pylint: disable=g-import-not-at-top
     self.manifest = shards.read_manifest(features_dir) if features_dir else {}
     self.kind = self.manifest.get("source", "")
     self.workdir = os.path.dirname(features_dir)
@@ -86,12 +88,11 @@ class Clips:
     if self.kind == "generation":
       cache = (self.manifest.get("config", {}).get("generation", {}).get("cache_dir") or
                os.path.join(self.workdir, "cache", "clips"))
-      self._path = lambda key: sources.cached_clip_path(cache, key)
+      self._path = lambda key: clips.cached_clip_path(cache, key)
     elif self.kind == "retrieval":
-      from axk.features import retrieval  # pylint: disable=g-import-not-at-top
       db = self.manifest.get("database", {})
       if db.get("kind") == "folder" and os.path.isdir(db.get("dir", "")):
-        self._paths = {c.id: c.path for c in retrieval.list_folder(db["dir"],
+        self._paths = {c.id: c.path for c in folder_db.list_folder(db["dir"],
                                                                     db.get("metadata", ""))}
       self._path = self._paths.get
     else:
@@ -106,15 +107,13 @@ def _spans(features_dir: str, predictions: str, task: str, split: str) -> dict[s
   """Example id -> {"sentence", "spans"} (spans with audio fields when the run had
   features)."""
   if features_dir:
-    from axk.features.shards import load_features  # pylint: disable=g-import-not-at-top
     try:
-      rows = load_features(features_dir, task, split)
+      rows = shards.load_features(features_dir, task, split)
     except (FileNotFoundError, ValueError):
       rows = {}
     return {i: {"sentence": r.get("sentence", ""),
                 "spans": sorted(r["spans"], key=lambda s: s["start"])} for i, r in rows.items()}
   if predictions:
-    from axk.data import spans as spans_lib  # pylint: disable=g-import-not-at-top
     return {r["id"]: r for r in _read_jsonl(
         spans_lib.predictions_path(predictions, task, split))}
   return {}
@@ -131,7 +130,7 @@ def collect(workdir: str, text_only: str = "") -> dict:
     raise ValueError(f"{workdir}: no results.json; the run has not finished.")
   resolved = config.get("resolved", {})
   features_dir = resolved.get("features_dir", "")
-  clips = Clips(features_dir)
+  clip_files = Clips(features_dir)
   examples, curves = [], {}
   for sub in sub_runs(workdir):
     curves[os.path.relpath(sub, workdir)] = _read_jsonl(os.path.join(sub, "metrics.jsonl"))
@@ -148,7 +147,7 @@ def collect(workdir: str, text_only: str = "") -> dict:
             {"start": int(s["start"]), "end": int(s["end"]), "text": str(s["text"]),
              "has_audio": bool(s.get("has_audio", False)),
              "clap_score": float(s["clap_score"]) if "clap_score" in s else None,
-             "clip": _relative(clips(str(s.get("source", ""))), workdir)}
+             "clip": _relative(clip_files(str(s.get("source", ""))), workdir)}
             for s in known.get("spans", [])])
         examples.append(a)
   text_results = _read_json(os.path.join(text_only, "results.json")) if text_only else None

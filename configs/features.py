@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.torch_threads = 0  # torch intra-op threads (0: torch's default)
 
   c.data = common.data_config()  # The same data fields as the training configs.
+  c.plugins = ()  # Modules imported at start that register tasks (a run's own tasks).
   # Keep rows whose gold span is missing (no row is lost when spans come from a model).
   c.data.keep_missing_spans = True
 

@@ -72,7 +72,7 @@ def test_several_seeds_report_mean_and_standard_deviation(tmp_path, monkeypatch)
   from axk.train import loop
   seen = []
 
-  def fake_train(config, workdir, task, record=None):
+  def fake_train(config, workdir, task, record=None, stamp=None):
     seen.append((config.seed, workdir))
     acc = {0: 40.0, 1: 50.0, 2: 60.0}[config.seed]
     return {"pitch": {"dev": {"accuracy": acc, "majority": 59.0, "examples": 16}}}

@@ -23,7 +23,7 @@ from conftest import ROOT
 def _fake_runs(monkeypatch):
   seen = []
 
-  def fake_train(config, workdir, experiment, record=None):
+  def fake_train(config, workdir, experiment, record=None, stamp=None):
     seen.append({"tasks": tuple(config.data.tasks), "lr": config.train.learning_rate,
                  "seed": config.seed, "workdir": workdir, "record": record})
     os.makedirs(workdir, exist_ok=True)

@@ -213,7 +213,7 @@ def test_evaluate_reports_accuracy_on_the_unseen_rows_with_their_count():
 def test_merged_seeds_carry_unseen_accuracy_with_a_population_std(tmp_path, monkeypatch):
   per_seed = {0: (40.0, 20.0), 1: (50.0, 30.0), 2: (60.0, 70.0)}  # (accuracy, unseen)
 
-  def fake_train(config, workdir, experiment, record=None):
+  def fake_train(config, workdir, experiment, record=None, stamp=None):
     acc, unseen = per_seed[config.seed]
     return {"animal": {"dev": {"accuracy": acc, "examples": 10, "accuracy_unseen": unseen,
                                "examples_unseen": 7}}}

@@ -25,6 +25,7 @@ import sys
 import jax
 
 import axk
+from axk import tasks
 from axk.features import shards
 from axk.runs import common
 from axk.runs.common import ConfigError
@@ -101,9 +102,14 @@ def _config_path(spec: str) -> str:
 
 def _data_overrides(config) -> list[str]:
   """Where the run's data comes from, as flags (every config family has these `data`
-  fields). The benchmark tasks are not passed: the detector trains on every task, as in the
-  paper, and the features cover every task, so that other runs can reuse both stages."""
-  return [f"--config.data.{key}={config.data[key]}" for key in ("dir", "cache_dir", "revision")]
+  fields). AuditoryBench's tasks are not passed: the detector trains on every task, as in the
+  paper, and the features cover every task, so that other runs can reuse both stages. A run
+  with a task of its own (a plugin's) passes its tasks and plugins: the stages cover those."""
+  flags = [f"--config.data.{key}={config.data[key]}" for key in ("dir", "cache_dir", "revision")]
+  if any(t not in tasks.auditorybench.NAMES for t in config.data.tasks):
+    flags += [f"--config.data.tasks={tuple(config.data.tasks)!r}",
+              f"--config.plugins={tuple(config.get('plugins', ()))!r}"]
+  return flags
 
 
 def check(config) -> None:
