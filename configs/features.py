@@ -42,7 +42,7 @@ Several workers (processes or machines sharing the workdir, or copying their
 
 Oracle (a diagnostic, not audio): vectors built from the gold answers at the gold spans of
 every split, as ordinary shards labelled `oracle` in the manifest; `oracle_shuffled` permutes
-them across the examples of each task and split (see README, "Oracle features"):
+them across the examples of each task and split (see docs/features.md, "Oracle features"):
 
     python -m axk.main --config=configs/features.py:oracle --workdir=workdirs/feat_oracle \
         --config.data.dir=/data/auditorybench        # then --config.features.dir=<that>/features
@@ -121,8 +121,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the cross-attention: `full` (1.86 MB a clip in float16).
   # Deviation from the published code: `grid` keeps the 2 specials and pools the patches to
   # `ast.grid` cells, frequency kept as its own axis (frequency-major). Chosen from
-  # `python -m axk.bench.audio_tokens` (README, "ITH's audio tokens"): full's shards for all
-  # of AuditoryBench are 59 GB (grid 12 x 8: 5 GB), a 32-row batch of full reads ~110 MB,
+  # `python -m axk.bench.audio_tokens` (docs/features.md, "ITH's audio tokens"): full's
+  # shards for all of AuditoryBench are 59 GB (grid 12 x 8: 5 GB), a 32-row batch of full
+  # reads ~110 MB,
   # and its BERT-base train step costs 1.5-1.9x the FLOPs of 16 time tokens (grid 12 x 8:
   # 1.03-1.06x). Grid keeps every frequency band, which the pitch task asks about.
   # `--config.ast.token_layout=full` undoes the deviation. `time` (patches averaged over
