@@ -123,9 +123,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # `ast.grid` cells, frequency kept as its own axis (frequency-major). Chosen from
   # `python -m axk.bench.audio_tokens` (docs/features.md, "ITH's audio tokens"): full's
   # shards for all of AuditoryBench are 59 GB (grid 12 x 8: 5 GB), a 32-row batch of full
-  # reads ~110 MB,
-  # and its BERT-base train step costs 1.5-1.9x the FLOPs of 16 time tokens (grid 12 x 8:
-  # 1.03-1.06x). Grid keeps every frequency band, which the pitch task asks about.
+  # reads ~110 MB, and its BERT-base train step costs 1.5-1.9x the FLOPs of 16 time tokens
+  # (grid 12 x 8: 1.03-1.06x). Grid keeps every frequency band, which the pitch task asks about.
   # `--config.ast.token_layout=full` undoes the deviation. `time` (patches averaged over
   # frequency, pooled along time to num_audio_tokens) was axk's earlier layout; `flat`
   # pools the whole sequence to num_audio_tokens.
