@@ -90,8 +90,9 @@ class Method:
     known = set(self.fields())
     unknown = sorted(set(fields) - known)
     if unknown:
-      raise ValueError(f"{unknown[0]}: not a field of method {self.name!r} (its fields: "
-                       f"{', '.join(sorted(known))}).")
+      cls = self.model_class
+      raise ValueError(f"{unknown[0]}: not a field of {cls.__module__}.{cls.__qualname__} "
+                       f"(its fields: {', '.join(sorted(known))}).")
     model = self.model_class(bert_config, audio_dim=audio_dim, **fields)
     if hasattr(model, "check"):
       model.check()
