@@ -34,9 +34,11 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import os
 import sys
+import threading
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -160,6 +162,16 @@ def _softmax(x) -> np.ndarray:
   return e / e.sum()
 
 
+def _locked(method):
+  """`method` under the predictor's lock: concurrent requests (the demo) share the parts
+  loaded once, their caches and the tokenizers; the forward passes run outside it."""
+  @functools.wraps(method)
+  def locked(self, *args, **kwargs):
+    with self._lock:
+      return method(self, *args, **kwargs)
+  return locked
+
+
 class Predictor:
   """A run loaded for prediction (see the module docstring). Models load on first use."""
   def __init__(self, model: str, *, device: str = "cpu", top: int = 5):
@@ -204,6 +216,7 @@ class Predictor:
     self.device, self.top = device, top
     self._models, self._source, self._detector, self._vocab = {}, None, None, {}
     self._acquired: dict[str, dict] = {}
+    self._lock = threading.RLock()  # See `_locked`.
 
   # -- parts, loaded once ----------------------------------------------------------------------
   @property
@@ -231,6 +244,7 @@ class Predictor:
       self._source = source
     return self._source
 
+  @_locked
   def model(self, task: str):
     """(loaded export, tokenizer) of `task`."""
     folder = self.exports[task]  # One model for several tasks is loaded once.
@@ -239,6 +253,7 @@ class Predictor:
                               enc.load_tokenizer(os.path.join(folder, "base")))
     return self._models[folder]
 
+  @_locked
   def vocabulary(self, task: str) -> tuple[str, ...]:
     """The animal names of the run's data (answers and options of every split)."""
     if task not in self._vocab:
@@ -265,11 +280,13 @@ class Predictor:
       out.append(dataclasses.replace(q, sentence=sentence, task=task, inferred=not q.task))
     return out
 
+  @_locked
   def spans(self, sentences: Sequence[str]) -> list[list[types.Span]]:
     if self.detector is None:
       return [[] for _ in sentences]
     return [list(s) for s in self.detector(list(sentences))]
 
+  @_locked
   def audio(self, keys: Sequence[str]) -> dict[str, dict]:
     """Per normalised span text: the source's arrays in storage form, plus its clip file."""
     todo = sorted({k for k in keys if k not in self._acquired})
@@ -282,6 +299,7 @@ class Predictor:
         self._acquired[k] = row
     return {k: self._acquired[k] for k in keys if k in self._acquired}
 
+  @_locked
   def keys(self, q: Query, found: Sequence[types.Span]) -> list[str]:
     """The feature source's acquisition key of each span (generation keys carry the task,
     whose threshold applies), as the run's features stage keyed them."""
@@ -318,10 +336,13 @@ class Predictor:
     def arrays_of(options: Sequence[str], protocol: str):
       example = types.Example("predict/0", q.task, "predict", q.sentence, options[0], (),
                               tuple(options), 0)
-      return inputs_lib.build([example], [spans], tokenizer, method=self.method,
-                              model=loaded.module, protocol=protocol,
-                              max_length=int(c.max_length), max_spans=int(c.max_spans),
-                              audio_dim=audio_dim, audio_tokens=tokens)
+      # The request's first tokenizer call may reset the fast tokenizer's truncation and
+      # padding, which no concurrent call may meet; its later calls (forward) only read.
+      with self._lock:
+        return inputs_lib.build([example], [spans], tokenizer, method=self.method,
+                                model=loaded.module, protocol=protocol,
+                                max_length=int(c.max_length), max_spans=int(c.max_spans),
+                                audio_dim=audio_dim, audio_tokens=tokens)
 
     record = {"sentence": q.sentence, "task": q.task, "task_inferred": q.inferred,
               "method": self.method.name, "model": loaded.path,

@@ -255,16 +255,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.browser
 def test_demo_in_a_browser_answers_plays_and_says_what_is_wrong(ith_smoke, tmp_path_factory):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support import expected_conditions as ec
   from selenium.webdriver.support.ui import WebDriverWait
   sentence = _sentences(ith_smoke, "features")[-1]
   port = _free_port()
+  not_a_run = tmp_path_factory.mktemp("not_a_run")  # Listed, so a visitor may choose it.
   env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
   server = subprocess.Popen([sys.executable, "-m", "axk.demo", f"--model={ith_smoke}",
-                             f"--port={port}"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             f"--allow_model={not_a_run}", f"--port={port}"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   driver = None
   try:
     deadline = time.time() + 240
@@ -303,11 +305,11 @@ def test_demo_in_a_browser_answers_plays_and_says_what_is_wrong(ith_smoke, tmp_p
     assert "has no [MASK]" in error.text and error.text.count(".") == 1, error.text
     assert not driver.find_elements(By.CSS_SELECTOR, "#axk-answer")
     driver.save_screenshot(str(shots / "demo_error.png"))
-    model = driver.find_element(By.CSS_SELECTOR, "#axk-model textarea, #axk-model input")
-    model.clear()
-    model.send_keys(str(tmp_path_factory.mktemp("not_a_run")))
+    driver.find_element(By.CSS_SELECTOR, "#axk-model input").click()  # The runs' list.
+    wait.until(ec.element_to_be_clickable(
+        (By.CSS_SELECTOR, f"#axk-model li[aria-label='{not_a_run}']"))).click()
     submit(sentence)
-    wait.until(lambda d: "not an AudioBERT or ITH run" in d.find_element(
+    wait.until(lambda d: "not a masked-word run" in d.find_element(
         By.CSS_SELECTOR, "#axk-error").text)
     print(f"screenshots: {shots / 'demo_answer.png'} {shots / 'demo_error.png'}")
     assert server.poll() is None  # Still serving after the error.
