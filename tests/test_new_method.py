@@ -8,6 +8,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from axk import methods
@@ -18,6 +19,8 @@ from configs import ith as ith_config
 from configs import paper as paper_config
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "methods"))
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # A run on the smoke chain (`ith_smoke`).
 
 SENTENCE = "The buzzing of a mosquito has a [MASK] pitch than the roar of a lion."
 
@@ -58,7 +61,7 @@ def test_a_third_method_trains_predicts_exports_and_shows(ith_smoke, tmp_path):
   record = predict.Predictor(str(workdir))([predict.Query(SENTENCE)])[0]
   assert record["method"] == "concat_fusion" and record["task"] == "pitch"
   assert sum(record["answer"]["probabilities"].values()) == \
-      __import__("pytest").approx(1.0, abs=1e-5)
+      pytest.approx(1.0, abs=1e-5)
   assert record["lora_gate"] is None  # No LoRA gate in this method.
 
   # The export loads back in JAX and in PyTorch, both equal to the trained module.

@@ -180,6 +180,8 @@ def _write_data(root: pathlib.Path, folder: str) -> None:
       writer.writerows(_rows(8 * n, 8))
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_new_task_loads_trains_predicts_and_tables(tmp_path):
   from axk import predict
   from axk.runs import paper

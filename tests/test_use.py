@@ -221,7 +221,7 @@ def test_predict_refuses_bad_sentences_and_folders_in_one_line(ith_smoke, tmp_pa
   for args, words in ((["--text=No mask here."], "has no [MASK]"),
                       (["--text=A [MASK] and a [MASK]."], "2 [MASK]s"),
                       (["--text=  "], "empty"),
-                      ([f"--model={tmp_path}", "--text=A [MASK]."], "not an AudioBERT or ITH")):
+                      ([f"--model={tmp_path}", "--text=A [MASK]."], "not a masked-word run")):
     model = [] if any(a.startswith("--model") for a in args) else [f"--model={ith_smoke}"]
     proc = subprocess.run([sys.executable, "-m", "axk.predict", *model, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
