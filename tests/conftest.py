@@ -97,7 +97,7 @@ def ith_smoke(tmp_path_factory):
   stage processes, then ITH per task), then the exports' model cards. Returns its workdir;
   other tests reuse its stages (`stages/span`, `stages/features`)."""
   import importlib
-  from axk.hf import push
+  from axk.publish import push
   from axk.utils import workdir as workdir_lib
   from configs import ith as ith_config
   config = ith_config.get_config("smoke")
