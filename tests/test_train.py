@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,19 @@ def reference_spans(model, tokenizer, sentence):
       current = None
   if current is not None:
     spans.append(tuple(current))
-  return [(s, e, sentence[s:e]) for s, e in spans if e > s]
+  # Spans cover whole words: widen each to every word (letters, digits, ' and -) it touches
+  # inside, then merge those that overlap.
+  words = [m.span() for m in re.finditer(r"[^\W_]+(?:['’_-][^\W_]+)*", sentence)]
+  widened = []
+  for s, e in (x for x in spans if x[1] > x[0]):
+    for ws, we in words:
+      if ws < e and s < we:
+        s, e = min(s, ws), max(e, we)
+    if widened and s <= widened[-1][1]:
+      widened[-1] = (widened[-1][0], max(e, widened[-1][1]))
+    else:
+      widened.append((s, e))
+  return [(s, e, sentence[s:e]) for s, e in widened if sentence[s:e].strip()]
 
 
 @pytest.mark.e2e  # A complete run (`smoke_run`) and what it wrote.
