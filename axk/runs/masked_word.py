@@ -301,7 +301,9 @@ class MaskedWord:
     """Adds to the answers of `key` what the audio did (`analysis.audio_effect`): a pass
     over the split with every span's audio removed, and the gates."""
     arrays = self.eval_arrays[key]["paper"]
-    apply = analysis.step(self.model, self.choice_ids)
+    if getattr(self, "_effect_step", None) is None:  # One compiled step for every split.
+      self._effect_step = analysis.step(self.model, self.choice_ids)
+    apply = self._effect_step
     size = int(self.config.train.eval_batch_size)
     with_audio = analysis.run_rows(apply, params, arrays, self.method.inputs, size)
     silent = analysis.run_rows(apply, params, self.method.without_audio(arrays, self.model),
