@@ -355,6 +355,7 @@ def model_numbers(results: dict) -> dict:
           if m.removesuffix("_std") not in card_lib.NOT_MODEL_METRICS}
 
 
+@pytest.mark.e2e
 def test_smoke_run_cards_cite_results_and_revisions(ith_smoke):
   top = json.loads((ith_smoke / "results.json").read_text())
   assert top["revisions"]["data"]["source"] == "sample"
@@ -383,6 +384,7 @@ def test_smoke_run_cards_cite_results_and_revisions(ith_smoke):
   assert all(m["revision"] for m in manifest["models"].values())
 
 
+@pytest.mark.e2e
 def test_span_detector_is_a_token_classification_pipeline(ith_smoke):
   import transformers
   export = ith_smoke / "stages" / "span" / "export"
@@ -432,6 +434,7 @@ def op_bytes(op) -> bytes:
   return source if isinstance(source, bytes) else pathlib.Path(source).read_bytes()
 
 
+@pytest.mark.e2e
 def test_push_sends_every_file_and_the_card_privately(ith_smoke):
   api = FakeHub()
   urls = push_lib.push_run(str(ith_smoke), "org/axk-ith", api=api)
@@ -450,6 +453,7 @@ def test_push_sends_every_file_and_the_card_privately(ith_smoke):
   assert card.split("\n---\n")[0] == (export / "README.md").read_text().split("\n---\n")[0]
 
 
+@pytest.mark.e2e
 def test_push_refuses_an_existing_repo_unless_asked(ith_smoke):
   export = str(ith_smoke / "animal" / "export")
   api = FakeHub(existing=["README.md", "old.bin"])

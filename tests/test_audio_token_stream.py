@@ -80,6 +80,7 @@ def test_batches_read_only_their_rows(full_features, tmp_path):
       np.testing.assert_array_equal(batch["span_audio_tokens"][b, j], want)
 
 
+@pytest.mark.e2e  # The chain: full-layout features, then an ITH run on them.
 def test_ith_smoke_trains_and_evaluates_on_full_tokens(full_features, tmp_path):
   results = masked_word.run(_ith_config(full_features), str(tmp_path))
   assert results["pitch"]["dev"]["with_audio"] > 0

@@ -7,12 +7,15 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from axk.runs import masked_word
 from axk.utils.tree import flatten
 from configs import ith as ith_config
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "models"))
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # A run on the smoke chain (`ith_smoke`).
 
 
 def test_a_new_fusion_variant_trains_two_steps_through_the_normal_loop(ith_smoke, tmp_path):

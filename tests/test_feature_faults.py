@@ -27,26 +27,13 @@ from axk.features import parts
 from axk.features import pipeline
 from axk.features import shards
 from test_features import _assert_same_features as assert_same_rows
-from axk.features import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = "features"
 DEV_SHARD = f"{shards.BUILDER_NAME}/pitch/{shards.VERSION}/{shards.BUILDER_NAME}-dev.array_record"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)  # tiny models: a second thread only waits on the first
-  yield
-  torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, str]:
-  root = tmp_path_factory.mktemp("tiny_models")
-  return {"clap": tiny.build_clap(str(root / "clap")), "ast": tiny.build_ast(str(root / "ast")),
-          "generator": str(root / "unused")}
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _config(models, **overrides):

@@ -162,6 +162,7 @@ def test_the_oracle_refuses_detected_spans_before_any_stage(tmp_path):
   assert not os.path.exists(tmp_path / "w" / "spans")
 
 
+@pytest.mark.e2e  # The chain: oracle features, an ITH run on them, its results and card.
 def test_a_run_on_oracle_features_says_so_in_every_results_file(built, tmp_path):
   from axk.hf import card
   from axk.runs import masked_word

@@ -65,6 +65,7 @@ def test_variants_pick_tables_and_their_rows():
     paper_config.get_config("smoke,table9")
 
 
+@pytest.mark.e2e
 def test_a_row_whose_variant_does_not_exist_is_one_line_before_any_work(tmp_path):
   workdir = tmp_path / "w"
   proc = subprocess.run([sys.executable, "-m", "axk.main", "--config=configs/paper.py:smoke,table2",
@@ -165,6 +166,8 @@ def test_tables_from_hand_written_results(tmp_path):
   assert saved["rows"]["ith"]["results"]["animal"]["dev"]["accuracy"] == 40.0
 
 
+@pytest.mark.e2e  # The paper command end to end: three rows trained, tables, a rerun.
+@pytest.mark.slow
 def test_a_subset_trains_once_resumes_and_tables_its_rows(tmp_path, caplog):
   """Real rows on the tiny models (pitch, text only, so no stage runs): Table 1's untrained
   and text-only rows and Table 2 with a stand-in ablation (text-only at another seed: the

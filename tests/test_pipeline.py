@@ -6,6 +6,7 @@ import pathlib
 
 import huggingface_hub
 import numpy as np
+import pytest
 
 from axk.hf import card as card_lib
 from axk.hf import push
@@ -15,6 +16,7 @@ from axk.runs import masked_word
 from configs import audiobert as audiobert_config
 
 
+@pytest.mark.e2e
 def test_ith_smoke_runs_every_stage_and_writes_results(ith_smoke):
   stages = ith_smoke / "stages"
   assert (stages / "span" / "results.json").exists()
@@ -39,6 +41,7 @@ def test_ith_smoke_runs_every_stage_and_writes_results(ith_smoke):
   assert "## animal" in md and "## pitch" in md and "leaks" in md
 
 
+@pytest.mark.e2e
 def test_audiobert_smoke_on_retrieval_features(audiobert_smoke):
   config, tmp_path = audiobert_smoke  # Run once for the session (conftest.py).
   results = json.loads((tmp_path / "results.json").read_text())

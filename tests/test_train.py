@@ -61,6 +61,7 @@ def reference_spans(model, tokenizer, sentence):
   return [(s, e, sentence[s:e]) for s, e in spans if e > s]
 
 
+@pytest.mark.e2e  # A complete run (`smoke_run`) and what it wrote.
 def test_smoke_run_writes_everything(smoke_run):
   workdir, results = smoke_run
   for name in ("config.json", "results.json", "results.md", "metrics.jsonl"):
@@ -79,6 +80,7 @@ def test_smoke_run_writes_everything(smoke_run):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
 
 
+@pytest.mark.e2e  # The export of a complete run (`smoke_run`).
 def test_exported_detector_predicts_the_same_spans_in_pytorch(smoke_run):
   workdir, _ = smoke_run
   export = os.path.join(workdir, "export")
@@ -134,6 +136,7 @@ def _final_params(workdir):
   return load_file(os.path.join(workdir, "export", "model.safetensors"))
 
 
+@pytest.mark.e2e  # Complete runs: stopped and resumed, against `smoke_run`.
 def test_interrupted_run_resumes_to_the_same_parameters(smoke_run, tmp_path, monkeypatch):
   full_dir, _ = smoke_run
   resumed_dir = str(tmp_path / "resumed")
@@ -229,6 +232,7 @@ def task_batches(task, config):
                                epochs=config.train.epochs, seed=config.seed)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("args, message", [
     (["--config=configs/span.py:nosuch"], "unknown config variant 'nosuch'"),
     (["--config=configs/span.py:smoke", "--config.train.batch_size=-2"],
@@ -246,6 +250,7 @@ def test_bad_config_fails_before_work_with_one_line(args, message, tmp_path):
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
+@pytest.mark.e2e  # A complete run: its selection, export and results files.
 def test_the_best_dev_step_is_selected_and_its_parameters_used(tmp_path):
   """A dev metric that peaks at the second evaluation (step 8 of 19): the final parameters
   are step 8's, bit for bit, and results.json agrees with metrics.jsonl."""

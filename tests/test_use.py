@@ -23,9 +23,12 @@ from axk.data import encode as enc
 from axk.data import spans as spans_lib
 from axk.data import types
 from axk.data.auditorybench import normalise
+from conftest import chromium
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CHROMEDRIVER = "/usr/bin/chromedriver"
+
+# Every test here stands on the smoke chain (`ith_smoke`); some start axk.predict or axk.demo.
+pytestmark = pytest.mark.e2e
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -159,14 +162,14 @@ def _forward(export, method, r, run, features):
 
 
 def _predict(run, sentences, out):
-  proc = subprocess.run([sys.executable, "-m", "axk.predict", f"--model={run}",
-                         *[f"--text={s}" for s in sentences], "--options=dog|cat|owl|snake",
-                         f"--output={out}"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  """`python -m axk.predict` with these flags, in this process."""
+  from axk import predict
+  assert predict.main([f"--model={run}", *[f"--text={s}" for s in sentences],
+                       "--options=dog|cat|owl|snake", f"--output={out}"]) == 0
   return [json.loads(line) for line in out.read_text().splitlines()]
 
 
+@pytest.mark.slow  # Audio generated for the sentences' new spans, on the tiny generator.
 def test_predict_ith_reports_spans_clips_answers_and_the_models_own_gate(ith_smoke, tmp_path):
   sentences = _sentences(ith_smoke, "features")
   records = _predict(ith_smoke, sentences, tmp_path / "ith.jsonl")
@@ -245,9 +248,10 @@ def _chrome(extra=()):
   for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--window-size=1280,1600", *extra):
     options.add_argument(a)
-  options.binary_location = "/usr/bin/chromium"
+  binary, driver = chromium()  # Found, or the test was skipped (conftest.py).
+  options.binary_location = binary
   options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-  return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+  return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def _free_port() -> int:
@@ -256,6 +260,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.browser
+@pytest.mark.slow  # The demo server's start, then three answers in the page.
 def test_demo_in_a_browser_answers_plays_and_says_what_is_wrong(ith_smoke, tmp_path_factory):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support import expected_conditions as ec
@@ -319,6 +325,7 @@ def test_demo_in_a_browser_answers_plays_and_says_what_is_wrong(ith_smoke, tmp_p
     server.wait(timeout=30)
 
 
+@pytest.mark.browser
 def test_report_opens_from_disk_without_network(ith_smoke, tmp_path_factory):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import Select

@@ -28,7 +28,6 @@ from axk.features import clap as clap_lib
 from axk.features import pipeline
 from axk.features import retrieval
 from axk.features import shards as shards_lib
-from axk.features import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,12 +234,6 @@ def test_clip_read_by_seeking_round_trips(shard_db, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------
 # The paper's retrieval on the shards, end to end.
 # ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, str]:
-  root = tmp_path_factory.mktemp("tiny_models")
-  return {"clap": tiny.build_clap(str(root / "clap")), "ast": tiny.build_ast(str(root / "ast"))}
 
 
 def _reference_top1(cache_dir: str, ids: list[str], queries: np.ndarray,
