@@ -21,6 +21,7 @@ ends the run with one line starting "error:" and exit status 3 (`SETUP_EXIT`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import re
@@ -70,8 +71,26 @@ def _fail(message: str) -> None:
   sys.exit(SETUP_EXIT)
 
 
+def _find_configs(argv: list[str]) -> list[str]:
+  """`--config=configs/x.py` from any folder: a config path that is not there, relative to
+  the working folder, is read from axk's own `configs` package (an installed axk run
+  elsewhere than its repository)."""
+  out = []
+  for arg in argv:
+    if arg.startswith("--config=") and arg.removeprefix("--config=").startswith("configs/"):
+      path, colon, variant = arg.removeprefix("--config=").partition(":")
+      spec = importlib.util.find_spec("configs")
+      folder = os.path.dirname(spec.origin) if spec and spec.origin else ""
+      own = os.path.join(folder, path.removeprefix("configs/"))
+      if not os.path.exists(path) and folder and os.path.isfile(own):
+        arg = f"--config={own}{colon}{variant}"
+    out.append(arg)
+  return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's parse, with faults in the command line as one line instead of a traceback."""
+  argv = _find_configs(argv)
   try:
     return flags.FLAGS(argv)
   except SystemExit as e:  # A config file's own one-line refusal (an unknown variant).
