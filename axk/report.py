@@ -494,10 +494,14 @@ def _select(name: str, label: str, options: Sequence[tuple[str, str]]) -> str:
   return f"<label>{label} <select id='f-{name}'>{opts}</select></label>"
 
 
-def _pager(where: str) -> str:
-  return (f"<div class='pager' id='pager-{where}'><button class='prev'>‹ previous</button>"
-          "<span class='page'></span><button class='next'>next ›</button> "
-          "examples <span class='range'></span></div>")
+def _pager(where: str, n: int) -> str:
+  """Page controls, as the script leaves them on the first page of `n` examples."""
+  pages = max(1, -(-n // PAGE_SIZE))
+  span = f"1–{min(n, PAGE_SIZE)} of {n}" if n else "none"
+  return (f"<div class='pager' id='pager-{where}'><button class='prev' disabled>‹ previous"
+          f"</button><span class='page'>page 1 of {pages}</span><button class='next'"
+          f"{' disabled' if pages == 1 else ''}>next ›</button> examples "
+          f"<span class='range'>{span}</span></div>")
 
 
 def sorted_examples(examples: Sequence[Mapping]) -> list:
@@ -546,7 +550,8 @@ def render(data: Mapping) -> str:
           f"<h2>Examples</h2><p>Examples where audio changed the answer come first; "
           f"{PAGE_SIZE} a page, the filters apply to every page. Marks and colours: "
           "<a href='#legend'>How to read this page</a>.</p>"
-          f"{filters}{_pager('top')}<div id='examples'>{first_page}</div>{_pager('bottom')}"
+          f"{filters}{_pager('top', len(examples))}<div id='examples'>{first_page}</div>"
+          f"{_pager('bottom', len(examples))}"
           f"<script type='application/json' id='example-data'>{_example_data(examples)}"
           f"</script><script>{_JS % {'page_size': PAGE_SIZE}}</script></body></html>")
 

@@ -158,6 +158,8 @@ def test_browser_holds_one_page_of_a_real_sized_split(workdir):
   page = _page(workdir)
   assert len(json.loads(page.scripts["example-data"])) == ANIMAL_ROWS + PITCH_ROWS
   assert page.ids == _expected_order()[:report.PAGE_SIZE] and report.PAGE_SIZE == 50
+  text = (workdir / "report.html").read_text(encoding="utf-8")
+  assert "page 1 of 3" in text and "1–50 of 150" in text  # Before the script runs too.
 
 
 @pytest.mark.browser
