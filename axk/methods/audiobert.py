@@ -28,6 +28,9 @@ class AudioBert(base.Method):
   aux_file = "audio_projection.safetensors"
   torch_class = "axk.pt.audiobert:AudioBertTorch"
   published_row = "audiobert"
+  summary = ("the audio of each auditory span (in the paper retrieved with CLAP, embedded "
+             "with AST) is added at the span's first token, and a LoRA adapter is switched on "
+             "only for inputs whose spans have audio.")
 
   def lora_gate(self, arrays: Mapping[str, np.ndarray], model) -> np.ndarray:
     """On for rows with a span that has audio, with any span, or always (`model.lora_gate`,
@@ -57,22 +60,12 @@ class AudioBert(base.Method):
             "audio_projection": meta.get("audio_projection", "always")}
 
   def card_usage(self, repo_id: str) -> list[str]:
-    import os  # pylint: disable=g-import-not-at-top
     lines = super().card_usage(repo_id)
-    if os.path.isabs(repo_id):  # a local export
-      adapter = os.path.join(repo_id, "adapter")
-      lines += ["The LoRA adapter alone, with PEFT (its `adapter_config.json` names the base "
-                "model):", "", "```python", "from peft import PeftConfig, PeftModel",
-                "from transformers import BertForMaskedLM",
-                f'base = BertForMaskedLM.from_pretrained(PeftConfig.from_pretrained("{adapter}")'
-                ".base_model_name_or_path)",
-                f'model = PeftModel.from_pretrained(base, "{adapter}")', "```", ""]
-    else:
-      # PEFT 0.21 joins `subfolder` twice for hub adapters: load from the snapshot instead.
-      lines += ["The LoRA adapter alone, with PEFT (the base model is this repo's `base/`):",
-                "", "```python", "from huggingface_hub import snapshot_download",
-                "from peft import PeftModel", "from transformers import BertForMaskedLM",
-                f'path = snapshot_download("{repo_id}")',
-                'base = BertForMaskedLM.from_pretrained(f"{path}/base")',
-                'model = PeftModel.from_pretrained(base, f"{path}/adapter")', "```", ""]
+    # PEFT 0.21 joins `subfolder` twice for hub adapters: load from the snapshot instead.
+    lines += ["The LoRA adapter alone, with PEFT (the base model is the export's `base/`):",
+              "", "```python", "from huggingface_hub import snapshot_download",
+              "from peft import PeftModel", "from transformers import BertForMaskedLM",
+              f'path = snapshot_download("{repo_id}")  # locally: path = "<the export\'s folder>"',
+              'base = BertForMaskedLM.from_pretrained(f"{path}/base")',
+              'model = PeftModel.from_pretrained(base, f"{path}/adapter")', "```", ""]
     return lines

@@ -21,7 +21,8 @@ What a subclass may override (defaults in brackets): `gate` ["none"; "lora": a p
 LoRA gate in the batch, `lora_gate()`; "fusion": a per-token gate sown by the module under
 `intermediates/fusion/gate`], `lora_gate()` [ones], `uses_lora` [whether `model_class` has
 LoRA fields], `meta()` / `fields_from_meta()` [the `Model` fields, as JSON], `export_notes()`,
-`published_row` [its row in the tasks' published tables], `card_usage()`.
+`published_row` [its row in the tasks' published tables], `summary` [""; one sentence for
+model cards: how it gives BERT audio], `card_usage()`, `card_limitations()` [from `gate`].
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Method:
   aux_file: ClassVar[str] = ""  # The export's safetensors file of those parameters.
   torch_class: ClassVar[str] = ""  # "module:Class" with `from_export(dir)`.
   published_row: ClassVar[str] = ""  # Key of its row in `axk.tasks` published tables.
+  summary: ClassVar[str] = ""  # How it gives BERT span audio, one sentence (model cards).
 
   # -- the model -----------------------------------------------------------------------------
   @classmethod
@@ -212,6 +214,21 @@ class Method:
     lines += ["JAX (axk):", "", "```python", "from axk import methods",
               f'model = methods.load_export("{repo_id}")',
               "logits = model(**batch)  # the same inputs, as arrays", "```", ""]
+    return lines
+
+
+  def card_limitations(self) -> list[str]:
+    """Model-card bullets: what a model of this method cannot do (from its `gate`)."""
+    lines = []
+    if self.gate == "lora":
+      lines.append("An input with no audio at any span runs with the LoRA adapter off: it is "
+                   "then the base BERT, which knows no more of sounds than before training.")
+    elif self.gate == "fusion":
+      lines.append("The fusion acts only on the tokens of spans that have accepted audio; a "
+                   "sentence without them is answered by the fine-tuned text model alone.")
+    lines.append("Its audio inputs (span ids and audio features) come from axk's span detector "
+                 "and feature pipeline, which `python -m axk.predict` runs for a sentence; "
+                 "with `transformers` alone, `base/` is a text model without the audio.")
     return lines
 
 

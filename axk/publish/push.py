@@ -40,12 +40,8 @@ def check_repo_id(repo_id: str, what: str = "--config.export.push_to_hub") -> No
 
 def repo_ids(workdir: str, repo_id: str) -> dict[str, str]:
   """Export folder -> repo id, for every export of the run in `workdir`."""
-  out = {}
-  for export in card_lib.run_exports(workdir):
-    rel = os.path.relpath(os.path.dirname(export), workdir)
-    suffix = "" if rel == "." else "-" + "-".join(rel.split(os.sep))
-    out[export] = repo_id + suffix
-  return out
+  return {export: card_lib.hub_repo_id(workdir, export, repo_id)
+          for export in card_lib.run_exports(workdir)}
 
 
 def operations(export_dir: str, repo_id: str) -> list:

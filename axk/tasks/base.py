@@ -56,6 +56,9 @@ run trains `classification` or `regression` yet: a task may declare them, and ev
 refuses it with one line.
 """
 PROTOCOLS = ("paper", "candidates")
+# The metric each protocol reports, and how pages and model cards name the protocol.
+PROTOCOL_METRICS = {"paper": "accuracy", "candidates": "accuracy_candidates"}
+PROTOCOL_TITLES = {"paper": "the papers' protocol", "candidates": "axk's leak-free protocol"}
 # The oracle role of a span whose role cannot be told (`Task.oracle_roles`).
 NO_ROLE = "none"
 # Task names: keys (`<task>/<split>`), file names (`<task>_<split>.jsonl`) and config fields
@@ -86,6 +89,7 @@ class Task:
     published: published accuracy (%), `{row: {split: value}}`, rows keyed "bert" (BERT-base
       untrained), "llama" (LLaMA3.1-8B untrained), "audiobert", "ith".
     published_source: where `published` comes from.
+    example: a sentence in the task's style with one `[MASK]` (model cards' usage lines).
   """
 
   name: str
@@ -101,6 +105,7 @@ class Task:
   published: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict,
                                                                    hash=False)
   published_source: str = ""
+  example: str = ""
 
   def __post_init__(self):
     where = f"benchmark task {self.name!r}"
@@ -120,6 +125,26 @@ class Task:
   def closed(self) -> bool:
     """A closed answer set (`choices`), scored at one `[MASK]`."""
     return self.head == "choice"
+
+  def protocol_note(self, protocol: str) -> str:
+    """What `protocol` (one of `PROTOCOLS`) does for this task's head, in one sentence, for
+    readers of report.html and model cards."""
+    if protocol == "paper" and self.head == "choice":
+      return (f"the larger masked-LM logit of {' / '.join(self.choices)} at the single "
+              "[MASK], as the papers score it.")
+    if protocol == "paper" and self.head == "masked_word":
+      return ("right when every word piece of the answer is the argmax over the whole "
+              "vocabulary, with [MASK] repeated to the answer's piece count as the published "
+              "code does: the input gives the answer's length away.")
+    if protocol == "candidates" and self.head == "choice":
+      return (f"each of {' / '.join(self.choices)} scored by its log-probability at [MASK] "
+              "(single word pieces: the same answer as the papers' protocol).")
+    if protocol == "candidates":
+      return ("every option of the example gets its own input with as many [MASK]s as it "
+              "has word pieces, and the option with the largest summed log-probability is "
+              "the answer: nothing of the gold answer is in the input.")
+    raise ValueError(f"benchmark task {self.name!r}: no protocol {protocol!r} for a "
+                     f"{self.head!r} head.")
 
   def majority_baseline(self, examples: Sequence[Example]) -> float:
     """Accuracy (%) of always giving the most frequent answer of `examples` themselves."""
