@@ -166,7 +166,7 @@ def test_browser_holds_one_page_of_a_real_sized_split(workdir):
 def test_browser_pages_and_filters_in_chromium(workdir, tmp_path_factory):
   from selenium.webdriver.common.by import By
   from selenium.webdriver.support.ui import Select
-  from test_use import _chrome, _screenshots
+  from test_use import _chrome, _screenshots, assert_nothing_fetched
   driver = _chrome(["--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>"])
   shown = lambda: [e.get_attribute("data-id")
                    for e in driver.find_elements(By.CSS_SELECTOR, "#examples .example")]
@@ -198,9 +198,6 @@ def test_browser_pages_and_filters_in_chromium(workdir, tmp_path_factory):
     driver.execute_script("document.getElementById('legend').scrollIntoView();")
     driver.save_screenshot(str(shots / "report_legend.png"))
     print(f"screenshots: {shots / 'report_synthetic.png'} {shots / 'report_legend.png'}")
-    requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
-    urls = {m["params"]["request"]["url"] for m in requests
-            if m["method"] == "Network.requestWillBeSent"}
-    assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+    assert_nothing_fetched(driver)
   finally:
     driver.quit()

@@ -231,6 +231,14 @@ def test_predict_refuses_bad_sentences_and_folders_in_one_line(ith_smoke, tmp_pa
 
 
 # -- the browser checks --------------------------------------------------------------------------
+def assert_nothing_fetched(driver) -> None:
+  """Every request the page made (Chromium's performance log) was for a file or data URL."""
+  requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+  urls = {m["params"]["request"]["url"] for m in requests
+          if m["method"] == "Network.requestWillBeSent"}
+  assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+
+
 def _screenshots(tmp_path_factory) -> pathlib.Path:
   """Where screenshots go: `$AXK_SCREENSHOTS`, else a temporary folder."""
   folder = pathlib.Path(os.environ.get("AXK_SCREENSHOTS") or tmp_path_factory.mktemp("shots"))
@@ -359,9 +367,6 @@ def test_report_opens_from_disk_without_network(ith_smoke, tmp_path_factory):
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", gated)
     driver.save_screenshot(str(shots / "report_examples.png"))
     print(f"screenshots: {shots / 'report.png'} {shots / 'report_examples.png'}")
-    requests = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
-    urls = {m["params"]["request"]["url"] for m in requests
-            if m["method"] == "Network.requestWillBeSent"}
-    assert urls and all(u.startswith(("file://", "data:")) for u in urls), urls
+    assert_nothing_fetched(driver)
   finally:
     driver.quit()
