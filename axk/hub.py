@@ -4,7 +4,9 @@ Every model field in axk (BERT weights, CLAP, AST, the generator, the span detec
 local directory (used as is) or a hub id. A hub id is looked up in the local hub cache
 first; it is downloaded only when the hub answers a short connection probe, so an offline
 machine fails in seconds, with a message saying which flag takes a local directory, instead
-of retrying for minutes. `fingerprint` identifies a model directory by content, for
+of retrying for minutes. `locate` and `check` say where `resolve` would find a model, or the
+line it would fail with, without downloading anything (the run's preflight,
+`axk.runs.preflight`). `fingerprint` identifies a model directory by content, for
 manifests and cache keys. Imports neither torch nor jax.
 
 Revisions: a hub id resolves at the revision given (`revision=`, or `id@revision` in any

@@ -121,7 +121,8 @@ def usage() -> str:
          "each file's docstring says more):"]
   for name in config_files():
     out += _config_summary(name)
-  out += ["", "Flags:", flags.FLAGS.main_module_help() or ""]
+  own = (flags.FLAGS.main_module_help() or "").strip().splitlines()
+  out += ["", "Flags:", *(own[1:] if own and own[0].endswith(":") else own)]
   return "\n".join(out)
 
 

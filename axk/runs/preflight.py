@@ -25,6 +25,7 @@ a model, compiles or downloads.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 import logging
@@ -40,6 +41,7 @@ from axk.data import auditorybench as ab
 from axk.data import download
 from axk.data import spans as spans_lib
 from axk.data.layout import DataError
+from axk.data.layout import split_path
 from axk.features import sources as sources_lib
 from axk.runs import common
 from axk.runs import paper as paper_lib
@@ -96,15 +98,18 @@ class _Context:
   """What one preflight has already looked at (data, models, stages), so that a chain's
   shared inputs are checked and reported once."""
 
-  def __init__(self, plan: Plan):
+  def __init__(self, plan: Plan, read_rows: bool):
     self.plan = plan
-    self.data: dict[tuple, tuple[dict, str]] = {}
+    self.read_rows = read_rows  # Read and check every row (else count the files' records).
+    self.data: dict[tuple, tuple[dict, dict]] = {}
     self.seen_models: set[tuple] = set()
     self.seen_stages: set[str] = set()
 
 
 def _prefix(stage: str) -> str:
-  return f"stage {stage}: " if stage else ""
+  if not stage:
+    return ""
+  return f"{stage}: " if stage.startswith("row ") else f"stage {stage}: "
 
 
 # ------------------------------------------------------------------------------------------
@@ -127,14 +132,24 @@ def _model(ctx: _Context, stage: str, field: str, name: str, *, revision: str = 
   ctx.plan.problem(_prefix(stage) + problem if problem else "")
 
 
+def _records(path) -> int:
+  """The records of a CSV file (its rows before any check), or 0 when it is absent."""
+  try:
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+      return max(sum(1 for _ in csv.reader(f)) - 1, 0)
+  except OSError:
+    return 0
+
+
 def _data(ctx: _Context, stage: str, data, *, keep_missing_spans: bool = True
-          ) -> dict[str, dict[str, ab.SplitData]]:
-  """The run's AuditoryBench rows, {task: {split: SplitData}} ({} when not readable now)."""
+          ) -> tuple[dict[str, dict[str, ab.SplitData]], dict[str, dict[str, int]]]:
+  """The run's AuditoryBench rows: ({task: {split: SplitData}} when rows are read, else {};
+  {task: {split: rows}}); both empty when the data cannot be read now."""
   key = (str(data.dir), str(data.cache_dir), str(data.get("revision", "")),
          tuple(data.tasks), tuple(data.splits), keep_missing_spans)
   if key in ctx.data:
-    return ctx.data[key][0]
-  loaded, problem, folder = {}, "", ""
+    return ctx.data[key]
+  loaded, counts, problem, folder = {}, {}, "", ""
   try:
     common.check_data(data)
     if str(data.dir) == "sample":
@@ -146,28 +161,33 @@ def _data(ctx: _Context, stage: str, data, *, keep_missing_spans: bool = True
         ctx.plan.data[where] = "rows known after the download"
     else:
       folder = ab.check_data_dir(data.dir)
-    if folder:
+    if folder and not ctx.read_rows:
+      counts = {t: {s: n for s in data.splits
+                    if (n := _records(split_path(folder, t, s)))} for t in data.tasks}
+    elif folder:
       quiet = logging.getLogger(ab.__name__)
       level = quiet.level
-      quiet.setLevel(logging.WARNING)  # The run logs its rows when it reads them.
+      quiet.setLevel(logging.ERROR)  # The run logs its rows and overlaps when it reads them.
       try:
         for t in data.tasks:
           loaded[t] = ab.load_task(folder, t, tuple(data.splits),
                                    keep_missing_spans=keep_missing_spans)
       finally:
         quiet.setLevel(level)
+      counts = {t: {s: len(d.examples) for s, d in splits.items()}
+                for t, splits in loaded.items()}
   except (DataError, common.ConfigError) as e:
     problem = str(e)
-    loaded = {}
+    loaded, counts = {}, {}
   if problem and not problem.startswith("--config.data."):
     problem = f"--config.data.dir={data.dir}: {problem}"
   ctx.plan.problem(_prefix(stage) + problem if problem else "")
-  if folder and loaded:
+  if folder and counts:
     ctx.plan.data[folder] = "; ".join(
-        f"{t}: " + ", ".join(f"{s} {len(d.examples)}" for s, d in splits.items())
-        for t, splits in loaded.items())
-  ctx.data[key] = (loaded, problem)
-  return loaded
+        f"{t}: " + ", ".join(f"{s} {n}" for s, n in splits.items())
+        for t, splits in counts.items()) + ("" if loaded else " (records in the files)")
+  ctx.data[key] = (loaded, counts)
+  return loaded, counts
 
 
 def _workdir(plan: Plan, workdir: str) -> None:
@@ -183,7 +203,9 @@ def _workdir(plan: Plan, workdir: str) -> None:
   if not os.path.isdir(existing):
     plan.problem(f"--workdir={workdir}: {existing} is a file, not a folder.")
   elif not os.access(existing, os.W_OK | os.X_OK):
-    plan.problem(f"--workdir={workdir}: cannot write there ({existing} is not writable).")
+    # As `axk.utils.workdir.prepare` says it when it tries.
+    plan.problem(f"--workdir={workdir}: cannot write there (Permission denied" +
+                 (f": {existing}" if existing != path else "") + ").")
 
 
 def _existing(path: str) -> str:
@@ -246,7 +268,7 @@ def _span(ctx: _Context, c, workdir: str, stage: str = "", hint: str = "") -> No
          hint="; ".join(h for h in (MINILM_HINT, hint) if h))
   if built:
     ctx.plan.models[-1].where += f" ({built})" if ctx.plan.models[-1].where else ""
-  data = _data(ctx, stage, c.data, keep_missing_spans=True)
+  data, _ = _data(ctx, stage, c.data, keep_missing_spans=True)
   if data:
     rows = sum(len(d["train"].complete()) for d in data.values() if "train" in d)
     steps = _steps(rows, c.train.epochs, c.train.batch_size)
@@ -303,11 +325,14 @@ def _features(ctx: _Context, c, workdir: str, stage: str = "", hint: str = "",
                  if hint else "") + ".")
     elif not os.path.isdir(os.path.expanduser(db.dir)):
       p.problem(_prefix(stage) + f"--config.database.dir={db.dir}: no such folder.")
-  data = _data(ctx, stage, c.data, keep_missing_spans=bool(c.data.keep_missing_spans))
-  if not data:
+  data, counts = _data(ctx, stage, c.data,
+                       keep_missing_spans=bool(c.data.keep_missing_spans))
+  if not counts:
     return
   spans = {e.id: tuple(e.spans) for d in data.values() for s in d.values() for e in s.examples}
-  if c.spans.get("unit", "span") == "sentence":
+  if not data:  # Rows not read: a span a row (pitch has two: rough, and low).
+    distinct = placed = sum(n for splits in counts.values() for n in splits.values())
+  elif c.spans.get("unit", "span") == "sentence":
     distinct = len({e.sentence for d in data.values() for s in d.values() for e in s.examples})
     placed = len(spans)
   else:
@@ -386,7 +411,7 @@ def _masked_word(ctx: _Context, c, workdir: str, *, stages_root: str = "",
     p.problem(_prefix(label) + str(e))
     return
   del gold
-  data = _data(ctx, label, c.data, keep_missing_spans=True)
+  data, _ = _data(ctx, label, c.data, keep_missing_spans=True)
   span_dir = stages.span_dir_of(stages_root)
   if stages.AUTO in (c.spans.predictions, c.features.dir):
     spec = c.stages.span_config
@@ -470,11 +495,13 @@ FAMILIES: dict[str, Callable] = {
 }
 
 
-def plan(config, workdir: str, config_name: str = "") -> Plan:
-  """The run's plan: its stages, models, data, cost, and every problem found."""
+def plan(config, workdir: str, config_name: str = "", *, read_rows: bool = True) -> Plan:
+  """The run's plan: its stages, models, data, cost, and every problem found. With
+  `read_rows` False the data's files are found and their records counted, not read and
+  checked (the run reads them), and the train steps are left out."""
   result = Plan(config_name, os.path.abspath(workdir) if workdir else "")
   _workdir(result, workdir)
-  ctx = _Context(result)
+  ctx = _Context(result, read_rows)
   family = FAMILIES.get(str(config.get("entry", "")))
   path = result.workdir or os.path.abspath(".")
   if family is not None:
@@ -485,9 +512,9 @@ def plan(config, workdir: str, config_name: str = "") -> Plan:
   return result
 
 
-def check(config, workdir: str, config_name: str = "") -> Plan:
+def check(config, workdir: str, config_name: str = "", *, read_rows: bool = False) -> Plan:
   """`plan`, raising `PreflightError` (one line per problem) when it found any."""
-  result = plan(config, workdir, config_name)
+  result = plan(config, workdir, config_name, read_rows=read_rows)
   if result.problems:
     raise PreflightError("\nerror: ".join(result.problems))
   return result
