@@ -12,7 +12,8 @@ of an AudioBERT/ITH run, each row of the papers' tables), with the configs those
              stage already finished (its outputs exist, as `stages.prepare` decides) are
              not needed and not checked.
   data       the AuditoryBench folder with every task's files, or the download cache of
-             `data.dir=github` (or GitHub answering); the rows of every task and split.
+             `data.dir=github` (or GitHub answering); the records of every task and split
+             (`plan` with `read_rows`, as `--dry_run`: every row read and checked).
   database   AudioBERT's retrieval database (`database.dir`, a TFDS name or synthetic clips).
   workdir    a folder that exists or can be made, writable.
   disk       the feature shards and the clip cache, estimated from rows x spans x bytes;
