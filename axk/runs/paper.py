@@ -185,6 +185,11 @@ def build_row(config, name: str, workdir: str, *, check: bool = True) -> Row:
   return row
 
 
+def missing_error(row: Row) -> str:
+  """The line that stops a run (`missing="error"`) on a row that cannot be built."""
+  return f"{row.missing.rstrip('.')}; --config.missing=skip runs the other rows."
+
+
 def _record(config, row: Row) -> dict:
   """What a row was run as; a finished row is reused only when this is unchanged."""
   return {"row": row.spec.to_dict(), "config": row_spec_of(config, row.name),
@@ -229,8 +234,7 @@ def validate(config, workdir: str) -> list[Row]:
       continue
     row = build_row(config, name, workdir)
     if row.missing and config.missing == "error":
-      raise common.ConfigError(f"{row.missing.rstrip('.')}; --config.missing=skip runs the "
-                               "other rows.")
+      raise common.ConfigError(missing_error(row))
     if row.config is not None and row.done:
       path = os.path.join(row.workdir, ROW_RECORD)
       old = _read_json(path)

@@ -471,7 +471,7 @@ def _paper(ctx: _Context, config, workdir: str) -> None:
     row = paper_lib.build_row(config, name, workdir, check=False)
     if row.missing:
       if config.missing == "error":
-        p.problem(row.missing)
+        p.problem(paper_lib.missing_error(row))
       continue
     spec = paper_lib.row_spec_of(config, name)
     if row.done:
