@@ -82,6 +82,7 @@ def _fail(message: str) -> None:
   sys.exit(SETUP_EXIT)
 
 
+_config_spec: str | None = None  # `--config`'s value as parsed (path[:variant]).
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
 
 
@@ -140,7 +141,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
   if any(a in HELP_FLAGS for a in argv[1:]):
     print(usage())
     sys.exit(0)
-  spec = _config_arg(argv)
+  global _config_spec
+  spec = _config_spec = _config_arg(argv)
   if spec is not None and not os.path.isfile(os.path.expanduser(spec.partition(":")[0])):
     _fail(f"--config={spec}: no such config file (configs: {', '.join(config_files())}).")
   try:
@@ -194,7 +196,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
   if _SHOW_CONFIG.value:
-    print(show_config(config, _config_arg(sys.argv) or flags.FLAGS["config"].config_filename))
+    print(show_config(config, _config_spec or flags.FLAGS["config"].config_filename))
     return
   try:
     plugins.load(config.get("plugins", ()))
@@ -203,7 +205,7 @@ def main(argv):
   logging.getLogger().setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  config_name = _config_arg(sys.argv) or flags.FLAGS["config"].config_filename
+  config_name = _config_spec or flags.FLAGS["config"].config_filename
   if _DRY_RUN.value:
     plan = preflight.plan(config, _WORKDIR.value, config_name)
     print(preflight.describe(plan))
