@@ -4,7 +4,9 @@ Every model field in axk (BERT weights, CLAP, AST, the generator, the span detec
 local directory (used as is) or a hub id. A hub id is looked up in the local hub cache
 first; it is downloaded only when the hub answers a short connection probe, so an offline
 machine fails in seconds, with a message saying which flag takes a local directory, instead
-of retrying for minutes. `fingerprint` identifies a model directory by content, for
+of retrying for minutes. `locate` and `check` say where `resolve` would find a model, or the
+line it would fail with, without downloading anything (the run's preflight,
+`axk.runs.preflight`). `fingerprint` identifies a model directory by content, for
 manifests and cache keys. Imports neither torch nor jax.
 
 Revisions: a hub id resolves at the revision given (`revision=`, or `id@revision` in any
@@ -18,6 +20,7 @@ saying what to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -107,6 +110,36 @@ def access_message(error: BaseException, repo_id: str, action: str = "download")
           "that has access.")
 
 
+def _path_problem(name_or_path: str, path: str, what: str) -> str:
+  """Why a path-like value names no model folder ("" for a folder or a hub id)."""
+  if os.path.isdir(path):
+    return ""
+  if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
+    return f"--config.{what}={name_or_path}: directory does not exist."
+  return ""
+
+
+def _advice(name_or_path: str, what: str, hint: str = "") -> str:
+  gated = (f"; it is gated: accept its terms at https://huggingface.co/{name_or_path} and log "
+           "in (`huggingface-cli login`) before downloading" if name_or_path.startswith(_GATED)
+           else "")
+  return (f"download it where there is a network (`huggingface-cli download {name_or_path} "
+          f"--local-dir DIR`) and pass --config.{what}=DIR{gated}" + (f"; {hint}" if hint else ""))
+
+
+def _unreachable(name_or_path: str, what: str, hint: str = "") -> str:
+  return (f"Cannot get {name_or_path!r} (--config.{what}): not a local directory, not in the "
+          f"hub cache, and the hub is not reachable; {_advice(name_or_path, what, hint)}.")
+
+
+def _cached(huggingface_hub, name_or_path: str, **kwargs) -> str | None:
+  """The hub cache's snapshot folder of `name_or_path`, or None (never downloads)."""
+  try:
+    return huggingface_hub.snapshot_download(name_or_path, local_files_only=True, **kwargs)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 def resolve(name_or_path: str, what: str = "model", *,
             allow_patterns: Sequence[str] | None = None,
             ignore_patterns: Sequence[str] | None = None, hint: str = "",
@@ -129,10 +162,10 @@ def resolve(name_or_path: str, what: str = "model", *,
   path = os.path.expanduser(str(name_or_path))
   if os.path.isdir(path):
     return path
-  if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-    raise ModelNotAvailable(f"--config.{what}={name_or_path}: directory does not exist.")
-  advice = (f"download it where there is a network (`huggingface-cli download {name_or_path} "
-            f"--local-dir DIR`) and pass --config.{what}=DIR" + (f"; {hint}" if hint else ""))
+  problem = _path_problem(name_or_path, path, what)
+  if problem:
+    raise ModelNotAvailable(problem)
+  advice = _advice(name_or_path, what, hint)
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -141,14 +174,11 @@ def resolve(name_or_path: str, what: str = "model", *,
   kwargs = dict(allow_patterns=list(allow_patterns) if allow_patterns else None,
                 ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
                 revision=revision)
-  try:
-    return huggingface_hub.snapshot_download(name_or_path, local_files_only=True, **kwargs)
-  except Exception:  # pylint: disable=broad-except
-    pass  # Not cached: try the network below.
+  found = _cached(huggingface_hub, name_or_path, **kwargs)
+  if found:
+    return found
   if offline() or not hub_reachable():
-    raise ModelNotAvailable(f"Cannot get {name_or_path!r} (--config.{what}): not a local "
-                            f"directory, not in the hub cache, and the hub is not reachable; "
-                            f"{advice}.")
+    raise ModelNotAvailable(_unreachable(name_or_path, what, hint))
   logger.info("downloading %s from the hub", name_or_path)
   try:
     return huggingface_hub.snapshot_download(name_or_path, etag_timeout=PROBE_TIMEOUT_S,
@@ -159,6 +189,58 @@ def resolve(name_or_path: str, what: str = "model", *,
       raise ModelNotAvailable(f"--config.{what}: {denied}") from None
     raise ModelNotAvailable(f"--config.{what}={name_or_path!r}: download failed ({e}); "
                             f"{advice}.") from e
+
+
+@functools.cache
+def _reachable_once() -> bool:
+  """`hub_reachable`, probed once per process (a check of many models waits once)."""
+  return hub_reachable()
+
+
+def locate(name_or_path: str, what: str = "model", *, revision: str | None = None,
+           hint: str = "") -> tuple[str, str]:
+  """Where `resolve` would find a model, without downloading anything: `(where, problem)`.
+
+  `where` says it (`local folder DIR`, `hub cache DIR (commit C)`, or `hub` when `resolve`
+  would download it); `problem` is the one line `resolve` would raise, "" when none. A hub
+  answering with 401/403 or "gated" for the repository is a problem too (the metadata is
+  asked for, no file is fetched).
+  """
+  name_or_path, revision = split_revision(name_or_path, revision)
+  path = os.path.expanduser(str(name_or_path))
+  if os.path.isdir(path):
+    return f"local folder {os.path.abspath(path)}", ""
+  problem = _path_problem(name_or_path, path, what)
+  if problem:
+    return "", problem
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return "", (f"--config.{what}={name_or_path!r} is not a local directory and "
+                f"huggingface_hub is not installed; {_advice(name_or_path, what, hint)}.")
+  found = _cached(huggingface_hub, name_or_path, revision=revision)
+  if found:
+    commit = _SNAPSHOT.search(os.path.realpath(found))
+    return f"hub cache {found}" + (f" (commit {commit.group(1)})" if commit else ""), ""
+  if offline() or not _reachable_once():
+    return "", _unreachable(name_or_path, what, hint)
+  try:
+    huggingface_hub.auth_check(name_or_path)
+  except Exception as e:  # pylint: disable=broad-except
+    denied = access_message(e, name_or_path)
+    if denied:
+      return "", f"--config.{what}: {denied}"
+    if type(e).__name__ == "RepositoryNotFoundError":
+      return "", f"--config.{what}={name_or_path}: no such model on the Hugging Face Hub."
+    # Anything else (a slow answer): `resolve` tries the download and says why it fails.
+  return f"hub, downloaded at first use ({revision or 'default branch'})", ""
+
+
+def check(name_or_path: str, what: str = "model", *, revision: str | None = None,
+          hint: str = "") -> str:
+  """The one line `resolve` would fail with, found without downloading; "" when the model
+  is there or can be downloaded (`locate`)."""
+  return locate(name_or_path, what, revision=revision, hint=hint)[1]
 
 
 def fingerprint(path: str) -> str:

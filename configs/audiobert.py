@@ -29,10 +29,12 @@ mean and population standard deviation over them, as the papers report the mean 
 
 from configs import common
 
+VARIANTS = ("minilm", "smoke")  # Bases.
+MODIFIERS = ("no_audio", "no_train", "one_seed")  # After commas: `minilm,no_audio`.
+
 
 def get_config(arg=None):
-  base, mods = common.parse_variants(arg, ("minilm", "smoke"),
-                                     ("no_audio", "no_train", "one_seed"))
+  base, mods = common.parse_variants(arg, VARIANTS, MODIFIERS)
   c = common.masked_word_config()
   c.name = "AudioBERT"
   c.model.name = "audiobert"  # axk/methods/audiobert.py

@@ -40,12 +40,13 @@ from configs import common
 
 # Modifiers that pick a feature variant: configs/features.py:<base>,<modifier>.
 FEATURE_MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
+VARIANTS = ("minilm", "smoke")  # Bases.
+# After commas: `minilm,no_audio`.
+MODIFIERS = ("no_audio", "no_train", "lora", "no_gate", "one_seed", *FEATURE_MODIFIERS)
 
 
 def get_config(arg=None):
-  base, mods = common.parse_variants(arg, ("minilm", "smoke"),
-                                     ("no_audio", "no_train", "lora", "no_gate", "one_seed",
-                                      *FEATURE_MODIFIERS))
+  base, mods = common.parse_variants(arg, VARIANTS, MODIFIERS)
   c = common.masked_word_config()
   c.name = "Imagine to Hear"
   c.model.name = "ith"  # axk/methods/ith.py

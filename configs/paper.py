@@ -42,6 +42,8 @@ from axk.tasks import auditorybench
 
 TABLES = ("table1", "table2", "table3", "figure2", "audiobert")
 BASES = ("smoke", "minilm")
+VARIANTS = BASES  # An optional base, then tables after commas.
+MODIFIERS = TABLES + ("all",)
 
 # Feature fields the Figure 2 sweeps set (configs/features.py), by name: renaming is one line.
 TAU_FIELD = "generation.tau.{task}"  # The per-task acceptance threshold.

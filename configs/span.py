@@ -29,9 +29,12 @@ published code runs the detector on every split), export/ (a transformers
 
 from configs import common
 
+VARIANTS = ("minilm", "smoke")  # Bases.
+MODIFIERS = ("cosine",)  # After a comma: `minilm,cosine`.
+
 
 def get_config(arg=None):
-  variant, mods = common.parse_variants(arg, ("minilm", "smoke"), ("cosine",))
+  variant, mods = common.parse_variants(arg, VARIANTS, MODIFIERS)
   c = common.base_config()
   c.entry = "axk.runs.span:run"
   c.model.init = "bert-base-uncased"

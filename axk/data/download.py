@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from axk.data import pins
@@ -143,6 +145,32 @@ def download(cache_dir: str | os.PathLike[str] | None = None, revision: str = ""
   if not record_path.exists() or json.loads(record_path.read_text()) != record:
     files_lib.write_json(str(record_path), record)
   return check_data_dir(root)
+
+
+def locate(cache_dir: str | os.PathLike[str] | None = None, revision: str = "") -> tuple[str, str]:
+  """Where `download` would find AuditoryBench, without downloading: `(where, problem)`.
+
+  The folder when every required file of that commit is already in the cache (their hashes
+  are checked by `download` at the run); else `GitHub` when its host answers a short
+  connection probe; else the one line the run would fail with.
+  """
+  revision = str(revision or pins.DEFAULT_REVISION).strip()
+  if not pins.COMMIT.match(revision) and revision not in pins.PINS:
+    return "", (f"--config.data.revision={revision}: not a 40-hex commit of "
+                f"{pins.REPOSITORY} (a branch or tag moves; name the commit).")
+  root = pathlib.Path(cache_dir or DEFAULT_CACHE_DIR).expanduser() / revision
+  try:
+    return str(check_data_dir(root)), ""
+  except DataError:
+    pass
+  url = pins.url(revision, "")
+  host = urllib.parse.urlparse(url).hostname or ""
+  try:
+    with socket.create_connection((host, 443), timeout=DOWNLOAD_TIMEOUT_S):
+      return f"GitHub ({pins.REPOSITORY}@{revision}), downloaded into {root}", ""
+  except OSError as e:
+    return "", (f"--config.data.dir=github: AuditoryBench@{revision} is not in {root} and "
+                f"{host} cannot be reached ({e.strerror or e}); {DATA_DIR_HINT}.")
 
 
 def data_revision(data_dir: str | os.PathLike[str]) -> dict:

@@ -148,9 +148,10 @@ def describe(config, name: str) -> str:
   return ", ".join(parts)
 
 
-def build_row(config, name: str, workdir: str) -> Row:
+def build_row(config, name: str, workdir: str, *, check: bool = True) -> Row:
   """Row `name`: its config (the paper config's data, seeds and overrides applied), checked
-  as `masked_word.validate` checks a run, and its feature setting checked against its
+  as `masked_word.validate` checks a run (unless `check` is False: the preflight looks at
+  its inputs without resolving its model), and its feature setting checked against its
   feature config; `missing` holds the one-line reason when it cannot be built."""
   spec = config.rows[name]
   row = Row(name, spec, workdir=os.path.join(workdir, name))
@@ -175,12 +176,18 @@ def build_row(config, name: str, workdir: str) -> Row:
     elif spec.features:
       raise common.ConfigError(f"features {spec.features} given, but the row uses no "
                                "generated features")
-    masked_word.validate(c, row.workdir)
+    if check:
+      masked_word.validate(c, row.workdir)
   except common.ConfigError as e:
     row.missing = f"{where}: {e}"
     return row
   row.config = c
   return row
+
+
+def missing_error(row: Row) -> str:
+  """The line that stops a run (`missing="error"`) on a row that cannot be built."""
+  return f"{row.missing.rstrip('.')}; --config.missing=skip runs the other rows."
 
 
 def _record(config, row: Row) -> dict:
@@ -227,8 +234,7 @@ def validate(config, workdir: str) -> list[Row]:
       continue
     row = build_row(config, name, workdir)
     if row.missing and config.missing == "error":
-      raise common.ConfigError(f"{row.missing.rstrip('.')}; --config.missing=skip runs the "
-                               "other rows.")
+      raise common.ConfigError(missing_error(row))
     if row.config is not None and row.done:
       path = os.path.join(row.workdir, ROW_RECORD)
       old = _read_json(path)
@@ -261,18 +267,27 @@ def setting_name(setting: tuple[str, tuple[str, ...]]) -> str:
   return "features_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
-def _resolve(config, row: Row, workdir: str) -> Any:
-  """Runs (or reuses) the row's stages; returns its config with their outputs filled in."""
+def row_stage_config(config, row: Row, workdir: str) -> tuple[Any, dict]:
+  """The row's config as its stages get it (its feature setting and the shared clip cache),
+  and the `stages.prepare` keywords (its feature stage's folder)."""
   c = row.config.copy_and_resolve_references()
-  if stages.AUTO not in (c.spans.predictions, c.features.dir):
-    return c
   kwargs = {}
-  if row.features_setting:
+  if row.features_setting and c.features.dir == stages.AUTO:
     feature_config, flags = row.features_setting
     cache = os.path.abspath(config.clip_cache or os.path.join(workdir, "stages", "clips"))
     c.stages.features_config = feature_config
     c.stages.features_args = (*flags, _flag(config.clip_cache_field, cache))
     kwargs["features_stage"] = setting_name(row.features_setting)
+  return c, kwargs
+
+
+def _resolve(config, row: Row, workdir: str) -> Any:
+  """Runs (or reuses) the row's stages; returns its config with their outputs filled in."""
+  if stages.AUTO not in (row.config.spans.predictions, row.config.features.dir):
+    return row.config.copy_and_resolve_references()
+  c, kwargs = row_stage_config(config, row, workdir)
+  if row.features_setting:
+    feature_config, flags = row.features_setting
     settings = os.path.join(workdir, "stages", "feature_settings.json")
     known = _read_json(settings) or {}
     if kwargs["features_stage"] not in known:

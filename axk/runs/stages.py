@@ -148,38 +148,66 @@ def _same_gold_splits(features: str, gold: tuple[str, ...]) -> bool:
   return not why
 
 
+def span_dir_of(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "stages", "span")
+
+
+def features_dir_of(config, workdir: str, features_stage: str = "features") -> tuple[str, str]:
+  """(the feature stage's workdir, its output folder, the one with manifest.json)."""
+  feat_dir = os.path.join(os.path.abspath(workdir), "stages", features_stage)
+  return feat_dir, os.path.join(feat_dir, config.stages.get("features_output", "features"))
+
+
+def span_done(config, span_dir: str) -> bool:
+  """Whether the span detector's stage is finished (its results and train predictions)."""
+  # A detector run from before train predictions existed reruns: it resumes at its last
+  # step and only predicts.
+  no_train = "train" not in common.gold_splits(config) and not glob.glob(
+      os.path.join(span_dir, "predictions", "*_train.jsonl"))
+  return os.path.exists(os.path.join(span_dir, "results.json")) and not no_train
+
+
+def features_done(config, features: str) -> bool:
+  """Whether the feature stage's output is there, verified and of the spans asked for."""
+  # Done only when every file matches its manifest and its spans are the ones asked for.
+  return shards.verified(features) and _same_gold_splits(features, common.gold_splits(config))
+
+
+def span_args(config, span_dir: str) -> list[str]:
+  """The flags of the span detector's `axk.main` process."""
+  return [f"--config={_config_path(config.stages.span_config)}", f"--workdir={span_dir}",
+          *_data_overrides(config)]
+
+
+def features_args(config, feat_dir: str, predictions: str) -> list[str]:
+  """The flags of the feature pipeline's `axk.main` process, spans from `predictions`."""
+  gold = common.gold_splits(config)
+  spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
+           f"--config.spans.gold_splits={','.join(gold)}"]
+  return [f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
+          *_data_overrides(config), *spans, *config.stages.get("features_args", ())]
+
+
 def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[str, str]:
   """Runs the stages that `"auto"` asks for; returns `{"spans_predictions", "features_dir"}`
   (the given values where no stage ran). The feature pipeline works in
   `<workdir>/stages/<features_stage>` (runs with several feature settings keep one span
   detector and name a folder per setting)."""
-  stages = os.path.join(os.path.abspath(workdir), "stages")
   out = {"spans_predictions": config.spans.predictions, "features_dir": config.features.dir}
   # Features are built from detected spans, so "auto" features need them.
   if AUTO in (config.spans.predictions, config.features.dir):
-    span_dir = os.path.join(stages, "span")
-    # A detector run from before train predictions existed reruns: it resumes at its last
-    # step and only predicts.
-    no_train = "train" not in common.gold_splits(config) and not glob.glob(
-        os.path.join(span_dir, "predictions", "*_train.jsonl"))
-    if not os.path.exists(os.path.join(span_dir, "results.json")) or no_train:
-      _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
-            f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir)
+    span_dir = span_dir_of(workdir)
+    if not span_done(config, span_dir):
+      _run([sys.executable, "-m", "axk.main", *span_args(config, span_dir)], "span detector",
+           span_dir)
       _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
     predictions = os.path.join(span_dir, "predictions")
     if config.spans.predictions == AUTO:
       out["spans_predictions"] = predictions
   if config.features.dir == AUTO:
-    feat_dir = os.path.join(stages, features_stage)
-    features = os.path.join(feat_dir, config.stages.get("features_output", "features"))
-    gold = common.gold_splits(config)
-    # Done only when every file matches its manifest and its spans are the ones asked for.
-    if not shards.verified(features) or not _same_gold_splits(features, gold):
-      spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
-               f"--config.spans.gold_splits={','.join(gold)}"]
-      _run([sys.executable, "-m", "axk.main",
-            f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
-            *_data_overrides(config), *spans, *config.stages.get("features_args", ())],
+    feat_dir, features = features_dir_of(config, workdir, features_stage)
+    if not features_done(config, features):
+      _run([sys.executable, "-m", "axk.main", *features_args(config, feat_dir, predictions)],
            "features", feat_dir)
       _finished(os.path.join(features, "manifest.json"), "features", feat_dir)
     out["features_dir"] = features

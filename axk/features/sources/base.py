@@ -162,7 +162,8 @@ class FeatureSource:
     return None
 
   # -- for subclasses -------------------------------------------------------------------------
-  def model_roles(self) -> tuple[str, ...]:
+  @classmethod
+  def model_roles(cls) -> tuple[str, ...]:
     return ("clap", "ast")
 
   def params(self) -> dict:

@@ -43,7 +43,8 @@ class GenerationSource(FeatureSource):
     self.taus = task_taus(config)
     super().__init__(config, workdir, model_paths)
 
-  def model_roles(self) -> tuple[str, ...]:
+  @classmethod
+  def model_roles(cls) -> tuple[str, ...]:
     return ("clap", "ast", "generator")
 
   def describe(self) -> Setup:

@@ -79,7 +79,8 @@ class OracleSource(FeatureSource):
   def describe(self) -> Setup:
     return Setup(self.name, {}, {}, self.params(), self.section.features_dir)
 
-  def model_roles(self) -> tuple[str, ...]:
+  @classmethod
+  def model_roles(cls) -> tuple[str, ...]:
     return ()
 
   def params(self) -> dict:
