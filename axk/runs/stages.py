@@ -45,6 +45,15 @@ class StageError(RuntimeError):
   pass
 
 
+_STAGE = False  # This process is a stage child (`follow_parent` found `PARENT_ENV`).
+
+
+def is_stage() -> bool:
+  """Whether this process is a stage that another run started (its output is that run's
+  log, not the command's result)."""
+  return _STAGE
+
+
 def follow_parent() -> None:
   """In a stage child (`PARENT_ENV` set by `_run`): die with SIGKILL when the parent dies
   (Linux `PR_SET_PDEATHSIG`), so a killed run leaves no stage running on in its workdir.
@@ -52,9 +61,11 @@ def follow_parent() -> None:
   Set in the child rather than in a `preexec_fn`: running Python between fork and exec in a
   multithreaded parent (JAX's) can deadlock, and without it subprocess can use posix_spawn.
   """
+  global _STAGE
   parent = os.environ.pop(PARENT_ENV, None)
   if not parent:
     return
+  _STAGE = True
   try:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
   except (OSError, AttributeError):  # Not Linux: the child outlives a killed parent.
@@ -162,9 +173,12 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
     # step and only predicts.
     no_train = "train" not in common.gold_splits(config) and not glob.glob(
         os.path.join(span_dir, "predictions", "*_train.jsonl"))
-    if not os.path.exists(os.path.join(span_dir, "results.json")) or no_train:
+    finished = os.path.exists(os.path.join(span_dir, "results.json"))
+    if not finished or no_train:
       _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
-            f"--workdir={span_dir}", *_data_overrides(config)], "span detector", span_dir)
+            f"--workdir={span_dir}", *_data_overrides(config),
+            *(["--config.train.reevaluate=True"] if finished else [])],
+           "span detector", span_dir)
       _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
     predictions = os.path.join(span_dir, "predictions")
     if config.spans.predictions == AUTO:
