@@ -88,6 +88,7 @@ def test_a_run_of_two_tasks_has_one_results_md_with_one_header_and_one_table(tex
 
 
 @pytest.mark.e2e  # Starts `axk.main` on a finished run.
+@pytest.mark.slow
 def test_a_finished_run_rerun_prints_its_table_without_evaluating_again(text_only_run,
                                                                          tmp_path):
   workdir = tmp_path / "run"
@@ -127,6 +128,7 @@ def test_reevaluate_evaluates_again_and_says_where_the_run_started(text_only_run
 
 
 @pytest.mark.e2e  # Starts `axk.main`: a run that evaluates, with the cache in a folder.
+@pytest.mark.slow
 def test_a_run_ends_with_its_table_and_fills_the_cache_folder_it_is_given(tmp_path):
   cache = tmp_path / "jax"
   env = {k: v for k, v in os.environ.items() if k != jax_cache.ENV_DIR}
