@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # Run as a file (a Space's app_file): import axk 
 
 from axk import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
 from axk import tasks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from axk.utils import jax_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MAX_PLAYERS = 4  # Audio players on the page (spans beyond them are listed, not played).
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -340,7 +341,10 @@ def main(argv=None) -> int:
   parser.add_argument("--concurrency", type=int, default=4,
                       help="requests answered at once (the others wait in the queue)")
   parser.add_argument("--share", action="store_true", help="a public gradio.live link")
+  parser.add_argument("--jax_cache_dir", default="", help="JAX's compilation cache: \"\" the "
+                      "user's (~/.cache/axk/jax), \"none\" off, or a folder")
   args = parser.parse_args(argv)
+  jax_cache.enable(args.jax_cache_dir)
   if args.concurrency < 1:
     parser.error("--concurrency must be at least 1")
   try:

@@ -42,13 +42,16 @@ from axk.hf import CheckpointError
 from axk.publish import push
 from axk.hub import ModelNotAvailable
 from axk.features.shards import FeaturesMismatch
+from axk.runs import common as run_common
 from axk.runs.common import ConfigError
 from axk.runs import config_source
 from axk.runs import preflight
 from axk.runs.inputs import FeaturesError
+from axk.runs import stages
 from axk.runs.stages import REPO, SETUP_EXIT, StageError, follow_parent
 from axk.train.checkpoint import CheckpointDamaged
 from axk.train.sharding import MeshError
+from axk.utils import jax_cache
 from axk.utils import workdir as workdir_lib
 
 # Errors that name a bad config value, path or data file; anything else keeps its traceback.
@@ -242,6 +245,7 @@ def main(argv):
     workdir = workdir_lib.prepare(_WORKDIR.value)
   except workdir_lib.WorkdirError as e:
     _fail(str(e))
+  jax_cache.enable(config.get("jax_cache_dir", ""))  # Before anything compiles.
   import jax
   if distributed:
     # Without arguments JAX detects the cluster (Cloud TPU pod slices, SLURM, ...).
@@ -261,9 +265,16 @@ def main(argv):
       push.check_repo_id(config.export.push_to_hub)  # Before the run, not after it.
     if lock:
       lock.acquire()
-    if entry(config, workdir) and "export" in config:
+    finished = entry(config, workdir)
+    if finished and "export" in config:
       # A finished run (not stopped early): model cards for its exports, then the upload.
       push.finish_run(config, workdir)
+    if finished and jax.process_index() == 0:  # The results table and its files.
+      summary = run_common.summary(workdir)
+      if summary and stages.is_stage():  # The run that started it prints its own.
+        logging.info("Results of %s:\n%s", workdir, summary)
+      else:
+        print(summary, end="", flush=True)
   except SETUP_ERRORS as e:  # Bad input found before any work: one line, no traceback.
     _fail(str(e))
   finally:

@@ -60,6 +60,7 @@ from axk.runs import analysis
 from axk.runs import common
 from axk.runs import inputs as inputs_lib
 from axk.utils import files
+from axk.utils import jax_cache
 
 EXAMPLES = (  # Case-study style sentences (animal, animal, pitch): the demo's examples.
     "Rattle is the sound a [MASK] makes.",
@@ -492,7 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--output", default="", help="write JSON lines here")
   parser.add_argument("--top", type=int, default=5, help="animal candidates shown")
   parser.add_argument("--device", default="cpu", help="torch device of detector and features")
+  parser.add_argument("--jax_cache_dir", default="", help="JAX's compilation cache: \"\" the "
+                      "user's (~/.cache/axk/jax), \"none\" off, or a folder")
   args = parser.parse_args(argv)
+  jax_cache.enable(args.jax_cache_dir)
   try:
     options = tuple(normalise(o) for o in args.options.split("|") if normalise(o))
     queries = [Query(check_sentence(t, f"--text {i}"), args.task, options)

@@ -44,9 +44,19 @@ def data_config():
   return d
 
 
+def add_jax_cache(c):
+  """The field of every config family that places JAX's persistent compilation cache
+  (axk/utils/jax_cache.py); its stages inherit it."""
+  # "": $XDG_CACHE_HOME/axk/jax, else ~/.cache/axk/jax. JAX_COMPILATION_CACHE_DIR in the
+  # environment wins over the field.
+  c.jax_cache_dir = ""  # JAX's compilation cache ("": the user's cache; "none": off; a folder).
+  return c
+
+
 def base_config():
   c = ml_collections.ConfigDict()
   c.entry = ""  # "module:function" that `axk.main` calls with (config, workdir).
+  add_jax_cache(c)
   c.plugins = ()  # Modules imported at start that register methods or tasks ("mylab.loudness",).
   c.seed = 0  # Initialisation, dropout and data order.
   c.resume = ""  # Another run's workdir to take parameters from (after this workdir's own).
@@ -92,6 +102,9 @@ def base_config():
   c.train.selection_split = "dev"  # Split whose metric picks the best checkpoint.
   c.train.select_best = True  # Final results from the best dev checkpoint (else the last).
   c.train.stop_at_step = 0  # End this invocation at this step after saving (0: run on).
+  # A rerun of a finished run (results.json, same config) prints its results and ends; True
+  # evaluates its final parameters again (and writes its results again).
+  c.train.reevaluate = False  # Evaluate a finished run again instead of reusing its results.
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (("data", -1), ("model", 1))  # -1: all remaining devices.

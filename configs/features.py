@@ -78,6 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.features.pipeline:run"  # what axk.main calls: run(config, workdir)
+  common.add_jax_cache(c)
   # Registered sources (axk/features/sources/) to run: "retrieval", "generation", or both,
   # "retrieval,generation"; each reads its own section below (c.retrieval, c.generation).
   c.source = "retrieval"

@@ -39,6 +39,7 @@ naming the row; `--config.missing=skip` runs the others and lists it in the tabl
 import ml_collections
 
 from axk.tasks import auditorybench
+from configs import common
 
 TABLES = ("table1", "table2", "table3", "figure2", "audiobert")
 BASES = ("smoke", "minilm")
@@ -148,9 +149,9 @@ def get_config(arg=None):
   # The benchmark tasks of the tables' columns (each with its spec's `columns` splits); empty:
   # the tasks the rows train (their data.tasks).
   c.tasks = TASKS
-  # JAX's persistent compilation cache for the rows, which all run in this process ("":
-  # <workdir>/stages/jax_cache; "none": off). Rows of one model size share their programs.
-  c.jax_cache_dir = ""
+  # JAX's persistent compilation cache, shared by the rows (which all run in this process)
+  # and their stages: rows of one model size share their programs.
+  common.add_jax_cache(c)
   c.data = ml_collections.ConfigDict()  # Given to every row (and so to its stages).
   c.data.dir = "sample" if base == "smoke" else "github"  # AuditoryBench folder.
   c.data.cache_dir = ""  # Where "github" downloads go.

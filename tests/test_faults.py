@@ -142,7 +142,8 @@ def test_damaged_latest_checkpoints_are_moved_aside_and_the_run_resumes(
     moved = os.path.join(workdir, ckpt_lib.DAMAGED, f"{step}-{reason}")
     assert os.path.isdir(moved), os.listdir(os.path.join(workdir, ckpt_lib.DAMAGED))
     assert any(f"step {step} " in w and text in w and moved in w for w in warnings), warnings
-  assert _started_from(workdir) == "checkpoint step 4"
+  # The run's own start, and the checkpoint this invocation resumed from.
+  assert _started_from(workdir) == "random initialisation; resumed from checkpoint step 4"
   assert_same_run(workdir, reference)
 
 

@@ -215,10 +215,10 @@ ASSIGNMENT = re.compile(r"^\s*(\w+)\.([\w.]+)\s*(?:\+|-)?=(?!=)")
 
 # The helpers of configs/common.py each config calls, by hand.
 HELPERS = {
-    "span.py": ("base_config", "data_config", "minilm", "smoke"),
-    "features.py": ("data_config",),
-    "audiobert.py": ("masked_word_config", "base_config", "data_config", "add_lora",
-                     "apply_base", "minilm", "smoke"),
+    "span.py": ("base_config", "data_config", "add_jax_cache", "minilm", "smoke"),
+    "features.py": ("data_config", "add_jax_cache"),
+    "audiobert.py": ("masked_word_config", "base_config", "data_config", "add_jax_cache",
+                     "add_lora", "apply_base", "minilm", "smoke"),
 }
 HELPERS["ith.py"] = HELPERS["audiobert.py"]
 

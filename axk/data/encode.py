@@ -30,6 +30,10 @@ from axk.data.types import MASK
 from axk.data.types import Span
 
 logger = logging.getLogger(__name__)
+# Sentences are tokenised whole and their length checked here (`max_length`, one line naming
+# the row); transformers' own "Token indices sequence length is longer than ..." warning
+# about the same thing is silenced at its source.
+logging.getLogger(transformers.tokenization_utils_base.__name__).setLevel(logging.ERROR)
 
 # Row lengths are rounded up to a multiple of this.
 BUCKET = 16

@@ -185,7 +185,13 @@ class AudioGenerator:
     if cls is None:
       raise ValueError(f"generation.pipeline_class={pipeline_class!r} is not a diffusers "
                        "class")
-    self.pipe = cls.from_pretrained(self.path, dtype=dtype).to(self.device)
+    with warnings.catch_warnings():  # diffusers' VAE still builds on torch's old weight_norm.
+      warnings.filterwarnings("ignore", message=r".*weight_norm.* is deprecated",
+                              category=FutureWarning)
+      self.pipe = cls.from_pretrained(self.path, dtype=dtype).to(self.device)
+    # Prompts are padded to the text encoder's length: the pipeline takes the padding it cuts
+    # for a truncated prompt and warns about "<pad>" tokens on every call.
+    logging.getLogger(cls.__module__).setLevel(logging.ERROR)
     self.pipe.set_progress_bar_config(disable=True)
     _generation_shim(self.pipe)
     if pipeline_class == STABLE_AUDIO:

@@ -183,6 +183,9 @@ def write_task(features_dir: str, task: str, rows: Mapping[str, Iterable[dict]],
     The builder folder (`builder_dir`).
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  # TFDS draws a bar per split and per temporary shard file; the pipeline's own bars and
+  # log lines say where it is.
+  tfds.disable_progress_bar()
   builder = _builder_class()(rows=rows, dims=dims,
                              config=task, data_dir=features_dir,
                              file_format="array_record")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import jax
@@ -13,6 +14,7 @@ from axk.data import auditorybench as ab
 from axk.data import encode as enc
 from axk.data import types
 from axk.models import bert as bert_lib
+from axk.train import metrics as metrics_lib
 from axk.train import optim
 from axk.train import sharding
 
@@ -130,3 +132,30 @@ def gold_splits(config) -> tuple[str, ...]:
     raise ConfigError(f"--config.spans.gold_splits={value!r}: {bad[0]!r} is not a split "
                       f"({', '.join(types.SPLITS)}).")
   return items
+
+
+# The columns of the table a run ends with, those its results have: the masked-word runs'
+# paper protocol and leak-free protocol (`accuracy`, `accuracy_candidates`), the span
+# detector's token and span F1.
+SUMMARY_METRICS = ("accuracy", "accuracy_candidates", "token_f1", "span_f1")
+
+
+def summary(workdir: str) -> str:
+  """What `axk.main` prints when a run ends (a finished run's rerun included): the results
+  of `<workdir>/results.json` as one table (`SUMMARY_METRICS` by task and split, means ± std
+  over seeds), then the paths of results.md and report.html; "" without results.json."""
+  path = os.path.join(workdir, "results.json")
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return ""
+  known = set(tasks.names())
+  results = {t: v for t, v in saved.items() if t in known and isinstance(v, dict)}
+  if not results:
+    return ""
+  lines = metrics_lib.results_table(results, SUMMARY_METRICS) + [""]
+  for name in ("results.md", "report.html"):
+    if os.path.exists(os.path.join(workdir, name)):
+      lines.append(f"{name}: {os.path.abspath(os.path.join(workdir, name))}")
+  return "\n".join(lines) + "\n"

@@ -389,18 +389,19 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
   `record` goes into each run's `config.json` beside the config.
   """
   seeds = list(config.seeds)
-  if len(seeds) == 1:
-    c = config.copy_and_resolve_references()
-    c.seed = seeds[0]
-    return loop.train_and_evaluate(c, workdir, make_experiment(c, workdir), record=record,
-                                   stamp=_stamp(c, record))
-  runs = []
-  for seed in seeds:
+
+  def train(seed, where):  # A finished run (same config) is not run again.
     c = config.copy_and_resolve_references()
     c.seed = seed
-    sub = os.path.join(workdir, f"seed_{seed}")
-    runs.append(loop.train_and_evaluate(c, sub, make_experiment(c, sub), record=record,
-                                        stamp=_stamp(c, record)))
+    done = loop.finished_results(c, where)
+    if done is not None:
+      return done
+    return loop.train_and_evaluate(c, where, make_experiment(c, where), record=record,
+                                   stamp=_stamp(c, record))
+
+  if len(seeds) == 1:
+    return train(seeds[0], workdir)
+  runs = [train(seed, os.path.join(workdir, f"seed_{seed}")) for seed in seeds]
   if not all(runs):  # An interrupted seed: rerun the command to continue.
     return {}
   merged = _merge_seeds(runs)
@@ -455,14 +456,35 @@ def run(config, workdir: str) -> dict:
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {
       **oracle_label(inputs.features_dir), **merged, loop.SELECTION_KEY: selection,
       provenance.REVISIONS_KEY: provenance.collect(config, resolved)})
-  parts = []
-  for g in groups:
-    with open(os.path.join(workdir, g[0], "results.md")) as f:
-      parts.append(f.read())
-  metrics_lib.write_text(os.path.join(workdir, "results.md"), "\n".join(parts))
+  metrics_lib.write_text(os.path.join(workdir, "results.md"), _groups_markdown(
+      config, merged, {g[0]: os.path.join(workdir, g[0], "results.md") for g in groups},
+      oracle_label(inputs.features_dir)))
   if jax.process_index() == 0:
     logging.info("Report: %s", report.write(workdir))
   return merged
+
+
+def _groups_markdown(config, merged: Mapping, group_files: Mapping[str, str],
+                     label: Mapping) -> str:
+  """The top results.md of a run with one model per task: one title, one table (a row per
+  task and split; means ± std over seeds), then the notes of every group's own results.md,
+  once each, prefixed with the group where they differ."""
+  title = config.get("name") or method_of(config).title
+  seeds = tuple(config.seeds)
+  if len(seeds) > 1:
+    title += f": mean ± std over seeds {list(seeds)}"
+  notes: dict[str, list[str]] = {}
+  for group, path in group_files.items():
+    with open(path) as f:
+      for line in f:
+        if line.startswith("- "):
+          notes.setdefault(line[2:].rstrip("\n"), []).append(group)
+  lines = [f"# {_oracle_title(title, label)}", "",
+           *metrics_lib.results_table(merged), "",
+           "- One model per task, each in <task>/ (its own results.md).",
+           *(f"- {note}" if len(where) == len(group_files) else f"- {', '.join(where)}: {note}"
+             for note, where in notes.items())]
+  return "\n".join(lines) + "\n"
 
 
 def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float]):

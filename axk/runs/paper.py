@@ -16,7 +16,6 @@ definition changed since is refused rather than silently reused.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -27,7 +26,6 @@ import os
 import time
 from typing import Any, Mapping
 
-import jax
 
 from axk import tasks as tasks_lib
 from axk.runs import common
@@ -299,34 +297,6 @@ def _resolve(config, row: Row, workdir: str) -> Any:
   return c
 
 
-@contextlib.contextmanager
-def compilation_cache(config, workdir: str):
-  """JAX's persistent compilation cache for the rows (and, through the environment, for the
-  span detector's process), restored afterwards."""
-  path = config.jax_cache_dir or os.path.join(workdir, "stages", "jax_cache")
-  if path == "none":
-    yield
-    return
-  settings = {"jax_compilation_cache_dir": os.path.abspath(path),
-              "jax_persistent_cache_min_compile_time_secs": 0,
-              "jax_persistent_cache_min_entry_size_bytes": 0}
-  before = {n: getattr(jax.config, n) for n in settings}
-  env_before = {n.upper(): os.environ.get(n.upper()) for n in settings}
-  for n, v in settings.items():
-    jax.config.update(n, v)
-    os.environ[n.upper()] = str(v)
-  try:
-    yield
-  finally:
-    for n, v in before.items():
-      jax.config.update(n, v)
-    for n, v in env_before.items():
-      if v is None:
-        os.environ.pop(n, None)
-      else:
-        os.environ[n] = v
-
-
 def run(config, workdir: str) -> dict:
   """The entry of `configs/paper.py` (see the module docstring)."""
   rows = validate(config, workdir)
@@ -339,22 +309,21 @@ def run(config, workdir: str) -> dict:
                sum(r.done for r in rows if r.config is not None), len(todo),
                ", ".join(r.name for r in todo))
   spent = []
-  with compilation_cache(config, workdir):
-    for i, row in enumerate(todo):
-      t0 = time.time()
-      c = _resolve(config, row, workdir)
-      files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
-      logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
-                   row_spec_of(config, row.name))
-      if not masked_word.run(c, row.workdir):
-        logging.warning("Row %r stopped before the end; rerun the same command to continue.",
-                        row.name)
-        return {}
-      spent.append(time.time() - t0)
-      left = len(todo) - i - 1
-      eta = sum(spent) / len(spent) * left
-      logging.info("Row %d/%d %r done in %.0f s; %d to go, about %.1f min left.", i + 1,
-                   len(todo), row.name, spent[-1], left, eta / 60)
+  for i, row in enumerate(todo):
+    t0 = time.time()
+    c = _resolve(config, row, workdir)
+    files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
+    logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
+                 row_spec_of(config, row.name))
+    if not masked_word.run(c, row.workdir):
+      logging.warning("Row %r stopped before the end; rerun the same command to continue.",
+                      row.name)
+      return {}
+    spent.append(time.time() - t0)
+    left = len(todo) - i - 1
+    eta = sum(spent) / len(spent) * left
+    logging.info("Row %d/%d %r done in %.0f s; %d to go, about %.1f min left.", i + 1,
+                 len(todo), row.name, spent[-1], left, eta / 60)
   return write(config, workdir, rows)
 
 

@@ -170,6 +170,9 @@ def run(config, workdir: str):
   if not workdir:
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
+  done = loop.finished_results(config, workdir)
+  if done is not None:  # Finished before with this config.
+    return done
   task = SpanTask(config, workdir)
   # The exact data commit and model revisions this run reads (axk/provenance.py).
   stamp = {provenance.REVISIONS_KEY: provenance.collect(config)}

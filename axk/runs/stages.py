@@ -45,6 +45,15 @@ class StageError(RuntimeError):
   pass
 
 
+_STAGE = False  # This process is a stage child (`follow_parent` found `PARENT_ENV`).
+
+
+def is_stage() -> bool:
+  """Whether this process is a stage that another run started (its output is that run's
+  log, not the command's result)."""
+  return _STAGE
+
+
 def follow_parent() -> None:
   """In a stage child (`PARENT_ENV` set by `_run`): die with SIGKILL when the parent dies
   (Linux `PR_SET_PDEATHSIG`), so a killed run leaves no stage running on in its workdir.
@@ -52,9 +61,11 @@ def follow_parent() -> None:
   Set in the child rather than in a `preexec_fn`: running Python between fork and exec in a
   multithreaded parent (JAX's) can deadlock, and without it subprocess can use posix_spawn.
   """
+  global _STAGE
   parent = os.environ.pop(PARENT_ENV, None)
   if not parent:
     return
+  _STAGE = True
   try:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
   except (OSError, AttributeError):  # Not Linux: the child outlives a killed parent.
@@ -198,7 +209,10 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   if AUTO in (config.spans.predictions, config.features.dir):
     span_dir = span_dir_of(workdir)
     if not span_done(config, span_dir):
-      _run([sys.executable, "-m", "axk.main", *span_args(config, span_dir)], "span detector",
+      # A finished detector missing its train predictions reruns to predict, not to train.
+      finished = os.path.exists(os.path.join(span_dir, "results.json"))
+      _run([sys.executable, "-m", "axk.main", *span_args(config, span_dir),
+            *(["--config.train.reevaluate=True"] if finished else [])], "span detector",
            span_dir)
       _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
     predictions = os.path.join(span_dir, "predictions")

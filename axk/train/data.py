@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-import grain
 import jax
 import numpy as np
 
@@ -132,6 +131,7 @@ class TrainBatches:
     self.limit = self.arrays["input_ids"].shape[1]
     # Each epoch is reshuffled (grain reseeds a shuffle per repetition); batches may span an
     # epoch boundary, as in a stream; the last incomplete batch is dropped.
+    import grain  # Here: evaluation and predict never load it (with orbax, seconds).
     self.indices = (grain.MapDataset.range(self.n).seed(seed).shuffle()
                     .repeat(epochs).batch(batch_size, drop_remainder=True))
     self.local = process_rows(batch_size, sharding)

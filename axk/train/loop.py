@@ -11,6 +11,7 @@ then the experiment's pretrained weights (`config.model.init`), then random init
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -22,13 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from axk.train import checkpoint as ckpt_lib
 from axk.train import data as data_lib
 from axk.train import metrics as metrics_lib
 from axk.train import optim
 from axk.train import sharding
+from axk.train.progress import StepBar
+from axk.utils import files
 from axk.utils.tree import flatten, unflatten
 
 
@@ -135,6 +137,10 @@ def selection_value(results: Mapping[str, Mapping[str, Mapping[str, float]]],
   return float(results[task][split][metric])
 
 
+# The start `Trainer.init_state` names when it restored this workdir's own checkpoint.
+CHECKPOINT_SOURCE = "checkpoint step"
+
+
 class Trainer:
   """Builds the sharded train/eval steps of an experiment and runs them."""
 
@@ -208,7 +214,7 @@ class Trainer:
     if checkpoints.latest_step() is not None:
       # The newest step that restores; damaged newer ones are moved aside with a warning.
       state, step = checkpoints.restore_latest(self.abstract_state)
-      return state, f"checkpoint step {step}"
+      return state, f"{CHECKPOINT_SOURCE} {step}"
     if self.config.get("resume"):
       params, step = ckpt_lib.restore_params_from(self.config.resume,
                                                   self.abstract_state["params"])
@@ -236,8 +242,8 @@ class Trainer:
                                     sharding=self.batch_sharding)
     total = -(-n // self.config.train.eval_batch_size)
     with sharding.activate(self.mesh, self.rules):
-      for batch in tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
-                        disable=not metrics_lib.is_writer() or total < 4):
+      for batch in StepBar(batches, total=total, desc=desc, unit="batch", leave=False,
+                           disable=not metrics_lib.is_writer() or total < 4):
         valid = batch.pop("valid")
         out = self.predict_step(params, sharding.global_batch(batch, self.batch_sharding))
         out = _gather(out)
@@ -324,6 +330,62 @@ class _FiniteChecks:
     return fetched
 
 
+# config.json: where the run's parameters first came from (a resumed run keeps its origin).
+STARTED_FROM_KEY = "started_from"
+# Fields that do not change what a run computes: a finished run is not run again for them.
+_NOT_COMPARED = ("train.reevaluate", "jax_cache_dir")
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return {}
+
+
+def _fields(tree: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping) and value:
+      out.update(_fields(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_change(config, workdir: str) -> str:
+  """The first field in which `config` differs from the one `workdir/config.json` recorded
+  ("field: old -> new"), or "" when they are the same."""
+  saved = _read_json(os.path.join(workdir, "config.json"))
+  now = json.loads(json.dumps(config.to_dict(), default=files.jsonable))
+  old, new = _fields({k: saved.get(k) for k in now}), _fields(now)
+  for field in sorted(set(old) | set(new)):
+    if field not in _NOT_COMPARED and old.get(field) != new.get(field):
+      return f"{field}: {old.get(field)!r} -> {new.get(field)!r}"
+  return ""
+
+
+def finished_results(config, workdir: str) -> dict | None:
+  """The results of the finished run in `workdir` (its `results.json`, by task, then split)
+  when it ran with this config, else None (no results yet, another config, or
+  `train.reevaluate`). A finished run is not trained or evaluated again."""
+  saved = _read_json(os.path.join(workdir, "results.json"))
+  if not saved or config.train.get("reevaluate"):
+    return None
+  change = config_change(config, workdir)
+  if change:
+    logging.info("%s: finished with another config (%s); it continues with this one.",
+                 workdir, change)
+    return None
+  results = {t: saved[t] for t in config.data.tasks if t in saved}
+  if not results:
+    return None
+  logging.info("%s: finished before; its results are kept (--config.train.reevaluate=True "
+               "evaluates it again).", workdir)
+  return results
+
+
 def train_and_evaluate(config, workdir: str, experiment: Experiment,
                        record: Mapping[str, Any] | None = None,
                        stamp: Mapping[str, Any] | None = None) -> dict:
@@ -333,12 +395,17 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment,
   stages resolved, say) and of `stamp` (what the caller stamps on every file of the run:
   the revisions it reads, `axk.provenance`). Returns the results dict
   (`results[task][split][metric]`), also written to `results.json` (with the selected step
-  under `SELECTION_KEY`, and `stamp`) and `results.md`.
+  under `SELECTION_KEY`, and `stamp`) and `results.md`. It trains and evaluates whatever the
+  workdir holds: a run skips a finished one with `finished_results` before building its
+  experiment.
   """
   os.makedirs(workdir, exist_ok=True)
   stamp = dict(stamp or {})
+  # Where a resumed run first started, from the config.json it wrote then.
+  origin = _read_json(os.path.join(workdir, "config.json")).get(STARTED_FROM_KEY)
   metrics_lib.write_json(os.path.join(workdir, "config.json"),
-                         {**config.to_dict(), **(record or {}), **stamp})
+                         {**config.to_dict(), **(record or {}), **stamp,
+                          **({STARTED_FROM_KEY: origin} if origin else {})})
   tc = config.train
   trainer = Trainer(config, workdir, experiment)
   checkpoints = ckpt_lib.Checkpoints(os.path.join(workdir, "checkpoints"), keep=tc.keep,
@@ -346,7 +413,17 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment,
   writer = metrics_lib.MetricWriter(workdir)
   state, source = trainer.init_state(checkpoints)
   start = int(jax.device_get(state["step"]))
-  logging.info("Starting at step %d of %d from %s.", start, trainer.total_steps, source)
+  if source.startswith(CHECKPOINT_SOURCE):  # Resumed: the run itself started elsewhere.
+    origin = origin or "an unrecorded start"
+    logging.info("Starting at step %d of %d from %s (the run started from %s).", start,
+                 trainer.total_steps, source, origin)
+    source = f"{origin}; resumed from {source}"
+  else:
+    origin = source
+    logging.info("Starting at step %d of %d from %s.", start, trainer.total_steps, source)
+  metrics_lib.write_json(os.path.join(workdir, "config.json"),
+                         {**config.to_dict(), **(record or {}), **stamp,
+                          STARTED_FROM_KEY: origin})
   steps_per_epoch = trainer.batches.steps_per_epoch if trainer.batches else 1.0
   eval_every = tc.eval_every or max(1, int(steps_per_epoch))
   dev_keys = [k for k in experiment.eval_arrays if k.endswith("/" + tc.selection_split)]
@@ -354,8 +431,9 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment,
 
   stop = _Stop()
   previous = _install(stop)
-  bar = tqdm(total=trainer.total_steps, initial=start, desc=experiment.name, unit="step",
-             disable=not metrics_lib.is_writer(), dynamic_ncols=True)
+  # Its rate and ETA leave out the first step, which compiles.
+  bar = StepBar(total=trainer.total_steps, initial=start, desc=experiment.name, unit="step",
+                disable=not metrics_lib.is_writer(), dynamic_ncols=True)
   checks = _FiniteChecks(train_ids, checkpoints)
   pending: list[dict] = []
   interrupted = False

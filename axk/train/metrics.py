@@ -71,6 +71,31 @@ def results_markdown(title: str, results: Mapping[str, Mapping[str, Mapping[str,
   return "\n".join(lines) + "\n"
 
 
+def results_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                  metrics: tuple[str, ...] | None = None) -> list[str]:
+  """results[task][split][metric] -> one table, a row per task and split, a column per
+  metric (`metrics`, those present; default every one), a metric with `<metric>_std` beside it
+  (a mean over seeds) as `mean ± std`."""
+  present = []
+  for splits in results.values():
+    for values in splits.values():
+      present += [m for m in values if m not in present and not (
+          m.endswith("_std") and m.removesuffix("_std") in values)]
+  columns = [m for m in metrics if m in present] if metrics else present
+  lines = ["| task | split | " + " | ".join(columns) + " |",
+           "| --- | --- |" + " --- |" * len(columns)]
+  for task, splits in results.items():
+    for split, values in splits.items():
+      cells = []
+      for m in columns:
+        cell = _cell(values.get(m, ""))
+        if f"{m}_std" in values:
+          cell += f" ± {float(values[m + '_std']):.2f}"
+        cells.append(cell)
+      lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")
+  return lines
+
+
 def _cell(v) -> str:
   if isinstance(v, float):
     return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4f}"

@@ -82,7 +82,8 @@ def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
 
-def _jsonable(x):
+def jsonable(x):
+  """What `write_json` writes for a value JSON has no type for."""
   if hasattr(x, "tolist"):
     return x.tolist()
   if isinstance(x, (set, tuple)):
@@ -92,7 +93,7 @@ def _jsonable(x):
 
 def write_json(path: str, payload: Any, *, sort_keys: bool = True) -> None:
   """Atomically writes `payload` as indented JSON (NumPy values become lists)."""
-  write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys, default=_jsonable)
+  write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys, default=jsonable)
              + "\n")
 
 
