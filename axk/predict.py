@@ -26,7 +26,11 @@ detector (`resolved.spans_predictions`, whose `export/` is run here) and the fea
 Inputs are built by `axk.runs.inputs.build`, as in training and evaluation.
 
 A bad sentence (empty, no `[MASK]`, several) or a folder that is not a run is one line
-(`InputError`, `ModelError`), raised before any model loads.
+(`InputError`, `ModelError`), raised before any model loads; in an `--input` file, a bad row
+is one line naming the file's line (`file.csv:7: why`) and the other rows are answered (exit
+status 1). Files are read in `--encoding` (UTF-8 by default, a byte-order mark allowed). A
+sentence longer than the detector or the model reads is cut around its `[MASK]`
+(`axk.data.encode.mask_window`), with a warning (docs/use.md, "Long sentences").
 """
 
 from __future__ import annotations

@@ -197,3 +197,12 @@ def test_predict_answers_good_rows_and_long_sentences_and_reports_bad_ones(ith_s
   after = len(words) - start - budget
   assert f"drops {start + after} ({start} before, {after} after)" in warned[1], warned
   assert all(s["end"] > words[start][0] for s in cut["spans"]), (words[start], cut["spans"])
+
+
+@pytest.mark.e2e
+def test_demo_answers_a_long_sentence_and_says_it_was_cut(ith_smoke, tmp_path):
+  from axk import demo
+  page = demo.Demo(demo.Runs(str(ith_smoke)), demo.Clips(str(tmp_path / "clips")))
+  out = page.respond(str(ith_smoke), _long_sentence("wind") + " makes a sound.", "auto", "")
+  assert out[0] == "" and "axk-answer" in out[2], out[0]  # No error; an answer.
+  assert "sentence 1: 306 tokens, more than the model&#x27;s max_length=128" in out[2], out[2]
