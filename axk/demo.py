@@ -263,6 +263,9 @@ class Demo:
                                value=self.clips.serve(s["audio"]) if s["audio"] else None))
     spans = ("" if record["spans"] else "<p id='axk-nospan'>No auditory span detected: the "
              "model answers from the text alone.</p>")
+    # A sentence too long for the detector or the model, cut around its [MASK].
+    spans += "".join(f"<p class='axk-warning'>{html.escape(w)}</p>"
+                     for w in record.get("warnings", ()))
     return self._outputs(spans=spans_value(record), answer=spans + answer_html(record),
                          gate=gate_html(record), players=players)
 

@@ -26,15 +26,21 @@ detector (`resolved.spans_predictions`, whose `export/` is run here) and the fea
 Inputs are built by `axk.runs.inputs.build`, as in training and evaluation.
 
 A bad sentence (empty, no `[MASK]`, several) or a folder that is not a run is one line
-(`InputError`, `ModelError`), raised before any model loads.
+(`InputError`, `ModelError`), raised before any model loads; in an `--input` file, a bad row
+is one line naming the file's line (`file.csv:7: why`) and the other rows are answered (exit
+status 1). Files are read in `--encoding` (UTF-8 by default, a byte-order mark allowed). A
+sentence longer than the detector or the model reads is cut around its `[MASK]`
+(`axk.data.encode.mask_window`), with a warning (docs/use.md, "Long sentences").
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import dataclasses
 import functools
+import io
 import json
 import os
 import sys
@@ -71,7 +77,12 @@ OPTION_COLUMNS = ("A", "B", "C", "D")  # An input CSV's option columns (Auditory
 
 
 class InputError(ValueError):
-  """A sentence or input file that cannot be predicted (one line naming it)."""
+  """A sentence or input file that cannot be predicted (one line naming it); `where` names
+  the row of an input file ("file.csv:3")."""
+  def __init__(self, message: str, where: str = ""):
+    super().__init__(message)
+    self.where = where
+
 
 class ModelError(ValueError):
   """A `--model` folder that is not an AudioBERT/ITH run or export."""
@@ -97,36 +108,90 @@ class Query:
   task: str = ""
   options: tuple[str, ...] = ()
   inferred: bool = False  # Set by `Predictor.check` when the task was inferred.
+  where: str = ""  # What names it in messages ("--text 2", "file.csv:3"; "sentence <n>").
 
 
-def read_input(path: str) -> list[Query]:
-  """Queries from a CSV (`sentence`, optional `task`, `options` "a|b|c" or columns A-D) or a
-  JSON-lines file (`{"sentence": ..., "task": ..., "options": [...]}`)."""
+def read_text(path: str, encoding: str = "utf-8", flag: str = "--input") -> str:
+  """The text of an input file in `encoding` (UTF-8 may start with a byte-order mark), or
+  InputError naming the file, the line and the byte offset of the first undecodable byte."""
   if not os.path.isfile(path):
-    raise InputError(f"--input={path}: no such file.")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    if path.endswith((".jsonl", ".json")):
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append((f"{path}:{n}", json.loads(line)))
-          except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{n}: not a JSON object ({e.msg}).") from None
-    else:
-      reader = csv.DictReader(f)
-      if "sentence" not in (reader.fieldnames or ()):
-        raise InputError(f"{path}: no `sentence` column (columns: {reader.fieldnames}).")
-      rows = [(f"{path}:{n + 1}", r) for n, r in enumerate(reader, 1)]
+    raise InputError(f"{flag}={path}: no such file.")
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    codec = codecs.lookup(encoding).name
+  except LookupError:
+    raise InputError(f"--encoding={encoding}: not an encoding Python knows.") from None
+  try:
+    return raw.decode("utf-8-sig" if codec == "utf-8" else encoding)
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise InputError(f"{path}:{line}: byte 0x{raw[e.start]:02x} at offset {e.start} is not "
+                     f"{codec}; give the file's encoding with --encoding (e.g. "
+                     "--encoding=latin-1).") from None
+
+
+def _records(path: str, text: str):
+  """(physical line number, row) of each data row: a JSON-lines file's objects (an
+  InputError in place of a line that is not JSON), a CSV's rows as dicts (a quoted field may
+  span lines; a row is named by the line it starts on)."""
+  if path.endswith((".jsonl", ".json")):
+    for n, line in enumerate(io.StringIO(text, newline=""), 1):
+      if line.strip():
+        try:
+          yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+          yield n, InputError(f"{path}:{n}: not a JSON object ({e.msg}).", f"{path}:{n}")
+    return
+  reader = csv.reader(io.StringIO(text, newline=""))
+  header, start = None, 1
+  try:
+    for record in reader:
+      if record and header is None:
+        header = [h.strip() for h in record]
+        if "sentence" not in header:
+          raise InputError(f"{path}:{start}: no `sentence` column (columns: {header}).")
+      elif record:
+        if len(record) != len(header):
+          yield start, InputError(f"{path}:{start}: {len(record)} fields, the header has "
+                                  f"{len(header)}.", f"{path}:{start}")
+        else:
+          yield start, dict(zip(header, record))
+      start = reader.line_num + 1
+  except csv.Error as e:
+    raise InputError(f"{path}:{start}: not readable as CSV ({e}).") from None
+  if header is None:
+    raise InputError(f"{path}: empty file (no header with a `sentence` column).")
+
+
+def read_input(path: str, encoding: str = "utf-8") -> list:
+  """The rows of an input file, in order: a `Query` for each good one, an `InputError`
+  ("file:line: why") for each bad one. A CSV has a `sentence` column, optional `task`,
+  options as `options` "a|b|c" or columns A-D; a JSON-lines file has objects `{"sentence":
+  ..., "task": ..., "options": [...]}`. A file that cannot be read at all (missing, not in
+  `encoding`, no `sentence` column) raises InputError."""
   out = []
-  for where, r in rows:
+  for n, r in _records(path, read_text(path, encoding)):
+    where = f"{path}:{n}"
+    if isinstance(r, InputError):
+      out.append(r)
+      continue
     if not isinstance(r, dict) or "sentence" not in r:
-      raise InputError(f"{where}: expected an object with `sentence`.")
+      out.append(InputError(f"{where}: expected an object with `sentence`.", where))
+      continue
     options = r.get("options") or [r[k] for k in OPTION_COLUMNS if r.get(k)]
     if isinstance(options, str):
       options = options.split("|")
-    out.append(Query(check_sentence(r["sentence"], where), str(r.get("task") or ""),
-                     tuple(normalise(o) for o in options if normalise(o))))
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+      out.append(InputError(f"{where}: `options` is not a list of strings.", where))
+      continue
+    try:
+      sentence = check_sentence(r["sentence"], where)
+    except InputError as e:
+      out.append(InputError(str(e), where))
+      continue
+    out.append(Query(sentence, str(r.get("task") or ""),
+                     tuple(normalise(o) for o in options if normalise(o)), where=where))
   return out
 
 
@@ -273,19 +338,38 @@ class Predictor:
     """Queries with their task, or InputError (before any model loads)."""
     out = []
     for n, q in enumerate(queries, 1):
-      sentence = check_sentence(q.sentence, f"sentence {n}")
+      where = q.where or f"sentence {n}"
+      sentence = check_sentence(q.sentence, where)
       task = q.task or tasks.infer(sentence, among=self.exports)
       if task not in self.exports:
-        raise InputError(f"sentence {n}: task {task!r} is not one this run trained "
+        raise InputError(f"{where}: task {task!r} is not one this run trained "
                          f"({', '.join(self.exports)}).")
-      out.append(dataclasses.replace(q, sentence=sentence, task=task, inferred=not q.task))
+      out.append(dataclasses.replace(q, sentence=sentence, task=task, inferred=not q.task,
+                                     where=where))
     return out
 
   @_locked
-  def spans(self, sentences: Sequence[str]) -> list[list[types.Span]]:
+  def spans(self, sentences: Sequence[str], names: Sequence[str], warn=None
+            ) -> list[list[types.Span]]:
+    """The detector's spans of each sentence (`names` name them in the lines `warn` gets
+    for a sentence cut around its `[MASK]`)."""
     if self.detector is None:
       return [[] for _ in sentences]
-    return [list(s) for s in self.detector(list(sentences))]
+    return [list(s) for s in self.detector(list(sentences), names=list(names), warn=warn)]
+
+  def window(self, q: Query, warn=None) -> list[tuple[int, int]]:
+    """The character ranges of the words the task's model reads of `q` (all of them, unless
+    the sentence is longer than `data.max_length`: then the window around its `[MASK]`
+    that every row of it keeps, `axk.data.encode.mask_window`)."""
+    _, tokenizer = self.model(q.task)
+    spec = tasks.get(q.task)
+    words = spec.choices if spec.closed else (*self.vocabulary(q.task), *q.options)
+    with self._lock:  # Tokenizer calls, as in `_one`.
+      extra = max(len(enc.answer_pieces(tokenizer, w)) for w in words) - 1
+      return enc.kept_words(types.Example(q.where, q.task, "predict", q.sentence, "", (), (),
+                                          -1), tokenizer,
+                            max_length=int(self.config.data.max_length), extra=extra,
+                            warn=warn)
 
   @_locked
   def audio(self, keys: Sequence[str]) -> dict[str, dict]:
@@ -310,12 +394,20 @@ class Predictor:
     return self.source.keys(example, found)
 
   def __call__(self, queries: Sequence[Query]) -> list[dict]:
+    """One record per query. A sentence longer than the detector or the model reads is cut
+    around its `[MASK]`: the record's `warnings` say so, and its spans are those the
+    detector found in its window that also lie in the model's."""
     queries = self.check(queries)
-    found = self.spans([q.sentence for q in queries])
+    notes: list[str] = []
+    found = self.spans([q.sentence for q in queries], [q.where for q in queries], notes.append)
+    warnings = [[m for m in notes if m.startswith(f"{q.where}: ")] for q in queries]
+    for q, row, w in zip(queries, found, warnings):
+      kept = self.window(q, w.append)
+      row[:] = [s for s in row if any(a < s.end and s.start < b for a, b in kept if a < b)]
     keys = [self.keys(q, row) for q, row in zip(queries, found)]
     acquired = self.audio([k for row in keys for k in row])
-    return [self._one(q, row, [acquired.get(k) for k in ks])
-            for q, row, ks in zip(queries, found, keys)]
+    return [{**self._one(q, row, [acquired.get(k) for k in ks]), "input": q.where,
+             "warnings": w} for q, row, ks, w in zip(queries, found, keys, warnings)]
 
   def _one(self, q: Query, found: Sequence[types.Span], acquired: Sequence[dict | None]
            ) -> dict:
@@ -335,7 +427,7 @@ class Predictor:
     audio_dim = int(loaded.module.audio_dim)
 
     def arrays_of(options: Sequence[str], protocol: str):
-      example = types.Example("predict/0", q.task, "predict", q.sentence, options[0], (),
+      example = types.Example(q.where, q.task, "predict", q.sentence, options[0], (),
                               tuple(options), 0)
       # The request's first tokenizer call may reset the fast tokenizer's truncation and
       # padding, which no concurrent call may meet; its later calls (forward) only read.
@@ -343,7 +435,8 @@ class Predictor:
         return inputs_lib.build([example], [spans], tokenizer, method=self.method,
                                 model=loaded.module, protocol=protocol,
                                 max_length=int(c.max_length), max_spans=int(c.max_spans),
-                                audio_dim=audio_dim, audio_tokens=tokens)
+                                audio_dim=audio_dim, audio_tokens=tokens,
+                                warn=None)  # `window` said it.
 
     record = {"sentence": q.sentence, "task": q.task, "task_inferred": q.inferred,
               "method": self.method.name, "model": loaded.path,
@@ -479,6 +572,8 @@ def table(records: Sequence[Mapping]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Exit status: 0; 1 when some rows of `--input` were bad (each reported, the others
+  answered); 3 (`error:`) when nothing could be predicted: a bad `--text`, model or file."""
   parser = argparse.ArgumentParser(prog="python -m axk.predict", description=__doc__.split(
       "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", required=True, help="a run's workdir (or an export in one)")
@@ -486,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="a sentence with one [MASK] (repeat for more)")
   parser.add_argument("--input", default="", help="CSV (sentence[,task][,options|A-D]) or "
                       "JSON lines ({sentence, task, options})")
+  parser.add_argument("--encoding", default="utf-8", help="the --input file's text encoding "
+                      "(default utf-8, with or without a byte-order mark)")
   parser.add_argument("--task", default="", help="the task of every --text sentence, one the "
                       "run trained (default: inferred from the sentence)")
   parser.add_argument("--options", default="", help="options of an open-answer task (animal) "
@@ -499,24 +596,43 @@ def main(argv: Sequence[str] | None = None) -> int:
   jax_cache.enable(args.jax_cache_dir)
   try:
     options = tuple(normalise(o) for o in args.options.split("|") if normalise(o))
-    queries = [Query(check_sentence(t, f"--text {i}"), args.task, options)
+    queries = [Query(check_sentence(t, f"--text {i}"), args.task, options, where=f"--text {i}")
                for i, t in enumerate(args.text, 1)]
-    if args.input:
-      queries += read_input(args.input)
-    if not queries:
+    rows = read_input(args.input, args.encoding) if args.input else []
+    if not queries and not rows:
       raise InputError("nothing to predict: give --text=SENTENCE or --input=FILE.")
     predictor = Predictor(args.model, device=args.device, top=args.top)
-    predictor.check(queries)
-    records = [jsonable(r) for r in predictor(queries)]
+    predictor.check(queries)  # A bad --text stops everything.
+    for n, row in enumerate(rows):  # A bad row of the file is reported; the others go on.
+      if isinstance(row, Query):
+        try:
+          predictor.check([row])
+        except InputError as e:
+          rows[n] = InputError(str(e), row.where)
+    bad = [r for r in rows if isinstance(r, InputError)]
+    for e in bad:
+      print(f"error: {e}", file=sys.stderr)
+    queries += [r for r in rows if isinstance(r, Query)]
+    if not queries:
+      raise InputError(f"{args.input}: no row to predict ({len(bad)} bad, above).")
+    records = iter([jsonable(r) for r in predictor(queries)])
   except (InputError, ModelError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 3
+  # Input order: the --text sentences, then the file's rows, a bad one as its error.
+  out = [next(records) for _ in args.text]
+  out += [{"input": r.where, "error": str(r)} if isinstance(r, InputError)
+          else next(records) for r in rows]
+  for r in out:
+    for w in r.get("warnings", ()):
+      print(f"warning: {w}", file=sys.stderr)
   if args.output:
-    files.write_text(args.output, "".join(json.dumps(r) + "\n" for r in records))
-    print(f"{len(records)} predictions written to {args.output}")
+    files.write_text(args.output, "".join(json.dumps(r) + "\n" for r in out))
+    print(f"{len(out) - len(bad)} predictions written to {args.output}"
+          + (f"; {len(bad)} rows bad (their `error`)" if bad else ""))
   else:
-    print(table(records))
-  return 0
+    print(table([r for r in out if "error" not in r]))
+  return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -102,13 +102,16 @@ class SplitData:
 # ----------------------------------------------------------------------------------------
 
 
-def _read_records(path: pathlib.Path) -> tuple[list[str], list[list[str]], bytes]:
-  """Returns the header, the data records and the raw bytes of a CSV file.
+def _read_records(path: pathlib.Path) -> tuple[list[str], list[tuple[int, list[str]]], bytes]:
+  """Returns the header, the data records with the file line each starts on, and the raw
+  bytes of a CSV file.
 
   The file is decoded as UTF-8 with `surrogateescape`, so that a stray byte becomes a lone
   surrogate in the field holding it instead of failing the whole file: the caller skips
   exactly the records that hold one. Invalid bytes are never ASCII, so they cannot change
-  the CSV structure (quotes, commas, newlines) around them.
+  the CSV structure (quotes, commas, newlines) around them. Line numbers count the file's
+  physical lines from 1 (the header's), so a quoted field over several lines or a blank line
+  does not shift them.
   """
   try:
     raw = path.read_bytes()
@@ -117,13 +120,20 @@ def _read_records(path: pathlib.Path) -> tuple[list[str], list[list[str]], bytes
   text = raw.decode("utf-8", errors="surrogateescape")
   if text.startswith("\ufeff"):
     text = text[1:]
-  # Blank lines are layout, not rows.
-  records = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+  reader = csv.reader(io.StringIO(text, newline=""))
+  records, start = [], 1
+  try:
+    for record in reader:
+      if record:  # Blank lines are layout, not rows.
+        records.append((start, record))
+      start = reader.line_num + 1
+  except csv.Error as e:
+    raise DataError(f"{path}:{start}: not readable as CSV ({e})") from None
   if not records:
     raise DataError(f"{path}: empty file (no header, no rows)")
-  header = [h.strip() for h in records[0]]
+  header = [h.strip() for h in records[0][1]]
   if any(_SURROGATE.search(h) for h in header):
-    raise DataError(f"{path}: the header line is not valid UTF-8")
+    raise DataError(f"{path}:{records[0][0]}: the header line is not valid UTF-8")
   return header, records[1:], raw
 
 
@@ -239,6 +249,13 @@ def _validate_row(
     spans.append(span)
   return None, answer, options, tuple(spans), notes
 
+def _lines(numbers: Sequence[int], shown: int = 5) -> str:
+  """"line 4" / "lines 4, 9, 12" / "lines 4, 9, 12, 20, 31 and 7 more"."""
+  head = ", ".join(map(str, numbers[:shown]))
+  more = f" and {len(numbers) - shown} more" if len(numbers) > shown else ""
+  return f"line{'s' if len(numbers) > 1 else ''} {head}{more}"
+
+
 def load_split(
     data_dir: str | os.PathLike[str],
     task: str,
@@ -255,7 +272,9 @@ def load_split(
   is not `higher`/`lower` (pitch), an `Answer` that is not one of A-D or an option at
   `Answer` that disagrees with `animal` (animal), or a gold span that is empty or not in
   its sentence (see `find_span`). Every row gets exactly one reason, the first that
-  applies, in that order.
+  applies, in that order. The log line (and the error when no row is valid) names the file
+  lines of the skipped rows by reason; a file that is not CSV at all is refused naming the
+  line the unreadable record starts on.
 
   Args:
     data_dir: folder holding the task folders.
@@ -291,17 +310,21 @@ def load_split(
   skipped: collections.Counter[str] = collections.Counter()
   notes: collections.Counter[str] = collections.Counter()
   missing: set[str] = set()
-  for row_number, record in enumerate(records, start=1):
+  lines: dict[str, list[int]] = collections.defaultdict(list)  # Skip reason -> file lines.
+  for row_number, (line, record) in enumerate(records, start=1):
     if any(_SURROGATE.search(field) for field in record):
       skipped[UNDECODABLE] += 1
+      lines[UNDECODABLE].append(line)
       continue
     if len(record) != len(header):
       skipped[WRONG_FIELD_COUNT] += 1
+      lines[WRONG_FIELD_COUNT].append(line)
       continue
     fields = {key: record[i] for key, i in columns.items()}
     reason, answer, options, spans, row_notes = _validate_row(task, fields, keep_missing_spans)
     if reason is not None:
       skipped[reason] += 1
+      lines[reason].append(line)
       continue
     notes.update(row_notes)
     if SPAN_MISSING_KEPT in row_notes:
@@ -317,7 +340,8 @@ def load_split(
         label=options.index(answer) if options else -1,
     ))
 
-  reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
+  reasons = ", ".join(f"{k}: {v} ({_lines(lines[k])})"
+                      for k, v in sorted(skipped.items())) or "none"
   logger.info("%s: %d rows read, %d kept, skipped by reason: %s%s", path, len(records),
               len(examples), reasons,
               "".join(f"; {k}: {v}" for k, v in sorted(notes.items())))

@@ -12,6 +12,12 @@ exact and predictions can be traced back to characters. Two answer protocols fil
 
 Arrays are int32 and padded to a multiple of `BUCKET`, so that a jitted step sees only a
 few shapes.
+
+A sentence longer than `max_length` tokens is cut around its `[MASK]` (`mask_window`): the
+special tokens stay, and so does the window of `max_length` tokens centred on the mask; the
+tokens outside it are dropped, with a warning naming the example and how many were dropped.
+The span detector applies the same rule (`axk.features.detector`), so both read the same
+words of an overlong sentence.
 """
 
 from __future__ import annotations
@@ -74,6 +80,41 @@ def load_tokenizer(model_dir_or_id: str | os.PathLike[str]) -> transformers.PreT
   return tokenizer
 
 
+def mask_window(length: int, mask_at: int, max_length: int, *, head: int = 1,
+                tail: int = 1, extra: int = 0) -> tuple[int, int]:
+  """The token positions `[start, end)` an overlong sentence keeps around its `[MASK]`.
+
+  A tokenised sentence has `length` tokens: `head` special tokens, its words, `tail` special
+  tokens. Its row also gets `extra` tokens (the mask repeated for an answer of several
+  pieces). When `length + extra <= max_length` everything is kept: `(head, length - tail)`.
+  Otherwise the special tokens stay and the words keep a window of `max_length - head - tail
+  - extra` tokens around the mask: `(budget - 1) // 2` before it, the rest from it on, moved
+  inwards where the sentence ends first. The tokens outside the window are dropped.
+
+  Raises:
+    ValueError: `max_length` leaves no room for a word.
+  """
+  if length + extra <= max_length:
+    return head, length - tail
+  budget = max_length - head - tail - extra
+  if budget < 1:
+    raise ValueError(f"max_length={max_length} leaves no room for the sentence "
+                     f"({head + tail} special tokens, {extra} more mask tokens)")
+  start = max(head, mask_at - (budget - 1) // 2)
+  end = min(start + budget, length - tail)
+  return end - budget, end
+
+
+def cut_note(where: str, length: int, window: tuple[int, int], max_length: int, *,
+             head: int = 1, tail: int = 1, reader: str = "the model") -> str:
+  """The warning for a sentence cut by `mask_window`: where, its size, what was dropped."""
+  start, end = window
+  before, after = start - head, length - tail - end
+  return (f"{where}: {length} tokens, more than {reader}'s max_length={max_length}; it "
+          f"reads the {end - start} around [MASK] and drops {before + after} "
+          f"({before} before, {after} after)")
+
+
 def answer_pieces(tokenizer: transformers.PreTrainedTokenizerBase, text: str) -> list[int]:
   """Word-piece ids of an answer, without special tokens."""
   pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -105,6 +146,7 @@ def _tokenise(
       return_offsets_mapping=True,
       return_special_tokens_mask=True,
       return_token_type_ids=True,
+      verbose=False,  # Overlong sentences are cut around the mask, and said so, by `_fit`.
   )
   out = []
   for i, example in enumerate(examples):
@@ -121,6 +163,34 @@ def _tokenise(
         mask_at=at[0],
     ))
   return out
+
+
+def _fit(example: Example, tok: _Tokenised, extra: int, max_length: int, warn
+         ) -> _Tokenised:
+  """`tok` cut to `max_length` tokens around its mask (`mask_window`), `extra` more mask
+  tokens to come; `warn` is called with a line when tokens are dropped."""
+  length = len(tok.ids)
+  head = next((i for i, s in enumerate(tok.special) if not s), length)
+  tail = length - max((i + 1 for i, s in enumerate(tok.special) if not s), default=head)
+  start, end = mask_window(length, tok.mask_at, max_length, head=head, tail=tail, extra=extra)
+  if (start, end) == (head, length - tail):
+    return tok
+  if warn is not None:
+    warn(cut_note(example.id, length, (start, end), max_length, head=head, tail=tail))
+  keep = [*range(head), *range(start, end), *range(length - tail, length)]
+  return _Tokenised(ids=[tok.ids[i] for i in keep], type_ids=[tok.type_ids[i] for i in keep],
+                    offsets=[tok.offsets[i] for i in keep],
+                    special=[tok.special[i] for i in keep],
+                    mask_at=tok.mask_at - start + head)
+
+
+def kept_words(example: Example, tokenizer: transformers.PreTrainedTokenizerBase, *,
+               max_length: int, extra: int = 0, warn=None) -> list[tuple[int, int]]:
+  """The character ranges of the tokens (special tokens left out) that a row of `example`
+  keeps, `extra` more mask tokens to come: all of them, unless the sentence is cut
+  (`mask_window`; `warn` as in `encode`)."""
+  tok = _fit(example, _tokenise([example], tokenizer)[0], extra, max_length, warn)
+  return [o for o, special in zip(tok.offsets, tok.special) if not special]
 
 
 def _span_tags(tok: _Tokenised, spans: Sequence[Span]) -> tuple[list[int], list[int]]:
@@ -170,10 +240,9 @@ def _row(
   mlm[at:at + n] = targets
   row["mlm_labels"] = mlm
   row["mask_positions"] = list(range(at, at + n))
-  if len(row["input_ids"]) > max_length:
-    raise ValueError(f"{example.id}: {len(row['input_ids'])} tokens exceed max_length="
-                     f"{max_length}; AuditoryBench sentences are short, so this is not "
-                     "truncated silently: raise max_length")
+  if len(row["input_ids"]) > max_length:  # `_fit` made room; a bug if not.
+    raise AssertionError(f"{example.id}: {len(row['input_ids'])} tokens after cutting to "
+                         f"max_length={max_length}")
   return row
 
 
@@ -236,6 +305,7 @@ def encode(
     protocol: str = "paper",
     spans: Sequence[Sequence[Span]] | None = None,
     pad_to: int | None = None,
+    warn=logger.warning,
 ) -> dict[str, np.ndarray]:
   """Tokenises examples, one row each, with the gold answer as masked-LM target.
 
@@ -254,12 +324,14 @@ def encode(
     examples: the examples.
     tokenizer: from `load_tokenizer`.
     max_length: longest row allowed, special and expanded mask tokens included. A longer
-      row raises, naming the example: rows are never truncated.
+      sentence is cut around its `[MASK]` (`mask_window`); a span with no token left
+      marks none.
     protocol: "paper" or "single".
     spans: per example, the spans to mark, e.g. a span detector's predictions; None for
       the examples' gold spans.
     pad_to: row length; default: the longest row rounded up to a multiple of `BUCKET`
       (at most `max_length`).
+    warn: called with one line per cut sentence (None: silent).
 
   Returns:
     int32 arrays, N rows of length L, M the most mask tokens in a row:
@@ -284,6 +356,7 @@ def encode(
     if protocol == "single":
       multi_piece += len(pieces) > 1
       pieces = pieces[:1]
+    tok = _fit(example, tok, len(pieces) - 1, max_length, warn)
     rows.append(_row(example, tok, example_spans, pieces, max_length))
   if multi_piece:
     logger.warning("protocol 'single': %d of %d answers have several word pieces; only "
@@ -300,6 +373,7 @@ def encode_candidates(
     max_length: int,
     spans: Sequence[Sequence[Span]] | None = None,
     pad_to: int | None = None,
+    warn=logger.warning,
 ) -> dict[str, np.ndarray]:
   """Tokenises every (example, option) pair: axk's leak-free answer protocol.
 
@@ -315,6 +389,8 @@ def encode_candidates(
     max_length: as in `encode`.
     spans: as in `encode`, per example.
     pad_to: as in `encode`.
+    warn: as in `encode`. An overlong sentence is cut once for all its options, with room
+      for the longest.
 
   Returns:
     The arrays of `encode`, one row per (example, option), plus option_index [R] (into
@@ -326,9 +402,12 @@ def encode_candidates(
   rows, option_index, example_index = [], [], []
   for i, (example, tok, example_spans) in enumerate(
       zip(examples, _tokenise(examples, tokenizer), spans)):
-    for j, option in enumerate(example.options):
+    for option in example.options:
       if option not in pieces_of:
         pieces_of[option] = answer_pieces(tokenizer, option)
+    extra = max((len(pieces_of[o]) for o in example.options), default=1) - 1
+    tok = _fit(example, tok, extra, max_length, warn)
+    for j, option in enumerate(example.options):
       rows.append(_row(example, tok, example_spans, pieces_of[option], max_length))
       option_index.append(j)
       example_index.append(i)

@@ -22,8 +22,10 @@ class Example:
   """One AuditoryBench row after validation and normalisation.
 
   Attributes:
-    id: stable identifier `"{task}/{split}/{row}"`, row being the 1-based data row of the
-      CSV file (header excluded), so that messages and predictions point back at the file.
+    id: stable identifier `"{task}/{split}/{row}"`, row being the 1-based data record of
+      the CSV file (the header and blank lines not counted; a record whose quoted field
+      spans lines counts once), so that messages and predictions point back at the file.
+      It is not the file line: the loader's messages name those.
     task: a registered benchmark task (`axk.tasks`).
     split: one of `SPLITS`.
     sentence: the sentence, with exactly one `[MASK]`.

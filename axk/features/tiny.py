@@ -229,7 +229,8 @@ def build_musicgen(path: str, *, seed: int = 0, sampling_rate: int = 16_000) -> 
   return path
 
 
-def build_detector(path: str, *, seed: int = 0, positive_bias: float | None = None) -> str:
+def build_detector(path: str, *, seed: int = 0, positive_bias: float | None = None,
+                   max_positions: int = 512) -> str:
   """Saves a tiny `BertForTokenClassification` span detector (2 labels).
 
   Args:
@@ -237,12 +238,14 @@ def build_detector(path: str, *, seed: int = 0, positive_bias: float | None = No
     seed: weight seed.
     positive_bias: when set, zeroes the classifier weights and sets the bias so that every
       token is labelled inside (> 0) or outside (< 0) a span, for deterministic tests.
+    max_positions: its position embeddings (the longest input it reads).
   """
   torch.manual_seed(seed)
   tokenizer = bert_tokenizer()
   config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=16,
                                    num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=32, num_labels=2)
+                                   intermediate_size=32, num_labels=2,
+                                   max_position_embeddings=max_positions)
   model = transformers.BertForTokenClassification(config).eval()
   if positive_bias is not None:
     with torch.no_grad():

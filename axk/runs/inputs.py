@@ -133,7 +133,8 @@ def audio_arrays(spans: Sequence[Sequence[Mapping]], *, max_spans: int, audio_di
 
 def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]], tokenizer, *,
           method, model, protocol: str, max_length: int, max_spans: int,
-          audio_dim: int, audio_tokens: int = 0) -> dict[str, np.ndarray]:
+          audio_dim: int, audio_tokens: int = 0, warn=enc.logger.warning
+          ) -> dict[str, np.ndarray]:
   """The arrays a masked-word model reads, one row per example ("paper") or per (example,
   option) ("candidates").
 
@@ -144,14 +145,18 @@ def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]],
       `lora_gate` computes the per-row gate.
     model: its `Model` instance.
     protocol: "paper" (`axk.data.encode.encode`) or "candidates" (`encode_candidates`).
+    max_length: a longer sentence is cut around its `[MASK]` (`axk.data.encode.mask_window`);
+      a span none of whose tokens is kept has no audio in the row (nor a LoRA gate).
+    warn: called with a line per cut sentence (`axk.data.encode.encode`).
   """
   as_spans = [[types.Span(int(s["start"]), int(s["end"]), str(s["text"])) for s in row]
               for row in spans]
   if protocol == "candidates":
-    arrays = enc.encode_candidates(examples, tokenizer, max_length=max_length, spans=as_spans)
+    arrays = enc.encode_candidates(examples, tokenizer, max_length=max_length, spans=as_spans,
+                                   warn=warn)
   else:
     arrays = enc.encode(examples, tokenizer, max_length=max_length, protocol=protocol,
-                        spans=as_spans)
+                        spans=as_spans, warn=warn)
   rows = arrays["example_index"]
   audio = audio_arrays([spans[i] for i in rows], max_spans=max_spans, audio_dim=audio_dim,
                        audio=method.audio, audio_tokens=audio_tokens)
@@ -159,5 +164,8 @@ def build(examples: Sequence[types.Example], spans: Sequence[Sequence[Mapping]],
   # Span ids beyond max_spans are dropped, so no token points at a missing span.
   s = audio["span_has_audio"].shape[1]
   arrays["span_ids"] = np.where(arrays["span_ids"] > s, 0, arrays["span_ids"])
+  # A span left without tokens (outside the window of a cut sentence) brings no audio.
+  in_row = (arrays["span_ids"][:, None, :] == np.arange(1, s + 1)[None, :, None]).any(-1)
+  audio["span_has_audio"] *= in_row.astype(np.int32)
   arrays["lora_gate"] = method.lora_gate(arrays, model)
   return arrays
