@@ -4,7 +4,8 @@
 the span detector trains into `<workdir>/stages/span` (its predictions/ are the detected
 spans of every split, train included), and the feature pipeline writes
 `<workdir>/stages/features` from detected spans (the run's `spans.gold_splits` names the
-splits that keep gold spans). A stage whose outputs exist is reused.
+splits that keep gold spans; when it names every split, no detector runs and the features
+are built at gold spans). A stage whose outputs exist is reused.
 Each stage is its own `python -m axk.main` process, so the training process never imports
 torch (the feature pipeline's). Both stages receive the run's `data` fields.
 
@@ -26,6 +27,7 @@ import jax
 
 import axk
 from axk import tasks
+from axk.data import types
 from axk.features import shards
 from axk.runs import common
 from axk.runs.common import ConfigError
@@ -127,15 +129,29 @@ def check(config) -> None:
     raise ConfigError(f"--config.spans.predictions={predictions}: no such folder.")
 
 
-def gold_splits_differ(manifest, gold: tuple[str, ...]) -> str:
-  """Why features built from a detector's predictions (`manifest`) do not keep gold spans on
-  exactly the splits `gold`; "" when they do, or when their spans came from elsewhere."""
+def feature_splits(manifest) -> tuple[set[str], set[str]]:
+  """(the splits features cover, those of them built at gold spans), from their `manifest`:
+  `spans.source="gold"` is gold everywhere, a detector's predictions are gold on their
+  `spans.gold_splits`. A manifest without `inputs` covers every split."""
   spans = manifest.get("spans", {})
-  have = sorted(spans.get("gold_splits", []))
-  if spans.get("source") != "predictions" or have == sorted(gold):
+  present = {k.split("/")[1] for k in manifest.get("inputs", {})} or set(types.SPLITS)
+  if spans.get("source") == "gold":
+    return present, present
+  return present, present & set(spans.get("gold_splits", []))
+
+
+def gold_splits_differ(manifest, gold: tuple[str, ...]) -> str:
+  """Why features (`manifest`) built from a detector's predictions or at gold spans do not
+  have gold spans on exactly the splits `gold` (among the splits they cover); "" when they
+  do, or when their spans came from a detector run in the pipeline."""
+  if manifest.get("spans", {}).get("source") not in ("gold", "predictions"):
     return ""
-  return (f"the features keep gold spans for {','.join(have) or 'no split'}, "
-          f"--config.spans.gold_splits asks for {','.join(gold) or 'no split'}")
+  present, have = feature_splits(manifest)
+  have, want = sorted(have), sorted(set(gold) & present)
+  if have == want:
+    return ""
+  return (f"the features have gold spans for {','.join(have) or 'no split'}, "
+          f"--config.spans.gold_splits asks for {','.join(want) or 'no split'}")
 
 
 def _same_gold_splits(features: str, gold: tuple[str, ...]) -> bool:
@@ -155,12 +171,17 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   detector and name a folder per setting)."""
   stages = os.path.join(os.path.abspath(workdir), "stages")
   out = {"spans_predictions": config.spans.predictions, "features_dir": config.features.dir}
+  gold = common.gold_splits(config)
+  # Gold spans on every split (`configs/ith.py:published_spans`): no detector is needed.
+  all_gold = set(config.data.splits) <= set(gold)
+  if all_gold and config.spans.predictions == AUTO:
+    out["spans_predictions"] = ""
   # Features are built from detected spans, so "auto" features need them.
-  if AUTO in (config.spans.predictions, config.features.dir):
+  if AUTO in (config.spans.predictions, config.features.dir) and not all_gold:
     span_dir = os.path.join(stages, "span")
     # A detector run from before train predictions existed reruns: it resumes at its last
     # step and only predicts.
-    no_train = "train" not in common.gold_splits(config) and not glob.glob(
+    no_train = "train" not in gold and not glob.glob(
         os.path.join(span_dir, "predictions", "*_train.jsonl"))
     if not os.path.exists(os.path.join(span_dir, "results.json")) or no_train:
       _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
@@ -172,11 +193,11 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   if config.features.dir == AUTO:
     feat_dir = os.path.join(stages, features_stage)
     features = os.path.join(feat_dir, config.stages.get("features_output", "features"))
-    gold = common.gold_splits(config)
     # Done only when every file matches its manifest and its spans are the ones asked for.
     if not shards.verified(features) or not _same_gold_splits(features, gold):
-      spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
-               f"--config.spans.gold_splits={','.join(gold)}"]
+      spans = (["--config.spans.source=gold"] if all_gold else
+               ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
+                f"--config.spans.gold_splits={','.join(gold)}"])
       _run([sys.executable, "-m", "axk.main",
             f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
             *_data_overrides(config), *spans, *config.stages.get("features_args", ())],
