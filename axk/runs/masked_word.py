@@ -540,8 +540,10 @@ def run(config, workdir: str) -> dict:
 
 
 def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float],
-               warmups: Mapping[str, float]):
-  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate and warm-up."""
+               warmups: Mapping[str, float] | None = None):
+  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate and warm-up
+  (`warmups`: `warmup_ratios(config)` by default)."""
+  warmups = warmup_ratios(config) if warmups is None else warmups
   c = config.copy_and_resolve_references()
   c.data.tasks = tasks
   values = sorted({rates[t] for t in tasks})
