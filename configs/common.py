@@ -190,6 +190,9 @@ def masked_word_config():
   # A task trains at train.learning_rate when it is nonzero, else at
   # train.task_learning_rates[task], else at its spec's `learning_rate` (axk/tasks/).
   c.train.task_learning_rates = ml_collections.ConfigDict()
+  # A task's warm-up as a number of epochs' steps (e.g. `pitch=2.0`); a task without a
+  # positive entry warms up over train.warmup_ratio of its steps.
+  c.train.task_warmup_epochs = ml_collections.ConfigDict()
   c.train.separate_tasks = False  # One model per benchmark task, in <workdir>/<task>/.
   # Where the masked-LM loss is taken: "mask" (the answer's pieces at [MASK], as ITH's
   # published code) or "sentence" (every real token of the target sentence, as AudioBERT's
@@ -204,6 +207,10 @@ def masked_word_config():
   # "" (detected spans on every split, train included, as ITH's published code) or "train"
   # (gold spans for training). The "auto" features stage builds its features the same way.
   c.spans.gold_splits = ""  # Splits that keep their gold spans whatever the span source.
+  # Given features (`features.dir`) built at gold spans (their manifest's `spans`) for a split
+  # not in gold_splits are refused before any work; True uses them, and every results file
+  # then says which evaluated splits had gold spans (`gold_spans`).
+  c.spans.accept_gold_features = False
 
   c.features = ml_collections.ConfigDict()
   # Feature shards (configs/features.py output: the folder holding manifest.json); "" for

@@ -1,9 +1,18 @@
 """Offline audio features (PyTorch) for AudioBERT (retrieval) and ITH (generation).
 
+Spans: the span detector's, as both methods use them (`spans.source="predictions"`), so a
+standalone run needs the detector's predictions folder (`python -m axk.main
+--config=configs/span.py --workdir=SPAN_WORKDIR` writes it); every command below takes
+`--config.spans.predictions=SPAN_WORKDIR/predictions` (shown once below). A masked-word run
+given features built at gold spans for its detected-span splits refuses them (see
+docs/fidelity.md). Without `--config.features.dir`, ITH and AudioBERT runs build their
+features themselves from their own detector's spans.
+
 Retrieval (AudioBERT): CLAP top-1 from an audio database, AST features of the clip:
 
     python -m axk.main --config=configs/features.py:retrieval --workdir=workdirs/feat_ret \
-        --config.data.dir=/data/auditorybench --config.database.dir=/data/audio_db
+        --config.data.dir=/data/auditorybench --config.database.dir=/data/audio_db \
+        --config.spans.predictions=SPAN_WORKDIR/predictions
 
 The published code's database, LAION-Audio-630K as webdataset shards, read in place:
 
@@ -14,19 +23,25 @@ The published code's database, LAION-Audio-630K as webdataset shards, read in pl
 Generation (ITH): Stable Audio Open with CLAP rejection sampling, AST tokens of the clip:
 
     python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_ith \
-        --config.data.dir=/data/auditorybench
+        --config.data.dir=/data/auditorybench --config.spans.predictions=SPAN_WORKDIR/predictions
+
+The candidates per span: n = 2 (the paper's, Figure 2); the published code's batch of 5 is
+`--config.generation.n=5`.
 
 ITH's ablations, as modifiers after a comma (the generation source alone; on `smoke` too):
 `generation,no_rejection` (the first clip drawn), `generation,sentence_audio` (one clip per
 sentence, "w/o DKI"), `generation,audioldm2` and `generation,musicgen` (other generators).
+`gold` (after any variant: `generation,gold`) builds at the gold spans of every split instead
+of the detector's: an oracle of the spans, for a run that asks for gold spans
+(`--config.spans.gold_splits`) or says it accepts them (`--config.spans.accept_gold_features`).
 
 Figure 2's sweeps run from one clip cache shared by one workdir per setting; a candidate
 drawn once is never drawn again (every candidate is kept with its score):
 
     python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_p04 \
         --config.generation.cache_dir=workdirs/clips --config.generation.tau.pitch=0.4
-    python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_n2 \
-        --config.generation.cache_dir=workdirs/clips --config.generation.n=2
+    python -m axk.main --config=configs/features.py:generation --workdir=workdirs/feat_n5 \
+        --config.generation.cache_dir=workdirs/clips --config.generation.n=5
 
 Offline smoke run (sample data, tiny random models, synthetic database, both sources):
 
@@ -47,10 +62,12 @@ them across the examples of each task and split (see docs/features.md, "Oracle f
     python -m axk.main --config=configs/features.py:oracle --workdir=workdirs/feat_oracle \
         --config.data.dir=/data/auditorybench        # then --config.features.dir=<that>/features
 
-Spans from the detector instead of the gold ones:
+Spans (`spans.source`): the detector's predictions (the default), an exported detector run
+here, or the gold ones (the `gold` modifier; `oracle` and `smoke`, which has no detector):
 
     --config.spans.source=predictions --config.spans.predictions=SPAN_WORKDIR/predictions
     --config.spans.source=detector --config.spans.detector=EXPORTED_HF_DIR
+    --config.spans.source=gold
 
 Features land in `<workdir>/features` (see `axk/features/shards.py` for the layout).
 """
@@ -63,7 +80,9 @@ from configs import common
 VARIANTS = ("retrieval", "generation", "smoke", "oracle", "oracle_shuffled")
 # Modifiers of the generation source (after a comma: `generation,no_rejection`,
 # `smoke,audioldm2`), ITH's ablations of the paper's Tables 2 and 3.
-MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
+MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen", "gold")
+# Modifiers that concern the generation source alone (the others select it).
+GENERATION_MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -95,7 +114,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.keep_missing_spans = True
 
   c.spans = ml_collections.ConfigDict()
-  c.spans.source = "gold"  # gold | predictions | detector
+  # gold | predictions | detector. "predictions": the span detector's (both methods detect
+  # their spans; `spans.predictions` names its predictions folder). "gold": the CSVs' spans on
+  # every split, an oracle of the spans (the `gold` modifier, `oracle`, `smoke`): their
+  # manifest says so, and a masked-word run refuses them for the splits it detects spans on.
+  c.spans.source = "predictions"
   c.spans.predictions = ""  # JSON-lines file ({task}/{split} filled in) or folder
   c.spans.detector = ""  # exported HF BertForTokenClassification dir (or hub id)
   # Splits that keep their gold spans whatever the source, e.g. "train" ("": none, every
@@ -178,8 +201,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generation.prompt_template = "{span} sound"  # generator prompt (published code)
   c.generation.score_template = "{span}"  # CLAP text clips are scored against (published)
   # n: candidates tried per span, in a fixed order (candidate j always has the same seed).
-  # 5 is the published batch; the paper's Figure 2 varies n = 1..5 and finds n = 2 enough.
-  c.generation.n = 5
+  # 2: the paper's (Figure 2 peaks at n = 2 and the paper searched n). The published code
+  # draws a batch of 5: --config.generation.n=5. Candidate j keeps its seed whatever n is, so
+  # n = 2 uses the first 2 of the same 5 clips.
+  c.generation.n = 2
   # tau per benchmark task, applied in one run: a candidate passes with score >= tau (the
   # published code's comparison; the paper writes >). Each task's spec holds its default
   # (axk/tasks/; the paper's best: 0 animal, 0.6 pitch).
@@ -225,6 +250,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.batch_size = 2048  # keys per part file: one per span here, so many more than spans
   elif variant == "smoke":
     c.source = "retrieval,generation"
+    c.spans.source = "gold"  # No span detector in the smoke run: the sample's gold spans.
     c.device = "cpu"
     # Tiny models are all per-op overhead; extra threads only wait on each other.
     c.torch_threads = 1
@@ -257,6 +283,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.generation.pipeline_class = "MusicgenForConditionalGeneration"
     c.models.generator = "facebook/musicgen-small"
     c.generation.guidance_scale = 3.0
-  if mods:
+  if "gold" in mods:  # Gold spans on every split: an oracle of the spans, said in the manifest.
+    c.spans.source = "gold"
+  if any(m in GENERATION_MODIFIERS for m in mods):
     c.source = "generation"
   return c

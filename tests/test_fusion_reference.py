@@ -180,3 +180,101 @@ def test_the_reference_tells_the_gate_orientations_and_activations_apart():
   assert np.abs(y - flipped)[where].max() > 1e-2
   other = reference(params, b, x, {"audio_activation": "gelu"})
   assert np.abs(y - other)[where].max() > 1e-3
+
+
+# -- the LayerNorm epsilon the run uses ------------------------------------------------------
+def _run_fusion_options():
+  """The fusion options an ITH run builds its model with (configs/ith.py's defaults, through
+  the run's own `method_fields`)."""
+  from axk.runs import masked_word  # pylint: disable=g-import-not-at-top
+  from configs import ith as ith_config  # pylint: disable=g-import-not-at-top
+  fields = masked_word.method_fields(ith_config.get_config(""))
+  return {k: fields[k] for k in ("fusion_norm_eps", "gate_on", "audio_activation",
+                                 "fusion_gate", "fusion_layer")}
+
+
+def _quiet(params):
+  """Parameters under which the fusion's first LayerNorm sees a variance (about 1e-7) below
+  PyTorch's eps 1e-5: the embedding LayerNorm scales its output by 1e-3 and the attention's
+  output projection is scaled by 1e-3, so `q + attn` is tiny and the eps decides the result."""
+  params = jax.tree.map(lambda x: x, params)
+  norm = params["bert"]["bert"]["embeddings"]["norm"]["ln"]
+  norm["scale"] = norm["scale"] * 0 + 1e-3
+  norm["bias"] = norm["bias"] * 0
+  out = params["fusion"]["out"]
+  out["kernel"], out["bias"] = out["kernel"] * 1e-3, out["bias"] * 1e-3
+  return params
+
+
+@pytest.mark.parametrize("source", ["model_default", "configs/ith.py"])
+def test_fusion_layer_norm_eps_is_pytorchs_default(source):
+  """Against `torch.nn.LayerNorm(width)` (eps 1e-5, as the published code), on inputs whose
+  variance is far below the eps: an eps of 1e-12 anywhere (the module's default or the
+  config's) normalises them to unit variance and disagrees by orders of magnitude."""
+  options = {} if source == "model_default" else _run_fusion_options()
+  model = ith_lib.Model(CFG, audio_dim=D, **options)
+  b = the_batch()
+  params = _quiet(randomize(nn.meta.unbox(model.init(jax.random.key(0), b)["params"]), 1))
+  keep = lambda mdl, method: (isinstance(mdl, ith_lib.GatedCrossAttentionFusion)
+                              or (isinstance(mdl, bert_lib.Bert) and method == "embed"))
+  _, state = model.apply({"params": params}, b, capture_intermediates=keep,
+                         mutable=["intermediates"])
+  x = np.asarray(state["intermediates"]["bert"]["embed"][0])
+  y = np.asarray(state["intermediates"]["fusion"]["__call__"][0])
+  where = fused_positions(b)
+  assert np.var(x[where], axis=-1).max() < 1e-5  # the eps is not negligible here
+  theirs = reference(params, b, x, options)  # nn.LayerNorm's default eps
+  assert np.abs(y - theirs)[where].max() <= 1e-4
+  # The reference itself tells the eps apart: with 1e-12 it lands far away.
+  ref = ReferenceFusion(CFG.hidden_size, CFG.num_attention_heads, D, "relu", True)
+  load_axk_weights(ref, params, gate_on="text")
+  ref.norm1.eps = ref.norm2.eps = 1e-12
+  with torch.no_grad():
+    other = ref(torch.tensor(x), torch.tensor(b["span_ids"]),
+                torch.tensor(b["span_audio_tokens"]), torch.tensor(b["span_has_audio"])).numpy()
+  assert np.abs(other - theirs)[where].max() > 1e-2
+
+
+# -- the fusion's placement: after encoder layer k -------------------------------------------
+CFG2 = bert_lib.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, intermediate_size=48,
+                           max_position_embeddings=32)
+
+
+@pytest.mark.parametrize("fusion_layer", [0, 1, 2])
+def test_fusion_after_layer_k_equals_hf_bert_run_layer_by_layer(fusion_layer, tmp_path):
+  """transformers' `BertForMaskedLM` (loaded from axk's BERT weights), its layers called one
+  by one with the reference fusion inserted after layer k (k = 0: on the embedding output),
+  gives axk's logits; the fusion at any other depth gives other logits."""
+  from transformers import BertForMaskedLM  # pylint: disable=g-import-not-at-top
+  from axk import hf  # pylint: disable=g-import-not-at-top
+  model = ith_lib.Model(CFG2, audio_dim=D, fusion_layer=fusion_layer)
+  b = the_batch()
+  params = randomize(nn.meta.unbox(model.init(jax.random.key(0), b)["params"]), 3)
+  ours = np.asarray(model.apply({"params": params}, b)["logits"])
+  hf.save(jax.device_get(params["bert"]), CFG2, str(tmp_path / "bert"), head="mlm")
+  mlm = BertForMaskedLM.from_pretrained(str(tmp_path / "bert"), local_files_only=True,
+                                        attn_implementation="eager").eval()
+  fusion = ReferenceFusion(CFG2.hidden_size, CFG2.num_attention_heads, D, "relu", True)
+  load_axk_weights(fusion, params, gate_on="text")
+  t = {k: torch.tensor(v) for k, v in b.items()}
+  additive = (1.0 - t["attention_mask"][:, None, None, :].float()) * torch.finfo(
+      torch.float32).min
+
+  def logits_with_fusion_after(k):
+    with torch.no_grad():
+      h = mlm.bert.embeddings(input_ids=t["input_ids"].long(),
+                              token_type_ids=t["token_type_ids"].long())
+      layers = mlm.bert.encoder.layer
+      for i in range(len(layers) + 1):
+        if i == k:
+          h = fusion(h, t["span_ids"], t["span_audio_tokens"], t["span_has_audio"])
+        if i < len(layers):
+          out = layers[i](h, attention_mask=additive)
+          h = out[0] if isinstance(out, tuple) else out
+      return mlm.cls(h).numpy()
+
+  valid = b["attention_mask"].astype(bool)
+  assert np.abs(ours - logits_with_fusion_after(fusion_layer))[valid].max() <= 1e-4
+  for other in {0, 1, 2} - {fusion_layer}:
+    assert np.abs(ours - logits_with_fusion_after(other))[valid].max() > 1e-3

@@ -159,10 +159,11 @@ def test_no_rejection_takes_the_first_clip(tmp_path):
   assert gen.clips == 1
 
 
-def test_defaults_are_the_published_ones():
+def test_defaults_are_the_papers_then_the_published_ones():
   c = _features_config("generation")
   p = sources.generation_params(c)
-  assert (p.n, p.rule, p.fallback) == (5, "first", "none")
+  # n = 2: the paper's Figure 2 (the published code's batch of 5 is the option).
+  assert (p.n, p.rule, p.fallback) == (2, "first", "none")
   assert (p.prompt_template, p.score_template) == ("{span} sound", "{span}")
   assert sources.task_taus(c) == {"animal": 0.0, "pitch": 0.6}
   assert c.generation.keep_rejected and c.spans.unit == "span"

@@ -109,6 +109,7 @@ def test_workdir_and_database_problems_come_together(tmp_path):
   config.data.dir = "sample"
   config.models.tiny = True
   config.database.dir = str(tmp_path / "no_db")
+  config.spans.source = "gold"  # No detector's predictions to name.
   plan = preflight.plan(config, str(tmp_path / "file"))
   assert plan.problems == [f"--workdir={tmp_path / 'file'}: is a file, not a folder.",
                            f"--config.database.dir={tmp_path / 'no_db'}: no such folder."]
@@ -283,7 +284,9 @@ def test_show_config_comment_is_the_one_on_the_fields_own_line(module, name, var
 
 
 # Fields whose only commented line is in a variant branch this variant does not run.
-UNCOMMENTED_HERE = {("ith.py", ""): ("features.dir",), ("ith.py", "smoke"): ("features.dir",)}
+UNCOMMENTED_HERE = {("ith.py", ""): ("features.dir", "train.task_warmup_epochs.pitch"),
+                    ("ith.py", "smoke"): ("features.dir",),
+                    ("features.py", ""): ("spans.source",)}
 
 
 @pytest.mark.parametrize("module, spec, field, comment", [

@@ -1,6 +1,7 @@
 """The offline feature pipeline: spans -> audio (a feature source) -> AST/CLAP -> shards.
 
-    python -m axk.main --config=configs/features.py:retrieval --workdir=DIR
+    python -m axk.main --config=configs/features.py:retrieval --workdir=DIR \
+        --config.spans.predictions=SPAN_WORKDIR/predictions    # the detector's spans
 
 Stages (`config.stage`), each cached in the workdir so that a rerun skips finished work:
 
@@ -63,6 +64,17 @@ STAGES = ("all", "spans", "database", "acquire", "assemble")
 # ----------------------------------------------------------------------------------------
 
 
+def check_spans(config) -> None:
+  """One line (FileNotFoundError) when `spans.source="predictions"` (the default: the
+  detector's spans, as both methods use them) names no predictions folder."""
+  if config.spans.source == "predictions" and not config.spans.predictions:
+    raise FileNotFoundError(
+        "--config.spans.source=predictions (the default: the span detector's spans, as the "
+        "methods use) needs --config.spans.predictions=SPAN_WORKDIR/predictions (written by "
+        "python -m axk.main --config=configs/span.py --workdir=SPAN_WORKDIR); for gold spans "
+        "on every split add the `gold` modifier (e.g. configs/features.py:generation,gold).")
+
+
 def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[Example]]],
                 inputs: Mapping[str, dict]) -> tuple[dict[str, tuple[Span, ...]], dict]:
   """Spans of every example from the configured source, cached in `<workdir>/spans/`.
@@ -88,9 +100,7 @@ def spans_stage(config, workdir: str, examples: Mapping[str, Mapping[str, list[E
               "keep_missing_spans": bool(config.data.keep_missing_spans)}
   identity = dict(describe)
   if source == "predictions":
-    if not config.spans.predictions:
-      raise ValueError("spans.source=predictions needs --config.spans.predictions=FILE or "
-                       "DIR (the detector writes <workdir>/predictions/<task>_<split>.jsonl)")
+    check_spans(config)
     describe["files"] = {}
     for task, by_split in examples.items():
       for split in by_split:
@@ -330,6 +340,7 @@ def run(config, workdir: str) -> dict[str, str]:
   if not 0 <= config.shard_index < config.num_shards:
     raise ValueError(f"shard_index={config.shard_index} not in [0, num_shards="
                      f"{config.num_shards})")
+  check_spans(config)
   names = split_list(config.source, tuple(sources_lib.SOURCES), "source")
   for name in names:  # Before any stage: a source may refuse the config (one line).
     sources_lib.SOURCES[name].check(config)

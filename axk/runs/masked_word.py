@@ -18,6 +18,14 @@ Learning rates (`train.learning_rate`, `train.task_learning_rates`): a task trai
 `train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`, else
 at its spec's `learning_rate`; `validate` refuses a task that gets no rate. With
 `train.separate_tasks` each benchmark task trains its own model in `<workdir>/<task>/`.
+Warm-up (`train.warmup_ratio`, `train.task_warmup_epochs`): a task with a positive
+`task_warmup_epochs[task]` warms up over that many epochs' steps (ITH's pitch: 2, the
+published `0.1 * 20 / epochs` of the steps), else over `warmup_ratio` of the steps.
+
+Spans: features built at gold spans (their manifest's `spans`) for a split where the run
+detects its spans (every configured split not in `spans.gold_splits`) are refused before any
+stage, unless `spans.accept_gold_features`; a run that evaluates any split at gold spans says
+so in every results file (`gold_spans` in results.json, a title and a note in results.md).
 """
 
 from __future__ import annotations
@@ -91,6 +99,51 @@ def learning_rates(config) -> dict[str, float]:
   return out
 
 
+def warmup_ratios(config) -> dict[str, float]:
+  """Each configured benchmark task's warm-up, as a fraction of its steps (see the module
+  docstring); one line for a `task_warmup_epochs` entry that cannot work."""
+  tc = config.train
+  table = dict(tc.task_warmup_epochs.items()) if "task_warmup_epochs" in tc else {}
+  epochs = int(tc.epochs)
+  out = {}
+  for t in config.data.tasks:
+    warm = float(table.get(t, 0.0))
+    if warm < 0 or (warm > 0 and epochs > 0 and warm >= epochs):
+      raise common.ConfigError(
+          f"--config.train.task_warmup_epochs.{t}={warm}: must be in [0, train.epochs="
+          f"{epochs}) (0: train.warmup_ratio of the steps).")
+    out[t] = warm / epochs if warm > 0 and epochs > 0 else float(tc.warmup_ratio)
+  return out
+
+
+def gold_features_refused(config, manifest: Mapping) -> list[str]:
+  """The splits where the run detects its spans (it has `spans.predictions` and the split is
+  not in `spans.gold_splits`) but the features (their `manifest`) were built at gold spans.
+  Oracle features (from the gold answers) carry their own label and are not counted."""
+  if not config.spans.predictions or manifest.get("oracle"):
+    return []
+  gold = set(common.gold_splits(config))
+  built_gold = stages.feature_splits(manifest)[1]
+  return [s for s in config.data.splits if s not in gold and s in built_gold]
+
+
+def check_features_spans(config) -> None:
+  """One line when given features (`features.dir`) were built at gold spans for a split the
+  run detects its spans on (`gold_features_refused`), unless `spans.accept_gold_features`."""
+  if config.features.dir in ("", stages.AUTO) or config.spans.get("accept_gold_features"):
+    return
+  from axk.features.shards import read_manifest  # torch-free
+  manifest = read_manifest(config.features.dir)
+  refused = gold_features_refused(config, manifest)
+  if refused:
+    raise common.ConfigError(
+        f"--config.features.dir={config.features.dir}: built at gold spans (manifest.json "
+        f"spans.source={manifest.get('spans', {}).get('source')!r}) for "
+        f"{', '.join(refused)}, where this run detects its spans: build them from the "
+        "detector's spans (configs/features.py with --config.spans.predictions=...), or pass "
+        "--config.spans.accept_gold_features=True (the results then say gold spans).")
+
+
 def validate(config, workdir: str) -> None:
   """Every field of a masked-word config, checked before any stage runs (one line each)."""
   if not workdir:
@@ -113,10 +166,11 @@ def validate(config, workdir: str) -> None:
   method = method_of(config)
   bert_config = common.bert_config_of(config)
   build_model(method, config, bert_config, int(config.features.audio_dim))
-  rates = learning_rates(config)
+  rates, warmups = learning_rates(config), warmup_ratios(config)
   for group in task_groups(config):
-    _for_tasks(config, group, rates)
+    _for_tasks(config, group, rates, warmups)
   stages.check(config)
+  check_features_spans(config)
 
 
 def task_groups(config) -> list[tuple[str, ...]]:
@@ -125,25 +179,46 @@ def task_groups(config) -> list[tuple[str, ...]]:
   return [(t,) for t in tasks] if config.train.get("separate_tasks") else [tasks]
 
 
-def oracle_label(features_dir: str) -> dict:
-  """`{"oracle": <the manifest's oracle entry>}` when `features_dir` holds oracle features
-  (built from the gold answers, `configs/features.py:oracle`), else `{}`. Every results file
-  of a run trained on them carries it, so that no one reads its numbers as audio's."""
-  if not features_dir:
-    return {}
-  from axk.features.shards import read_manifest  # torch-free
-  entry = read_manifest(features_dir).get("oracle")
-  return {"oracle": dict(entry)} if entry else {}
+GOLD_SPANS_NOTE = ("GOLD SPANS: {splits} evaluated at the CSV's gold auditory spans, not the "
+                   "span detector's (as the published ITH pitch code does on every split); "
+                   "not comparable to results at detected spans.")
 
 
-def _oracle_title(title: str, label: Mapping) -> str:
-  if not label:
-    return title
-  return f"{title}: trained on {label['oracle']['kind'].upper()} features (not audio)"
+def run_labels(config, features_dir: str, manifest: Mapping | None = None) -> dict:
+  """What a results file must say about the run's inputs, first in results.json:
+
+  `oracle` (the manifest's entry) when `features_dir` holds oracle features (built from the
+  gold answers, `configs/features.py:oracle`), so that no one reads its numbers as audio's;
+  `gold_spans` ({"splits", "note"}) when an evaluated split had gold spans: the features'
+  (their manifest's `spans`), or without features `spans.gold_splits`.
+  """
+  if features_dir and manifest is None:
+    from axk.features.shards import read_manifest  # torch-free
+    manifest = read_manifest(features_dir)
+  out = {}
+  if manifest and manifest.get("oracle"):
+    out["oracle"] = dict(manifest["oracle"])
+  if "oracle" in out:  # Built from the gold answers at the gold spans: its label says so.
+    return out
+  gold = stages.feature_splits(manifest)[1] if manifest else set(common.gold_splits(config))
+  evaluated = [s for s in config.data.splits if s != "train" and s in gold]
+  if evaluated:
+    out["gold_spans"] = {"splits": evaluated,
+                         "note": GOLD_SPANS_NOTE.format(splits=", ".join(evaluated))}
+  return out
 
 
-def _oracle_notes(label: Mapping) -> list[str]:
-  return [f"**{label['oracle']['note']}**"] if label else []
+def _labelled_title(title: str, labels: Mapping) -> str:
+  if "oracle" in labels:
+    title = f"{title}: trained on {labels['oracle']['kind'].upper()} features (not audio)"
+  if "gold_spans" in labels:
+    title = (f"{title}: at GOLD spans on {', '.join(labels['gold_spans']['splits'])} (not "
+             "comparable to detected spans)")
+  return title
+
+
+def _label_notes(labels: Mapping) -> list[str]:
+  return [f"**{labels[k]['note']}**" for k in ("oracle", "gold_spans") if k in labels]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,10 +257,9 @@ class MaskedWord:
       logging.info("Features %s: %d AST tokens a span (layout %s).",
                    self.features_dir, self.audio_tokens, ast.get("token_layout", "unrecorded"))
       features = inputs_lib.FeatureSpans(self.features_dir)
-    # results.json's first entry, results.md's title and a note (oracle features).
-    self.labels = {"oracle": dict(manifest["oracle"])} if features and manifest.get(
-        "oracle") else {}
-    self.name = _oracle_title(self.name, self.labels)
+    # results.json's first entries, results.md's title and notes (oracle features, gold spans).
+    self.labels = run_labels(config, self.features_dir, manifest if features else None)
+    self.name = _labelled_title(self.name, self.labels)
     self.model = build_model(self.method, config, self.bert_config, self.audio_dim)
     self.bert_module = bert_lib.Bert(self.bert_config, head="mlm")
     self.data = data = common.load_data(config, keep_missing_spans=True)
@@ -322,7 +396,7 @@ class MaskedWord:
              "majority: always answering the split's most frequent answer. with_audio: % of "
              "examples with at least one span with audio.",
              benchmark.UNSEEN_NOTE]
-    notes = _oracle_notes(self.labels) + notes
+    notes = _label_notes(self.labels) + notes
     if jax.process_index() == 0:
       for key, out in outputs.items():
         answers = self.answers(key, self.eval_arrays[key], out)
@@ -406,13 +480,13 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
     return {}
   merged = _merge_seeds(runs)
   selection = {f"seed_{s}": _selection_of(os.path.join(workdir, f"seed_{s}")) for s in seeds}
-  label = oracle_label(((record or {}).get("resolved") or {}).get("features_dir", ""))
+  label = run_labels(config, ((record or {}).get("resolved") or {}).get("features_dir", ""))
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {
       **label, **merged, loop.SELECTION_KEY: selection,
       **_stamp(config, record)})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
-      _oracle_title(f"{config.get('name') or 'run'}: mean over seeds {seeds}", label), merged,
-      _oracle_notes(label)
+      _labelled_title(f"{config.get('name') or 'run'}: mean over seeds {seeds}", label), merged,
+      _label_notes(label)
       + [f"Per-seed runs in seed_<s>/; *_std is the population standard deviation (ddof=0) "
          f"over {len(seeds)} seeds.",
          benchmark.UNSEEN_NOTE]))
@@ -430,8 +504,8 @@ def run(config, workdir: str) -> dict:
   resolved = stages.prepare(config, workdir)
   inputs = Inputs(spans_predictions=resolved.get("spans_predictions", ""),
                   features_dir=resolved.get("features_dir", ""))
-  rates = learning_rates(config)
-  record = {"resolved": {**resolved, "learning_rates": rates}}
+  rates, warmups = learning_rates(config), warmup_ratios(config)
+  record = {"resolved": {**resolved, "learning_rates": rates, "warmup_ratios": warmups}}
   groups = task_groups(config)
   if len(groups) > 1 or len(config.seeds) > 1:
     metrics_lib.write_json(os.path.join(workdir, "config.json"),
@@ -441,24 +515,24 @@ def run(config, workdir: str) -> dict:
     return MaskedWord(c, w, inputs)
 
   if len(groups) == 1:
-    merged = run_seeds(_for_tasks(config, groups[0], rates), workdir, make, record)
+    merged = run_seeds(_for_tasks(config, groups[0], rates, warmups), workdir, make, record)
     if merged and jax.process_index() == 0:
       logging.info("Report: %s", report.write(workdir))
     return merged
   merged = {}
   for group in groups:
-    result = run_seeds(_for_tasks(config, group, rates), os.path.join(workdir, group[0]), make,
-                       record)
+    result = run_seeds(_for_tasks(config, group, rates, warmups),
+                       os.path.join(workdir, group[0]), make, record)
     if not result:
       return {}
     merged.update(result)
   selection = {g[0]: _selection_of(os.path.join(workdir, g[0])) for g in groups}
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {
-      **oracle_label(inputs.features_dir), **merged, loop.SELECTION_KEY: selection,
+      **run_labels(config, inputs.features_dir), **merged, loop.SELECTION_KEY: selection,
       provenance.REVISIONS_KEY: provenance.collect(config, resolved)})
   metrics_lib.write_text(os.path.join(workdir, "results.md"), _groups_markdown(
       config, merged, {g[0]: os.path.join(workdir, g[0], "results.md") for g in groups},
-      oracle_label(inputs.features_dir)))
+      run_labels(config, inputs.features_dir)))
   if jax.process_index() == 0:
     logging.info("Report: %s", report.write(workdir))
   return merged
@@ -479,7 +553,7 @@ def _groups_markdown(config, merged: Mapping, group_files: Mapping[str, str],
       for line in f:
         if line.startswith("- "):
           notes.setdefault(line[2:].rstrip("\n"), []).append(group)
-  lines = [f"# {_oracle_title(title, label)}", "",
+  lines = [f"# {_labelled_title(title, label)}", "",
            *metrics_lib.results_table(merged), "",
            "- One model per task, each in <task>/ (its own results.md).",
            *(f"- {note}" if len(where) == len(group_files) else f"- {', '.join(where)}: {note}"
@@ -487,8 +561,11 @@ def _groups_markdown(config, merged: Mapping, group_files: Mapping[str, str],
   return "\n".join(lines) + "\n"
 
 
-def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float]):
-  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate."""
+def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float],
+               warmups: Mapping[str, float] | None = None):
+  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate and warm-up
+  (`warmups`: `warmup_ratios(config)` by default)."""
+  warmups = warmup_ratios(config) if warmups is None else warmups
   c = config.copy_and_resolve_references()
   c.data.tasks = tasks
   values = sorted({rates[t] for t in tasks})
@@ -497,6 +574,14 @@ def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float]):
         f"Tasks {tasks} train one model but have different learning rates "
         f"{ {t: rates[t] for t in tasks} }: set --config.train.separate_tasks=True or one "
         "--config.train.learning_rate.")
+  warm = sorted({warmups[t] for t in tasks})
+  if len(warm) > 1:
+    raise common.ConfigError(
+        f"Tasks {tasks} train one model but have different warm-ups "
+        f"{ {t: warmups[t] for t in tasks} }: set --config.train.separate_tasks=True or the "
+        "same --config.train.task_warmup_epochs for each.")
   c.train.learning_rate = values[0]
-  logging.info("Tasks %s: learning rate %g.", ",".join(tasks), values[0])
+  c.train.warmup_ratio = warm[0]
+  logging.info("Tasks %s: learning rate %g, warm-up %.3g of the steps.", ",".join(tasks),
+               values[0], warm[0])
   return c

@@ -414,7 +414,8 @@ def _masked_word(ctx: _Context, c, workdir: str, *, stages_root: str = "",
   del gold
   data, _ = _data(ctx, label, c.data, keep_missing_spans=True)
   span_dir = stages.span_dir_of(stages_root)
-  if stages.AUTO in (c.spans.predictions, c.features.dir):
+  done = True  # The detector's predictions: there, or not needed (gold spans everywhere).
+  if stages.needs_detector(c):
     spec = c.stages.span_config
     done = stages.span_done(c, span_dir)
     if span_dir not in ctx.seen_stages:
@@ -426,21 +427,21 @@ def _masked_word(ctx: _Context, c, workdir: str, *, stages_root: str = "",
         if sc is not None:
           _span(ctx, sc, span_dir, stage=f"span detector ({spec})",
                 hint="--config.stages.span_config picks the detector's config")
-    if c.features.dir == stages.AUTO:
-      feat_dir, features = stages.features_dir_of(c, stages_root, features_stage)
-      spec = c.stages.features_config
-      if feat_dir not in ctx.seen_stages:
-        ctx.seen_stages.add(feat_dir)
-        fdone = stages.features_done(c, features)
-        p.stages.append(Stage("features", spec, feat_dir, runs=not fdone,
-                              why="" if not fdone else f"{features} verified"))
-        if not fdone:
-          args = stages.features_args(c, feat_dir, os.path.join(span_dir, "predictions"))
-          fc = _stage_config(ctx, "features", spec, args)
-          if fc is not None:
-            _features(ctx, fc, feat_dir, stage=f"features ({spec})",
-                      hint=stage_args or "in this run: --config.stages.features_args="
-                      "'(\"--config.FIELD=VALUE\",)'", predictions_from_chain=not done)
+  if c.features.dir == stages.AUTO:
+    feat_dir, features = stages.features_dir_of(c, stages_root, features_stage)
+    spec = c.stages.features_config
+    if feat_dir not in ctx.seen_stages:
+      ctx.seen_stages.add(feat_dir)
+      fdone = stages.features_done(c, features)
+      p.stages.append(Stage("features", spec, feat_dir, runs=not fdone,
+                            why="" if not fdone else f"{features} verified"))
+      if not fdone:
+        args = stages.features_args(c, feat_dir, os.path.join(span_dir, "predictions"))
+        fc = _stage_config(ctx, "features", spec, args)
+        if fc is not None:
+          _features(ctx, fc, feat_dir, stage=f"features ({spec})",
+                    hint=stage_args or "in this run: --config.stages.features_args="
+                    "'(\"--config.FIELD=VALUE\",)'", predictions_from_chain=not done)
   if data:
     groups = ([(t,) for t in c.data.tasks] if c.train.get("separate_tasks")
               else [tuple(c.data.tasks)])

@@ -4,7 +4,8 @@
 the span detector trains into `<workdir>/stages/span` (its predictions/ are the detected
 spans of every split, train included), and the feature pipeline writes
 `<workdir>/stages/features` from detected spans (the run's `spans.gold_splits` names the
-splits that keep gold spans). A stage whose outputs exist is reused.
+splits that keep gold spans; when it names every split, no detector runs and the features
+are built at gold spans). A stage whose outputs exist is reused.
 Each stage is its own `python -m axk.main` process, so the training process never imports
 torch (the feature pipeline's). Both stages receive the run's `data` fields.
 
@@ -26,6 +27,7 @@ import jax
 
 import axk
 from axk import tasks
+from axk.data import types
 from axk.features import shards
 from axk.runs import common
 from axk.runs.common import ConfigError
@@ -138,15 +140,29 @@ def check(config) -> None:
     raise ConfigError(f"--config.spans.predictions={predictions}: no such folder.")
 
 
-def gold_splits_differ(manifest, gold: tuple[str, ...]) -> str:
-  """Why features built from a detector's predictions (`manifest`) do not keep gold spans on
-  exactly the splits `gold`; "" when they do, or when their spans came from elsewhere."""
+def feature_splits(manifest) -> tuple[set[str], set[str]]:
+  """(the splits features cover, those of them built at gold spans), from their `manifest`:
+  `spans.source="gold"` is gold everywhere, a detector's predictions are gold on their
+  `spans.gold_splits`. A manifest without `inputs` covers every split."""
   spans = manifest.get("spans", {})
-  have = sorted(spans.get("gold_splits", []))
-  if spans.get("source") != "predictions" or have == sorted(gold):
+  present = {k.split("/")[1] for k in manifest.get("inputs", {})} or set(types.SPLITS)
+  if spans.get("source") == "gold":
+    return present, present
+  return present, present & set(spans.get("gold_splits", []))
+
+
+def gold_splits_differ(manifest, gold: tuple[str, ...]) -> str:
+  """Why features (`manifest`) built from a detector's predictions or at gold spans do not
+  have gold spans on exactly the splits `gold` (among the splits they cover); "" when they
+  do, or when their spans came from a detector run in the pipeline."""
+  if manifest.get("spans", {}).get("source") not in ("gold", "predictions"):
     return ""
-  return (f"the features keep gold spans for {','.join(have) or 'no split'}, "
-          f"--config.spans.gold_splits asks for {','.join(gold) or 'no split'}")
+  present, have = feature_splits(manifest)
+  have, want = sorted(have), sorted(set(gold) & present)
+  if have == want:
+    return ""
+  return (f"the features have gold spans for {','.join(have) or 'no split'}, "
+          f"--config.spans.gold_splits asks for {','.join(want) or 'no split'}")
 
 
 def _same_gold_splits(features: str, gold: tuple[str, ...]) -> bool:
@@ -190,11 +206,23 @@ def span_args(config, span_dir: str) -> list[str]:
           *_data_overrides(config)]
 
 
+def all_gold(config) -> bool:
+  """Gold spans on every split (`configs/ith.py:published_spans`): no detector is needed."""
+  return set(config.data.splits) <= set(common.gold_splits(config))
+
+
+def needs_detector(config) -> bool:
+  """Whether the run's `"auto"` inputs need the span detector's stage."""
+  return AUTO in (config.spans.predictions, config.features.dir) and not all_gold(config)
+
+
 def features_args(config, feat_dir: str, predictions: str) -> list[str]:
-  """The flags of the feature pipeline's `axk.main` process, spans from `predictions`."""
+  """The flags of the feature pipeline's `axk.main` process, spans from `predictions` (gold
+  spans everywhere when the run asks for them on every split)."""
   gold = common.gold_splits(config)
-  spans = ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
-           f"--config.spans.gold_splits={','.join(gold)}"]
+  spans = (["--config.spans.source=gold"] if all_gold(config) else
+           ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
+            f"--config.spans.gold_splits={','.join(gold)}"])
   return [f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
           *_data_overrides(config), *spans, *config.stages.get("features_args", ())]
 
@@ -205,9 +233,12 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   `<workdir>/stages/<features_stage>` (runs with several feature settings keep one span
   detector and name a folder per setting)."""
   out = {"spans_predictions": config.spans.predictions, "features_dir": config.features.dir}
+  if all_gold(config) and config.spans.predictions == AUTO:
+    out["spans_predictions"] = ""
   # Features are built from detected spans, so "auto" features need them.
-  if AUTO in (config.spans.predictions, config.features.dir):
-    span_dir = span_dir_of(workdir)
+  span_dir = span_dir_of(workdir)
+  predictions = os.path.join(span_dir, "predictions")
+  if needs_detector(config):
     if not span_done(config, span_dir):
       # A finished detector missing its train predictions reruns to predict, not to train.
       finished = os.path.exists(os.path.join(span_dir, "results.json"))
@@ -215,7 +246,6 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
             *(["--config.train.reevaluate=True"] if finished else [])], "span detector",
            span_dir)
       _finished(os.path.join(span_dir, "results.json"), "span detector", span_dir)
-    predictions = os.path.join(span_dir, "predictions")
     if config.spans.predictions == AUTO:
       out["spans_predictions"] = predictions
   if config.features.dir == AUTO:
