@@ -86,6 +86,8 @@ class Task:
     published: published accuracy (%), `{row: {split: value}}`, rows keyed "bert" (BERT-base
       untrained), "llama" (LLaMA3.1-8B untrained), "audiobert", "ith".
     published_source: where `published` comes from.
+    published_rows: rows per split of the published benchmark, `{split: n}`: the weights of
+      the papers' Combined accuracy over several tasks (accuracy over all their rows).
   """
 
   name: str
@@ -101,6 +103,7 @@ class Task:
   published: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict,
                                                                    hash=False)
   published_source: str = ""
+  published_rows: Mapping[str, int] = dataclasses.field(default_factory=dict, hash=False)
 
   def __post_init__(self):
     where = f"benchmark task {self.name!r}"
