@@ -210,9 +210,9 @@ def get_config(arg=None):
   c.data.dir = "sample" if base == "smoke" else "github"  # AuditoryBench folder.
   c.data.cache_dir = ""  # Where "github" downloads go.
   c.data.revision = ""  # The HJ-Ok/AudioBERT commit "github" downloads.
-  # Field overrides for every row's config, (field, value) pairs, e.g.
-  # (("train.batch_size", 16),); applied after the row's variant (an epochs override would
-  # also train the untrained row).
+  # Field overrides for every masked-word row's config (not the detector rows), (field,
+  # value) pairs, e.g. (("train.batch_size", 16),); applied after the row's variant (an
+  # epochs override would also train the untrained row).
   c.overrides = ()
   c.features_args = ()  # Extra flags for every feature stage.
   # The clip cache every feature stage shares ("": <workdir>/stages/clips), and the feature

@@ -334,3 +334,87 @@ def test_combined_is_accuracy_over_both_tasks_rows(tmp_path):
   # The papers' own Combined: LLaMA3.1-8B's 21.80 and 62.55 on test give 48.83 (AudioBERT's
   # published table), which the rows' weighting reproduces and a plain mean (42.18) does not.
   assert round(paper.published_combined("llama", ("animal", "pitch"), "test"), 2) == 48.83
+
+
+@pytest.mark.slow  # Two feature runs on the tiny models (audio generation).
+def test_smoke_figure2_points_accept_part_of_the_clips(tmp_path, torch_one_thread):
+  """`configs/paper.py:smoke`'s Figure 2 taus sit in the tiny CLAP's scores: the share of
+  test spans without audio falls as tau falls, below 100% at the lowest tau, above 0% at the
+  highest. The shares are computed here from the clip cache's own scores (every candidate
+  drawn, with its CLAP score, for the highest tau: a lower tau needs no other clip), and the
+  feature stage's manifest at the highest and the lowest tau gives the same counts."""
+  import glob
+  from axk.features import pipeline
+  c = paper_config.get_config("smoke,figure2")
+  points = [(c.rows[r].tau, c.rows[r].features) for r in c.layouts.figure2.tau]
+  n = c.default_tries
+  cache = tmp_path / "clips"
+
+  def features(fields, name):
+    """The tau row's feature stage (its config with the row's fields), test split only."""
+    f = features_config.get_config("smoke")
+    f.source, f.data.splits, f.generation.cache_dir = "generation", ("test",), str(cache)
+    for path, value in fields:
+      paper._set_field(f, path, value)  # pylint: disable=protected-access
+    assert f.generation.n == n
+    out = pipeline.run(f, str(tmp_path / name))["generation"]
+    return json.load(open(os.path.join(out, "manifest.json")))["counts"]["by_split"]
+
+  taus = [tau for tau, _ in points]
+  assert taus == sorted(taus)
+  high = features(points[-1][1], "high")  # Draws every candidate any lower tau needs.
+  scores = {}
+  for path in glob.glob(str(cache / "*" / "*.json")):
+    clip = json.load(open(path))
+    scores.setdefault(clip["span"].lower(), {})[clip["candidate"]] = clip["clap_score"]
+  shares = {}
+  for task in paper_config.TASKS:
+    with open(tmp_path / "high" / "spans" / f"{task}_test.jsonl") as f:
+      spans = [s["text"].lower() for line in f for s in json.loads(line)["spans"]]
+    assert spans and all(0 in scores[s] for s in spans)
+    shares[task] = [100.0 * sum(not any(scores[s].get(j, -2.0) >= tau for j in range(n))
+                                for s in spans) / len(spans) for tau in taus]
+    assert shares[task] == sorted(shares[task]), (task, shares[task])
+    assert shares[task][0] < 100.0 and shares[task][-1] > 0.0, (task, shares[task])
+    assert shares[task][0] < shares[task][-1], (task, shares[task])
+  low = features(points[0][1], "low")
+  for counts, i in ((high, -1), (low, 0)):
+    for task in paper_config.TASKS:
+      got = counts[f"{task}/test"]
+      assert 100.0 * (1 - got["spans_with_audio"] / got["spans"]) == pytest.approx(
+          shares[task][i])
+
+
+@pytest.mark.e2e  # Three span detectors trained on the tiny model.
+@pytest.mark.slow
+def test_smoke_detector_table(tmp_path):
+  """`configs/paper.py:smoke,detector`: the detector trained on animal, on pitch, on both,
+  each scored on both tasks' dev, test and wiki; the cells are the runs' own results; the
+  run on both tasks is the span stage the other tables share; a rerun trains nothing."""
+  workdir = str(tmp_path)
+  c = paper_config.get_config("smoke,detector")
+  c.jax_cache_dir = str(tmp_path / "jax_cache")
+  out = paper.run(c, workdir)
+  text = open(os.path.join(workdir, "paper_table.md")).read()
+  block = text.split("## AudioBERT Table II", 1)[1]
+  token, span = block.split("span_f1 (%)")
+  runs = {"span_animal": os.path.join(workdir, "span_animal", "seed_0"),
+          "span_pitch": os.path.join(workdir, "span_pitch", "seed_0"),
+          "span_both": os.path.join(workdir, "stages", "span")}
+  labels = {"span_animal": "animal", "span_pitch": "pitch", "span_both": "animal + pitch"}
+  for name, run_dir in runs.items():
+    own = json.load(open(os.path.join(run_dir, "results.json")))
+    trained = json.load(open(os.path.join(run_dir, "config.json")))["train"]["tasks"]
+    assert list(trained) == {"span_animal": ["animal"], "span_pitch": ["pitch"],
+                             "span_both": []}[name]
+    for metric, part in (("token_f1", token), ("span_f1", span)):
+      row = _table("## x\n" + part, "x")[labels[name]]
+      assert row == [f"{own[t][s][metric]:.2f}" for t, s in COLUMNS]
+      assert out["tables"]["accuracy"]["detector"][metric][name] == {
+          f"{t}/{s}": own[t][s][metric] for t, s in COLUMNS}
+  assert list(_table("## x\n" + token, "x"))[0] == "trained on"
+  assert "stages/span/" in text
+  before = {r: os.path.getmtime(os.path.join(d, "results.json")) for r, d in runs.items()}
+  paper.run(c, workdir)
+  assert before == {r: os.path.getmtime(os.path.join(d, "results.json"))
+                    for r, d in runs.items()}

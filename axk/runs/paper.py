@@ -725,7 +725,9 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   if notes:
     lines += ["", "Rows not run:", ""] + [f"- {n}" for n in notes]
   lines += ["", "Every row is a run in its own folder: " + ", ".join(
-      f"`{r.name}/` ({describe(config, r.name)})" for r in rows) + "."]
+      f"`{r.name}/` ({describe(config, r.name)}"
+      + (f"; its seed {r.stage_seed} is the shared span stage, `stages/span/`"
+         if r.stage_seed is not None else "") + ")" for r in rows) + "."]
   out["rows"] = {r.name: {"label": r.spec.label, "config": describe(config, r.name),
                           "missing": r.missing or None,
                           "results": _read_json(os.path.join(r.workdir, "results.json"))}
