@@ -418,3 +418,22 @@ def test_smoke_detector_table(tmp_path):
   paper.run(c, workdir)
   assert before == {r: os.path.getmtime(os.path.join(d, "results.json"))
                     for r, d in runs.items()}
+
+
+def test_a_detector_row_learning_a_task_it_does_not_read_is_one_line(tmp_path):
+  from axk.runs import span as span_run
+  from configs import span as span_config
+  c = span_config.get_config("smoke")
+  assert span_run.train_tasks_of(c) == tuple(c.data.tasks)  # Empty: every task.
+  c.train.tasks = ("pitch",)
+  assert span_run.train_tasks_of(c) == ("pitch",)
+  c.train.tasks = ("loudness",)
+  with pytest.raises(common.ConfigError, match=r"^--config.train.tasks=\('loudness',\): "
+                     r"'loudness' is not in --config.data.tasks=\('animal', 'pitch'\)\.$"):
+    span_run.train_tasks_of(c)
+  p = paper_config.get_config("smoke,detector")
+  p.rows.span_animal.overrides = (("train.tasks", ("loudness",)),)
+  with pytest.raises(common.ConfigError, match=r"^row 'span_animal' \(animal, "
+                     r"configs/span.py:smoke\): --config.train.tasks=.*--config.missing=skip"):
+    paper.validate(p, str(tmp_path))
+  assert not os.listdir(tmp_path)

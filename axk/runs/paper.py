@@ -41,8 +41,9 @@ ROW_RECORD = "paper_row.json"
 SPAN_ENTRY = "axk.runs.span:run"  # A row of this entry is a span detector (the detector table).
 
 # Published accuracy (%) comes from the tasks' specs (`axk.tasks.Task.published`), keyed by
-# the rows of configs/paper.py; "llama" is a published-only row. Tables 2 and 3 and Figure 2
-# have no published numbers: their cells show none.
+# the rows of configs/paper.py; "llama" is a published-only row. Table 2 shows the paper's
+# difference for a row recorded there (none yet); Table 3 and Figure 2 show no published
+# number.
 PUBLISHED_ONLY = {"table1": (("LLaMA3.1-8B, no training (published only)", "llama"),)}
 TITLES = {
     "table1": "Table 1: accuracy on AuditoryBench",
@@ -252,7 +253,8 @@ def _run_detector(workdir: str, row: Row) -> bool:
         return False
       done = _read_json(os.path.join(sub, "results.json"))
     runs.append({t: v for t, v in done.items() if t in row.config.data.tasks})
-  merged = runs[0] if len(runs) == 1 else masked_word._merge_seeds(runs)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  merged = runs[0] if len(runs) == 1 else masked_word._merge_seeds(runs)
   files.write_json(os.path.join(row.workdir, "results.json"), {
       **merged, "seeds": {str(s): seed_dir(workdir, row, s) for s in row.seeds}})
   return True

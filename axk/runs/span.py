@@ -1,11 +1,12 @@
 """The auditory span detector: which word pieces of a sentence belong to an auditory span.
 
 BERT token classification with two labels (0 outside, 1 inside), trained on the gold spans
-of all configured tasks together (or of `train.tasks`, evaluated on every task all the same). Loss and metrics ignore special and padding tokens.
-Contiguous positive tokens form a predicted span; its text is cut from the sentence by
-character offsets. Metrics: token F1 of the positive class, and span exact-match precision,
-recall and F1 (a predicted span counts when its first and last tokens equal a gold span's).
-Predictions and metrics cover every split, train included (the spans later runs train on).
+of all configured tasks together (or of those in `train.tasks`; evaluated on every task).
+Loss and metrics ignore special and padding tokens. Contiguous positive tokens form a
+predicted span; its text is cut from the sentence by character offsets. Metrics: token F1 of
+the positive class, and span exact-match precision, recall and F1 (a predicted span counts
+when its first and last tokens equal a gold span's). Predictions and metrics cover every
+split, train included (the spans later runs train on).
 """
 
 from __future__ import annotations
