@@ -286,9 +286,10 @@ def test_table2_shows_the_papers_difference_beside_axks(tmp_path, monkeypatch):
                                   "-6.00 (-4.32)", "-1.50 (-8.96)", "-10.00"]
   assert t2["w/o FG"] == ["+0.00"] * 6  # No paper numbers recorded for it.
   assert "keyed by the row's name: sentence_audio_no_gate)" in "\n".join(lines)
-  assert data["table2"]["sentence_audio_no_gate/paper_delta"]["pitch/test"] == \
+  assert data["table2_paper_delta"]["sentence_audio_no_gate"]["pitch/test"] == \
       pytest.approx(-8.96)
-  assert data["table2"]["no_gate/paper_delta"] is None
+  assert data["table2_paper_delta"]["no_gate"] is None
+  assert data["table2"]["sentence_audio_no_gate"]["pitch/test"] == 77.5
 
 
 def test_combined_is_accuracy_over_both_tasks_rows(tmp_path):

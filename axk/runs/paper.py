@@ -583,8 +583,9 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
         cells = [delta_cell(v, b) + ("" if paper is None or paper[j] is None
                                      else f" ({paper[j]:+.2f})")
                  for j, (v, b) in enumerate(zip(values, base))]
-        data[table][name + "/paper_delta"] = (
-            None if paper is None else {f"{t}/{s}": d for (t, s), d in zip(cols, paper)})
+        if with_published:  # The paper's differences (None: not recorded for the row).
+          data.setdefault(table + "_paper_delta", {})[name] = (
+              None if paper is None else {f"{t}/{s}": d for (t, s), d in zip(cols, paper)})
       else:
         pub = (published(name, cols) if with_published and table in ("table1", "audiobert")
                else None)
@@ -602,10 +603,11 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
                                                   for v in pub) + " |")
     if table == "table2":
       known = [n for n in layout[1:] if paper_delta(n, layout[0], cols) is not None]
-      lines += ["", f"Each ablation: {metric} minus the full model's (first row), in points; "
-                "the paper's difference in parentheses where the tasks' published tables "
-                "hold the paper's number for that row (axk/tasks/, keyed by the row's name: "
-                + (", ".join(known) if known else "none recorded") + ")."]
+      lines += ["", f"Each ablation: {metric} minus the full model's (first row), in points"
+                + ("; the paper's difference in parentheses where the tasks' published tables "
+                   "hold the paper's number for that row (axk/tasks/, keyed by the row's name: "
+                   + (", ".join(known) if known else "none recorded") + ")."
+                   if with_published else ".")]
     if table == "table3":
       lines += ["", TABLE3_NOTE]
     if combined:
