@@ -1,9 +1,11 @@
-r"""The papers' tables as commands: ITH's Tables 1-3 and Figure 2, AudioBERT's main table.
+r"""The papers' tables as commands: ITH's Tables 1-3 and Figure 2, AudioBERT's main table and
+its Table II (the span detector).
 
     python -m axk.main --config=configs/paper.py:table1 --workdir=workdirs/paper
     python -m axk.main --config=configs/paper.py:all --workdir=workdirs/paper
     python -m axk.main --config=configs/paper.py:smoke --workdir=/tmp/paper_smoke
     python -m axk.main --config=configs/paper.py:smoke,table2 --workdir=/tmp/paper_smoke
+    python -m axk.main --config=configs/paper.py:smoke,detector --workdir=/tmp/paper_smoke
 
 Every row of a table is one masked-word run (configs/ith.py or configs/audiobert.py with its
 variant) in `<workdir>/<row>/`; a row whose results.json exists is not run again, so a rerun
@@ -19,11 +21,17 @@ Variants (an optional base, then the tables, after commas; no table: all of them
   minilm     all-MiniLM-L6-v2's weights (offline; see configs/ith.py).
   table1     ITH Table 1: untrained BERT, text-only fine-tuned (the row the papers leave
              out), AudioBERT, ITH; dev, test, wiki of both tasks, mean +- std over the seeds.
-  table2     ITH's ablations as deltas from the full model: w/o FG, w/o DKI, w/o rejection.
+  table2     ITH's ablations as differences from the full model: w/o FG, w/o DKI,
+             w/o (DKI + FG) (sentence-level audio and no gate), w/o rejection; the paper's
+             difference beside axk's where the tasks' published tables hold that row.
   table3     ITH's generators: Stable Audio Open (the full model), AudioLDM 2, MusicGen.
   figure2    accuracy against tau (both tasks) and against n (pitch, tau 0.6), with the share
-             of spans left without audio.
-  audiobert  AudioBERT's main table: untrained BERT, LoRA text-only, AudioBERT.
+             of spans left without audio. Under `smoke` the taus are spread over the tiny
+             CLAP's scores (SMOKE_FIGURE2_TAUS), so that its points accept part of the clips.
+  audiobert  AudioBERT's main table: untrained BERT, LoRA text-only, AudioBERT, with the
+             Combined columns (accuracy over both tasks' rows of a split, as the paper).
+  detector   AudioBERT's Table II: the span detector (configs/span.py) trained on animal
+             only, on pitch only and on both, token and span F1 on every task's splits.
   all        every table above.
 
 AudioBERT's rows retrieve from an audio database, given to every feature stage:
@@ -41,7 +49,7 @@ import ml_collections
 from axk.tasks import auditorybench
 from configs import common
 
-TABLES = ("table1", "table2", "table3", "figure2", "audiobert")
+TABLES = ("table1", "table2", "table3", "figure2", "audiobert", "detector")
 BASES = ("smoke", "minilm")
 VARIANTS = BASES  # An optional base, then tables after commas.
 MODIFIERS = TABLES + ("all",)
@@ -53,6 +61,14 @@ CACHE_FIELD = "generation.cache_dir"  # The clip cache every feature setting sha
 FIGURE2_TAUS = (0.0, 0.2, 0.4, 0.6, 0.8)
 FIGURE2_TRIES = (1, 2, 3, 4, 5)
 FIGURE2_TRIES_TAU = 0.6  # Figure 2's n sweep: pitch at this tau.
+# Under `smoke`: the tiny random CLAP scores its clips between about -0.19 and 0.02 (median
+# -0.10), below every tau of the paper, so the paper's sweep would accept no clip. These taus
+# span its scores: the lowest accepts most spans, the highest few.
+SMOKE_FIGURE2_TAUS = (-0.16, -0.13, -0.1, -0.07, -0.04)
+SMOKE_FIGURE2_TRIES_TAU = -0.1
+# Features of the rows (configs/features.py variant) under each base: the n a row gets when it
+# leaves TRIES_FIELD alone is read from there.
+FEATURES_VARIANT = {"smoke": "smoke", "minilm": "generation", "": "generation"}
 FIGURE2_TRIES_TASK = "pitch"  # Figure 2's n sweep: its task.
 TASKS = auditorybench.NAMES  # The papers' benchmark tasks: the tables' columns.
 
@@ -66,13 +82,38 @@ def _row(label, config, variant="", overrides=(), features=(), seeds=(), tau=-1.
 
 
 def _tau_name(tau: float) -> str:
-  return f"tau_{tau:.1f}".replace(".", "_")
+  """A tau point's row name: tau_0_6 for 0.6, tau_m0_13 for -0.13."""
+  text = f"{abs(tau):.2f}"
+  text = text[:-1] if text.endswith("0") else text
+  return "tau_" + ("m" if tau < 0 else "") + text.replace(".", "_")
 
 
-def _rows() -> dict:
+def default_tries(base: str) -> int:
+  """n of the rows that leave TRIES_FIELD alone: their feature config's default."""
+  from configs import features  # pylint: disable=g-import-not-at-top
+  return int(features.get_config(FEATURES_VARIANT[base]).generation.n)
+
+
+def _figure2(base: str) -> tuple[tuple[float, ...], float]:
+  """Figure 2's taus and the tau of its n sweep under `base`."""
+  if base == "smoke":
+    return SMOKE_FIGURE2_TAUS, SMOKE_FIGURE2_TRIES_TAU
+  return FIGURE2_TAUS, FIGURE2_TRIES_TAU
+
+
+def _tries_rows(base: str) -> list[tuple[int, str]]:
+  """Figure 2's n points, (n, row name): the tau sweep's row at the n sweep's tau is the
+  point of the features' default n."""
+  taus, tries_tau = _figure2(base)
+  default = default_tries(base)
+  return [(n, _tau_name(tries_tau) if n == default and tries_tau in taus
+           else f"{FIGURE2_TRIES_TASK}_n_{n}") for n in FIGURE2_TRIES]
+
+
+def _rows(base: str = "") -> dict:
   """Every row of every table, by name (its folder in the workdir). One data table: a
   new variant of configs/ith.py is used by writing its name here."""
-  ith, audiobert = "configs/ith.py", "configs/audiobert.py"
+  ith, audiobert, span = "configs/ith.py", "configs/audiobert.py", "configs/span.py"
   rows = {
       # The pretrained model is deterministic at evaluation: one seed says everything.
       "bert": _row("BERT-base, no training", ith, "no_train", seeds=(0,)),
@@ -81,38 +122,47 @@ def _rows() -> dict:
       "ith": _row("Imagine to Hear", ith),
       "no_gate": _row("w/o FG", ith, "no_gate"),
       "sentence_audio": _row("w/o DKI", ith, "sentence_audio"),
+      # Both ablations at once: one clip per sentence, fused without the gate.
+      "sentence_audio_no_gate": _row("w/o (DKI + FG)", ith, "sentence_audio,no_gate"),
       "no_rejection": _row("w/o rejection", ith, "no_rejection"),
       "audioldm2": _row("AudioLDM 2", ith, "audioldm2"),
       "musicgen": _row("MusicGen", ith, "musicgen"),
       "audiobert_text_only": _row("AudioBERT, text-only (LoRA)", audiobert, "no_audio"),
+      # AudioBERT's Table II: the detector trained on one task or both, tested on both.
+      "span_animal": _row("animal", span, overrides=[("train.tasks", ("animal",))]),
+      "span_pitch": _row("pitch", span, overrides=[("train.tasks", ("pitch",))]),
+      "span_both": _row("animal + pitch", span),
   }
-  for tau in FIGURE2_TAUS:
+  taus, tries_tau = _figure2(base)
+  for tau in taus:
     rows[_tau_name(tau)] = _row(
-        f"tau = {tau:.1f}", ith, features=[(TAU_FIELD.format(task=t), tau) for t in TASKS],
+        f"tau = {tau:g}", ith, features=[(TAU_FIELD.format(task=t), tau) for t in TASKS],
         tau=tau)
-  for n in FIGURE2_TRIES:
-    if n == FIGURE2_TRIES[-1]:
-      continue  # The tau sweep's point at FIGURE2_TRIES_TAU (n = 5) is this one.
-    rows[f"{FIGURE2_TRIES_TASK}_n_{n}"] = _row(
-        f"{FIGURE2_TRIES_TASK}, tau = {FIGURE2_TRIES_TAU}, n = {n}", ith,
+  for n, name in _tries_rows(base):
+    if name in rows:
+      continue  # The tau sweep's point at the n sweep's tau and the default n.
+    rows[name] = _row(
+        f"{FIGURE2_TRIES_TASK}, tau = {tries_tau:g}, n = {n}", ith,
         overrides=[("data.tasks", (FIGURE2_TRIES_TASK,))],
-        features=[(TAU_FIELD.format(task=FIGURE2_TRIES_TASK), FIGURE2_TRIES_TAU),
+        features=[(TAU_FIELD.format(task=FIGURE2_TRIES_TASK), tries_tau),
                   (TRIES_FIELD, n)],
-        tau=FIGURE2_TRIES_TAU, tries=n)
+        tau=tries_tau, tries=n)
   return rows
 
 
-def _layouts() -> dict:
+def _layouts(base: str = "") -> dict:
   """Each table's rows, in the papers' order. Table 2's first row is the model the deltas
   are taken from; Figure 2 has its tau points and its n points (pitch)."""
-  tries = ([f"{FIGURE2_TRIES_TASK}_n_{n}" for n in FIGURE2_TRIES[:-1]]
-           + [_tau_name(FIGURE2_TRIES_TAU)])
+  taus, _ = _figure2(base)
   return {
       "table1": ("bert", "text_only", "audiobert", "ith"),
-      "table2": ("ith", "no_gate", "sentence_audio", "no_rejection"),
+      "table2": ("ith", "no_gate", "sentence_audio", "sentence_audio_no_gate",
+                 "no_rejection"),
       "table3": ("ith", "audioldm2", "musicgen"),
-      "figure2": {"tau": tuple(_tau_name(t) for t in FIGURE2_TAUS), "tries": tuple(tries)},
+      "figure2": {"tau": tuple(_tau_name(t) for t in taus),
+                  "tries": tuple(name for _, name in _tries_rows(base))},
       "audiobert": ("bert", "audiobert_text_only", "audiobert"),
+      "detector": ("span_animal", "span_pitch", "span_both"),
   }
 
 
@@ -124,7 +174,7 @@ def get_config(arg=None):
     raise SystemExit(f"error: unknown config variant {unknown[0]!r}; known: "
                      f"{', '.join(BASES + TABLES + ('all',))}.")
   tables = TABLES if not names or "all" in names else tuple(t for t in TABLES if t in names)
-  layouts, rows = _layouts(), _rows()
+  layouts, rows = _layouts(base), _rows(base)
 
   c = ml_collections.ConfigDict()
   c.entry = "axk.runs.paper:run"
@@ -142,10 +192,17 @@ def get_config(arg=None):
   # does not occur in train).
   c.extra_metrics = ("accuracy_unseen",)
   # n of the rows that leave TRIES_FIELD alone (the feature config's default): the n sweep's
-  # last point is the tau sweep's row at FIGURE2_TRIES_TAU.
-  c.default_tries = FIGURE2_TRIES[-1]
+  # point at that n is the tau sweep's row at FIGURE2_TRIES_TAU.
+  c.default_tries = default_tries(base)
   c.figure_split = "test"  # Split of Figure 2's accuracy and share of spans without audio.
   c.figure_tries_task = FIGURE2_TRIES_TASK  # The task of Figure 2's n sweep.
+  # AudioBERT's main table: the Combined columns, accuracy over the rows of both tasks of a
+  # split (each task weighed by its rows, as the paper's Combined: LLaMA3.1-8B's 21.80 animal
+  # and 62.55 pitch test give its 48.83; their plain mean is 42.18).
+  c.combined = True
+  # The detector table's metrics (configs/span.py's results): token F1 (the published
+  # code's kind of score, without its padding positions) and span exact-match F1.
+  c.detector_metrics = ("token_f1", "span_f1")
   # The benchmark tasks of the tables' columns (each with its spec's `columns` splits); empty:
   # the tasks the rows train (their data.tasks).
   c.tasks = TASKS
@@ -156,9 +213,9 @@ def get_config(arg=None):
   c.data.dir = "sample" if base == "smoke" else "github"  # AuditoryBench folder.
   c.data.cache_dir = ""  # Where "github" downloads go.
   c.data.revision = ""  # The HJ-Ok/AudioBERT commit "github" downloads.
-  # Field overrides for every row's config, (field, value) pairs, e.g.
-  # (("train.batch_size", 16),); applied after the row's variant (an epochs override would
-  # also train the untrained row).
+  # Field overrides for every masked-word row's config (not the detector rows), (field,
+  # value) pairs, e.g. (("train.batch_size", 16),); applied after the row's variant (an
+  # epochs override would also train the untrained row).
   c.overrides = ()
   c.features_args = ()  # Extra flags for every feature stage.
   # The clip cache every feature stage shares ("": <workdir>/stages/clips), and the feature

@@ -26,18 +26,22 @@ import os
 import time
 from typing import Any, Mapping
 
+import numpy as np
 
 from axk import tasks as tasks_lib
 from axk.runs import common
 from axk.runs import masked_word
+from axk.runs import span as span_run
 from axk.runs import stages
 from axk.utils import files
 
 ROW_RECORD = "paper_row.json"
+SPAN_ENTRY = "axk.runs.span:run"  # A row of this entry is a span detector (the detector table).
 
 # Published accuracy (%) comes from the tasks' specs (`axk.tasks.Task.published`), keyed by
-# the rows of configs/paper.py; "llama" is a published-only row. Tables 2 and 3 and Figure 2
-# have no published numbers: their cells show none.
+# the rows of configs/paper.py; "llama" is a published-only row. Table 2 shows the paper's
+# difference for a row recorded there (none yet); Table 3 and Figure 2 show no published
+# number.
 PUBLISHED_ONLY = {"table1": (("LLaMA3.1-8B, no training (published only)", "llama"),)}
 TITLES = {
     "table1": "Table 1: accuracy on AuditoryBench",
@@ -45,7 +49,14 @@ TITLES = {
     "table3": "Table 3: ITH with other text-to-audio generators",
     "figure2": "Figure 2: rejection threshold tau and tries n",
     "audiobert": "AudioBERT: main table",
+    "detector": "AudioBERT Table II: the span detector by training tasks",
 }
+# ITH's Table 3 lists its full model (Stable Audio Open) at other numbers than its Table 1.
+TABLE3_NOTE = (
+    "ITH's Table 3 reports its Stable Audio Open model at 78.47 (pitch test) and 73.79 "
+    "(pitch wiki), its Table 1 the same model at 78.96 and 76.74; the paper does not say "
+    "why (separate runs, it seems). Here the Stable Audio Open row is Table 1's ITH run "
+    "itself, so the two tables agree.")
 
 
 def columns(config, rows=()) -> tuple[tuple[str, str], ...]:
@@ -80,6 +91,14 @@ class Row:
   workdir: str = ""
   missing: str = ""
   features_setting: tuple[str, tuple[str, ...]] | None = None  # (features config, flags)
+  # A span detector row (configs/span.py): its seeds, and the seed whose run is the span
+  # stage the masked-word rows share (None: none is).
+  seeds: tuple[int, ...] = ()
+  stage_seed: int | None = None
+
+  @property
+  def detector(self) -> bool:
+    return self.config is not None and self.config.get("entry") == SPAN_ENTRY
 
   @property
   def done(self) -> bool:
@@ -160,6 +179,8 @@ def build_row(config, name: str, workdir: str, *, check: bool = True) -> Row:
       c.data[key] = config.data[key]
     if config.get("plugins"):
       c.plugins = tuple(config.plugins)
+    if c.get("entry") == SPAN_ENTRY:
+      return _span_row(config, row, c)
     c.seeds = tuple(spec.seeds) or tuple(config.seeds)
     for path, value in tuple(config.overrides) + tuple(spec.overrides):
       _set_field(c, path, value)
@@ -188,10 +209,67 @@ def missing_error(row: Row) -> str:
   return f"{row.missing.rstrip('.')}; --config.missing=skip runs the other rows."
 
 
+def _stage_span_spec(config) -> str:
+  """The span detector config the masked-word rows' span stage runs under this base."""
+  variant = config.base
+  return _get_config("configs/ith.py" + (f":{variant}" if variant else "")).stages.span_config
+
+
+def _span_row(config, row: Row, c) -> Row:
+  """A detector row: its seeds, its fields set, checked as `configs/span.py`'s run checks;
+  the run at the span stage's own settings (every task, default seed) is that stage."""
+  default_seed = int(c.seed)
+  try:
+    for path, value in row.spec.overrides:
+      _set_field(c, path, value)
+    if row.spec.features:
+      raise common.ConfigError(f"features {row.spec.features} given to a span detector row")
+    common.check_config(c)
+    span_run.train_tasks_of(c)
+  except common.ConfigError as e:
+    row.missing = f"row {row.name!r} ({row.spec.label}, {row_spec_of(config, row.name)}): {e}"
+    return row
+  row.seeds = tuple(row.spec.seeds) or tuple(config.seeds)
+  shared = (not row.spec.overrides and row_spec_of(config, row.name) == _stage_span_spec(config))
+  row.stage_seed = default_seed if shared and default_seed in row.seeds else None
+  row.config = c
+  return row
+
+
+def seed_dir(workdir: str, row: Row, seed: int) -> str:
+  """Where a detector row's run of `seed` lives: the shared span stage, else
+  `<row>/seed_<s>`."""
+  if seed == row.stage_seed:
+    return os.path.join(workdir, "stages", "span")
+  return os.path.join(row.workdir, f"seed_{seed}")
+
+
+def _run_detector(workdir: str, row: Row) -> bool:
+  """Trains the row's detector once per seed (a seed already done is read), then writes the
+  row's results.json: the mean and standard deviation over the seeds (one seed: its own)."""
+  runs = []
+  for seed in row.seeds:
+    sub = seed_dir(workdir, row, seed)
+    done = _read_json(os.path.join(sub, "results.json"))
+    if done is None:
+      c = row.config.copy_and_resolve_references()
+      c.seed = seed
+      if not span_run.run(c, sub):
+        return False
+      done = _read_json(os.path.join(sub, "results.json"))
+    runs.append({t: v for t, v in done.items() if t in row.config.data.tasks})
+  # pylint: disable-next=protected-access
+  merged = runs[0] if len(runs) == 1 else masked_word._merge_seeds(runs)
+  files.write_json(os.path.join(row.workdir, "results.json"), {
+      **merged, "seeds": {str(s): seed_dir(workdir, row, s) for s in row.seeds}})
+  return True
+
+
 def _record(config, row: Row) -> dict:
   """What a row was run as; a finished row is reused only when this is unchanged."""
+  seeds = row.seeds if row.detector else row.config.seeds
   return {"row": row.spec.to_dict(), "config": row_spec_of(config, row.name),
-          "seeds": list(row.config.seeds), "data": config.data.to_dict(),
+          "seeds": list(seeds), "data": config.data.to_dict(),
           "overrides": [list(o) for o in config.overrides],
           "features": list(row.features_setting[1]) if row.features_setting else []}
 
@@ -311,11 +389,11 @@ def run(config, workdir: str) -> dict:
   spent = []
   for i, row in enumerate(todo):
     t0 = time.time()
-    c = _resolve(config, row, workdir)
+    c = row.config if row.detector else _resolve(config, row, workdir)
     files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
     logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
                  row_spec_of(config, row.name))
-    if not masked_word.run(c, row.workdir):
+    if not (_run_detector(workdir, row) if row.detector else masked_word.run(c, row.workdir)):
       logging.warning("Row %r stopped before the end; rerun the same command to continue.",
                       row.name)
       return {}
@@ -371,6 +449,84 @@ def _no_audio_share(row_workdir: str, task: str, split: str):
   return 100.0 * (1 - counts["spans_with_audio"] / counts["spans"])
 
 
+def weight_key(metric: str) -> str | None:
+  """The count a metric is an average over: `examples` for `accuracy`, `examples_unseen`
+  for `accuracy_unseen`; None for others."""
+  return "examples" + metric[len("accuracy"):] if metric.startswith("accuracy") else None
+
+
+def combine(parts) -> float | None:
+  """Accuracy over the union of several tasks' rows from `(accuracy, rows)` pairs: each
+  task weighed by its rows (the papers' Combined); None when a part or every row is missing."""
+  parts = list(parts)
+  if not parts or any(a is None or n is None for a, n in parts):
+    return None
+  total = sum(n for _, n in parts)
+  return sum(a * n for a, n in parts) / total if total else None
+
+
+def _seed_results(row: Row, seeds, task: str) -> list | None:
+  """The per-seed results.json of `task` in a masked-word row's folder (`<task>/seed_<s>/`
+  when tasks trained apart, else `seed_<s>/`), in seed order; None when any is missing."""
+  out = []
+  for seed in seeds:
+    for sub in (os.path.join(task, f"seed_{seed}"), f"seed_{seed}"):
+      found = _read_json(os.path.join(row.workdir, sub, "results.json"))
+      if found and task in found:
+        out.append(found[task])
+        break
+    else:
+      return None
+  return out
+
+
+def combined_value(row: Row, results, task_names, split: str, metric: str):
+  """(mean, std or None) of the Combined `metric` of `split` over `task_names`, or None.
+  The mean weighs each task's mean by its rows; the std is over the seeds' own Combined
+  values, when every seed's results are in the row's folder."""
+  count = weight_key(metric)
+  if not results or count is None:
+    return None
+  splits = [(results.get(t) or {}).get(split) or {} for t in task_names]
+  mean = combine((m.get(metric), m.get(count)) for m in splits)
+  if mean is None:
+    return None
+  seeds = tuple(row.config.seeds) if row.config is not None and "seeds" in row.config else ()
+  per_task = [_seed_results(row, seeds, t) for t in task_names] if len(seeds) > 1 else [None]
+  if any(p is None for p in per_task):
+    return mean, None
+  values = [combine(((p[i].get(split) or {}).get(metric), (p[i].get(split) or {}).get(count))
+                    for p in per_task) for i in range(len(seeds))]
+  if any(v is None for v in values):
+    return mean, None
+  return mean, float(np.std(values))
+
+
+def published_combined(key: str, task_names, split: str) -> float | None:
+  """The published Combined accuracy of row `key`: its published per-task numbers weighed
+  by the published benchmark's rows of `split`."""
+  return combine((tasks_lib.get(t).published.get(key, {}).get(split),
+                  tasks_lib.get(t).published_rows.get(split)) for t in task_names)
+
+
+def _combined_splits(cols) -> tuple[str, ...]:
+  """The splits every task of `cols` has, in order (a Combined column each)."""
+  names = tuple(dict.fromkeys(t for t, _ in cols))
+  if len(names) < 2:
+    return ()
+  return tuple(s for s in dict.fromkeys(s for _, s in cols)
+               if all((t, s) in cols for t in names))
+
+
+def paper_delta(name: str, base: str, cols) -> list | None:
+  """The paper's difference of row `name` from row `base` per column (from the tasks'
+  published tables), or None when the paper's numbers for `name` are not recorded."""
+  row, full = published(name, cols), published(base, cols)
+  if row is None or full is None:
+    return None
+  return [None if a is None or b is None else a - b for a, b in zip(row, full)]
+
+
 def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
   """The markdown of every table for `metric`, and the same cells as data."""
   by_name = {r.name: r for r in rows}
@@ -378,20 +534,28 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
   lines, data = [], {}
   with_published = metric == "accuracy"
   cols = columns(config, rows)
+  task_names = tuple(dict.fromkeys(t for t, _ in cols))
 
   def label(name):
     r = by_name[name]
     return r.spec.label + ("" if results[name] else " (not run)")
 
   for table in config.tables:
+    if table == "detector" and metric != config.metric:
+      continue  # Its metrics are the detector's, not this one.
     layout = list(config.layouts[table])
     lines += ["", f"## {TITLES.get(table, table)}", ""]
     data[table] = {}
     if table == "figure2":
-      lines += _figure2_lines(config, by_name, results, metric, data[table],
-                              tuple(dict.fromkeys(t for t, _ in cols)))
+      lines += _figure2_lines(config, by_name, results, metric, data[table], task_names)
       continue
-    lines += _header("model" if table != "table3" else "generator", cols)
+    if table == "detector":
+      lines += _detector_lines(config, by_name, results, data[table], cols)
+      continue
+    combined = (_combined_splits(cols) if table == "audiobert" and config.get("combined")
+                else ())
+    lines += _header("model" if table != "table3" else "generator",
+                     list(cols) + [("combined", s) for s in combined])
     base = None
     for i, name in enumerate(layout):
       values = [_metric(results[name], t, s, metric) for t, s in cols]
@@ -399,18 +563,60 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
       if table == "table2" and i == 0:
         base = values
       if table == "table2" and i > 0:
-        cells = [delta_cell(v, b) for v, b in zip(values, base)]
+        paper = paper_delta(name, layout[0], cols) if with_published else None
+        cells = [delta_cell(v, b) + ("" if paper is None or paper[j] is None
+                                     else f" ({paper[j]:+.2f})")
+                 for j, (v, b) in enumerate(zip(values, base))]
+        if with_published:  # The paper's differences (None: not recorded for the row).
+          data.setdefault(table + "_paper_delta", {})[name] = (
+              None if paper is None else {f"{t}/{s}": d for (t, s), d in zip(cols, paper)})
       else:
         pub = (published(name, cols) if with_published and table in ("table1", "audiobert")
                else None)
         cells = [cell(v, pub[j] if pub else None) for j, v in enumerate(values)]
+      for split in combined:
+        v = combined_value(by_name[name], results[name], task_names, split, metric)
+        p = published_combined(name, task_names, split) if with_published else None
+        data[table][name][f"combined/{split}"] = v and v[0]
+        cells.append(cell(v, p))
       lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     for title, key in PUBLISHED_ONLY.get(table, ()) if with_published else ():
       pub = published(key, cols)
       if pub:
         lines.append(f"| {title} | " + " | ".join("—" if v is None else f"({v:.2f})"
                                                   for v in pub) + " |")
+    if table == "table2":
+      known = [n for n in layout[1:] if paper_delta(n, layout[0], cols) is not None]
+      lines += ["", f"Each ablation: {metric} minus the full model's (first row), in points"
+                + ("; the paper's difference in parentheses where the tasks' published tables "
+                   "hold the paper's number for that row (axk/tasks/, keyed by the row's name: "
+                   + (", ".join(known) if known else "none recorded") + ")."
+                   if with_published else ".")]
+    if table == "table3":
+      lines += ["", TABLE3_NOTE]
+    if combined:
+      lines += ["", "Combined: accuracy over the rows of both tasks of a split, each task "
+                "weighed by its rows (the paper's Combined); the published one from the "
+                "published per-task numbers and the benchmark's rows per split."]
   return lines, data
+
+
+def _detector_lines(config, by_name, results, data, cols) -> list[str]:
+  """AudioBERT's Table II: one table per detector metric, the detector's rows (trained on
+  which tasks) by every task's evaluation splits, mean ± std over the seeds."""
+  lines = [f"The span detector (configs/span.py) trained on the tasks of each row and "
+           f"evaluated on every task; mean ± std over seeds {tuple(config.seeds)} where a row "
+           "ran several. The papers report a token F1 of about 92-95 on dev and test for the "
+           "detector trained on both tasks (AudioBERT's per-position F1)."]
+  for metric in config.detector_metrics:
+    lines += ["", f"{metric} (%)", ""] + _header("trained on", cols)
+    data[metric] = {}
+    for name in config.layouts.detector:
+      values = [_metric(results[name], t, s, metric) for t, s in cols]
+      data[metric][name] = {f"{t}/{s}": v and v[0] for (t, s), v in zip(cols, values)}
+      lines.append(f"| {by_name[name].spec.label}{'' if results[name] else ' (not run)'} | "
+                   + " | ".join(cell(v) for v in values) + " |")
+  return lines
 
 
 def _figure2_lines(config, by_name, results, metric, data, task_names) -> list[str]:
@@ -431,8 +637,8 @@ def _figure2_lines(config, by_name, results, metric, data, task_names) -> list[s
       point[task], point[f"{task}_no_audio"] = v and v[0], share
       cells += [cell(v), "—" if share is None else f"{share:.1f}"]
     data["tau"].append(point)
-    lines.append(f"| {row.spec.tau:.1f} | " + " | ".join(cells) + " |")
-  tau = by_name[tries[0]].spec.tau if tries else ""
+    lines.append(f"| {row.spec.tau:g} | " + " | ".join(cells) + " |")
+  tau = f"{by_name[tries[0]].spec.tau:g}" if tries else ""
   lines += ["", f"| n ({n_task}, tau {tau}) | {n_task} | {n_task}: no audio |",
             "| --- | --- | --- |"]
   for name in tries:
@@ -486,7 +692,8 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   lines = [f"# {config.name}", "",
            f"Accuracy (%) on AuditoryBench, `{config.metric}`; mean ± std over seeds {seeds} "
            "where a row ran several. Published numbers in parentheses: "
-           f"{published_source(cols)}, for BERT-base; Tables 2, 3 and Figure 2 list none there. "
+           f"{published_source(cols)}, for BERT-base (Table 2: the paper's differences, where "
+           "recorded; Table 3 and Figure 2: none). "
            "Text-only fine-tuned: the row the papers leave out, trained on the same train "
            "split."]
   if config.base:
@@ -506,7 +713,9 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   if notes:
     lines += ["", "Rows not run:", ""] + [f"- {n}" for n in notes]
   lines += ["", "Every row is a run in its own folder: " + ", ".join(
-      f"`{r.name}/` ({describe(config, r.name)})" for r in rows) + "."]
+      f"`{r.name}/` ({describe(config, r.name)}"
+      + (f"; its seed {r.stage_seed} is the shared span stage, `stages/span/`"
+         if r.stage_seed is not None else "") + ")" for r in rows) + "."]
   out["rows"] = {r.name: {"label": r.spec.label, "config": describe(config, r.name),
                           "missing": r.missing or None,
                           "results": _read_json(os.path.join(r.workdir, "results.json"))}

@@ -46,6 +46,7 @@ from axk.data.layout import split_path
 from axk.features import sources as sources_lib
 from axk.runs import common
 from axk.runs import paper as paper_lib
+from axk.runs import span as span_run
 from axk.runs import stages
 
 # Rough sizes for the disk estimate. A 5 s 44.1 kHz stereo candidate clip is 0.55 MB as FLAC
@@ -267,11 +268,18 @@ def _span(ctx: _Context, c, workdir: str, stage: str = "", hint: str = "") -> No
            if c.model.get("tiny") else "")
   _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""),
          hint="; ".join(h for h in (MINILM_HINT, hint) if h))
-  if built:
-    ctx.plan.models[-1].where += f" ({built})" if ctx.plan.models[-1].where else ""
+  where = ctx.plan.models[-1].where
+  if built and where and built not in where:  # Once, where rows share the model.
+    ctx.plan.models[-1].where += f" ({built})"
   data, _ = _data(ctx, stage, c.data, keep_missing_spans=True)
   if data:
-    rows = sum(len(d["train"].complete()) for d in data.values() if "train" in d)
+    try:
+      learns = span_run.train_tasks_of(c)
+    except common.ConfigError as e:
+      ctx.plan.problem(_prefix(stage) + str(e))
+      return
+    rows = sum(len(d["train"].complete()) for t, d in data.items()
+               if t in learns and "train" in d)
     steps = _steps(rows, c.train.epochs, c.train.batch_size)
     ctx.plan.costs.append(f"{stage or 'span detector'}: {steps} train steps ({rows} rows x "
                           f"{c.train.epochs} epochs / batch {c.train.batch_size})")
@@ -480,6 +488,9 @@ def _paper(ctx: _Context, config, workdir: str) -> None:
                             why="results.json exists"))
       continue
     p.stages.append(Stage(f"row {name}", spec, row.workdir, runs=True))
+    if row.detector:  # A span detector row: the detector's own inputs.
+      _span(ctx, row.config, row.workdir, stage=f"row {name}")
+      continue
     c, kwargs = paper_lib.row_stage_config(config, row, workdir)
     _masked_word(ctx, c, row.workdir, stages_root=workdir, name=f"row {name}",
                  stage_args=hint, **kwargs)

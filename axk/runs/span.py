@@ -1,11 +1,12 @@
 """The auditory span detector: which word pieces of a sentence belong to an auditory span.
 
 BERT token classification with two labels (0 outside, 1 inside), trained on the gold spans
-of all configured tasks together. Loss and metrics ignore special and padding tokens.
-Contiguous positive tokens form a predicted span; its text is cut from the sentence by
-character offsets. Metrics: token F1 of the positive class, and span exact-match precision,
-recall and F1 (a predicted span counts when its first and last tokens equal a gold span's).
-Predictions and metrics cover every split, train included (the spans later runs train on).
+of all configured tasks together (or of those in `train.tasks`; evaluated on every task).
+Loss and metrics ignore special and padding tokens. Contiguous positive tokens form a
+predicted span; its text is cut from the sentence by character offsets. Metrics: token F1 of
+the positive class, and span exact-match precision, recall and F1 (a predicted span counts
+when its first and last tokens equal a gold span's). Predictions and metrics cover every
+split, train included (the spans later runs train on).
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ def span_metrics(pred: np.ndarray, arrays: Mapping[str, np.ndarray]) -> dict[str
           "span_f1": 100 * f1(sp, sr), "examples": len(pred)}
 
 
+def train_tasks_of(config) -> tuple[str, ...]:
+  """The tasks the detector learns from: `train.tasks`, each one of `data.tasks` (empty:
+  all of them); ConfigError naming the field otherwise."""
+  names = tuple(config.data.tasks)
+  chosen = tuple(config.train.get("tasks") or ()) or names
+  stray = [t for t in chosen if t not in names]
+  if stray:
+    raise common.ConfigError(f"--config.train.tasks={chosen}: {stray[0]!r} is not in "
+                             f"--config.data.tasks={names}.")
+  return chosen
+
+
 class SpanTask:
   """`axk.train.loop.Experiment` of the span detector."""
 
@@ -91,7 +104,10 @@ class SpanTask:
     # in the sentence included; training and metrics use the rows with all their gold spans.
     data = common.load_data(config, keep_missing_spans=True)
     max_length = config.data.max_length
-    train = [e for t in data.values() for e in t["train"].complete()]
+    train_tasks = train_tasks_of(config)
+    if len(train_tasks) == 1 and len(data) > 1:  # Selected on the task it learns.
+      self.selection = f"{train_tasks[0]}/dev/token_f1"
+    train = [e for t in train_tasks for e in data[t]["train"].complete()]
     self.train_ids = [e.id for e in train]
     self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
                                    protocol="single")
@@ -170,6 +186,7 @@ def run(config, workdir: str):
   if not workdir:
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
+  train_tasks_of(config)
   done = loop.finished_results(config, workdir)
   if done is not None:  # Finished before with this config.
     return done

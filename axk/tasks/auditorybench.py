@@ -112,7 +112,8 @@ ANIMAL = register(Animal(
                "llama": {"dev": 23.10, "test": 21.80, "wiki": 16.24},
                "audiobert": {"dev": 38.28, "test": 36.63, "wiki": 14.32},
                "ith": {"dev": 39.36, "test": 41.55, "wiki": 19.09}},
-    published_source=PUBLISHED_SOURCE, example="Rattle is the sound a [MASK] makes."))
+    published_source=PUBLISHED_SOURCE, example="Rattle is the sound a [MASK] makes.",
+    published_rows={"train": 4211, "dev": 593, "test": 1211, "wiki": 197}))
 PITCH = register(Pitch(
     # Misspelt upstream; the spelling is part of the download URL.
     name="pitch", title="sound pitch comparison", folder="sound_pitch_comparsion",
@@ -123,6 +124,7 @@ PITCH = register(Pitch(
                "audiobert": {"dev": 73.18, "test": 74.83, "wiki": 55.31},
                "ith": {"dev": 79.82, "test": 78.96, "wiki": 76.74}},
     published_source=PUBLISHED_SOURCE,
-    example="The buzzing of a mosquito has a [MASK] pitch than the roar of a lion."))
+    example="The buzzing of a mosquito has a [MASK] pitch than the roar of a lion.",
+    published_rows={"train": 8312, "dev": 1178, "test": 2387, "wiki": 3625}))
 # AuditoryBench's tasks, in the papers' order: the default `data.tasks`, the tables' columns.
 NAMES = (ANIMAL.name, PITCH.name)

@@ -90,6 +90,8 @@ class Task:
       untrained), "llama" (LLaMA3.1-8B untrained), "audiobert", "ith".
     published_source: where `published` comes from.
     example: a sentence in the task's style with one `[MASK]` (model cards' usage lines).
+    published_rows: rows per split of the published benchmark, `{split: n}`: the weights of
+      the papers' Combined accuracy over several tasks (accuracy over all their rows).
   """
 
   name: str
@@ -106,6 +108,7 @@ class Task:
                                                                    hash=False)
   published_source: str = ""
   example: str = ""
+  published_rows: Mapping[str, int] = dataclasses.field(default_factory=dict, hash=False)
 
   def __post_init__(self):
     where = f"benchmark task {self.name!r}"
