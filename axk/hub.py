@@ -114,8 +114,10 @@ def _path_problem(name_or_path: str, path: str, what: str) -> str:
   """Why a path-like value names no model folder ("" for a folder or a hub id)."""
   if os.path.isdir(path):
     return ""
-  if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") > 1:
-    return f"--config.{what}={name_or_path}: directory does not exist."
+  if os.path.exists(path):
+    return f"--config.{what}={name_or_path}: is a file, not a model folder."
+  if path.startswith((".", "/", "~")) or path.count("/") > 1:
+    return f"--config.{what}={name_or_path}: no such directory."
   return ""
 
 

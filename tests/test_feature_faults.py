@@ -263,6 +263,8 @@ def test_feature_stage_counts_as_done_only_when_it_verifies(reference, tmp_path,
   def prepare():
     config = audiobert_config.get_config("smoke")
     config.features.dir, config.stages.features_output = "auto", "out"
+    # The reference features are at gold spans: the run asks for gold spans everywhere.
+    config.spans.gold_splits = ",".join(config.data.splits)
     return stages.prepare(config, str(workdir))
 
   assert prepare()["features_dir"] == str(workdir / "stages" / "features" / "out") and not ran

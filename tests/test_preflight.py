@@ -96,7 +96,7 @@ def test_hub_check_says_why_without_downloading(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
   assert hub.check(str(tmp_path), "models.clap") == ""  # a local folder
   assert hub.check(str(tmp_path / "nope"), "models.clap") == (
-      f"--config.models.clap={tmp_path / 'nope'}: directory does not exist.")
+      f"--config.models.clap={tmp_path / 'nope'}: no such directory.")
   line = hub.check(STABLE_AUDIO, "models.generator")
   assert line.startswith(f"Cannot get '{STABLE_AUDIO}' (--config.models.generator)")
   assert f"https://huggingface.co/{STABLE_AUDIO}" in line and "\n" not in line
