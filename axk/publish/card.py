@@ -30,6 +30,7 @@ from axk import hub
 from axk import methods
 from axk import plugins
 from axk import tasks
+from axk.train import metrics as metrics_lib
 from axk.utils import files
 
 CARD = "README.md"
@@ -144,13 +145,8 @@ def _results_table(results: Mapping, seeds_results: Mapping | None) -> list[str]
     lines += [f"**{tasks.get(task).title}**", "", "| split | " + " | ".join(metrics) + " |",
               "| --- |" + " --- |" * len(metrics)]
     for split, values in splits.items():
-      cells = []
-      for m in metrics:
-        cell = _fmt(values.get(m, ""))
-        if f"{m}_std" in values:
-          cell += f" ± {values[m + '_std']:.2f}"
-        cells.append(cell)
-      lines.append(f"| {split} | " + " | ".join(cells) + " |")
+      lines.append(f"| {split} | " + " | ".join(metrics_lib.cell(values, m) for m in metrics)
+                   + " |")
     lines.append("")
   return lines
 

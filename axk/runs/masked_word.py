@@ -568,20 +568,23 @@ def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float],
   warmups = warmup_ratios(config) if warmups is None else warmups
   c = config.copy_and_resolve_references()
   c.data.tasks = tasks
-  values = sorted({rates[t] for t in tasks})
+  c.train.learning_rate = _one_per_model(tasks, rates, "learning rates",
+                                         "one --config.train.learning_rate")
+  c.train.warmup_ratio = _one_per_model(tasks, warmups, "warm-ups",
+                                        "the same --config.train.task_warmup_epochs for each")
+  logging.info("Tasks %s: learning rate %g, warm-up %.3g of the steps.", ",".join(tasks),
+               c.train.learning_rate, c.train.warmup_ratio)
+  return c
+
+
+def _one_per_model(tasks: tuple[str, ...], per_task: Mapping[str, float], what: str,
+                   fix: str) -> float:
+  """The one value of `per_task` that the tasks training one model share; ConfigError when
+  they differ."""
+  values = sorted({per_task[t] for t in tasks})
   if len(values) > 1:
     raise common.ConfigError(
-        f"Tasks {tasks} train one model but have different learning rates "
-        f"{ {t: rates[t] for t in tasks} }: set --config.train.separate_tasks=True or one "
-        "--config.train.learning_rate.")
-  warm = sorted({warmups[t] for t in tasks})
-  if len(warm) > 1:
-    raise common.ConfigError(
-        f"Tasks {tasks} train one model but have different warm-ups "
-        f"{ {t: warmups[t] for t in tasks} }: set --config.train.separate_tasks=True or the "
-        "same --config.train.task_warmup_epochs for each.")
-  c.train.learning_rate = values[0]
-  c.train.warmup_ratio = warm[0]
-  logging.info("Tasks %s: learning rate %g, warm-up %.3g of the steps.", ",".join(tasks),
-               values[0], warm[0])
-  return c
+        f"Tasks {tasks} train one model but have different {what} "
+        f"{ {t: per_task[t] for t in tasks} }: set --config.train.separate_tasks=True or "
+        f"{fix}.")
+  return values[0]

@@ -86,14 +86,17 @@ def results_table(results: Mapping[str, Mapping[str, Mapping[str, Any]]],
            "| --- | --- |" + " --- |" * len(columns)]
   for task, splits in results.items():
     for split, values in splits.items():
-      cells = []
-      for m in columns:
-        cell = _cell(values.get(m, ""))
-        if f"{m}_std" in values:
-          cell += f" ± {float(values[m + '_std']):.2f}"
-        cells.append(cell)
+      cells = [cell(values, m) for m in columns]
       lines.append(f"| {task} | {split} | " + " | ".join(cells) + " |")
   return lines
+
+
+def cell(values: Mapping, metric: str) -> str:
+  """A table cell: `values[metric]`, with ` ± <metric>_std` where the seeds' spread is there."""
+  out = _cell(values.get(metric, ""))
+  if f"{metric}_std" in values:
+    out += f" ± {float(values[metric + '_std']):.2f}"
+  return out
 
 
 def _cell(v) -> str:
