@@ -154,7 +154,7 @@ def test_legacy_bin_with_gamma_beta_names(batch, tmp_path):
 
 
 def test_missing_dir_and_offline_hub_fail_fast(monkeypatch, waits):
-  with pytest.raises(hf.CheckpointError, match="does not exist"):
+  with pytest.raises(hf.CheckpointError, match="no such directory"):
     hf.resolve("/no/such/model/dir")
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   with pytest.raises(hf.CheckpointError, match="--config.model.init"):
