@@ -1,8 +1,11 @@
-"""The one name table between axk's BERT parameters and Hugging Face BERT state dicts.
+"""The one name table between axk's BERT/RoBERTa parameters and Hugging Face state dicts.
 
 Each row is `(axk path, HF name, transform)`; `{i}` stands for the layer index. HF names are
-written without the `bert.` prefix of `BertFor*` checkpoints: `to_axk` strips it (and maps
-the old `gamma`/`beta` LayerNorm names), `to_hf` adds it back for the heads that have it.
+written without the `bert.` (`roberta.`) prefix of `BertFor*` (`RobertaFor*`) checkpoints:
+`to_axk` strips it (and maps the old `gamma`/`beta` LayerNorm names), `to_hf` adds it back
+for the heads that have it. BERT and RoBERTa share the backbone rows (`BACKBONE`) and differ
+in the MLM head's names (`cls.predictions.*` against `lm_head.*`); `TABLES` holds each
+family's table, `TABLE` is BERT's.
 
 Transforms, from HF (PyTorch `Linear.weight` is [out, in]) to axk:
   copy     the same array.
@@ -20,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-TABLE: tuple[tuple[str, str, str], ...] = (
+BACKBONE: tuple[tuple[str, str, str], ...] = (
     ("bert/embeddings/word_embeddings/embedding", "embeddings.word_embeddings.weight", "copy"),
     ("bert/embeddings/position_embeddings/embedding", "embeddings.position_embeddings.weight",
      "copy"),
@@ -61,45 +64,71 @@ TABLE: tuple[tuple[str, str, str], ...] = (
      "copy"),
     ("bert/pooler/dense/kernel", "pooler.dense.weight", "kernel1"),
     ("bert/pooler/dense/bias", "pooler.dense.bias", "bias"),
+    ("classifier/dense/kernel", "classifier.weight", "kernel1"),
+    ("classifier/dense/bias", "classifier.bias", "bias"),
+)
+TABLE: tuple[tuple[str, str, str], ...] = BACKBONE + (
     ("mlm_head/transform/dense/kernel", "cls.predictions.transform.dense.weight", "kernel1"),
     ("mlm_head/transform/dense/bias", "cls.predictions.transform.dense.bias", "bias"),
     ("mlm_head/transform_norm/ln/scale", "cls.predictions.transform.LayerNorm.weight", "copy"),
     ("mlm_head/transform_norm/ln/bias", "cls.predictions.transform.LayerNorm.bias", "copy"),
     ("mlm_head/bias", "cls.predictions.bias", "copy"),
-    ("classifier/dense/kernel", "classifier.weight", "kernel1"),
-    ("classifier/dense/bias", "classifier.bias", "bias"),
 )
-
-# HF architecture of each axk head, and whether its backbone names carry `bert.`.
-ARCHITECTURES = {
-    "none": "BertModel",
-    "mlm": "BertForMaskedLM",
-    "token_classification": "BertForTokenClassification",
+TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "bert": TABLE,
+    "roberta": BACKBONE + (
+        ("mlm_head/transform/dense/kernel", "lm_head.dense.weight", "kernel1"),
+        ("mlm_head/transform/dense/bias", "lm_head.dense.bias", "bias"),
+        ("mlm_head/transform_norm/ln/scale", "lm_head.layer_norm.weight", "copy"),
+        ("mlm_head/transform_norm/ln/bias", "lm_head.layer_norm.bias", "copy"),
+        ("mlm_head/bias", "lm_head.bias", "copy"),
+    ),
 }
+# The prefix of the backbone's names in the checkpoints of a head other than "none".
+PREFIXES = {"bert": "bert.", "roberta": "roberta."}
+# HF architecture of each axk head, by model type.
+ARCHITECTURES = {
+    "bert": {"none": "BertModel", "mlm": "BertForMaskedLM",
+             "token_classification": "BertForTokenClassification"},
+    "roberta": {"none": "RobertaModel", "mlm": "RobertaForMaskedLM",
+                "token_classification": "RobertaForTokenClassification"},
+}
+# Tied copies of a head's bias that some checkpoints hold instead of the name of `TABLES`.
+_ALIASES = {"cls.predictions.decoder.bias": "cls.predictions.bias",
+            "lm_head.decoder.bias": "lm_head.bias"}
 # HF names that axk never reads: the next-sentence head and tied or buffer copies.
 _IGNORED = re.compile(
     r"^(cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias)|"
-    r"embeddings\.position_ids)$")
+    r"lm_head\.decoder\.(weight|bias)|embeddings\.(position_ids|token_type_ids))$")
 
 
 def _compile(template: str) -> re.Pattern:
   return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
 
-_ROWS = tuple((_compile(a), _compile(h), a, h, t) for a, h, t in TABLE)
+_ROWS = {m: tuple((_compile(a), _compile(h), a, h, t) for a, h, t in table)
+         for m, table in TABLES.items()}
 
 
-def normalize_hf_name(name: str) -> str:
-  """Strips the `bert.` prefix and maps old LayerNorm `gamma`/`beta` names."""
-  if name.startswith("bert."):
-    name = name[len("bert."):]
+def _check_type(model_type: str) -> None:
+  if model_type not in TABLES:
+    raise ValueError(f"model_type {model_type!r} has no HF name table; known: "
+                     f"{', '.join(TABLES)}.")
+
+
+def normalize_hf_name(name: str, model_type: str = "bert") -> str:
+  """Strips the `bert.` (`roberta.`) prefix and maps old LayerNorm `gamma`/`beta` names."""
+  prefix = PREFIXES[model_type]
+  if name.startswith(prefix):
+    name = name[len(prefix):]
   return re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight",
                 re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
 
 
-def hf_name(axk_path: str) -> tuple[str, str] | None:
+def hf_name(axk_path: str, model_type: str = "bert") -> tuple[str, str] | None:
   """(HF name without prefix, transform) of an axk parameter path, or None."""
-  for a_re, _, _, h, t in _ROWS:
+  _check_type(model_type)
+  for a_re, _, _, h, t in _ROWS[model_type]:
     m = a_re.match(axk_path)
     if m:
       return h.format(**m.groupdict()), t
@@ -123,21 +152,27 @@ def _to_hf(x: np.ndarray, transform: str) -> np.ndarray:
 
 
 def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[int, ...]],
-           source: str = "checkpoint") -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+           source: str = "checkpoint", model_type: str = "bert",
+           ) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
   """Maps a HF state dict onto axk paths.
 
   Args:
-    state: HF names -> arrays (with or without the `bert.` prefix).
+    state: HF names -> arrays (with or without the `bert.`/`roberta.` prefix).
     target_shapes: flat axk path -> shape, from the abstract parameters of the model.
     source: the checkpoint's name, for error messages.
+    model_type: "bert" or "roberta": which table of `TABLES`.
 
   Returns:
     (flat axk params found, axk paths missing from the checkpoint, HF names not used).
   """
-  normalized = {normalize_hf_name(k): k for k in state}
+  _check_type(model_type)
+  normalized = {normalize_hf_name(k, model_type): k for k in state}
+  for alias, name in _ALIASES.items():
+    if alias in normalized and name not in normalized:
+      normalized[name] = normalized.pop(alias)
   params, missing, used = {}, [], set()
   for path, shape in target_shapes.items():
-    row = hf_name(path)
+    row = hf_name(path, model_type)
     if row is None:
       raise KeyError(f"No HF name for axk parameter {path!r}; add it to axk/hf/convert.py.")
     name, transform = row
@@ -155,12 +190,14 @@ def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[in
   return params, missing, unused
 
 
-def to_hf(flat_params: Mapping[str, np.ndarray], head: str) -> dict[str, np.ndarray]:
+def to_hf(flat_params: Mapping[str, np.ndarray], head: str,
+          model_type: str = "bert") -> dict[str, np.ndarray]:
   """axk flat params -> HF state dict of the architecture of `head` (tied copies omitted)."""
-  prefix = "" if head == "none" else "bert."
+  _check_type(model_type)
+  prefix = "" if head == "none" else PREFIXES[model_type]
   out = {}
   for path, x in flat_params.items():
-    row = hf_name(path)
+    row = hf_name(path, model_type)
     if row is None:
       raise KeyError(f"No HF name for axk parameter {path!r}; add it to axk/hf/convert.py.")
     name, transform = row

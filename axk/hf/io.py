@@ -1,4 +1,4 @@
-"""Loading and saving Hugging Face BERT checkpoints as axk parameter trees.
+"""Loading and saving Hugging Face BERT and RoBERTa checkpoints as axk parameter trees.
 
     from axk import hf
     model = hf.load("/path/to/bert-dir", head="mlm")      # or a hub id, e.g. "bert-base-uncased"
@@ -6,6 +6,8 @@
     hf.save(model.params, model.config, "/tmp/export", head="mlm", tokenizer_from=model.path)
 
 A checkpoint directory holds `config.json` and `model.safetensors` (or `pytorch_model.bin`).
+Its `model_type` ("bert" or "roberta") picks the position ids and the HF names; `save` writes
+the family it read (`RobertaForMaskedLM` for a RoBERTa model).
 Hub ids are downloaded through `huggingface_hub` into its cache; without a network the call
 fails within seconds and says which local path to pass instead.
 """
@@ -29,8 +31,8 @@ from axk.models import bert as bert_lib
 from axk.utils import files
 from axk.utils.tree import flatten, unflatten
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json")
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
+                   "tokenizer_config.json", "special_tokens_map.json")  # BERT's and RoBERTa's.
 
 
 class CheckpointError(ValueError):
@@ -93,7 +95,7 @@ def _read_torch(file: str, safetensors: bool = False) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class Pretrained:
-  """A BERT model with its parameters: call it on token ids.
+  """A BERT or RoBERTa model with its parameters: call it on token ids.
 
   Attributes:
     module: the flax module (`axk.models.bert.Bert`).
@@ -134,7 +136,8 @@ def load_params(path: str, module: bert_lib.Bert, rng: jax.Array | None = None) 
   """
   abstract = jax.eval_shape(lambda: bert_lib.init_params(module, jax.random.key(0)))
   shapes = {k: v.shape for k, v in flatten(abstract).items()}
-  found, missing, unused = convert.to_axk(read_state(path), shapes, source=path)
+  found, missing, unused = convert.to_axk(read_state(path), shapes, source=path,
+                                          model_type=module.config.model_type)
   if missing:
     rng = jax.random.key(0) if rng is None else rng
     fresh = flatten(bert_lib.init_params(module, rng))
@@ -150,16 +153,19 @@ def load_params(path: str, module: bert_lib.Bert, rng: jax.Array | None = None) 
 
 def load(path_or_id: str, head: str = "mlm", rng: jax.Array | None = None,
          **config_overrides) -> Pretrained:
-  """Loads a BERT-family checkpoint directory or hub id into a `Pretrained` model.
+  """Loads a BERT or RoBERTa checkpoint directory or hub id into a `Pretrained` model.
 
   Args:
     path_or_id: a local directory or a hub id.
-    head: "none" (BertModel, with pooler), "mlm" or "token_classification".
+    head: "none" (BertModel/RobertaModel, with pooler), "mlm" or "token_classification".
     rng: key for parameters the checkpoint lacks.
     **config_overrides: `BertConfig` fields to change (dtype, dropout, num_labels, remat...).
   """
   path = resolve(path_or_id)
-  config = bert_lib.BertConfig.from_hf(read_config(path), **config_overrides)
+  try:
+    config = bert_lib.BertConfig.from_hf(read_config(path), **config_overrides)
+  except ValueError as e:
+    raise CheckpointError(f"{path}: {e}") from None
   module = bert_lib.Bert(config, head=head)
   return Pretrained(module, load_params(path, module, rng), config, head, path)
 
@@ -175,9 +181,9 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
   from safetensors.numpy import save_file
   flat = {k: np.asarray(jax.device_get(v), np.float32)
           for k, v in flatten(params).items()}
-  state = convert.to_hf(flat, head)
+  state = convert.to_hf(flat, head, config.model_type)
   hf_config = config.to_hf()
-  hf_config["architectures"] = [convert.ARCHITECTURES[head]]
+  hf_config["architectures"] = [convert.ARCHITECTURES[config.model_type][head]]
   if head == "token_classification":
     labels = id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
     hf_config["id2label"] = {str(i): l for i, l in labels.items()}

@@ -1,7 +1,10 @@
-"""BERT in flax.linen, as pure functions over a plain parameter dict.
+"""BERT and RoBERTa in flax.linen, as pure functions over a plain parameter dict.
 
 The layout follows Hugging Face's `BertModel` so that the name table in `axk/hf/convert.py`
-stays a one-to-one list. Every kernel carries logical axis names (`vocab`, `embed`, `heads`,
+stays a one-to-one list. RoBERTa is the same network with other position ids (counted over
+the non-padding tokens, from `pad_token_id + 1`, as HF's `create_position_ids_from_input_ids`)
+and other HF names; `BertConfig.model_type` ("bert" or "roberta", from the HF `config.json`)
+switches both, and the parameter tree is the same. Every kernel carries logical axis names (`vocab`, `embed`, `heads`,
 `kv`, `mlp`, ...) and activations are constrained at block boundaries (`batch`, `length`,
 `embed`); only the config's rules turn these into mesh axes, so the model never names a mesh.
 
@@ -39,12 +42,16 @@ from axk.models.lora import apply_lora
 Array = jax.Array
 
 HEADS = ("none", "mlm", "token_classification")
+# HF `model_type`s this module is: the same layers, RoBERTa's position ids differ.
+MODEL_TYPES = ("bert", "roberta")
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-  """Architecture and numerics of a BERT model (the fields of HF's `BertConfig`)."""
+  """Architecture and numerics of a BERT or RoBERTa model (the fields of HF's `BertConfig`
+  and `RobertaConfig`)."""
 
+  model_type: str = "bert"  # "bert" or "roberta" (its position ids; its HF names).
   vocab_size: int = 30522
   hidden_size: int = 768
   num_hidden_layers: int = 12
@@ -79,6 +86,9 @@ class BertConfig:
       raise ValueError(f"Only hidden_act='gelu' is supported, got {hf['hidden_act']!r}.")
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError("Only absolute position embeddings are supported.")
+    if hf.get("model_type", "bert") not in MODEL_TYPES:
+      raise ValueError(f"model_type {hf['model_type']!r} is not supported; axk reads "
+                       f"{' and '.join(MODEL_TYPES)} checkpoints.")
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in hf.items() if k in names}
     if "id2label" in hf:
@@ -91,8 +101,17 @@ class BertConfig:
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     for k in ("dtype", "param_dtype", "remat", "attention", "num_labels"):
       out.pop(k)
-    out.update(model_type="bert", hidden_act="gelu", position_embedding_type="absolute")
+    out.update(hidden_act="gelu", position_embedding_type="absolute")
     return out
+
+
+def position_ids(input_ids: Array, config: BertConfig) -> Array:
+  """BERT: 0, 1, 2, ... RoBERTa: the non-padding tokens counted from `pad_token_id + 1`,
+  padding at `pad_token_id` (HF's `create_position_ids_from_input_ids`)."""
+  if config.model_type == "roberta":
+    real = (input_ids != config.pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(real, axis=-1) * real + config.pad_token_id
+  return jnp.arange(input_ids.shape[-1])[None, :]
 
 
 def _init(config: BertConfig, axes: tuple[str, ...]):
@@ -177,7 +196,7 @@ class Embeddings(nn.Module):
                               param_dtype=c.param_dtype)
     words = embed(c.vocab_size, embedding_init=_init(c, ("vocab", "embed")),
                   name="word_embeddings")(input_ids)
-    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    positions = position_ids(input_ids, c)
     x = (words
          + embed(c.max_position_embeddings, embedding_init=_init(c, ("position", "embed")),
                  name="position_embeddings")(positions)

@@ -91,9 +91,19 @@ def model_dir(config, workdir: str) -> str:
 
 
 def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
-  """The architecture at `path` with the run's numerics and dropout."""
+  """The architecture at `path` with the run's numerics and dropout.
+
+  The runs read BERT checkpoints only: their encoding writes BERT's `[MASK]` and word
+  pieces, their exports are `BertForMaskedLM`s. A RoBERTa checkpoint (which `axk.hf` loads)
+  is refused here, in one line.
+  """
+  hf_config = hf.io.read_config(path)
+  if hf_config.get("model_type", "bert") != "bert":
+    raise ConfigError(f"--config.model.init={config.model.init}: a "
+                      f"{hf_config['model_type']} checkpoint; the span detector, AudioBERT "
+                      f"and ITH run on BERT checkpoints only.")
   return bert_lib.BertConfig.from_hf(
-      hf.io.read_config(path), dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+      hf_config, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
       remat=config.model.remat, hidden_dropout_prob=config.model.dropout,
       attention_probs_dropout_prob=config.model.dropout, **overrides)
 

@@ -239,8 +239,8 @@ class MaskedWord:
     self.method = method_of(config)
     self.name = config.get("name") or self.method.title
     self.path = common.model_dir(config, workdir)
-    self.tokenizer = enc.load_tokenizer(self.path)
     self.bert_config = common.bert_config(config, self.path)
+    self.tokenizer = enc.load_tokenizer(self.path)
     self.features_dir = inputs.features_dir
     self.audio_dim, self.audio_tokens = config.features.audio_dim, config.features.audio_tokens
     features = None

@@ -97,8 +97,8 @@ class SpanTask:
   def __init__(self, config, workdir: str):
     self.config = config
     self.path = common.model_dir(config, workdir)
-    self.tokenizer = enc.load_tokenizer(self.path)
     self.bert_config = common.bert_config(config, self.path, num_labels=len(LABELS))
+    self.tokenizer = enc.load_tokenizer(self.path)
     self.module = bert_lib.Bert(self.bert_config, head="token_classification")
     # Predictions cover every row the masked-word tasks read, rows whose gold span is not
     # in the sentence included; training and metrics use the rows with all their gold spans.
