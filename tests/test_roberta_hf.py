@@ -129,6 +129,34 @@ def test_roberta_masked_lm_on_a_4x2_mesh_matches_transformers(batch, tmp_path):
   assert max_diff(logits, ref, batch[1]) <= TOL
 
 
+def test_a_vocabulary_the_model_axis_does_not_divide_is_replicated(tmp_path):
+  """RoBERTa's real vocabulary (50,265) is odd: on a `model` axis of 2 the embedding and the
+  MLM head's bias stay whole, everything else is split as its logical axes say, and the
+  logits still match transformers (JAX refuses the uneven split otherwise)."""
+  torch.manual_seed(2)
+  pt = transformers.RobertaForMaskedLM(tiny_config(vocab_size=65)).eval()
+  pt.save_pretrained(tmp_path)
+  model = hf.load(str(tmp_path), head="mlm")
+  rules = common_config.RULES
+  mesh = sharding.make_mesh({"data": 4, "model": 2}, jax.devices())
+  p_sh = sharding.logical_to_sharding(bert_lib.logical_axes(model.module), mesh, rules,
+                                      model.params)
+  ids = np.random.RandomState(0).randint(3, 65, (8, 12))
+  mask = np.ones_like(ids)
+  mask[1, 7:] = 0
+  ids[1, 7:] = 1  # <pad>
+  with sharding.activate(mesh, rules):
+    params = jax.device_put(model.params, p_sh)
+    logits = jax.jit(lambda p, i, m: model.module.apply(
+        {"params": p}, i, m, jnp.zeros_like(i))["logits"])(params, ids, mask)
+  words = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  assert words.sharding.spec == jax.sharding.PartitionSpec(None, None)
+  query = params["bert"]["encoder"]["layer_0"]["attention"]["query"]["kernel"]
+  assert query.sharding.spec == jax.sharding.PartitionSpec(None, "model", None)
+  ref = torch_forward(pt, (ids, mask)).logits
+  assert max_diff(logits, ref, mask) <= TOL
+
+
 def test_roberta_parameters_have_a_row_and_logical_axes():
   config = bert_lib.BertConfig.from_hf(tiny_config().to_dict())
   for head in bert_lib.HEADS:

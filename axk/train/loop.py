@@ -162,7 +162,8 @@ class Trainer:
     abstract = jax.eval_shape(experiment.init_params, self.rng)
     flat_abstract = flatten(abstract)
     self.trainable = optim.trainable_paths(flat_abstract, tc.trainable, tc.frozen)
-    param_sh = sharding.logical_to_sharding(experiment.logical_axes(), self.mesh, self.rules)
+    param_sh = sharding.logical_to_sharding(experiment.logical_axes(), self.mesh, self.rules,
+                                            abstract)
     flat_sh = flatten(param_sh)
     train_sh = {k: flat_sh[k] for k in self.trainable}
     abstract_opt = jax.eval_shape(self.tx.init, {k: flat_abstract[k] for k in self.trainable})
