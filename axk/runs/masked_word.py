@@ -16,8 +16,11 @@ head is `masked_word` or `choice`.
 
 Learning rates (`train.learning_rate`, `train.task_learning_rates`): a task trains at
 `train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`, else
-at its spec's `learning_rate`; `validate` refuses a task that gets no rate. With
-`train.separate_tasks` each benchmark task trains its own model in `<workdir>/<task>/`.
+at its spec's `learning_rate`; `validate` refuses a task that gets no rate. Batch sizes
+(`train.batch_size`, `train.task_batch_sizes`) the same way: `train.batch_size` when nonzero,
+else `train.task_batch_sizes[task]`. With `train.separate_tasks` each benchmark task trains
+its own model in `<workdir>/<task>/`, selected on its own dev split; tasks trained as one
+model must share one learning rate and one batch size.
 """
 
 from __future__ import annotations
@@ -91,6 +94,21 @@ def learning_rates(config) -> dict[str, float]:
   return out
 
 
+def batch_sizes(config) -> dict[str, int]:
+  """Each configured benchmark task's training batch (see the module docstring)."""
+  tc = config.train
+  table = dict(tc.task_batch_sizes.items()) if "task_batch_sizes" in tc else {}
+  out = {}
+  for t in config.data.tasks:
+    size = int(tc.batch_size) or int(table.get(t, 0))
+    if size <= 0:
+      raise common.ConfigError(
+          f"--config.train.batch_size={tc.batch_size}: task {t!r} gets no batch size "
+          f"(set --config.train.batch_size, or --config.train.task_batch_sizes.{t}).")
+    out[t] = size
+  return out
+
+
 def validate(config, workdir: str) -> None:
   """Every field of a masked-word config, checked before any stage runs (one line each)."""
   if not workdir:
@@ -115,7 +133,7 @@ def validate(config, workdir: str) -> None:
   build_model(method, config, bert_config, int(config.features.audio_dim))
   rates = learning_rates(config)
   for group in task_groups(config):
-    _for_tasks(config, group, rates)
+    common.check_config(_for_tasks(config, group, rates))
   stages.check(config)
 
 
@@ -430,7 +448,8 @@ def run(config, workdir: str) -> dict:
   inputs = Inputs(spans_predictions=resolved.get("spans_predictions", ""),
                   features_dir=resolved.get("features_dir", ""))
   rates = learning_rates(config)
-  record = {"resolved": {**resolved, "learning_rates": rates}}
+  record = {"resolved": {**resolved, "learning_rates": rates,
+                         "batch_sizes": batch_sizes(config)}}
   groups = task_groups(config)
   if len(groups) > 1 or len(config.seeds) > 1:
     metrics_lib.write_json(os.path.join(workdir, "config.json"),
@@ -466,15 +485,19 @@ def run(config, workdir: str) -> dict:
 
 
 def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float]):
-  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate."""
+  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate and batch."""
   c = config.copy_and_resolve_references()
   c.data.tasks = tasks
-  values = sorted({rates[t] for t in tasks})
-  if len(values) > 1:
-    raise common.ConfigError(
-        f"Tasks {tasks} train one model but have different learning rates "
-        f"{ {t: rates[t] for t in tasks} }: set --config.train.separate_tasks=True or one "
-        "--config.train.learning_rate.")
-  c.train.learning_rate = values[0]
-  logging.info("Tasks %s: learning rate %g.", ",".join(tasks), values[0])
+  sizes = batch_sizes(c)
+  for what, table, field in (("learning rates", rates, "learning_rate"),
+                             ("batch sizes", sizes, "batch_size")):
+    values = sorted({table[t] for t in tasks})
+    if len(values) > 1:
+      raise common.ConfigError(
+          f"Tasks {tasks} train one model but have different {what} "
+          f"{ {t: table[t] for t in tasks} }: set --config.train.separate_tasks=True or one "
+          f"--config.train.{field}.")
+    c.train[field] = values[0]
+  logging.info("Tasks %s: learning rate %g, batch %d.", ",".join(tasks), c.train.learning_rate,
+               c.train.batch_size)
   return c
