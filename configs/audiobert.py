@@ -4,20 +4,21 @@ The paper's settings: BERT-base, LoRA rank 64 / alpha 128 / dropout 0.01 on quer
 value, 20 epochs, batch 32, lr 3e-4, AdamW, cosine with 10% warm-up, clip 1.0; base BERT and
 its MLM head frozen. One model per task, as the published code's separate animal and pitch
 scripts, each selected on its own task's dev accuracy and trained at its script's batch and
-learning rate: animal batch 8, lr 1e-4; pitch batch 32, lr 3e-4 (the paper's single
-setting; `--config.train.task_batch_sizes.animal=32 --config.train.task_learning_rates.animal=3e-4`
-gives it to animal too, `--config.train.batch_size` / `--config.train.learning_rate` set every
-task). `joint` trains one model on both tasks instead.
+learning rate: animal batch 8, lr 1e-4; pitch batch 32, lr 3e-4, the paper's one setting
+(`--config.train.task_batch_sizes.animal=32 --config.train.task_learning_rates.animal=3e-4`
+trains animal at it too; `--config.train.batch_size` / `--config.train.learning_rate` set
+every task). `joint` trains one model on both tasks instead.
 
 The audio path trains: the paper fine-tunes "the LoRA weights and the audio encoder" and the
 published code trains AST; axk stores AST frozen, offline, so a residual adapter on the pooled
 AST vector (`model.audio_adapter="residual"`, `a + W2 gelu(W1 a + b1) + b2`, W2 and b2 zero at
 initialisation, so training starts from the paper's plain addition) trains with LoRA at every
-width. `--config.model.audio_adapter=none` adds the frozen vector untouched. Spans: gold spans for training, as the published code (it reads the
-CSV's span columns; it also evaluates at them, where axk evaluates at the detector's spans,
-as the paper does); `--config.spans.gold_splits=` trains on detected spans instead. Every
-difference from the paper and the published code, with the switch that undoes it:
-docs/fidelity.md.
+width. `--config.model.audio_adapter=none` adds the frozen vector untouched.
+
+Spans: gold spans for training, as the published code (it reads the CSV's span columns; it
+also evaluates at them, where axk evaluates at the detector's spans, as the paper does);
+`--config.spans.gold_splits=` trains on detected spans instead. Every difference from the
+paper and the published code, with the switch that undoes it: docs/fidelity.md.
 
     python -m axk.main --config=configs/audiobert.py --workdir=workdirs/audiobert \
         --config.features.dir=FEATURES   # configs/features.py:retrieval output (or "auto")
@@ -35,8 +36,9 @@ Variants (a base, then modifiers after commas):
   no_train   the pretrained model with no training (no LoRA, no audio, epochs 0).
   one_seed   seed 0 alone, for quick runs.
 
-Seeds: 5 by default (`seeds=(0, 1, 2, 3, 4)`, each in <workdir>/<task>/seed_<s>/); results are the
-mean and population standard deviation over them, as the papers report the mean of 5 seeds.
+Seeds: 5 by default (`seeds=(0, 1, 2, 3, 4)`, each in <workdir>/<task>/seed_<s>/); results are
+the mean and population standard deviation over them, as the papers report the mean of 5
+seeds.
 `one_seed` and `no_train` run one seed, and so does `smoke`, to keep the test suite fast.
 """
 
@@ -87,12 +89,12 @@ def get_config(arg=None):
   c.spans.predictions = "auto"
   # Gold spans for training (the published code's); the evaluation splits get detected ones.
   c.spans.gold_splits = "train"
-  common.apply_base(c, base)
   if "joint" in mods:
-    # One model for both tasks: one batch and rate, the paper's.
+    # One model for both tasks: one batch and rate, the paper's (`smoke` sets its own).
     c.train.separate_tasks = False
     c.train.batch_size = 32
     c.train.learning_rate = 3e-4
+  common.apply_base(c, base)
   if base == "smoke":
     c.stages.features_output = "features_retrieval"  # features.py:smoke builds both sources.
   if "no_audio" in mods or "no_train" in mods:
