@@ -118,16 +118,17 @@ def test_audiobert_trains_one_model_per_task_at_its_published_script_settings(mo
 
 def test_a_model_field_the_method_does_not_have_is_refused(tmp_path):
   config = _text_only(audiobert_config.get_config("smoke"))
-  # AudioBERT's config has audio_projection, use_audio, ...; ITH has none of them.
+  # AudioBERT's config has audio_adapter, audio_projection, use_audio, ...; ITH has none of
+  # them (the first in order is named).
   config.model.name = "ith"
-  with pytest.raises(common.ConfigError, match=r"--config.model.audio_projection: not a field "
+  with pytest.raises(common.ConfigError, match=r"--config.model.audio_adapter: not a field "
                      r"of axk.models.ith.Model \(its fields: audio_activation, fusion_gate"):
     masked_word.validate(config, str(tmp_path))
 
 
 def test_seeds_get_copies_and_the_selection_of_each(monkeypatch, tmp_path):
   seen = _fake_runs(monkeypatch)
-  config = _text_only(audiobert_config.get_config("smoke,no_audio"))
+  config = _text_only(audiobert_config.get_config("smoke,no_audio,joint"))  # one model
   config.seeds = (3, 4)
   masked_word.run(config, str(tmp_path))
   assert config.seed == 0 and [s["seed"] for s in seen] == [3, 4]
