@@ -412,7 +412,7 @@ def test_ith_forward_and_train_step_on_a_4x2_mesh_equal_one_device(ith):
     np.testing.assert_allclose(a, c, atol=1e-5)
 
 
-def test_audiobert_trains_only_lora_and_audio_projection(tmp_path):
+def test_audiobert_trains_only_lora_and_its_audio_path(tmp_path):
   from configs import audiobert as audiobert_config
   from axk.utils.tree import flatten
   config = audiobert_config.get_config("smoke")
@@ -420,9 +420,10 @@ def test_audiobert_trains_only_lora_and_audio_projection(tmp_path):
   config.spans.predictions = ""
   task = masked_word.MaskedWord(config, str(tmp_path), masked_word.Inputs())
   trainer = loop.Trainer(config, str(tmp_path), task, devices=jax.devices()[:1])
-  assert trainer.trainable and all(p.startswith(("lora/", "audio_proj/"))
+  assert trainer.trainable and all(p.startswith(("lora/", "audio_adapter/", "audio_proj/"))
                                    for p in trainer.trainable)
   assert any(p.startswith("audio_proj/") for p in trainer.trainable)
+  assert sum(p.startswith("audio_adapter/") for p in trainer.trainable) == 4
   state, _ = trainer.init_state(ckpt_lib.Checkpoints(str(tmp_path / "ckpt")))
   before = flatten(jax.device_get(state["params"]))
   # The optimizer holds state for the trained tensors only.
