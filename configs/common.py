@@ -193,7 +193,12 @@ def masked_word_config():
   # A task's warm-up as a number of epochs' steps (e.g. `pitch=2.0`); a task without a
   # positive entry warms up over train.warmup_ratio of its steps.
   c.train.task_warmup_epochs = ml_collections.ConfigDict()
-  c.train.separate_tasks = False  # One model per benchmark task, in <workdir>/<task>/.
+  # Likewise a task trains at train.batch_size when it is nonzero, else at
+  # train.task_batch_sizes[task].
+  c.train.task_batch_sizes = ml_collections.ConfigDict()
+  # One model per benchmark task, in <workdir>/<task>/, selected on its own dev split (else one
+  # model for all tasks, selected on their mean dev accuracy).
+  c.train.separate_tasks = False
   # Where the masked-LM loss is taken: "mask" (the answer's pieces at [MASK], as ITH's
   # published code) or "sentence" (every real token of the target sentence, as AudioBERT's
   # published code, which also counts padding: axk leaves padding out).

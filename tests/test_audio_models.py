@@ -18,6 +18,7 @@ from axk.runs import masked_word
 from axk.train import checkpoint as ckpt_lib
 from axk.train import loop
 from axk.train import sharding
+from configs import audiobert as audiobert_config
 from configs import common as common_config
 
 CFG = bert_lib.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
@@ -125,11 +126,11 @@ def embedding_into_encoder(module, params, b):
 def test_audiobert_injects_the_raw_ast_vector_at_each_spans_first_token(injection):
   w = CFG.hidden_size  # AST width == model width: no projection ("auto"), as published
   module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
-                               injection=injection)
+                               injection=injection, audio_adapter="none")
   b = dict(batch(), span_audio=np.random.RandomState(7).randn(B, S, w).astype(np.float32))
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
       "params"]), 3)
-  assert "audio_proj" not in params
+  assert "audio_proj" not in params and "audio_adapter" not in params
   x = embedding_into_encoder(module, params, b)
   emb = np.asarray(bert_lib.Bert(CFG, head="mlm").apply(
       {"params": params["bert"]}, b["input_ids"], b["token_type_ids"], method="embed"))
@@ -150,7 +151,7 @@ def test_audiobert_injects_the_raw_ast_vector_at_each_spans_first_token(injectio
 def test_audiobert_replace_without_projection_exports_to_pytorch_and_jax(tmp_path):
   w = CFG.hidden_size
   module = audiobert_lib.Model(CFG, audio_dim=w, lora_rank=4, lora_alpha=8.0,
-                               injection="replace")
+                               injection="replace", audio_adapter="none")
   b = dict(batch(), span_audio=np.random.RandomState(8).randn(B, S, w).astype(np.float32))
   params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
       "params"]), 4)
@@ -165,6 +166,121 @@ def test_audiobert_replace_without_projection_exports_to_pytorch_and_jax(tmp_pat
   valid = b["attention_mask"].astype(bool)
   assert np.abs(ours - theirs)[valid].max() <= 1e-4
   assert np.abs(ours - again)[valid].max() <= 1e-5
+
+
+def _adapter_model(width, **fields):
+  """The default AudioBERT (trained adapter) at AST width `width`: its params with BERT, LoRA
+  and the projection random and the adapter as initialised, and a batch."""
+  module = audiobert_lib.Model(CFG, audio_dim=width, lora_rank=4, lora_alpha=8.0, **fields)
+  b = dict(batch(), span_audio=np.random.RandomState(9).randn(B, S, width).astype(np.float32))
+  params = nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))["params"])
+  params = {**randomize({k: v for k, v in params.items() if k != "audio_adapter"}, 11),
+            "audio_adapter": params["audio_adapter"]}
+  return module, params, b
+
+
+@pytest.mark.parametrize("width", [CFG.hidden_size, D])
+def test_audiobert_adapter_starts_as_the_plain_addition(width):
+  module, params, b = _adapter_model(width)
+  assert module.adapts and module.projects == (width != CFG.hidden_size)
+  frozen = audiobert_lib.Model(CFG, audio_dim=width, lora_rank=4, lora_alpha=8.0,
+                               audio_adapter="none")
+  without = {k: v for k, v in params.items() if k != "audio_adapter"}
+  # Exactly the frozen addition: W2 and b2 start at zero.
+  np.testing.assert_array_equal(
+      np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"]),
+      np.asarray(frozen.apply({"params": without}, *audiobert_inputs(b))["logits"]))
+  # By hand: the embedding plus the stored vector (through the projection `a W + c` where
+  # the widths differ) at the first token of each span with audio (row 1 token 2, row 2
+  # token 1, as in `batch()`).
+  x = embedding_into_encoder(module, params, b)
+  emb = np.asarray(bert_lib.Bert(CFG, head="mlm").apply(
+      {"params": params["bert"]}, b["input_ids"], b["token_type_ids"], method="embed"))
+  expected = emb.copy()
+  for row, token in ((1, 2), (2, 1)):
+    a = b["span_audio"][row, 0]
+    if module.projects:
+      proj = params["audio_proj"]["dense"]
+      a = a @ np.asarray(proj["kernel"]) + np.asarray(proj["bias"])
+    expected[row, token] += a
+  np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
+
+
+def test_audiobert_adapter_trains_at_equal_widths():
+  """At BERT-base's case (AST width = model width, no projection) the audio side still
+  learns: the adapter is in the config's trainable set and a step moves it."""
+  from axk.train import optim
+  from axk.utils.tree import flatten, unflatten
+  w = CFG.hidden_size
+  module, params, b = _adapter_model(w)
+  assert "audio_proj" not in params
+  n = 2
+  mask_tokens = np.zeros((B, L), bool)
+  mask_tokens[np.arange(B), [5, 6, 4, 7]] = True  # one [MASK] a row, outside every span
+  mlm = np.where(mask_tokens, 7, -100).astype(np.int32)
+  feed = {**{k: jnp.asarray(v) for k, v in b.items() if k != "span_audio_tokens"},
+          "mlm_labels": jnp.asarray(mlm),
+          "mask_positions": jnp.asarray(np.argmax(mask_tokens, 1)[:, None].astype(np.int32)),
+          "mask_count": jnp.ones(B, jnp.int32)}
+  tc = audiobert_config.get_config().train
+  tc.learning_rate, tc.warmup_ratio = 1e-3, 0.0
+  flat = flatten(params)
+  trainable = optim.trainable_paths(flat, tc.trainable, tc.frozen)
+  adapter = [k for k in flat if k.startswith("audio_adapter/")]
+  assert len(adapter) == 4 and set(adapter) <= set(trainable)
+  task = object.__new__(masked_word.MaskedWord)  # `loss` reads only its config and model
+  task.model, task.config = module, audiobert_config.get_config()
+  tx, _ = optim.make(tc, 10)
+
+  def loss(train, frozen):
+    return task.loss(unflatten({**frozen, **train}), feed, jax.random.key(0))[0]
+
+  train = {k: flat[k] for k in trainable}
+  frozen = {k: v for k, v in flat.items() if k not in train}
+  state = tx.init(train)
+  before = dict(train)
+  for step in range(n):
+    grads = jax.grad(loss)(train, frozen)
+    if step == 0:
+      # W2 = 0 blocks W1's gradient at the first step; W2's and b2's are not zero.
+      assert float(jnp.abs(grads["audio_adapter/fc2/dense/kernel"]).max()) > 0
+      assert float(jnp.abs(grads["audio_adapter/fc2/dense/bias"]).max()) > 0
+      assert float(jnp.abs(grads["audio_adapter/fc1/dense/bias"]).max()) == 0
+    updates, state = tx.update(grads, state, train)
+    train = optax.apply_updates(train, updates)
+  for k in adapter:  # after two steps every adapter parameter has moved
+    assert float(jnp.abs(train[k] - before[k]).max()) > 0, k
+
+
+@pytest.mark.parametrize("width", [CFG.hidden_size, D])
+def test_audiobert_adapter_exports_to_pytorch_and_back(width, tmp_path):
+  module = audiobert_lib.Model(CFG, audio_dim=width, lora_rank=4, lora_alpha=8.0)
+  b = dict(batch(), span_audio=np.random.RandomState(10).randn(B, S, width).astype(np.float32))
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), *audiobert_inputs(b))[
+      "params"]), 12)  # a trained adapter: nonzero W2, b2
+  methods.get("audiobert").export(jax.device_get(params), module, str(tmp_path))
+  from safetensors.numpy import load_file
+  state = load_file(str(tmp_path / "audio_projection.safetensors"))
+  np.testing.assert_array_equal(state["audio_adapter.fc2.weight"],
+                                np.asarray(params["audio_adapter"]["fc2"]["dense"]["kernel"]).T)
+  assert ("audio_proj.weight" in state) == (width != CFG.hidden_size)
+  ours = np.asarray(module.apply({"params": params}, *audiobert_inputs(b))["logits"])
+  pt = AudioBertTorch.from_export(str(tmp_path))
+  assert pt.audio_adapter is not None
+  theirs = pt(**{k: v for k, v in to_torch(b).items() if k != "span_audio_tokens"}).numpy()
+  loaded = methods.load_export(str(tmp_path))
+  assert loaded.module.adapts
+  again = np.asarray(loaded(**{k: b[k] for k in methods.get("audiobert").inputs}))
+  valid = b["attention_mask"].astype(bool)
+  assert np.abs(ours - theirs)[valid].max() <= 1e-4
+  assert np.abs(ours - again)[valid].max() <= 1e-5
+  # The adapter acts: without it the rows with audio differ.
+  frozen = audiobert_lib.Model(CFG, audio_dim=width, lora_rank=4, lora_alpha=8.0,
+                               audio_adapter="none")
+  plain = np.asarray(frozen.apply({"params": {k: v for k, v in params.items()
+                                              if k != "audio_adapter"}},
+                                  *audiobert_inputs(b))["logits"])
+  assert np.abs(ours[1] - plain[1]).max() > 1e-3
 
 
 def test_loss_at_mask_or_over_the_sentence_equals_torch_cross_entropy():
@@ -296,7 +412,7 @@ def test_ith_forward_and_train_step_on_a_4x2_mesh_equal_one_device(ith):
     np.testing.assert_allclose(a, c, atol=1e-5)
 
 
-def test_audiobert_trains_only_lora_and_audio_projection(tmp_path):
+def test_audiobert_trains_only_lora_and_its_audio_path(tmp_path):
   from configs import audiobert as audiobert_config
   from axk.utils.tree import flatten
   config = audiobert_config.get_config("smoke")
@@ -304,9 +420,10 @@ def test_audiobert_trains_only_lora_and_audio_projection(tmp_path):
   config.spans.predictions = ""
   task = masked_word.MaskedWord(config, str(tmp_path), masked_word.Inputs())
   trainer = loop.Trainer(config, str(tmp_path), task, devices=jax.devices()[:1])
-  assert trainer.trainable and all(p.startswith(("lora/", "audio_proj/"))
+  assert trainer.trainable and all(p.startswith(("lora/", "audio_adapter/", "audio_proj/"))
                                    for p in trainer.trainable)
   assert any(p.startswith("audio_proj/") for p in trainer.trainable)
+  assert sum(p.startswith("audio_adapter/") for p in trainer.trainable) == 4
   state, _ = trainer.init_state(ckpt_lib.Checkpoints(str(tmp_path / "ckpt")))
   before = flatten(jax.device_get(state["params"]))
   # The optimizer holds state for the trained tensors only.

@@ -49,26 +49,30 @@ def test_audiobert_smoke_on_retrieval_features(audiobert_smoke):
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["pitch"]["test"]["with_audio"] > 0
   assert not (tmp_path / "stages").exists()  # Given inputs: no stage ran.
-  model = AudioBertTorch.from_export(str(tmp_path / "export"))
-  # A projection exactly when the AST width differs from the model's (`audio_projection`
-  # "auto", as the paper and the published code).
+  # One model per task, as the published code's separate scripts.
+  assert set(results["selection"]) == {"animal", "pitch"}
   run = json.loads((tmp_path / "config.json").read_text())
   manifest = json.loads((pathlib.Path(run["resolved"]["features_dir"]) /
                          "manifest.json").read_text())
-  assert model.use_lora
-  assert (model.audio_proj is not None) == (manifest["dims"]["ast"] !=
-                                            run["model"]["tiny"]["hidden_size"])
-  # What axk.main does after a finished run: the export's model card.
-  assert push.finish_run(config, str(tmp_path)) == [str(tmp_path / "export" / "README.md")]
-  card = huggingface_hub.ModelCard.load(tmp_path / "export" / "README.md").data
+  # What axk.main does after a finished run: each export's model card.
+  assert sorted(push.finish_run(config, str(tmp_path))) == [
+      str(tmp_path / t / "export" / "README.md") for t in ("animal", "pitch")]
   saved = json.loads((tmp_path / "results.json").read_text())
-  assert {(r.dataset_config, r.dataset_split, r.metric_type): r.metric_value
-          for r in card.eval_results} == {
-              (t, s, m): v for t in ("animal", "pitch") for s, ms in saved[t].items()
-              for m, v in ms.items() if m not in card_lib.NOT_MODEL_METRICS}
-  assert card.pipeline_tag == "fill-mask" and "peft" in card.tags
+  for task in ("animal", "pitch"):
+    model = AudioBertTorch.from_export(str(tmp_path / task / "export"))
+    # The trained audio adapter; a projection exactly when the AST width differs from the
+    # model's (`audio_projection` "auto", as the paper and the published code).
+    assert model.use_lora and model.audio_adapter is not None
+    assert (model.audio_proj is not None) == (manifest["dims"]["ast"] !=
+                                              run["model"]["tiny"]["hidden_size"])
+    card = huggingface_hub.ModelCard.load(tmp_path / task / "export" / "README.md").data
+    assert {(r.dataset_config, r.dataset_split, r.metric_type): r.metric_value
+            for r in card.eval_results} == {
+                (task, s, m): v for s, ms in saved[task].items()
+                for m, v in ms.items() if m not in card_lib.NOT_MODEL_METRICS}
+    assert card.pipeline_tag == "fill-mask" and "peft" in card.tags
   assert saved["revisions"]["models"]["features.clap"]["revision"]
-  lines = (tmp_path / "predictions" / "pitch_dev.jsonl").read_text().splitlines()
+  lines = (tmp_path / "pitch" / "predictions" / "pitch_dev.jsonl").read_text().splitlines()
   assert len(lines) == results["pitch"]["dev"]["examples"]
   assert {json.loads(l)["predicted"] for l in lines} <= {"higher", "lower"}
 

@@ -24,7 +24,8 @@ def _fake_runs(monkeypatch):
 
   def fake_train(config, workdir, experiment, record=None, stamp=None):
     seen.append({"tasks": tuple(config.data.tasks), "lr": config.train.learning_rate,
-                 "seed": config.seed, "workdir": workdir, "record": record})
+                 "batch": config.train.batch_size, "seed": config.seed, "workdir": workdir,
+                 "record": record})
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.md"), "w") as f:
       f.write(f"# {config.data.tasks}\n")
@@ -83,18 +84,51 @@ def test_a_task_without_learning_rate_or_one_model_at_two_rates_is_refused(monke
     masked_word.validate(config, str(tmp_path))
 
 
+def test_audiobert_trains_one_model_per_task_at_its_published_script_settings(monkeypatch,
+                                                                            tmp_path):
+  """The published code's separate scripts: animal batch 8, lr 1e-4; pitch batch 32, lr 3e-4
+  (HJ-Ok/AudioBERT, model/AudioBERT/{animal_sound,sound_pitch}/train.py); `joint`: one model
+  at the paper's batch 32, lr 3e-4."""
+  seen = _fake_runs(monkeypatch)
+  config = _text_only(audiobert_config.get_config("minilm,one_seed"))
+  config.data.dir = "sample"
+  masked_word.run(config, str(tmp_path / "per_task"))
+  assert [(s["tasks"], s["batch"], s["lr"], s["workdir"]) for s in seen] == [
+      (("animal",), 8, 1e-4, str(tmp_path / "per_task" / "animal")),
+      (("pitch",), 32, 3e-4, str(tmp_path / "per_task" / "pitch"))]
+  saved = json.loads((tmp_path / "per_task" / "config.json").read_text())
+  assert saved["resolved"]["batch_sizes"] == {"animal": 8, "pitch": 32}
+  config = _text_only(audiobert_config.get_config("minilm,joint"))
+  masked_word.validate(config, str(tmp_path))
+  assert masked_word.task_groups(config) == [("animal", "pitch")]
+  assert masked_word.batch_sizes(config) == {"animal": 32, "pitch": 32}
+  assert masked_word.learning_rates(config) == {"animal": 3e-4, "pitch": 3e-4}
+  # One model cannot train at two batch sizes; a task needs one.
+  config = _text_only(audiobert_config.get_config("minilm"))
+  config.train.separate_tasks = False
+  config.train.learning_rate = 3e-4
+  with pytest.raises(common.ConfigError, match=r"different batch sizes \{'animal': 8, "
+                     r"'pitch': 32\}"):
+    masked_word.validate(config, str(tmp_path))
+  config = _text_only(audiobert_config.get_config("minilm"))
+  del config.train.task_batch_sizes["pitch"]
+  with pytest.raises(common.ConfigError, match="task 'pitch' gets no batch size"):
+    masked_word.validate(config, str(tmp_path))
+
+
 def test_a_model_field_the_method_does_not_have_is_refused(tmp_path):
   config = _text_only(audiobert_config.get_config("smoke"))
-  # AudioBERT's config has audio_projection, use_audio, ...; ITH has none of them.
+  # AudioBERT's config has audio_adapter, audio_projection, use_audio, ...; ITH has none of
+  # them (the first in order is named).
   config.model.name = "ith"
-  with pytest.raises(common.ConfigError, match=r"--config.model.audio_projection: not a field "
+  with pytest.raises(common.ConfigError, match=r"--config.model.audio_adapter: not a field "
                      r"of axk.models.ith.Model \(its fields: audio_activation, fusion_gate"):
     masked_word.validate(config, str(tmp_path))
 
 
 def test_seeds_get_copies_and_the_selection_of_each(monkeypatch, tmp_path):
   seen = _fake_runs(monkeypatch)
-  config = _text_only(audiobert_config.get_config("smoke,no_audio"))
+  config = _text_only(audiobert_config.get_config("smoke,no_audio,joint"))  # one model
   config.seeds = (3, 4)
   masked_word.run(config, str(tmp_path))
   assert config.seed == 0 and [s["seed"] for s in seen] == [3, 4]

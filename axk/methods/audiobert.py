@@ -22,9 +22,15 @@ class AudioBert(base.Method):
   inputs = ("input_ids", "attention_mask", "token_type_ids", "span_ids", "span_audio",
             "span_has_audio", "lora_gate")
   gate = "lora"
-  # The audio projection <-> `axk.pt.audiobert.AudioBertTorch.audio_proj`.
-  aux_table = (("audio_proj/dense/kernel", "audio_proj.weight", "kernel1"),
-               ("audio_proj/dense/bias", "audio_proj.bias", "bias"))
+  # The audio path's own weights <-> `axk.pt.audiobert.AudioBertTorch`'s `audio_adapter`
+  # (fc1, fc2) and `audio_proj`; rows of parameters a model lacks are skipped. The file keeps
+  # the name it had when it held the projection alone.
+  aux_table = tuple(
+      [(f"audio_adapter/{n}/dense/{p}", f"audio_adapter.{n}.{t}", tr)
+       for n in ("fc1", "fc2") for p, t, tr in (("kernel", "weight", "kernel1"),
+                                                 ("bias", "bias", "bias"))]
+      + [("audio_proj/dense/kernel", "audio_proj.weight", "kernel1"),
+         ("audio_proj/dense/bias", "audio_proj.bias", "bias")])
   aux_file = "audio_projection.safetensors"
   torch_class = "axk.pt.audiobert:AudioBertTorch"
   published_row = "audiobert"
@@ -42,22 +48,25 @@ class AudioBert(base.Method):
     return gate[mode].astype(np.float32)
 
   def has_aux(self, model) -> bool:
-    return model.projects
+    return model.projects or model.adapts
 
   def meta(self, model) -> dict:
     # The keys `axk.pt.audiobert` reads.
     return {"method": self.name, "audio_dim": model.audio_dim, "use_lora": model.use_lora,
             "use_audio": model.use_audio, "lora_gate": model.lora_gate,
             "injection": model.injection, "audio_projection": model.audio_projection,
-            "projected": model.projects,
+            "projected": model.projects, "audio_adapter": model.audio_adapter,
+            "adapted": model.adapts,
             "injected_at": "embedding output, first token of each span"}
 
   def fields_from_meta(self, meta: Mapping) -> dict:
-    # Exports from before `injection`/`audio_projection`: added, always projected.
+    # Exports from before `injection`/`audio_projection`: added, always projected; from
+    # before `audio_adapter`: no adapter.
     return {"use_lora": bool(meta["use_lora"]), "use_audio": bool(meta["use_audio"]),
             "lora_gate": meta.get("lora_gate", "span_audio"),
             "injection": meta.get("injection", "add"),
-            "audio_projection": meta.get("audio_projection", "always")}
+            "audio_projection": meta.get("audio_projection", "always"),
+            "audio_adapter": meta.get("audio_adapter", "none")}
 
   def card_usage(self, repo_id: str) -> list[str]:
     lines = super().card_usage(repo_id)

@@ -18,6 +18,11 @@ without audio change nothing):
   * `audio_projection="auto"` (default, the paper and the published code) uses the AST vector
     as it is when its width equals the model's, and a learned linear projection to the model
     width otherwise; `"always"` projects at any width (axk's earlier behaviour).
+  * `audio_adapter="residual"` (default) passes the pooled AST vector `a` through a trained
+    residual adapter first, `a + W2 gelu(W1 a + b1) + b2` (width `audio_dim` throughout),
+    standing in for the audio encoder the paper fine-tunes (axk stores AST frozen, offline).
+    W2 and b2 start at zero, so the untrained model is exactly the plain addition; `"none"`
+    uses the stored vector untouched (then, at equal widths, nothing on the audio side trains).
 The published code also embeds the sequence a second time after its replacement (a bug, not
 reproduced). Examples whose gate is 0 and that have no audio get exactly the base BERT
 (selects, not adds of zeros, keep this bit for bit).
@@ -39,13 +44,30 @@ LORA_GATES = ("span_audio", "span", "always")
 INJECTIONS = ("add", "replace")  # `Model.injection`: add the audio vector, or overwrite.
 # `Model.audio_projection`: a learned projection only when the widths differ, or always.
 PROJECTIONS = ("auto", "always")
+# `Model.audio_adapter`: a trained residual adapter on the pooled AST vector, or none.
+ADAPTERS = ("residual", "none")
+
+
+class AudioAdapter(nn.Module):
+  """`a + W2 gelu(W1 a + b1) + b2` over the last axis (its width kept); W2 and b2 start at
+  zero, so at initialisation it is the identity."""
+
+  config: bert_lib.BertConfig
+
+  @nn.compact
+  def __call__(self, a):
+    width = a.shape[-1]
+    h = bert_lib.Dense(self.config, width, ("audio_embed", "audio_hidden"), name="fc1")(a)
+    h = nn.gelu(h, approximate=False)
+    return a + bert_lib.Dense(self.config, width, ("audio_hidden", "audio_embed"), zero=True,
+                              name="fc2")(h)
 
 
 class Model(nn.Module):
   """AudioBERT as the paper describes it (see the module docstring).
 
-  Parameters: `bert/...`, `mlm_head/...` (the base model), `lora/...` (if `use_lora`) and
-  `audio_proj/...` (if `projects`).
+  Parameters: `bert/...`, `mlm_head/...` (the base model), `lora/...` (if `use_lora`),
+  `audio_adapter/...` (if `adapts`) and `audio_proj/...` (if `projects`).
   """
 
   config: bert_lib.BertConfig
@@ -54,6 +76,7 @@ class Model(nn.Module):
   use_audio: bool = True  # Inject the AST vector at each span's first token.
   injection: str = "add"  # One of INJECTIONS: "add" (the paper) or "replace" (published code).
   audio_projection: str = "auto"  # One of PROJECTIONS: "auto" (only when widths differ).
+  audio_adapter: str = "residual"  # One of ADAPTERS: the trained residual adapter, or none.
   lora_rank: int = 64
   lora_alpha: float = 128.0
   lora_dropout: float = 0.01
@@ -69,6 +92,9 @@ class Model(nn.Module):
     if self.audio_projection not in PROJECTIONS:
       raise ValueError(f"audio_projection={self.audio_projection!r}: must be one of "
                        f"{', '.join(PROJECTIONS)}.")
+    if self.audio_adapter not in ADAPTERS:
+      raise ValueError(f"audio_adapter={self.audio_adapter!r}: must be one of "
+                       f"{', '.join(ADAPTERS)}.")
     if self.use_lora:
       try:
         lora_lib.check_targets(self.lora_targets)
@@ -83,8 +109,15 @@ class Model(nn.Module):
     return self.use_audio and (self.audio_projection == "always"
                                or int(self.audio_dim) != self.config.hidden_size)
 
+  @property
+  def adapts(self) -> bool:
+    """Whether the audio vector goes through the trained adapter `audio_adapter`."""
+    return self.use_audio and self.audio_adapter == "residual"
+
   def setup(self):
     self.bert = bert_lib.Bert(self.config, head="mlm")
+    if self.adapts:
+      self.audio_adapter_ = AudioAdapter(self.config, name="audio_adapter")
     if self.use_lora:
       self.lora = lora_lib.Lora(self.config, self.lora_rank, self.lora_alpha,
                                 tuple(self.lora_targets))
@@ -101,6 +134,7 @@ class Model(nn.Module):
       first = first_token_onehot(span_ids, span_audio.shape[1])
       weight = (first & (batch["span_has_audio"][:, :, None] > 0)).astype(x.dtype)  # [b, s, l]
       audio = span_audio.astype(x.dtype)
+      audio = self.audio_adapter_(audio) if self.adapts else audio  # [b, s, audio_dim]
       audio = self.audio_proj(audio) if self.projects else audio  # [b, s, embed]
       delta = jnp.einsum("bsl,bse->ble", weight, audio)  # Spans' first tokens are distinct.
       x = jnp.where(weight.sum(1)[..., None] > 0,

@@ -152,13 +152,15 @@ class Dense(nn.Module):
   config: BertConfig
   features: int
   axes: tuple[str, str]
+  zero: bool = False  # Kernel initialised to zeros (else normal, `initializer_range`).
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = self.config
+    kernel_init = _zeros(self.axes) if self.zero else _init(c, self.axes)
     return nn.Dense(
         self.features, dtype=c.dtype, param_dtype=c.param_dtype,
-        kernel_init=_init(c, self.axes), bias_init=_zeros(self.axes[1:]), name="dense")(x)
+        kernel_init=kernel_init, bias_init=_zeros(self.axes[1:]), name="dense")(x)
 
 
 class Projection(nn.Module):

@@ -9,9 +9,10 @@
 The base `BertForMaskedLM` runs once over the whole batch with PEFT's mixed-batch inference:
 `adapter_names` names the adapter for the rows whose gate is 1 and `"__base__"` (no
 adapter) for the others. The audio vector of each span with audio (through the exported
-projection when there is one) is added to the embedding output at the span's first token, or
-replaces it (`audiobert.json`'s `injection`: "add" or "replace"), by a forward hook on the
-embeddings. Exports without these fields predate them: added, always projected.
+residual adapter, `a + fc2(gelu(fc1(a)))`, and the projection, each when there is one) is
+added to the embedding output at the span's first token, or replaces it (`audiobert.json`'s
+`injection`: "add" or "replace"), by a forward hook on the embeddings. Exports without these
+fields predate them: added, always projected, no adapter.
 """
 
 from __future__ import annotations
@@ -32,13 +33,28 @@ def first_token_onehot(span_ids: torch.Tensor, num_spans: int) -> torch.Tensor:
   return inside & (torch.cumsum(inside.int(), dim=-1) == 1)
 
 
+class AudioAdapter(torch.nn.Module):
+  """The residual adapter on the pooled AST vector: `a + fc2(gelu(fc1(a)))` (exact GELU)."""
+
+  def __init__(self, width: int):
+    super().__init__()
+    self.fc1 = torch.nn.Linear(width, width)
+    self.fc2 = torch.nn.Linear(width, width)
+
+  def forward(self, a: torch.Tensor) -> torch.Tensor:
+    return a + self.fc2(torch.nn.functional.gelu(self.fc1(a)))
+
+
 class AudioBertTorch(torch.nn.Module):
-  """Base BERT + optional PEFT LoRA adapter + audio projection, as exported by axk."""
+  """Base BERT + optional PEFT LoRA adapter + audio adapter and projection, as exported by
+  axk."""
 
   def __init__(self, model, audio_proj: torch.nn.Linear | None, use_lora: bool, *,
-               use_audio: bool | None = None, injection: str = "add"):
+               use_audio: bool | None = None, injection: str = "add",
+               audio_adapter: AudioAdapter | None = None):
     super().__init__()
     self.model = model
+    self.audio_adapter = audio_adapter
     self.audio_proj = audio_proj
     self.use_lora = use_lora
     self.use_audio = audio_proj is not None if use_audio is None else use_audio
@@ -50,15 +66,22 @@ class AudioBertTorch(torch.nn.Module):
   @classmethod
   def from_export(cls, export_dir: str) -> "AudioBertTorch":
     model, meta = load_export(export_dir, "audiobert.json")
-    proj = None
-    if meta["use_audio"] and meta.get("projected", True):
+    proj = adapter = None
+    projected = meta["use_audio"] and meta.get("projected", True)
+    adapted = meta["use_audio"] and meta.get("adapted", False)
+    if projected or adapted:
       state = load_file(os.path.join(export_dir, "audio_projection.safetensors"))
+    if projected:
       proj = torch.nn.Linear(state["audio_proj.weight"].shape[1],
                              state["audio_proj.weight"].shape[0])
       proj.load_state_dict({"weight": state["audio_proj.weight"],
                             "bias": state["audio_proj.bias"]})
+    if adapted:
+      adapter = AudioAdapter(state["audio_adapter.fc1.weight"].shape[1])
+      adapter.load_state_dict({k[len("audio_adapter."):]: v for k, v in state.items()
+                               if k.startswith("audio_adapter.")})
     return cls(model, proj, meta["use_lora"], use_audio=bool(meta["use_audio"]),
-               injection=meta.get("injection", "add")).eval()
+               injection=meta.get("injection", "add"), audio_adapter=adapter).eval()
 
   @classmethod
   def from_pretrained(cls, name_or_dir: str, *, revision: str | None = None,
@@ -81,6 +104,7 @@ class AudioBertTorch(torch.nn.Module):
       first = first_token_onehot(span_ids, span_audio.shape[1])
       weight = (first & (span_has_audio[:, :, None] > 0)).float()
       audio = span_audio.float()
+      audio = self.audio_adapter(audio) if self.audio_adapter is not None else audio
       audio = self.audio_proj(audio) if self.audio_proj is not None else audio
       self._delta = (torch.einsum("bsl,bse->ble", weight, audio), weight.sum(1) > 0)
     try:

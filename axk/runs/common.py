@@ -27,6 +27,9 @@ def check_config(config) -> None:
   """Fails fast, with one line, on the fields every run shares (train, data, model init)."""
   tc = config.train
   for name in ("batch_size", "eval_batch_size", "log_every"):
+    # Per-task batches (`task_batch_sizes`) are checked by the run that has them.
+    if name == "batch_size" and "task_batch_sizes" in tc and int(tc[name]) == 0:
+      continue
     if int(tc[name]) <= 0:
       raise ConfigError(f"--config.train.{name}={tc[name]}: must be a positive integer.")
   if int(tc.epochs) < 0:

@@ -16,8 +16,11 @@ head is `masked_word` or `choice`.
 
 Learning rates (`train.learning_rate`, `train.task_learning_rates`): a task trains at
 `train.learning_rate` when that is nonzero, else at `train.task_learning_rates[task]`, else
-at its spec's `learning_rate`; `validate` refuses a task that gets no rate. With
-`train.separate_tasks` each benchmark task trains its own model in `<workdir>/<task>/`.
+at its spec's `learning_rate`; `validate` refuses a task that gets no rate. Batch sizes
+(`train.batch_size`, `train.task_batch_sizes`) the same way: `train.batch_size` when nonzero,
+else `train.task_batch_sizes[task]`. With `train.separate_tasks` each benchmark task trains
+its own model in `<workdir>/<task>/`, selected on its own dev split; tasks trained as one
+model must share one learning rate, one batch size and one warm-up.
 Warm-up (`train.warmup_ratio`, `train.task_warmup_epochs`): a task with a positive
 `task_warmup_epochs[task]` warms up over that many epochs' steps (ITH's pitch: 2, the
 published `0.1 * 20 / epochs` of the steps), else over `warmup_ratio` of the steps.
@@ -144,6 +147,21 @@ def check_features_spans(config) -> None:
         "--config.spans.accept_gold_features=True (the results then say gold spans).")
 
 
+def batch_sizes(config) -> dict[str, int]:
+  """Each configured benchmark task's training batch (see the module docstring)."""
+  tc = config.train
+  table = dict(tc.task_batch_sizes.items()) if "task_batch_sizes" in tc else {}
+  out = {}
+  for t in config.data.tasks:
+    size = int(tc.batch_size) or int(table.get(t, 0))
+    if size <= 0:
+      raise common.ConfigError(
+          f"--config.train.batch_size={tc.batch_size}: task {t!r} gets no batch size "
+          f"(set --config.train.batch_size, or --config.train.task_batch_sizes.{t}).")
+    out[t] = size
+  return out
+
+
 def validate(config, workdir: str) -> None:
   """Every field of a masked-word config, checked before any stage runs (one line each)."""
   if not workdir:
@@ -168,7 +186,7 @@ def validate(config, workdir: str) -> None:
   build_model(method, config, bert_config, int(config.features.audio_dim))
   rates, warmups = learning_rates(config), warmup_ratios(config)
   for group in task_groups(config):
-    _for_tasks(config, group, rates, warmups)
+    common.check_config(_for_tasks(config, group, rates, warmups))
   stages.check(config)
   check_features_spans(config)
 
@@ -505,7 +523,8 @@ def run(config, workdir: str) -> dict:
   inputs = Inputs(spans_predictions=resolved.get("spans_predictions", ""),
                   features_dir=resolved.get("features_dir", ""))
   rates, warmups = learning_rates(config), warmup_ratios(config)
-  record = {"resolved": {**resolved, "learning_rates": rates, "warmup_ratios": warmups}}
+  record = {"resolved": {**resolved, "learning_rates": rates, "warmup_ratios": warmups,
+                         "batch_sizes": batch_sizes(config)}}
   groups = task_groups(config)
   if len(groups) > 1 or len(config.seeds) > 1:
     metrics_lib.write_json(os.path.join(workdir, "config.json"),
@@ -563,17 +582,19 @@ def _groups_markdown(config, merged: Mapping, group_files: Mapping[str, str],
 
 def _for_tasks(config, tasks: tuple[str, ...], rates: Mapping[str, float],
                warmups: Mapping[str, float] | None = None):
-  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate and warm-up
-  (`warmups`: `warmup_ratios(config)` by default)."""
+  """A copy of `config` for the benchmark tasks `tasks`, at their learning rate, batch size
+  and warm-up (`warmups`: `warmup_ratios(config)` by default)."""
   warmups = warmup_ratios(config) if warmups is None else warmups
   c = config.copy_and_resolve_references()
   c.data.tasks = tasks
   c.train.learning_rate = _one_per_model(tasks, rates, "learning rates",
                                          "one --config.train.learning_rate")
+  c.train.batch_size = _one_per_model(tasks, batch_sizes(c), "batch sizes",
+                                      "one --config.train.batch_size")
   c.train.warmup_ratio = _one_per_model(tasks, warmups, "warm-ups",
                                         "the same --config.train.task_warmup_epochs for each")
-  logging.info("Tasks %s: learning rate %g, warm-up %.3g of the steps.", ",".join(tasks),
-               c.train.learning_rate, c.train.warmup_ratio)
+  logging.info("Tasks %s: learning rate %g, batch %d, warm-up %.3g of the steps.",
+               ",".join(tasks), c.train.learning_rate, c.train.batch_size, c.train.warmup_ratio)
   return c
 
 

@@ -45,6 +45,7 @@ from axk.data.layout import DataError
 from axk.data.layout import split_path
 from axk.features import sources as sources_lib
 from axk.runs import common
+from axk.runs import masked_word
 from axk.runs import paper as paper_lib
 from axk.runs import span as span_run
 from axk.runs import stages
@@ -451,15 +452,19 @@ def _masked_word(ctx: _Context, c, workdir: str, *, stages_root: str = "",
                     hint=stage_args or "in this run: --config.stages.features_args="
                     "'(\"--config.FIELD=VALUE\",)'", predictions_from_chain=not done)
   if data:
-    groups = ([(t,) for t in c.data.tasks] if c.train.get("separate_tasks")
-              else [tuple(c.data.tasks)])
+    try:
+      batches = masked_word.batch_sizes(c)
+    except common.ConfigError as e:
+      p.problem(_prefix(label) + str(e))
+      return
     seeds = len(tuple(c.seeds))
     parts = []
-    for group in groups:
+    for group in masked_word.task_groups(c):
       rows = sum(len(data[t]["train"].examples) for t in group if t in data)
-      steps = _steps(rows, c.train.epochs, c.train.batch_size)
+      batch = batches[group[0]]  # One model's tasks share one (the run checks it).
+      steps = _steps(rows, c.train.epochs, batch)
       parts.append(f"{'+'.join(group)} {steps} steps ({rows} rows x {c.train.epochs} epochs / "
-                   f"batch {c.train.batch_size})")
+                   f"batch {batch})")
     p.costs.append(f"{name or c.get('name') or c.model.name}: " + "; ".join(parts) +
                    f", x {seeds} seed{'s' if seeds != 1 else ''}")
 
