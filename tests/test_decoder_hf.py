@@ -115,17 +115,23 @@ def test_left_padding_with_positions_matches_transformers(family):
 
 def test_cached_decoding_matches_full_forward_passes(family):
   """Prefill 5 tokens, then 5 single-token steps; each step's logits are transformers' last
-  logits on the whole sequence so far (past the sliding window, so local layers mask)."""
+  logits on the whole sequence so far (past the sliding window, so local layers mask). Row 0
+  is left-padded by 2 and passes its positions, at the prefill and at every step."""
   _, pt, model = family
   ids = batch(seed=2)
+  mask = np.ones_like(ids)
+  mask[0, :2] = 0
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
   prompt = 5
   cache = model.init_cache(ids.shape[0], max_length=LENGTH + 2)
-  out = model(ids[:, :prompt], cache=cache)
-  assert max_diff(out["logits"], torch_logits(pt, ids[:, :prompt])) <= TOL
+  out = model(ids[:, :prompt], mask[:, :prompt], positions[:, :prompt], cache=cache)
+  ref = torch_logits(pt, ids[:, :prompt], mask[:, :prompt], positions[:, :prompt])
+  assert max_diff(out["logits"], ref, mask[:, :prompt]) <= TOL
   for t in range(prompt, LENGTH):
-    out = model(ids[:, t:t + 1], cache=out["cache"])
+    step = slice(t, t + 1)
+    out = model(ids[:, step], mask[:, step], positions[:, step], cache=out["cache"])
     assert int(out["cache"]["end"]) == t + 1
-    ref = torch_logits(pt, ids[:, :t + 1])[:, -1:]
+    ref = torch_logits(pt, ids[:, :t + 1], mask[:, :t + 1], positions[:, :t + 1])[:, -1:]
     assert max_diff(out["logits"], ref) <= TOL, t
 
 
