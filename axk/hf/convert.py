@@ -1,11 +1,14 @@
-"""The one name table between axk's BERT/RoBERTa parameters and Hugging Face state dicts.
+"""The one name table between axk's parameters and Hugging Face state dicts: BERT and
+RoBERTa (`axk/models/bert.py`), Llama and Gemma 2 (`axk/models/decoder.py`).
 
 Each row is `(axk path, HF name, transform)`; `{i}` stands for the layer index. HF names are
 written without the `bert.` (`roberta.`) prefix of `BertFor*` (`RobertaFor*`) checkpoints:
 `to_axk` strips it (and maps the old `gamma`/`beta` LayerNorm names), `to_hf` adds it back
 for the heads that have it. BERT and RoBERTa share the backbone rows (`BACKBONE`) and differ
 in the MLM head's names (`cls.predictions.*` against `lm_head.*`); `TABLES` holds each
-family's table, `TABLE` is BERT's.
+family's table, `TABLE` is BERT's. The decoders' names are written in full (`model.layers.{i}...`,
+`lm_head.weight`); Llama and Gemma 2 share all rows but the norms': Llama's
+`post_attention_layernorm` is the norm before the MLP, Gemma 2's the norm after attention.
 
 Transforms, from HF (PyTorch `Linear.weight` is [out, in]) to axk:
   copy     the same array.
@@ -84,8 +87,29 @@ TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("mlm_head/bias", "lm_head.bias", "copy"),
     ),
 }
+
+
+def _decoder_rows(norms: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str, str], ...]:
+  layer = tuple((f"layer_{{i}}/{a}/scale", f"model.layers.{{i}}.{h}.weight", "copy")
+                for a, h in norms)
+  attention = tuple(
+      (f"layer_{{i}}/attention/{n}/kernel", f"model.layers.{{i}}.self_attn.{n}.weight",
+       "kernel2" if n == "o_proj" else "kernel1") for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+  mlp = tuple((f"layer_{{i}}/mlp/{n}/kernel", f"model.layers.{{i}}.mlp.{n}.weight", "kernel1")
+              for n in ("gate_proj", "up_proj", "down_proj"))
+  return ((("embed_tokens/embedding", "model.embed_tokens.weight", "copy"),) + layer + attention
+          + mlp + (("norm/scale", "model.norm.weight", "copy"),
+                   ("lm_head/kernel", "lm_head.weight", "kernel1")))
+
+
+TABLES["llama"] = _decoder_rows((("attention_norm", "input_layernorm"),
+                                 ("mlp_norm", "post_attention_layernorm")))
+TABLES["gemma2"] = _decoder_rows((("attention_norm", "input_layernorm"),
+                                  ("attention_out_norm", "post_attention_layernorm"),
+                                  ("mlp_norm", "pre_feedforward_layernorm"),
+                                  ("mlp_out_norm", "post_feedforward_layernorm")))
 # The prefix of the backbone's names in the checkpoints of a head other than "none".
-PREFIXES = {"bert": "bert.", "roberta": "roberta."}
+PREFIXES = {"bert": "bert.", "roberta": "roberta.", "llama": "", "gemma2": ""}
 # HF architecture of each axk head, by model type.
 ARCHITECTURES = {
     "bert": {"none": "BertModel", "mlm": "BertForMaskedLM",
@@ -99,7 +123,8 @@ _ALIASES = {"cls.predictions.decoder.bias": "cls.predictions.bias",
 # HF names that axk never reads: the next-sentence head and tied or buffer copies.
 _IGNORED = re.compile(
     r"^(cls\.seq_relationship\..*|cls\.predictions\.decoder\.(weight|bias)|"
-    r"lm_head\.decoder\.(weight|bias)|embeddings\.(position_ids|token_type_ids))$")
+    r"lm_head\.decoder\.(weight|bias)|embeddings\.(position_ids|token_type_ids)|"
+    r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq)$")
 
 
 def _compile(template: str) -> re.Pattern:
@@ -160,7 +185,7 @@ def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[in
     state: HF names -> arrays (with or without the `bert.`/`roberta.` prefix).
     target_shapes: flat axk path -> shape, from the abstract parameters of the model.
     source: the checkpoint's name, for error messages.
-    model_type: "bert" or "roberta": which table of `TABLES`.
+    model_type: "bert", "roberta", "llama" or "gemma2": which table of `TABLES`.
 
   Returns:
     (flat axk params found, axk paths missing from the checkpoint, HF names not used).

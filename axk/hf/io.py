@@ -8,6 +8,8 @@
 A checkpoint directory holds `config.json` and `model.safetensors` (or `pytorch_model.bin`).
 Its `model_type` ("bert" or "roberta") picks the position ids and the HF names; `save` writes
 the family it read (`RobertaForMaskedLM` for a RoBERTa model).
+`load_decoder` reads a Llama or Gemma 2 causal LM (`config.json` and `model.safetensors`, or
+the shards a `model.safetensors.index.json` names) into `axk.models.decoder`.
 Hub ids are downloaded through `huggingface_hub` into its cache; without a network the call
 fails within seconds and says which local path to pass instead.
 """
@@ -28,11 +30,15 @@ import numpy as np
 from axk import hub
 from axk.hf import convert
 from axk.models import bert as bert_lib
+from axk.models import decoder as decoder_lib
 from axk.utils import files
 from axk.utils.tree import flatten, unflatten
 
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json",
                    "tokenizer_config.json", "special_tokens_map.json")  # BERT's and RoBERTa's.
+
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 class CheckpointError(ValueError):
@@ -60,9 +66,22 @@ def read_config(path: str) -> dict[str, Any]:
 
 
 def read_state(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a checkpoint directory as float32/int numpy arrays."""
+  """All tensors of a checkpoint directory as float32/int numpy arrays.
+
+  A sharded checkpoint (`model.safetensors.index.json`) is read from the files its
+  `weight_map` names; one that is absent is a `CheckpointError` naming it."""
   files = sorted(os.listdir(path))
   st = [f for f in files if f.endswith(".safetensors")]
+  if SAFETENSORS_INDEX in files:
+    index = os.path.join(path, SAFETENSORS_INDEX)
+    try:
+      with open(index) as f:
+        st = sorted(set(json.load(f)["weight_map"].values()))
+    except (ValueError, KeyError, AttributeError) as e:
+      raise CheckpointError(f"{index}: not a safetensors index ({e!r}).") from None
+    absent = [f for f in st if f not in files]
+    if absent:
+      raise CheckpointError(f"{index}: names {absent[0]}, which is not in {path}.")
   if st:
     from safetensors.numpy import load_file
     state = {}
@@ -199,3 +218,65 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
         if os.path.exists(src):
           shutil.copy(src, os.path.join(tmp, name))
   return out_dir
+
+
+@dataclasses.dataclass
+class PretrainedDecoder:
+  """A Llama or Gemma 2 causal LM with its parameters (`load_decoder`).
+
+  `model(input_ids, attention_mask, positions, cache)` is `Decoder.apply`, jitted:
+  {"logits", "hidden_states"} and, given a cache, the updated "cache".
+  """
+
+  module: decoder_lib.Decoder
+  params: dict
+  config: decoder_lib.DecoderConfig
+  path: str | None = None
+
+  def __post_init__(self):
+    self._apply = jax.jit(self.module.apply)
+
+  def __call__(self, input_ids, attention_mask=None, positions=None, cache=None):
+    as_array = lambda x: None if x is None else jnp.asarray(x)
+    return self._apply({"params": self.params}, jnp.asarray(input_ids),
+                       as_array(attention_mask), as_array(positions), cache)
+
+  def init_cache(self, batch: int, max_length: int) -> dict:
+    """An empty KV cache for a prefill call and the single-token steps after it."""
+    return decoder_lib.init_cache(self.config, batch, max_length)
+
+  def log_likelihood(self, input_ids, attention_mask=None):
+    """(summed log-probability of each row's tokens after the first, tokens scored)."""
+    logits = self(input_ids, attention_mask)["logits"]
+    mask = None if attention_mask is None else jnp.asarray(attention_mask)
+    return decoder_lib.log_likelihood(logits, jnp.asarray(input_ids), mask)
+
+
+def load_decoder(path_or_id: str, **config_overrides) -> PretrainedDecoder:
+  """Loads a Llama or Gemma 2 checkpoint directory or hub id.
+
+  Every parameter must be in the checkpoint (a missing one is a `CheckpointError` naming
+  them); a `config.json` field the module cannot honour (another `model_type`, a RoPE type
+  other than "default" and "llama3", biases) is one too, naming the file and the field.
+  `config_overrides` are `DecoderConfig` fields (dtype, param_dtype).
+  """
+  path = resolve(path_or_id)
+  try:
+    config = decoder_lib.DecoderConfig.from_hf(read_config(path), **config_overrides)
+  except (ValueError, KeyError) as e:
+    detail = f"no field {e}" if isinstance(e, KeyError) else str(e)
+    raise CheckpointError(f"{os.path.join(path, 'config.json')}: {detail}") from None
+  module = decoder_lib.Decoder(config)
+  abstract = jax.eval_shape(lambda: decoder_lib.init_params(module, jax.random.key(0)))
+  shapes = {k: v.shape for k, v in flatten(abstract).items()}
+  found, missing, unused = convert.to_axk(read_state(path), shapes, source=path,
+                                          model_type=config.model_type)
+  if missing:
+    raise CheckpointError(f"{path}: {len(missing)} parameters are not in the checkpoint: "
+                          + ", ".join(sorted(missing)[:8]) + (" ..." if len(missing) > 8 else ""))
+  if unused:
+    logging.info("%s: %d tensors not used: %s", path, len(unused),
+                 ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
+  dtype = jnp.dtype(config.param_dtype)
+  params = unflatten({k: jnp.asarray(v, dtype) for k, v in found.items()})
+  return PretrainedDecoder(module, params, config, path)
