@@ -55,14 +55,6 @@ PAGE_SIZE = 50  # Examples per page of the example browser.
 
 
 # -- reading a workdir ---------------------------------------------------------------------------
-def _read_json(path: str, default=None):
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return default
-
-
 def _read_jsonl(path: str) -> list[dict]:
   try:
     with open(path, encoding="utf-8") as f:
@@ -74,7 +66,7 @@ def _read_jsonl(path: str) -> list[dict]:
 def sub_runs(workdir: str) -> list[str]:
   """The folders holding one trained model each: `<workdir>/<task>/` or the workdir (their
 `seed_<first seed>/` with several seeds)."""
-  config = _read_json(os.path.join(workdir, "config.json"), {})
+  config = files.read_json(os.path.join(workdir, "config.json"), {})
   tasks = config.get("data", {}).get("tasks", [])
   subs = [os.path.join(workdir, t) for t in tasks
           if os.path.isfile(os.path.join(workdir, t, "results.json"))] or [workdir]
@@ -127,11 +119,11 @@ def _spans(features_dir: str, predictions: str, task: str, split: str) -> dict[s
 
 def collect(workdir: str, text_only: str = "") -> dict:
   """Everything the page shows, from the workdir's files."""
-  config = _read_json(os.path.join(workdir, "config.json"), {})
+  config = files.read_json(os.path.join(workdir, "config.json"), {})
   if "name" not in config.get("model", {}):
     raise ValueError(f"{workdir}: not a masked-word run (no config.json naming its model).")
   plugins.load(config.get("plugins", ()))  # Tasks and methods the run registered.
-  results = _read_json(os.path.join(workdir, "results.json"))
+  results = files.read_json(os.path.join(workdir, "results.json"))
   if results is None:
     raise ValueError(f"{workdir}: no results.json; the run has not finished.")
   resolved = config.get("resolved", {})
@@ -141,7 +133,7 @@ def collect(workdir: str, text_only: str = "") -> dict:
   for sub in sub_runs(workdir):
     name = os.path.relpath(sub, workdir)
     curves[name] = _read_jsonl(os.path.join(sub, "metrics.jsonl"))
-    selections[name] = (_read_json(os.path.join(sub, "results.json"), {}) or {}).get(
+    selections[name] = (files.read_json(os.path.join(sub, "results.json"), {}) or {}).get(
         "selection", {})
     for path in sorted(os.listdir(os.path.join(sub, "predictions"))
                        if os.path.isdir(os.path.join(sub, "predictions")) else []):
@@ -159,7 +151,7 @@ def collect(workdir: str, text_only: str = "") -> dict:
              "clip": _relative(clip_files(str(s.get("source", ""))), workdir)}
             for s in known.get("spans", [])])
         examples.append(a)
-  text_results = _read_json(os.path.join(text_only, "results.json")) if text_only else None
+  text_results = files.read_json(os.path.join(text_only, "results.json")) if text_only else None
   return {"workdir": workdir, "config": config, "results": results, "curves": curves,
           "selections": selections, "examples": examples, "text_only": text_results}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import jax
@@ -17,6 +16,7 @@ from axk.models import bert as bert_lib
 from axk.train import metrics as metrics_lib
 from axk.train import optim
 from axk.train import sharding
+from axk.utils import files
 
 
 class ConfigError(ValueError):
@@ -157,11 +157,8 @@ def summary(workdir: str) -> str:
   """What `axk.main` prints when a run ends (a finished run's rerun included): the results
   of `<workdir>/results.json` as one table (`SUMMARY_METRICS` by task and split, means ± std
   over seeds), then the paths of results.md and report.html; "" without results.json."""
-  path = os.path.join(workdir, "results.json")
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError):
+  saved = files.read_json(os.path.join(workdir, "results.json"))
+  if not isinstance(saved, dict):
     return ""
   known = set(tasks.names())
   results = {t: v for t, v in saved.items() if t in known and isinstance(v, dict)}

@@ -59,6 +59,7 @@ from axk.runs import inputs as inputs_lib
 from axk.runs import stages
 from axk.train import loop
 from axk.train import metrics as metrics_lib
+from axk.utils import files
 
 # `train.loss_tokens`: where the masked-LM loss is taken (see `MaskedWord.loss`).
 LOSS_TOKENS = ("mask", "sentence")
@@ -460,11 +461,7 @@ def _merge_seeds(runs: Sequence[Mapping]) -> dict:
 
 
 def _selection_of(workdir: str):
-  try:
-    with open(os.path.join(workdir, "results.json")) as f:
-      return json.load(f).get(loop.SELECTION_KEY)
-  except (OSError, ValueError):
-    return None
+  return (files.read_json(os.path.join(workdir, "results.json")) or {}).get(loop.SELECTION_KEY)
 
 
 def _stamp(config, record: Mapping | None) -> dict:

@@ -250,13 +250,13 @@ def _run_detector(workdir: str, row: Row) -> bool:
   runs = []
   for seed in row.seeds:
     sub = seed_dir(workdir, row, seed)
-    done = _read_json(os.path.join(sub, "results.json"))
+    done = files.read_json(os.path.join(sub, "results.json"))
     if done is None:
       c = row.config.copy_and_resolve_references()
       c.seed = seed
       if not span_run.run(c, sub):
         return False
-      done = _read_json(os.path.join(sub, "results.json"))
+      done = files.read_json(os.path.join(sub, "results.json"))
     runs.append({t: v for t, v in done.items() if t in row.config.data.tasks})
   # pylint: disable-next=protected-access
   merged = runs[0] if len(runs) == 1 else masked_word._merge_seeds(runs)
@@ -313,7 +313,7 @@ def validate(config, workdir: str) -> list[Row]:
       raise common.ConfigError(missing_error(row))
     if row.config is not None and row.done:
       path = os.path.join(row.workdir, ROW_RECORD)
-      old = _read_json(path)
+      old = files.read_json(path)
       if old is not None and old != _jsonable(_record(config, row)):
         raise common.ConfigError(
             f"row {name!r}: {row.workdir} holds a finished run of another definition (see "
@@ -327,14 +327,6 @@ def layout_rows(layout) -> tuple[str, ...]:
   if hasattr(layout, "values"):
     return tuple(r for part in layout.values() for r in part)
   return tuple(layout)
-
-
-def _read_json(path: str):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def setting_name(setting: tuple[str, tuple[str, ...]]) -> str:
@@ -365,7 +357,7 @@ def _resolve(config, row: Row, workdir: str) -> Any:
   if row.features_setting:
     feature_config, flags = row.features_setting
     settings = os.path.join(workdir, "stages", "feature_settings.json")
-    known = _read_json(settings) or {}
+    known = files.read_json(settings) or {}
     if kwargs["features_stage"] not in known:
       known[kwargs["features_stage"]] = {"config": feature_config, "flags": list(flags)}
       files.write_json(settings, known)
@@ -439,9 +431,9 @@ def _header(first: str, cols) -> list[str]:
 
 def _no_audio_share(row_workdir: str, task: str, split: str):
   """% of the split's spans without audio in the features the row trained on (manifest)."""
-  cfg = _read_json(os.path.join(row_workdir, "config.json")) or {}
+  cfg = files.read_json(os.path.join(row_workdir, "config.json")) or {}
   features = cfg.get("features", {}).get("dir") or ""
-  manifest = _read_json(os.path.join(features, "manifest.json")) if features else None
+  manifest = files.read_json(os.path.join(features, "manifest.json")) if features else None
   counts = ((manifest or {}).get("counts", {}).get("by_split", {}) or {}).get(
       f"{task}/{split}")
   if not counts or not counts.get("spans"):
@@ -471,7 +463,7 @@ def _seed_results(row: Row, seeds, task: str) -> list | None:
   out = []
   for seed in seeds:
     for sub in (os.path.join(task, f"seed_{seed}"), f"seed_{seed}"):
-      found = _read_json(os.path.join(row.workdir, sub, "results.json"))
+      found = files.read_json(os.path.join(row.workdir, sub, "results.json"))
       if found and task in found:
         out.append(found[task])
         break
@@ -530,7 +522,7 @@ def paper_delta(name: str, base: str, cols) -> list | None:
 def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
   """The markdown of every table for `metric`, and the same cells as data."""
   by_name = {r.name: r for r in rows}
-  results = {r.name: _read_json(os.path.join(r.workdir, "results.json")) for r in rows}
+  results = {r.name: files.read_json(os.path.join(r.workdir, "results.json")) for r in rows}
   lines, data = [], {}
   with_published = metric == "accuracy"
   cols = columns(config, rows)
@@ -704,7 +696,7 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   lines += body
   out = {"tables": {config.metric: data}}
   for metric in config.extra_metrics:
-    results = [_read_json(os.path.join(r.workdir, "results.json")) for r in rows]
+    results = [files.read_json(os.path.join(r.workdir, "results.json")) for r in rows]
     if any(_metric(res, t, s, metric) for res in results for t, s in cols):
       body, out["tables"][metric] = tables(config, rows, metric)
       lines += ["", f"# {metric}"] + body
@@ -718,7 +710,7 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
          if r.stage_seed is not None else "") + ")" for r in rows) + "."]
   out["rows"] = {r.name: {"label": r.spec.label, "config": describe(config, r.name),
                           "missing": r.missing or None,
-                          "results": _read_json(os.path.join(r.workdir, "results.json"))}
+                          "results": files.read_json(os.path.join(r.workdir, "results.json"))}
                  for r in rows}
   files.write_text(os.path.join(workdir, "paper_table.md"), "\n".join(lines) + "\n")
   files.write_json(os.path.join(workdir, "results.json"), out)

@@ -337,14 +337,6 @@ STARTED_FROM_KEY = "started_from"
 _NOT_COMPARED = ("train.reevaluate", "jax_cache_dir")
 
 
-def _read_json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return {}
-
-
 def _fields(tree: Mapping, prefix: str = "") -> dict:
   out = {}
   for key, value in tree.items():
@@ -358,7 +350,7 @@ def _fields(tree: Mapping, prefix: str = "") -> dict:
 def config_change(config, workdir: str) -> str:
   """The first field in which `config` differs from the one `workdir/config.json` recorded
   ("field: old -> new"), or "" when they are the same."""
-  saved = _read_json(os.path.join(workdir, "config.json"))
+  saved = files.read_json(os.path.join(workdir, "config.json"), {})
   now = json.loads(json.dumps(config.to_dict(), default=files.jsonable))
   old, new = _fields({k: saved.get(k) for k in now}), _fields(now)
   for field in sorted(set(old) | set(new)):
@@ -371,7 +363,7 @@ def finished_results(config, workdir: str) -> dict | None:
   """The results of the finished run in `workdir` (its `results.json`, by task, then split)
   when it ran with this config, else None (no results yet, another config, or
   `train.reevaluate`). A finished run is not trained or evaluated again."""
-  saved = _read_json(os.path.join(workdir, "results.json"))
+  saved = files.read_json(os.path.join(workdir, "results.json"), {})
   if not saved or config.train.get("reevaluate"):
     return None
   change = config_change(config, workdir)
@@ -403,7 +395,7 @@ def train_and_evaluate(config, workdir: str, experiment: Experiment,
   os.makedirs(workdir, exist_ok=True)
   stamp = dict(stamp or {})
   # Where a resumed run first started, from the config.json it wrote then.
-  origin = _read_json(os.path.join(workdir, "config.json")).get(STARTED_FROM_KEY)
+  origin = files.read_json(os.path.join(workdir, "config.json"), {}).get(STARTED_FROM_KEY)
   metrics_lib.write_json(os.path.join(workdir, "config.json"),
                          {**config.to_dict(), **(record or {}), **stamp,
                           **({STARTED_FROM_KEY: origin} if origin else {})})

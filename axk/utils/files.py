@@ -97,6 +97,16 @@ def write_json(path: str, payload: Any, *, sort_keys: bool = True) -> None:
              + "\n")
 
 
+def read_json(path: str, default: Any = None) -> Any:
+  """The JSON value in `path`, or `default` when the file is missing, unreadable or not
+  JSON (a run's own files that may not be written yet, or were cut short)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
 def sha256_file(path: str) -> str:
   """Hex sha256 of a file's content, read in blocks (checkpoints, shards, data files)."""
   import hashlib
