@@ -233,10 +233,19 @@ def main(argv=None):
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="device dense peak for MFU (default: known GPUs' bf16 peak)")
+  parser.add_argument("--glibc-tunables", default="",
+                      help="GLIBC_TUNABLES for every side's process ('keep': "
+                           "common.KEEP_MEMORY_TUNABLES; default: the environment's)")
   common.quiet_args(parser)
   args = parser.parse_args(argv)
+  if args.glibc_tunables:
+    # Every side's process starts with it (spawned processes inherit the environment).
+    os.environ["GLIBC_TUNABLES"] = (common.KEEP_MEMORY_TUNABLES if args.glibc_tunables == "keep"
+                                    else args.glibc_tunables)
   common.require_quiet(args)
   rows = [bench_config(name, args) for name in args.configs.split(",")]
+  for row in rows:
+    row["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
   cols = ["config", "model", "size", "dtype", "batch", "length", "axk_steps_per_s",
           "torch_eager_steps_per_s", "torch_compiled_steps_per_s", "ratio_vs_torch_eager",
           "ratio_vs_torch_compiled", "axk_spread", "torch_eager_spread", "axk_tflops",
