@@ -123,13 +123,26 @@ def compare(sides: Mapping[str, tuple[Callable, tuple]], rounds: int,
       infos[name] = receive(name)
     names = list(sides)
     values = {name: [] for name in names}
+    # CPU the waiting sides (with their children, e.g. a compiler's worker pool) used during
+    # each turn, as a share of the turn's wall time: it should be ~0.
+    waiting = {name: [] for name in names}
     for r in range(rounds):
       for name in names[r % len(names):] + names[:r % len(names)]:
+        others = [procs[n].pid for n in names if n != name]
+        before, t0 = sum(_tree_s(p) for p in others), time.perf_counter()
         conns[name].send("run")
         values[name].append(receive(name))
+        wall = time.perf_counter() - t0
+        waiting[name].append((sum(_tree_s(p) for p in others) - before) / wall)
       log(f"  round {r + 1}/{rounds}: " + ", ".join(
           f"{n} {1 / values[n][-1]:.3f} steps/s" for n in names))
-    return {name: summary(v) for name, v in values.items()}, infos
+    timing = {name: summary(v) for name, v in values.items()}
+    for name in names:
+      timing[name]["waiting_sides_cores"] = max(waiting[name])
+      if max(waiting[name]) > MAX_OTHER_CORES:
+        log(f"  warning: while {name} ran, the waiting sides used up to "
+            f"{max(waiting[name]):.2f} cores; its time is not its own")
+    return timing, infos
   finally:
     for name, conn in conns.items():
       try:
@@ -169,9 +182,10 @@ def _system_busy_s() -> float | None:
 
 
 def _tree_s(root: int) -> float:
-  """CPU seconds used by `root` and its live descendants, with the children they reaped."""
+  """CPU seconds used by `root` and its live descendants, with the children they reaped
+  (0 without Linux's /proc)."""
   stats = {}
-  for pid in os.listdir("/proc"):
+  for pid in (os.listdir("/proc") if os.path.isdir("/proc") else ()):
     if not pid.isdigit():
       continue
     try:

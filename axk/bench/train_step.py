@@ -100,6 +100,9 @@ def _flops(compiled) -> float | None:
 def torch_side(model_name, size, rows, args, compile_step: bool):
   """(a function timing `args.steps` PyTorch train steps of the same model, info): the
   seconds of the first step (with `torch.compile`'s compilation)."""
+  # Inductor compiles in this process: its worker pool would otherwise keep busy after the
+  # first step, while the other sides are timed.
+  os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
   import torch
   import transformers
   from axk.pt.audiobert import first_token_onehot
@@ -215,6 +218,9 @@ def bench_config(name, args) -> dict:
       row[f"ratio_vs_{side}"] = r["ratio"]
       row[f"ratio_vs_{side}_rounds"] = [r["round_min"], r["round_max"]]
   common.mark([row], watch.stop(args.max_other_cores))
+  # The waiting sides' own CPU during another side's turns (their children included).
+  row["waiting_sides_cores"] = max(t["waiting_sides_cores"] for t in timing.values())
+  row["busy"] = row["busy"] or row["waiting_sides_cores"] > args.max_other_cores
   print("  " + ", ".join(f"{s}: {row[f'{s}_steps_per_s']:.3f} steps/s "
                          f"(spread {row[f'{s}_spread']:.1%})" for s in timing), flush=True)
   return row
