@@ -1,4 +1,6 @@
-"""The benchmarks import from an installed axk, which does not ship the `configs` package."""
+"""The benchmarks: they import without the `configs` package (an installed axk does not ship
+it), time sides in their own processes, see a busy machine, count compilations, profile a
+step, and write the docs table from their JSON."""
 
 import pathlib
 import subprocess
@@ -11,6 +13,7 @@ import sys
 sys.modules["configs"] = None  # Any `import configs...` now fails.
 import axk.bench.bert, axk.bench.epoch, axk.bench.features, axk.bench.generation
 import axk.bench.loop, axk.bench.train_step, axk.bench.audio_tokens
+import axk.bench.compiles, axk.bench.profile, axk.bench.tables
 print("ok")
 """
 
@@ -33,3 +36,182 @@ def test_audio_token_benchmark_times_the_production_step(tmp_path):
   assert [r["layout"] for r in rows] == ["time:16", "grid:12x8"]
   assert all(r["step_s"] > 0 and r["flops_per_step"] > 0 for r in rows)
   assert [r["tokens"] for r in rows] == [16, 98]  # 2 specials + 12 x 8 cells
+
+
+# --- Trustworthy measurements: sides in their own processes, a quiet machine -------------
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from axk.bench import common
+
+
+def _fixed_side(seconds, fail=False):
+  """A benchmark side for `common.compare`: reports its process id, then `seconds`."""
+  if fail:
+    raise ValueError("this side cannot be built")
+  return (lambda: seconds), {"pid": os.getpid()}
+
+
+def test_ratio_and_spread_by_hand():
+  timing = {"a": common.summary([1.0, 2.0, 4.0]), "b": common.summary([3.0, 3.0, 6.0])}
+  assert timing["a"]["median_s"] == 2.0 and timing["a"]["spread"] == pytest.approx(1.5)
+  r = common.ratio(timing, "a", "b")
+  assert r["ratio"] == pytest.approx(3.0 / 2.0)
+  # Per-round ratios b / a: 3, 1.5, 1.5.
+  assert (r["round_median"], r["round_min"], r["round_max"]) == pytest.approx((1.5, 1.5, 3.0))
+
+
+def test_compare_times_each_side_in_its_own_process():
+  timing, infos = common.compare({"fast": (_fixed_side, (0.25,)),
+                                  "slow": (_fixed_side, (0.5,))}, rounds=3, log=lambda m: None)
+  pids = {infos["fast"]["pid"], infos["slow"]["pid"], os.getpid()}
+  assert len(pids) == 3
+  assert timing["slow"]["values_s"] == [0.5] * 3
+  assert common.ratio(timing, "fast", "slow")["ratio"] == pytest.approx(2.0)
+  with pytest.raises(common.SideError, match="(?s)'broken'.*cannot be built"):
+    common.compare({"ok": (_fixed_side, (0.1,)), "broken": (_fixed_side, (0.1, True))},
+                   rounds=1, log=lambda m: None)
+
+
+@pytest.fixture
+def stranger(tmp_path):
+  """A busy loop that is not this process's descendant (its parent exits at once), as another
+  user's job would be; stopped at the end."""
+  started = tmp_path / "pid"
+  code = (f"import os, time; open({str(started)!r}, 'w').write(str(os.getpid()))\n"
+          "t = time.time()\nwhile time.time() - t < 60: pass")
+  subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{code}" >/dev/null 2>&1 &'], check=True)
+  for _ in range(200):
+    if started.exists() and started.read_text():
+      break
+    time.sleep(0.05)
+  pid = int(started.read_text())
+  yield pid
+  os.kill(pid, 9)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc")
+def test_watch_counts_other_processes_and_not_our_own(stranger):
+  # Our own descendants' CPU is ours: a child spinning for a second is not "other".
+  os.kill(stranger, 19)  # SIGSTOP: the stranger pauses while our own work is measured.
+  try:
+    watch = common.Watch()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.time()\n"
+                    "while time.time() - t < 1: pass"], check=True)
+    own = watch.stop()
+  finally:
+    os.kill(stranger, 18)  # SIGCONT
+  assert own["other_cores"] < 0.5 and not own["busy"]
+  # A stranger spinning one core is seen, and a benchmark refuses to start.
+  busy = common.probe(1.0)
+  assert busy["other_cores"] > 0.5 and busy["busy"]
+  args = type("Args", (), {"allow_busy": False, "max_other_cores": 0.3})()
+  with pytest.raises(SystemExit, match=r"^error: the machine is busy: other processes used"):
+    common.require_quiet(args, seconds=0.5)
+  args.allow_busy = True
+  assert common.require_quiet(args, seconds=0.5)["busy"]
+
+
+def test_compile_counts_from_a_jax_log():
+  """Two threads interleaved: a cache hit marks only the next program of its own thread."""
+  from axk.bench import compiles
+  log = "\n".join([
+      "W1204 12:00:00.000001 111 compiler.py:125] Persistent compilation cache hit for "
+      "'jit_f' with key 'k'",
+      "W1204 12:00:00.000002 222 dispatch.py:204] Finished XLA compilation of jit(g) in 2.5 sec",
+      "W1204 12:00:00.000003 111 dispatch.py:204] Finished XLA compilation of jit(f) in 0.5 sec",
+      "W1204 12:00:00.000004 111 dispatch.py:204] Finished XLA compilation of jit(g) in 1.5 sec",
+      "I1204 12:00:00.000005 111 other.py:1] unrelated"])
+  c = compiles.count(log)
+  assert (c["programs"], c["compiled"], c["cache_hits"]) == (3, 2, 1)
+  assert (c["compile_s"], c["cache_load_s"]) == (4.0, 0.5)
+  assert c["most_obtained"][0] == ("jit(g)", 2)
+
+
+def test_compiles_benchmark_cold_then_warm(tmp_path):
+  from axk.bench import compiles
+  out = tmp_path / "compiles.json"
+  program = ("import jax, jax.numpy as jnp\nx = jnp.arange(3.0)\n"
+             "jax.jit(lambda v: v + 1)(x).block_until_ready()\n"
+             "jax.jit(lambda v: v * 2)(x).block_until_ready()")
+  compiles.main([f"--out={out}", "--allow-busy", "--", sys.executable, "-c", program])
+  cold, warm = json.loads(out.read_text())["rows"]
+  assert cold["compiled"] >= 2 and cold["programs"] == warm["programs"]
+  assert warm["compiled"] == 0 and warm["cache_hits"] == warm["programs"]
+
+
+def test_profile_reads_kind_and_part_from_hlo():
+  from axk.bench import profile
+  hlo = """HloModule m
+
+%fused_dot (p0: f32[4,8], p1: f32[8,2]) -> f32[4,2] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  %p1 = f32[8,2]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_add (p0: f32[4,2]) -> f32[4,2] {
+  %p0 = f32[4,2]{1,0} parameter(0)
+  ROOT %add.2 = f32[4,2]{1,0} add(%p0, %p0)
+}
+
+ENTRY %main (a: f32[4,8], b: f32[8,2]) -> f32[4,2] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %ynn_fusion.7 = f32[4,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_dot, metadata={op_name="jit(_train_step)/transpose(jvp(Model))/bert.encode/encoder/layer_3/intermediate/dot_general"}
+  ROOT %add_fusion = f32[4,2]{1,0} fusion(%ynn_fusion.7), kind=kLoop, calls=%fused_add, metadata={op_name="jit(_train_step)/add"}
+}
+"""
+  bodies, lines = profile.computations(hlo)
+  assert profile.kind(lines["ynn_fusion.7"], bodies) == "matmul"
+  assert profile.kind(lines["add_fusion"], bodies) == "element-wise"
+  assert profile.part(lines["ynn_fusion.7"]) == "backward layer/intermediate"
+  assert profile.part(lines["add_fusion"]) == "update (optimizer, clipping)"
+  assert profile.part('x, metadata={op_name="jit(s)/jvp(Model)/fusion/ffn_in/dot_general"}'
+                      ) == "forward fusion"
+
+
+def test_train_step_benchmark_end_to_end(tmp_path):
+  """A tiny ITH step against PyTorch eager, each in its own process: the row has both sides,
+  the ratio of their medians, axk's compile times and the machine's state."""
+  from axk.bench import train_step
+  out = tmp_path / "ith.json"
+  train_step.main(["--model=ith", "--size=tiny", "--configs=paper", "--steps=1", "--rounds=2",
+                   "--no-compile", "--allow-busy", f"--out={out}"])
+  payload = json.loads(out.read_text())
+  row, = payload["rows"]
+  assert row["ratio_vs_torch_eager"] == pytest.approx(
+      row["axk_steps_per_s"] / row["torch_eager_steps_per_s"])
+  assert row["axk_compile_train_s"] > 0 and row["axk_compile_eval_s"] > 0
+  assert len(row["axk_timing"]["values_s"]) == 2 and "busy" in row and "other_cores" in row
+  assert payload["machine"]["cpu"]["model"]
+
+
+def test_results_table_is_generated_from_the_json_files():
+  from axk.bench import tables
+  tables.main(["--check"])  # docs/results.md's table is what the committed JSON gives.
+
+
+def test_results_table_cells(tmp_path):
+  from axk.bench import tables
+  payload = {"benchmark": "train_step",
+             "machine": {"cpus": 2, "commit": "0123456789abcdef",
+                         "cpu": {"model": "Some CPU", "vector": "avx2"}},
+             "rows": [{"model": "ith", "size": "minilm", "batch": 32, "length": 64,
+                       "dtype": "float32", "rounds": 3, "steps": 3,
+                       "axk_steps_per_s": 1.5, "axk_spread": 0.1,
+                       "torch_eager_steps_per_s": 1.0, "torch_eager_spread": 0.04,
+                       "ratio_vs_torch_eager": 1.5, "ratio_vs_torch_eager_rounds": [1.4, 1.6],
+                       "busy": False, "other_cores": 0.01, "load_before": [0.1, 0, 0]}]}
+  line, = tables.rows_of("x.json", payload)
+  cells = [c.strip() for c in line.split("|")[1:-1]]
+  assert cells[2] == "1.500 steps/s ±5%" and cells[3] == "PyTorch eager 1.000 steps/s ±2%"
+  assert cells[4] == "**1.50** (1.40-1.60)"
+  assert cells[5] == "Some CPU, 2 cores, avx2; others 0.01 cores; load 0.10; `0123456789`"
+  payload["rows"][0]["busy"] = True
+  assert "~~**1.50** (1.40-1.60)~~ busy" in tables.rows_of("x.json", payload)[0]

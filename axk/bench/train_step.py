@@ -20,8 +20,15 @@ to compare). axk runs the production train step (`axk.train.loop.Trainer`) on on
 
 The FLOP count of a step is XLA's for axk's compiled step, and both sides' model FLOPs
 utilisation (MFU) divide that same count by their own step time and the device's dense peak
-(`--peak-tflops`, known for H100/H200: 989 TFLOP/s bf16). The sides alternate
-(axk, eager, compiled, axk, ...) and medians are compared.
+(`--peak-tflops`, known for H100/H200: 989 TFLOP/s bf16).
+
+Each side runs in its own process (`common.compare`): in one process, PyTorch's threads and
+allocator slowed the JAX side that ran after them by up to a third on a 2-core CPU. The sides
+take turns, `--rounds` of them (3 by default), and their medians are compared; the JSON keeps
+every value, each side's spread and the per-round ratios. The benchmark refuses to start on a
+busy machine and marks a row measured while other processes used the CPU
+(`common.require_quiet`, `--allow-busy`). axk's row also records the time to trace and compile
+its train step and its evaluation step.
 """
 
 from __future__ import annotations
@@ -44,8 +51,11 @@ CONFIGS = {"paper": (32, 64), "throughput": (256, 128)}
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def axk_side(model, size, rows, args):
-  """A function timing `args.steps` production train steps, and XLA's FLOPs per step."""
+def axk_side(model, size, rows, args, keep_compiled: bool = False):
+  """(a function timing `args.steps` production train steps, info): XLA's FLOPs per step and
+  the seconds to trace and compile the train step and the evaluation step (the one every
+  evaluation pass and the run-end predictions use). `keep_compiled` adds the compiled train
+  step as a third element."""
   config_bert = synthetic.bert_config(size, args.dtype)
   task = synthetic.SyntheticTask(model, config_bert, rows)
   batch = len(rows["input_ids"])
@@ -53,9 +63,18 @@ def axk_side(model, size, rows, args):
   workdir = tempfile.mkdtemp()
   trainer = loop.Trainer(config, workdir, task, devices=jax.devices()[:1])
   state, _ = trainer.init_state(ckpt_lib.Checkpoints(os.path.join(workdir, "ckpt")))
+  info = {}
   with sharding.activate(trainer.mesh, trainer.rules):
     device_batch = sharding.global_batch(trainer.batches[0], trainer.batch_sharding)
-    compiled = trainer.train_step.lower(state, device_batch).compile()
+    t0 = time.perf_counter()
+    lowered = trainer.train_step.lower(state, device_batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    trainer.predict_step.lower(state["params"], device_batch).compile()
+    t3 = time.perf_counter()
+  info.update(flops=_flops(compiled), trace_train_s=t1 - t0, compile_train_s=t2 - t1,
+              compile_eval_s=t3 - t2)
   holder = {"state": state}
 
   def run() -> float:
@@ -66,7 +85,7 @@ def axk_side(model, size, rows, args):
     return (time.perf_counter() - t0) / args.steps
 
   run()  # warm-up
-  return run, _flops(compiled)
+  return (run, info, compiled) if keep_compiled else (run, info)
 
 
 def _flops(compiled) -> float | None:
@@ -79,7 +98,11 @@ def _flops(compiled) -> float | None:
 
 
 def torch_side(model_name, size, rows, args, compile_step: bool):
-  """A function timing `args.steps` PyTorch train steps of the same model."""
+  """(a function timing `args.steps` PyTorch train steps of the same model, info): the
+  seconds of the first step (with `torch.compile`'s compilation)."""
+  # Inductor compiles in this process: its worker pool would otherwise keep busy after the
+  # first step, while the other sides are timed.
+  os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
   import torch
   import transformers
   from axk.pt.audiobert import first_token_onehot
@@ -150,8 +173,11 @@ def torch_side(model_name, size, rows, args, compile_step: bool):
       torch.cuda.synchronize()
     return (time.perf_counter() - t0) / args.steps
 
-  run()  # warm-up (and compilation)
-  return run
+  t0 = time.perf_counter()
+  step()  # warm-up (and compilation)
+  info = {"first_step_s": time.perf_counter() - t0}
+  run()
+  return run, info
 
 
 def bench_config(name, args) -> dict:
@@ -159,19 +185,28 @@ def bench_config(name, args) -> dict:
   rows = synthetic.rows(batch, length, vocab=synthetic.SIZES[args.size]["vocab_size"],
                         audio_tokens=args.audio_tokens)
   print(f"{name}: batch {batch}, length {length}, {args.size}, {args.dtype}", flush=True)
-  axk_run, flops = axk_side(args.model, args.size, rows, args)
-  sides = {"axk": axk_run, "torch_eager": torch_side(args.model, args.size, rows, args, False)}
+  sides = {"axk": (axk_side, (args.model, args.size, rows, args)),
+           "torch_eager": (torch_side, (args.model, args.size, rows, args, False))}
   if not args.no_compile:
-    sides["torch_compiled"] = torch_side(args.model, args.size, rows, args, True)
-  timing = common.interleaved(sides, args.rounds)
+    sides["torch_compiled"] = (torch_side, (args.model, args.size, rows, args, True))
+  watch = common.Watch()
+  timing, infos = common.compare(sides, args.rounds)
+  flops = infos["axk"].get("flops")
   device = jax.devices()[0]
   peak = args.peak_tflops or next(
       (v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
   row = {"config": name, "model": args.model, "size": args.size, "dtype": args.dtype,
          "device": device.device_kind, "batch": batch, "length": length,
-         "flops_per_step": flops, "peak_tflops": peak or None}
+         "steps": args.steps, "rounds": args.rounds, "flops_per_step": flops,
+         "peak_tflops": peak or None}
+  for key in ("trace_train_s", "compile_train_s", "compile_eval_s"):
+    row[f"axk_{key}"] = infos["axk"][key]
+  for side in timing:
+    if side != "axk":
+      row[f"{side}_first_step_s"] = infos[side]["first_step_s"]
   for side, t in timing.items():
     row[f"{side}_steps_per_s"] = 1 / t["median_s"]
+    row[f"{side}_spread"] = t["spread"]
     row[f"{side}_timing"] = t
     if flops:
       row[f"{side}_tflops"] = flops / t["median_s"] / 1e12
@@ -179,9 +214,15 @@ def bench_config(name, args) -> dict:
         row[f"{side}_mfu"] = flops / t["median_s"] / (peak * 1e12)
   for side in timing:
     if side != "axk":
-      row[f"ratio_vs_{side}"] = timing[side]["median_s"] / timing["axk"]["median_s"]
-  print("  " + ", ".join(f"{s}: {row[f'{s}_steps_per_s']:.3f} steps/s" for s in timing),
-        flush=True)
+      r = common.ratio(timing, "axk", side)
+      row[f"ratio_vs_{side}"] = r["ratio"]
+      row[f"ratio_vs_{side}_rounds"] = [r["round_min"], r["round_max"]]
+  common.mark([row], watch.stop(args.max_other_cores))
+  # The waiting sides' own CPU during another side's turns (their children included).
+  row["waiting_sides_cores"] = max(t["waiting_sides_cores"] for t in timing.values())
+  row["busy"] = row["busy"] or row["waiting_sides_cores"] > args.max_other_cores
+  print("  " + ", ".join(f"{s}: {row[f'{s}_steps_per_s']:.3f} steps/s "
+                         f"(spread {row[f'{s}_spread']:.1%})" for s in timing), flush=True)
   return row
 
 
@@ -198,15 +239,29 @@ def main(argv=None):
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="device dense peak for MFU (default: known GPUs' bf16 peak)")
+  parser.add_argument("--glibc-tunables", default="",
+                      help="GLIBC_TUNABLES for every side's process ('keep': "
+                           "common.KEEP_MEMORY_TUNABLES; default: the environment's)")
+  common.quiet_args(parser)
   args = parser.parse_args(argv)
+  if args.glibc_tunables:
+    # Every side's process starts with it (spawned processes inherit the environment).
+    os.environ["GLIBC_TUNABLES"] = (common.KEEP_MEMORY_TUNABLES if args.glibc_tunables == "keep"
+                                    else args.glibc_tunables)
+  common.require_quiet(args)
   rows = [bench_config(name, args) for name in args.configs.split(",")]
+  for row in rows:
+    row["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
   cols = ["config", "model", "size", "dtype", "batch", "length", "axk_steps_per_s",
           "torch_eager_steps_per_s", "torch_compiled_steps_per_s", "ratio_vs_torch_eager",
-          "ratio_vs_torch_compiled", "axk_tflops", "torch_eager_tflops",
-          "torch_compiled_tflops", "axk_mfu", "torch_eager_mfu", "torch_compiled_mfu"]
+          "ratio_vs_torch_compiled", "axk_spread", "torch_eager_spread", "axk_tflops",
+          "torch_eager_tflops", "torch_compiled_tflops", "axk_mfu", "torch_eager_mfu",
+          "torch_compiled_mfu", "axk_compile_train_s", "axk_compile_eval_s", "busy"]
   print(common.table(rows, [c for c in cols if any(c in r for r in rows)]))
-  print("ratio_vs_X = axk steps/s / X steps/s (same model, batch and dtype); TFLOP/s and MFU "
-        "from XLA's FLOP count of the step, the same for every side")
+  print("ratio_vs_X = axk steps/s / X steps/s (same model, batch and dtype; medians of "
+        f"{args.rounds} rounds, each side in its own process); spread = (max - min) / median; "
+        "TFLOP/s and MFU from XLA's FLOP count of the step, the same for every side")
+  print(common.busy_note(rows))
   common.write(args.out, {"benchmark": "train_step", "machine": common.machine(),
                           "rows": rows})
 

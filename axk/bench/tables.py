@@ -1,0 +1,137 @@
+"""The measured-benchmarks table of docs/results.md, written from the benchmarks' JSON files.
+
+    python -m axk.bench.tables            # rewrites the table from docs/bench/*.json
+    python -m axk.bench.tables --check    # exit 1 when the table differs from the files
+
+The JSON files under `docs/bench/` are what the benchmarks wrote (`--out`), kept with the
+commit they measured (`machine.commit` in each); the table between the markers in
+docs/results.md is generated from them and never typed. A row measured on a busy machine is
+shown with its ratio struck out and "busy".
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+from axk.utils import files
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH_DIR = os.path.join(REPO, "docs", "bench")
+RESULTS = os.path.join(REPO, "docs", "results.md")
+BEGIN = "<!-- bench-table:begin (python -m axk.bench.tables writes this) -->"
+END = "<!-- bench-table:end -->"
+HEADER = ("| benchmark (file) | configuration | axk | other side | ratio (rounds' range) | "
+          "machine |\n| --- | --- | --- | --- | --- | --- |")
+
+
+def _ratio(row: dict, key: str) -> str:
+  value = row.get(key)
+  if value is None:
+    return ""
+  text = f"**{value:.2f}**"
+  span = row.get(f"{key}_rounds")
+  if span:
+    text += f" ({span[0]:.2f}-{span[1]:.2f})"
+  return f"~~{text}~~ busy" if row.get("busy") else text
+
+
+def _machine(payload: dict, row: dict) -> str:
+  m = payload.get("machine", {})
+  cpu = m.get("cpu", {})
+  parts = [f"{cpu.get('model', '?')}, {m.get('cpus', '?')} cores"]
+  if cpu.get("vector"):
+    parts[0] += f", {cpu['vector']}"
+  if row.get("other_cores") is not None:
+    parts.append(f"others {row['other_cores']:.2f} cores")
+  if row.get("load_before"):
+    parts.append(f"load {row['load_before'][0]:.2f}")
+  if m.get("commit"):
+    parts.append(f"`{m['commit'][:10]}`")
+  return "; ".join(parts)
+
+
+def _spread(row: dict, side: str) -> str:
+  s = row.get(f"{side}_spread")
+  return f" ±{s / 2:.0%}" if s is not None else ""
+
+
+def rows_of(name: str, payload: dict) -> list[str]:
+  """Table lines for one benchmark file."""
+  kind, out = payload.get("benchmark"), []
+  for row in payload.get("rows", [payload] if kind == "profile" else []):
+    mach = _machine(payload, row)
+    if kind == "train_step":
+      config = (f"{row['model']}, {row['size']}, {row['batch']} x {row['length']}, "
+                f"{row['dtype']}, {row['rounds']} rounds of {row['steps']} steps")
+      ours = f"{row['axk_steps_per_s']:.3f} steps/s{_spread(row, 'axk')}"
+      if row.get("axk_compile_train_s") is not None:
+        ours += (f"; compiles: train step {row['axk_compile_train_s']:.1f} s, eval step "
+                 f"{row['axk_compile_eval_s']:.1f} s")
+      for side, label in (("torch_eager", "PyTorch eager"),
+                          ("torch_compiled", "torch.compile")):
+        if f"{side}_steps_per_s" in row:
+          theirs = f"{label} {row[f'{side}_steps_per_s']:.3f} steps/s{_spread(row, side)}"
+          out.append(f"| train step (`{name}`) | {config} | {ours} | {theirs} | "
+                     f"{_ratio(row, f'ratio_vs_{side}')} | {mach} |")
+    elif kind == "loop":
+      config = f"{row['model']}, {row['size']}, {row['batch']} x {row['length']}"
+      out.append(f"| loop efficiency (`{name}`) | {config} | loop "
+                 f"{row['loop_steps_per_s']:.3f} steps/s{_spread(row, 'loop')} | bare step "
+                 f"{row['bare_steps_per_s']:.3f} steps/s{_spread(row, 'bare')} | "
+                 f"{_ratio(dict(row, efficiency_rounds=None), 'efficiency')} | {mach} |")
+    elif kind == "compiles":
+      command = " ".join(payload.get("command", [])[1:])
+      out.append(f"| compilations (`{name}`) | {row['run']} cache: `{command}` | "
+                 f"{row['programs']} programs, {row['compiled']} compiled "
+                 f"({row['compile_s']:.1f} s), {row['cache_hits']} from the cache "
+                 f"({row['cache_load_s']:.1f} s) | wall {row['wall_s']:.0f} s | | {mach} |")
+    elif kind == "profile":
+      kinds = ", ".join(f"{k['name']} {k['share']:.0%}" for k in row["by_kind"][:4])
+      out.append(f"| profile (`{name}`) | {row['model']}, {row['size']}, {row['batch']} x "
+                 f"{row['length']}, {row['dtype']} | {row['step_wall_ms']:.0f} ms a step; "
+                 f"{kinds} | | | {mach} |")
+  return out
+
+
+def table(bench_dir: str = BENCH_DIR) -> str:
+  lines = [HEADER]
+  for path in sorted(glob.glob(os.path.join(bench_dir, "*.json"))):
+    with open(path) as f:
+      payload = json.load(f)
+    lines += rows_of(os.path.basename(path), payload)
+  return "\n".join(lines)
+
+
+def replace(text: str, generated: str, where: str = RESULTS) -> str:
+  if BEGIN not in text or END not in text:
+    raise SystemExit(f"error: {where}: the markers {BEGIN!r} and {END!r} are missing")
+  head, rest = text.split(BEGIN, 1)
+  _, tail = rest.split(END, 1)
+  return f"{head}{BEGIN}\n{generated}\n{END}{tail}"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--check", action="store_true",
+                      help="exit 1 when docs/results.md's table differs from the JSON files")
+  parser.add_argument("--bench-dir", default=BENCH_DIR)
+  parser.add_argument("--results", default=RESULTS)
+  args = parser.parse_args(argv)
+  with open(args.results) as f:
+    text = f.read()
+  new = replace(text, table(args.bench_dir), args.results)
+  if args.check:
+    if new != text:
+      sys.exit(f"error: {args.results}: the benchmark table differs from {args.bench_dir}; run "
+               "python -m axk.bench.tables")
+    return
+  files.write_text(args.results, new)
+  print(f"wrote the benchmark table of {args.results} from {args.bench_dir}")
+
+
+if __name__ == "__main__":
+  main()
