@@ -22,8 +22,10 @@ The FLOP count of a step is XLA's for axk's compiled step, and both sides' model
 utilisation (MFU) divide that same count by their own step time and the device's dense peak
 (`--peak-tflops`, known for H100/H200: 989 TFLOP/s bf16).
 
-Each side runs in its own process (`common.compare`): in one process, PyTorch's threads and
-allocator slowed the JAX side that ran after them by up to a third on a 2-core CPU. The sides
+Each side runs in its own process (`common.compare`): in one process, the JAX step timed
+after PyTorch's ran up to a third slower on a 2-core CPU (1.29 against 1.74 s for ITH at
+MiniLM size). With the sides in processes, ITH's axk turns still vary the most there
+(docs/results.md, "Measured on CPU"); the waiting sides' CPU is measured at every turn. The sides
 take turns, `--rounds` of them (3 by default), and their medians are compared; the JSON keeps
 every value, each side's spread and the per-round ratios. The benchmark refuses to start on a
 busy machine and marks a row measured while other processes used the CPU
