@@ -215,3 +215,16 @@ def test_results_table_cells(tmp_path):
   assert cells[5] == "Some CPU, 2 cores, avx2; others 0.01 cores; load 0.10; `0123456789`"
   payload["rows"][0]["busy"] = True
   assert "~~**1.50** (1.40-1.60)~~ busy" in tables.rows_of("x.json", payload)[0]
+
+
+def test_mark_counts_the_waiting_sides_cpu():
+  """A turn during which the waiting sides used more CPU than allowed marks the row busy,
+  even on an otherwise quiet machine."""
+  quiet = {"busy": False, "other_cores": 0.0, "max_other_cores": 0.2,
+           "load_before": [0.1, 0.1, 0.1], "load_after": [0.2, 0.1, 0.1]}
+  calm = {"a": {"waiting_sides_cores": 0.01}, "b": {"waiting_sides_cores": 0.05}}
+  rows = [{}]
+  common.mark(rows, quiet, calm)
+  assert rows[0]["busy"] is False and rows[0]["waiting_sides_cores"] == 0.05
+  common.mark(rows, quiet, {**calm, "b": {"waiting_sides_cores": 0.5}})
+  assert rows[0]["busy"] is True and rows[0]["waiting_sides_cores"] == 0.5

@@ -17,12 +17,12 @@ import multiprocessing
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import traceback
 from typing import Any, Callable, Mapping, Sequence
 
+from axk import provenance
 from axk.utils import files
 
 # t5x's minimal logical-axis rules (as configs/common.py has them), for benchmark configs
@@ -96,13 +96,16 @@ class SideError(RuntimeError):
 
 
 def compare(sides: Mapping[str, tuple[Callable, tuple]], rounds: int,
-            log: Callable[[str], None] = lambda m: print(m, flush=True)
-            ) -> tuple[dict[str, dict], dict[str, Any]]:
+            log: Callable[[str], None] = lambda m: print(m, flush=True),
+            max_other_cores: float | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
   """Times sides in their own processes: `sides[name] = (factory, args)` with `factory` a
   module-level function returning `(run, info)` (`run()`: seconds per step; built, compiled
   and warmed up before it returns). The processes are built one after another, then timed in
   turns, the order rotating each round (A B C, B C A, ...); a waiting side blocks on a pipe
-  and uses no CPU. Returns ({name: `summary`}, {name: info})."""
+  and uses no CPU; the CPU the waiting sides use during each turn is measured
+  (`waiting_sides_cores`, the most of any turn, warned above `max_other_cores`). Returns
+  ({name: `summary`}, {name: info})."""
+  max_other_cores = MAX_OTHER_CORES if max_other_cores is None else max_other_cores
   ctx = multiprocessing.get_context("spawn")  # A fork of a process holding JAX can deadlock.
   procs, conns, infos = {}, {}, {}
 
@@ -139,7 +142,7 @@ def compare(sides: Mapping[str, tuple[Callable, tuple]], rounds: int,
     timing = {name: summary(v) for name, v in values.items()}
     for name in names:
       timing[name]["waiting_sides_cores"] = max(waiting[name])
-      if max(waiting[name]) > MAX_OTHER_CORES:
+      if max(waiting[name]) > max_other_cores:
         log(f"  warning: while {name} ran, the waiting sides used up to "
             f"{max(waiting[name]):.2f} cores; its time is not its own")
     return timing, infos
@@ -258,12 +261,20 @@ def require_quiet(args, seconds: float = 2.0) -> dict[str, Any]:
   return p
 
 
-def mark(rows: Sequence[dict], watch: dict[str, Any]) -> None:
-  """Records the machine's state during the rows' measurement in each row."""
+def mark(rows: Sequence[dict], watch: dict[str, Any],
+         timing: Mapping[str, dict] | None = None) -> None:
+  """Records the machine's state during the rows' measurement in each row: `watch` (a
+  `Watch.stop()`), and with `compare`'s `timing` the most CPU its waiting sides used during
+  a turn; either above the threshold marks the rows busy."""
+  waiting = (max(t["waiting_sides_cores"] for t in timing.values())
+             if timing else None)
   for row in rows:
-    row["busy"] = watch["busy"]
+    row["busy"] = watch["busy"] or (waiting is not None and
+                                    waiting > watch["max_other_cores"])
     row["other_cores"] = watch["other_cores"]
     row["load_before"], row["load_after"] = watch["load_before"], watch["load_after"]
+    if waiting is not None:
+      row["waiting_sides_cores"] = waiting
 
 
 def busy_note(rows: Sequence[dict]) -> str:
@@ -318,26 +329,11 @@ def cpu_model() -> dict[str, Any]:
   return info
 
 
-def commit() -> str:
-  """The measured code's git commit (with "-dirty" when tracked files differ), or ""."""
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                          text=True, timeout=10)
-    if head.returncode:
-      return ""
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "axk"], cwd=root,
-                           timeout=10).returncode
-    return head.stdout.strip() + ("-dirty" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    return ""
-
-
 def machine() -> dict[str, Any]:
   import jax
   info = {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_model(),
           "jax_devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-          "commit": commit(), "load_average": load(),
+          "commit": provenance.axk_commit(), "load_average": load(),
           "note": "load average over 1/5/15 min when the benchmark ended; each row carries "
                   "the CPU other processes used while it was measured (other_cores)"}
   try:

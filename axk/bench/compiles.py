@@ -24,11 +24,11 @@ import sys
 import tempfile
 import time
 
+from axk import provenance
 from axk.bench import common
 
 DEFAULT = [sys.executable, "-m", "axk.main", "--config=configs/ith.py:smoke",
            "--workdir={workdir}"]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # JAX's log lines (absl/glog form: level+date, time, thread id, file:line] message).
 _THREAD = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+(\d+) ")
@@ -69,7 +69,7 @@ def run_once(command: list[str], cache: str, workdir: str, label: str) -> dict:
   command = [c.replace("{workdir}", workdir) for c in command]
   print(f"{label}: {' '.join(command)}", flush=True)
   t0 = time.perf_counter()
-  proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+  proc = subprocess.run(command, cwd=provenance.REPO, env=env, capture_output=True, text=True)
   wall = time.perf_counter() - t0
   if proc.returncode:
     tail = "\n".join((proc.stderr or proc.stdout).splitlines()[-20:])

@@ -17,11 +17,11 @@ import json
 import os
 import sys
 
+from axk import provenance
 from axk.utils import files
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BENCH_DIR = os.path.join(REPO, "docs", "bench")
-RESULTS = os.path.join(REPO, "docs", "results.md")
+BENCH_DIR = os.path.join(provenance.REPO, "docs", "bench")
+RESULTS = os.path.join(provenance.REPO, "docs", "results.md")
 BEGIN = "<!-- bench-table:begin (python -m axk.bench.tables writes this) -->"
 END = "<!-- bench-table:end -->"
 HEADER = ("| benchmark (file) | configuration | axk | other side | ratio (rounds' range) | "

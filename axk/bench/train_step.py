@@ -192,7 +192,7 @@ def bench_config(name, args) -> dict:
   if not args.no_compile:
     sides["torch_compiled"] = (torch_side, (args.model, args.size, rows, args, True))
   watch = common.Watch()
-  timing, infos = common.compare(sides, args.rounds)
+  timing, infos = common.compare(sides, args.rounds, max_other_cores=args.max_other_cores)
   flops = infos["axk"].get("flops")
   device = jax.devices()[0]
   peak = args.peak_tflops or next(
@@ -219,10 +219,7 @@ def bench_config(name, args) -> dict:
       r = common.ratio(timing, "axk", side)
       row[f"ratio_vs_{side}"] = r["ratio"]
       row[f"ratio_vs_{side}_rounds"] = [r["round_min"], r["round_max"]]
-  common.mark([row], watch.stop(args.max_other_cores))
-  # The waiting sides' own CPU during another side's turns (their children included).
-  row["waiting_sides_cores"] = max(t["waiting_sides_cores"] for t in timing.values())
-  row["busy"] = row["busy"] or row["waiting_sides_cores"] > args.max_other_cores
+  common.mark([row], watch.stop(args.max_other_cores), timing)
   print("  " + ", ".join(f"{s}: {row[f'{s}_steps_per_s']:.3f} steps/s "
                          f"(spread {row[f'{s}_spread']:.1%})" for s in timing), flush=True)
   return row
