@@ -13,7 +13,8 @@ import sys
 sys.modules["configs"] = None  # Any `import configs...` now fails.
 import axk.bench.bert, axk.bench.epoch, axk.bench.features, axk.bench.generation
 import axk.bench.loop, axk.bench.train_step, axk.bench.audio_tokens
-import axk.bench.compiles, axk.bench.profile, axk.bench.tables
+import axk.bench.compiles, axk.bench.profile, axk.bench.tables, axk.bench.decoder
+import axk.bench.suite
 print("ok")
 """
 
@@ -228,3 +229,48 @@ def test_mark_counts_the_waiting_sides_cpu():
   assert rows[0]["busy"] is False and rows[0]["waiting_sides_cores"] == 0.05
   common.mark(rows, quiet, {**calm, "b": {"waiting_sides_cores": 0.5}})
   assert rows[0]["busy"] is True and rows[0]["waiting_sides_cores"] == 0.5
+
+
+def test_flop_count_of_a_matrix_product_by_hand():
+  """`common.flops` reads XLA's count from the lowered function: 2 m k n for [m, k] @ [k, n],
+  and the same from the compiled one on a CPU."""
+  import jax
+  import jax.numpy as jnp
+  f = jax.jit(lambda a, b: a @ b)
+  lowered = f.lower(jnp.ones((8, 32)), jnp.ones((32, 16)))
+  assert common.flops(lowered) == 2 * 8 * 32 * 16
+  assert common.flops(lowered.compile()) == 2 * 8 * 32 * 16
+
+
+def _decoder_matmul_flops(hf: dict, batch: int, length: int) -> int:
+  """Forward FLOPs of a Llama's matrix products, by hand: per token and layer the q, k, v, o
+  projections and the gated MLP, q k^T and p v over all `length` keys; the LM head."""
+  h, i, layers = hf["hidden_size"], hf["intermediate_size"], hf["num_hidden_layers"]
+  q, kv = hf["num_attention_heads"] * hf["head_dim"], hf["num_key_value_heads"] * hf["head_dim"]
+  per_layer = 2 * (h * q + 2 * h * kv + q * h + 3 * h * i) + 2 * 2 * length * q
+  return batch * length * (layers * per_layer + 2 * h * hf["vocab_size"])
+
+
+def test_suite_runs_every_entry_and_reports_a_failed_one(tmp_path, monkeypatch, capsys):
+  """One entry fails (an unknown model), the next still runs: a decoder scoring benchmark
+  end to end, its sides in their own processes; the exit code counts the failure. The row's
+  tokens/s is batch x length over the median, its ratio the ratio of the medians, and its
+  FLOP count is within 25% above the matrix products counted by hand."""
+  from axk.bench import decoder, suite
+  monkeypatch.setitem(suite.ENTRIES, "test", {
+      "bad": ("decoder", ["--models=nope"], 120),
+      "good": ("decoder", ["--models=tiny", "--batch=2", "--length=8", "--steps=1",
+                           "--rounds=2", "--no-compile"], 300)})
+  with pytest.raises(SystemExit) as exit_:
+    suite.main(["--preset=test", f"--out-dir={tmp_path}", "--allow-busy"])
+  assert exit_.value.code == 1
+  summary = capsys.readouterr().out.splitlines()[-2:]
+  assert summary[0].split()[:2] == ["bad", "FAILED"] and summary[1].split()[:2] == ["good", "ok"]
+  assert "no model nope" in (tmp_path / "bad.log").read_text()
+  row, = json.loads((tmp_path / "good.json").read_text())["rows"]
+  for side in ("axk", "torch_eager"):
+    assert row[f"{side}_tokens_per_s"] == pytest.approx(2 * 8 / row[f"{side}_timing"]["median_s"])
+  assert row["ratio_vs_torch_eager"] == pytest.approx(
+      row["axk_tokens_per_s"] / row["torch_eager_tokens_per_s"])
+  by_hand = _decoder_matmul_flops(decoder.MODELS["tiny"], 2, 8)
+  assert by_hand <= row["flops_per_call"] <= 1.25 * by_hand

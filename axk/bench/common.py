@@ -304,6 +304,29 @@ def train_config(*, batch_size: int, steps: int, rows: int, **train) -> Any:
   return c
 
 
+# Dense bfloat16 peaks (TFLOP/s) of known accelerators, by a substring of JAX's device kind.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device_kind: str, given: float = 0.0) -> float:
+  """`given` when set, else the known bfloat16 peak of `device_kind` (0: unknown)."""
+  return given or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_kind), 0.0)
+
+
+def flops(stage) -> float | None:
+  """XLA's FLOP count of a lowered (or compiled) JAX function (None where the backend has
+  none). Take it from the lowered function: after compilation for a GPU, matrix products
+  become library calls that XLA's count leaves out (an ITH step on an H200 counted 83 times
+  fewer FLOPs compiled than lowered). Kernels that are library calls already when lowered
+  (cuDNN's fused attention) are left out either way."""
+  try:
+    cost = stage.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops")) if cost and cost.get("flops") else None
+  except Exception:  # Cost analysis is not available on every backend.
+    return None
+
+
 def load() -> list[float]:
   return [round(x, 2) for x in os.getloadavg()]
 

@@ -45,6 +45,8 @@ def _machine(payload: dict, row: dict) -> str:
   parts = [f"{cpu.get('model', '?')}, {m.get('cpus', '?')} cores"]
   if cpu.get("vector"):
     parts[0] += f", {cpu['vector']}"
+  if row.get("device") and not str(row["device"]).lower().startswith("cpu"):
+    parts[0] = f"{row['device']} ({parts[0]})"
   if row.get("other_cores") is not None:
     parts.append(f"others {row['other_cores']:.2f} cores")
   if row.get("load_before"):
@@ -59,6 +61,11 @@ def _spread(row: dict, side: str) -> str:
   return f" ±{s / 2:.0%}" if s is not None else ""
 
 
+def _mfu(row: dict, side: str) -> str:
+  m = row.get(f"{side}_mfu")
+  return f", MFU {m:.1%}" if m is not None else ""
+
+
 def rows_of(name: str, payload: dict) -> list[str]:
   """Table lines for one benchmark file."""
   kind, out = payload.get("benchmark"), []
@@ -67,15 +74,31 @@ def rows_of(name: str, payload: dict) -> list[str]:
     if kind == "train_step":
       config = (f"{row['model']}, {row['size']}, {row['batch']} x {row['length']}, "
                 f"{row['dtype']}, {row['rounds']} rounds of {row['steps']} steps")
-      ours = f"{row['axk_steps_per_s']:.3f} steps/s{_spread(row, 'axk')}"
+      if row.get("attention", "auto") != "auto":
+        config += f", {row['attention']} attention"
+      ours = f"{row['axk_steps_per_s']:.3f} steps/s{_spread(row, 'axk')}{_mfu(row, 'axk')}"
       if row.get("axk_compile_train_s") is not None:
         ours += (f"; compiles: train step {row['axk_compile_train_s']:.1f} s, eval step "
                  f"{row['axk_compile_eval_s']:.1f} s")
       for side, label in (("torch_eager", "PyTorch eager"),
                           ("torch_compiled", "torch.compile")):
         if f"{side}_steps_per_s" in row:
-          theirs = f"{label} {row[f'{side}_steps_per_s']:.3f} steps/s{_spread(row, side)}"
+          theirs = (f"{label} {row[f'{side}_steps_per_s']:.3f} steps/s{_spread(row, side)}"
+                    f"{_mfu(row, side)}")
           out.append(f"| train step (`{name}`) | {config} | {ours} | {theirs} | "
+                     f"{_ratio(row, f'ratio_vs_{side}')} | {mach} |")
+    elif kind == "decoder":
+      config = (f"{row['model']}, {row['batch']} x {row['length']} tokens, {row['dtype']}, "
+                f"{row['rounds']} rounds of {row['steps']} calls")
+      ours = (f"{row['axk_tokens_per_s']:.0f} tokens/s{_spread(row, 'axk')}{_mfu(row, 'axk')}; "
+              f"compile {row['axk_compile_s']:.1f} s")
+      for side, label in (("torch_eager", "transformers eager"),
+                          ("torch_compiled", "torch.compile")):
+        if f"{side}_tokens_per_s" in row:
+          theirs = (f"{label} ({row.get('torch_attention', '?')} attention) "
+                    f"{row[f'{side}_tokens_per_s']:.0f} tokens/s{_spread(row, side)}"
+                    f"{_mfu(row, side)}")
+          out.append(f"| decoder scoring (`{name}`) | {config} | {ours} | {theirs} | "
                      f"{_ratio(row, f'ratio_vs_{side}')} | {mach} |")
     elif kind == "loop":
       config = f"{row['model']}, {row['size']}, {row['batch']} x {row['length']}"

@@ -18,8 +18,8 @@ Dtype (`--dtype`): axk computes in it (parameters float32); PyTorch runs under
 `torch.autocast` in the same dtype when it is not float32 (bfloat16 on a GPU is the setting
 to compare). axk runs the production train step (`axk.train.loop.Trainer`) on one device.
 
-The FLOP count of a step is XLA's for axk's compiled step, and both sides' model FLOPs
-utilisation (MFU) divide that same count by their own step time and the device's dense peak
+The FLOP count of a step is XLA's for axk's lowered step (`common.flops`), and both sides'
+model FLOPs utilisation (MFU) divide that same count by their own step time and the device's dense peak
 (`--peak-tflops`, known for H100/H200: 989 TFLOP/s bf16).
 
 Each side runs in its own process (`common.compare`): in one process, the JAX step timed
@@ -50,7 +50,6 @@ from axk.train import loop
 from axk.train import sharding
 
 CONFIGS = {"paper": (32, 64), "throughput": (256, 128)}
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def axk_side(model, size, rows, args, keep_compiled: bool = False):
@@ -58,7 +57,8 @@ def axk_side(model, size, rows, args, keep_compiled: bool = False):
   the seconds to trace and compile the train step and the evaluation step (the one every
   evaluation pass and the run-end predictions use). `keep_compiled` adds the compiled train
   step as a third element."""
-  config_bert = synthetic.bert_config(size, args.dtype)
+  config_bert = synthetic.bert_config(size, args.dtype,
+                                       attention=getattr(args, "attention", "auto"))
   task = synthetic.SyntheticTask(model, config_bert, rows)
   batch = len(rows["input_ids"])
   config = synthetic.trainer_config(task, batch_size=batch, steps=args.steps + 2, rows=batch)
@@ -75,7 +75,7 @@ def axk_side(model, size, rows, args, keep_compiled: bool = False):
     t2 = time.perf_counter()
     trainer.predict_step.lower(state["params"], device_batch).compile()
     t3 = time.perf_counter()
-  info.update(flops=_flops(compiled), trace_train_s=t1 - t0, compile_train_s=t2 - t1,
+  info.update(flops=common.flops(lowered) or common.flops(compiled), trace_train_s=t1 - t0, compile_train_s=t2 - t1,
               compile_eval_s=t3 - t2)
   holder = {"state": state}
 
@@ -88,15 +88,6 @@ def axk_side(model, size, rows, args, keep_compiled: bool = False):
 
   run()  # warm-up
   return (run, info, compiled) if keep_compiled else (run, info)
-
-
-def _flops(compiled) -> float | None:
-  try:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops")) if cost and cost.get("flops") else None
-  except Exception:  # Cost analysis is not available on every backend.
-    return None
 
 
 def torch_side(model_name, size, rows, args, compile_step: bool):
@@ -195,9 +186,9 @@ def bench_config(name, args) -> dict:
   timing, infos = common.compare(sides, args.rounds, max_other_cores=args.max_other_cores)
   flops = infos["axk"].get("flops")
   device = jax.devices()[0]
-  peak = args.peak_tflops or next(
-      (v for k, v in PEAK_BF16_TFLOPS.items() if k in device.device_kind), 0.0)
+  peak = common.peak_tflops(device.device_kind, args.peak_tflops)
   row = {"config": name, "model": args.model, "size": args.size, "dtype": args.dtype,
+         "attention": args.attention,
          "device": device.device_kind, "batch": batch, "length": length,
          "steps": args.steps, "rounds": args.rounds, "flops_per_step": flops,
          "peak_tflops": peak or None}
@@ -235,6 +226,9 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side and round")
   parser.add_argument("--rounds", type=int, default=3, help="alternations of the sides")
   parser.add_argument("--dtype", default="float32", help="compute dtype of both sides")
+  parser.add_argument("--attention", default="auto",
+                      help="axk's attention kernel (BertConfig.attention: auto, xla, cudnn, "
+                           "einsum); auto takes cuDNN's on a GPU in half precision")
   parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
   parser.add_argument("--peak-tflops", type=float, default=0.0,
                       help="device dense peak for MFU (default: known GPUs' bf16 peak)")

@@ -1,0 +1,129 @@
+"""Runs a set of benchmarks one after another, each in its own process with its own time
+limit, and writes their JSON files and logs into one folder.
+
+    python -m axk.bench.suite --preset=gpu --out-dir=docs/bench/gpu        # a GPU machine
+    python -m axk.bench.suite --preset=smoke --out-dir=/tmp/bench_smoke    # every entry, tiny
+    python -m axk.bench.suite --preset=gpu --only=train_step_ith,decoder --out-dir=DIR
+
+Presets:
+  gpu    the accelerator table: ITH's bfloat16 train step at BERT-base, batch 256 x length
+         128, against PyTorch eager and compiled (MFU), and again with XLA's attention; the decoder scoring throughput of the
+         papers' LLM architectures (LLaMA 3.1 8B, Gemma 2 2B) against transformers eager (a
+         forward pass at this size is matrix products; compiling it is left to a longer lease:
+         `python -m axk.bench.decoder` without `--no-compile`); the loop's
+         efficiency at the same step; the full-size generation stage's clips/s.
+  smoke  the same entries at tiny sizes (what a machine needs before the real run: a few
+         minutes on a CPU, about a minute on a GPU).
+An entry that fails or runs out of time is reported and the others still run; the exit code
+is the number of failed entries. `--only` picks entries by name. Each JSON is written by the
+benchmark itself (atomically); `<name>.log` keeps its output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+ENTRIES = {
+    "gpu": {
+        "train_step_ith": ("train_step", ["--model=ith", "--size=base", "--configs=throughput",
+                                          "--dtype=bfloat16", "--steps=10", "--rounds=3"], 240),
+        # The same step with XLA's attention instead of cuDNN's (with its full-size bias).
+        "train_step_ith_xla": ("train_step", ["--model=ith", "--size=base",
+                                              "--configs=throughput", "--dtype=bfloat16",
+                                              "--steps=10", "--rounds=3", "--no-compile",
+                                              "--attention=xla"], 150),
+        "decoder": ("decoder", ["--models=llama3-8b,gemma2-2b", "--dtype=bfloat16",
+                                "--batch=32", "--length=128", "--steps=5", "--rounds=3",
+                                "--no-compile"], 300),
+        "loop_ith": ("loop", ["--model=ith", "--sizes=base", "--batch=256", "--length=128",
+                              "--dtype=bfloat16", "--steps=48", "--log-every=8",
+                              "--rounds=3"], 200),
+        "generation": ("generation", ["--scale=full", "--steps=50", "--n=2", "--spans=8",
+                                      "--rounds=1"], 300),
+    },
+    "smoke": {
+        "train_step_ith": ("train_step", ["--model=ith", "--size=tiny", "--configs=paper",
+                                          "--steps=1", "--rounds=1", "--no-compile"], 240),
+        "train_step_ith_xla": ("train_step", ["--model=ith", "--size=tiny", "--configs=paper",
+                                              "--steps=1", "--rounds=1", "--no-compile",
+                                              "--attention=xla"], 240),
+        "decoder": ("decoder", ["--models=tiny", "--steps=1", "--rounds=1", "--no-compile"],
+                    240),
+        "loop_ith": ("loop", ["--model=ith", "--sizes=tiny", "--steps=8", "--rounds=1"], 240),
+        "generation": ("generation", ["--scale=tiny", "--steps=2", "--n=2", "--spans=2",
+                                      "--seconds=0.4", "--rounds=1"], 240),
+    },
+}
+
+
+def run_entry(name: str, module: str, args: list[str], limit_s: float, out_dir: str,
+              extra: list[str]) -> dict:
+  out = os.path.join(out_dir, f"{name}.json")
+  command = [sys.executable, "-m", f"axk.bench.{module}", *args, *extra, f"--out={out}"]
+  print(f"[{name}] {' '.join(command[1:])} (limit {limit_s:.0f} s)", flush=True)
+  t0 = time.perf_counter()
+  with open(os.path.join(out_dir, f"{name}.log"), "w") as log:
+    try:
+      # Its own process group, so a timeout stops the benchmark's side processes too.
+      proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+      deadline = t0 + limit_s
+      for line in proc.stdout:  # Shown as it comes, and kept.
+        log.write(line)
+        log.flush()
+        print(f"[{name}] {line}", end="", flush=True)
+        if time.perf_counter() > deadline:
+          break
+      try:
+        rc = proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
+      except subprocess.TimeoutExpired:
+        rc = None
+      if rc is None:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        print(f"[{name}] stopped at its limit of {limit_s:.0f} s", flush=True)
+    except OSError as e:
+      rc = f"could not start: {e}"
+  seconds = time.perf_counter() - t0
+  ok = rc == 0 and os.path.exists(out)
+  return {"entry": name, "ok": ok, "rc": rc, "seconds": round(seconds, 1),
+          "json": out if ok else ""}
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--preset", choices=tuple(ENTRIES), default="gpu")
+  parser.add_argument("--out-dir", required=True)
+  parser.add_argument("--only", default="", help="comma-separated entry names")
+  parser.add_argument("--limit-scale", type=float, default=1.0,
+                      help="multiplies every entry's time limit")
+  parser.add_argument("--allow-busy", action="store_true",
+                      help="passed to every benchmark that checks for a quiet machine")
+  args = parser.parse_args(argv)
+  entries = ENTRIES[args.preset]
+  names = [n for n in args.only.split(",") if n] or list(entries)
+  unknown = [n for n in names if n not in entries]
+  if unknown:
+    parser.error(f"--only: no entry {', '.join(unknown)} in preset {args.preset}; "
+                 f"entries: {', '.join(entries)}")
+  os.makedirs(args.out_dir, exist_ok=True)
+  results = []
+  for name in names:
+    module, bench_args, limit = entries[name]
+    extra = ["--allow-busy"] if args.allow_busy and module != "generation" else []
+    results.append(run_entry(name, module, bench_args, limit * args.limit_scale,
+                             args.out_dir, extra))
+  width = max(len(r["entry"]) for r in results)
+  for r in results:
+    where = r["json"] if r["ok"] else f"rc {r['rc']}"
+    print(f"{r['entry'].ljust(width)}  {'ok' if r['ok'] else 'FAILED'}  {r['seconds']:7.1f} s  "
+          f"{where}")
+  sys.exit(sum(not r["ok"] for r in results))
+
+
+if __name__ == "__main__":
+  main()
