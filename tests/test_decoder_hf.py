@@ -3,6 +3,7 @@ PyTorch, float32: full forward passes with and without padding, cached decoding,
 (`data` x `model`) mesh of the eight fake CPU devices, sharded checkpoints, scoring."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -174,6 +175,63 @@ def test_a_sharded_checkpoint_loads(tmp_path):
   with pytest.raises(hf.CheckpointError) as e:
     hf.load_decoder(str(tmp_path))
   assert f"names {shards[-1]}, which is not in" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_loading_places_each_tensor_with_its_sharding(tmp_path):
+  """`shardings` puts each parameter where its logical axes say, as it is read: the same
+  logits as transformers, the q kernel split over `model`."""
+  pt = torch_model("llama", seed=6)
+  pt.save_pretrained(tmp_path, max_shard_size="20KB")
+  mesh = sharding.make_mesh({"data": 4, "model": 2}, jax.devices())
+  rules = common_config.RULES
+  cfg = decoder_lib.DecoderConfig.from_hf(json.loads((tmp_path / "config.json").read_text()))
+  module = decoder_lib.Decoder(cfg)
+  abstract = jax.eval_shape(lambda: decoder_lib.init_params(module, jax.random.key(0)))
+  shardings = flatten(sharding.logical_to_sharding(decoder_lib.logical_axes(module), mesh,
+                                                   rules, abstract))
+  model = hf.load_decoder(str(tmp_path), shardings=shardings)
+  q = flatten(model.params)["layer_0/attention/q_proj/kernel"]
+  assert q.sharding == shardings["layer_0/attention/q_proj/kernel"]
+  assert len(q.sharding.device_set) == 8 and q.sharding.spec != P()
+  ids = batch(seed=6)
+  with sharding.activate(mesh, rules):
+    assert max_diff(model(ids)["logits"], torch_logits(pt, ids)) <= TOL
+
+
+_PEAK = """
+import json, resource, sys
+import jax, jax.numpy as jnp
+from axk import hf
+jnp.ones(4).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = hf.load_decoder(sys.argv[1], dtype="bfloat16", param_dtype="bfloat16")
+jax.block_until_ready(model.params)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"grew_mb": (peak - before) / 1024,
+                  "params_mb": sum(x.nbytes for x in jax.tree.leaves(model.params)) / 2**20}))
+"""
+
+
+def test_a_checkpoint_larger_than_the_host_budget_streams_under_it(tmp_path):
+  """A 256 MB float32 checkpoint in 7 shards, loaded as bfloat16 parameters on the CPU
+  device (which keeps them in host memory): the process's peak memory grows by at most the
+  parameters plus 64 MB (8 of its largest tensors), a budget below the checkpoint's size.
+  Reading the whole checkpoint first, as the loader did, grows it by 418 MB."""
+  import subprocess
+  import sys
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(vocab_size=4000, hidden_size=512, intermediate_size=2048,
+                                    num_hidden_layers=16, num_attention_heads=8,
+                                    num_key_value_heads=4, head_dim=64)
+  transformers.LlamaForCausalLM(config).save_pretrained(tmp_path, max_shard_size="40MB")
+  checkpoint_mb = sum(p.stat().st_size for p in tmp_path.glob("*.safetensors")) / 2**20
+  out = subprocess.run([sys.executable, "-c", _PEAK, str(tmp_path)], capture_output=True,
+                       text=True, timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.returncode == 0, out.stderr[-2000:]
+  measured = json.loads(out.stdout.strip().splitlines()[-1])
+  budget = measured["params_mb"] + 64
+  assert budget < checkpoint_mb
+  assert measured["grew_mb"] <= budget, (measured, budget, checkpoint_mb)
 
 
 def test_log_likelihood_matches_transformers_loss(family):

@@ -48,6 +48,38 @@ def _table(text, title):
   return rows
 
 
+def test_the_llm_rows_are_zero_shot_runs_except_offline():
+  """The papers' LLM rows score decoders without training (configs/zero_shot.py); under the
+  offline `minilm` base they are left out and Table 1 shows LLaMA's published numbers."""
+  c = paper_config.get_config("smoke,table1,audiobert")
+  assert c.layouts.table1 == ("bert", "llama", "text_only", "audiobert", "ith")
+  assert c.layouts.audiobert == ("bert", "gemma2", "llama", "audiobert_text_only", "audiobert")
+  assert (c.rows.llama.config, c.rows.gemma2.config) == ("configs/zero_shot.py",) * 2
+  assert paper.row_spec_of(c, "gemma2") == "configs/zero_shot.py:smoke,gemma2"
+  offline = paper_config.get_config("minilm,table1,audiobert")
+  assert "llama" not in offline.rows and "gemma2" not in offline.rows
+  assert offline.layouts.audiobert == ("bert", "audiobert_text_only", "audiobert")
+
+
+def test_llm_rows_run_offline_under_smoke(tmp_path):
+  """`:smoke,audiobert` with only its LLM rows: each scores a tiny random decoder of its
+  family on the sample data, and the table shows its results.json, LLaMA with its published
+  numbers in brackets."""
+  c = paper_config.get_config("smoke,audiobert")
+  c.only = ("gemma2", "llama")
+  paper.run(c, str(tmp_path))
+  text = open(tmp_path / "paper_table.md").read()
+  table = _table(text, "AudioBERT: main")
+  for name, label in (("gemma2", "Gemma2-2B, no training"), ("llama", "LLaMA3.1-8B, no training")):
+    results = json.load(open(tmp_path / name / "results.json"))
+    assert results["model_type"] == name
+    assert json.load(open(tmp_path / name / "model" / "config.json"))["model_type"] == name
+    expected = [f"{results[t][s]['accuracy']:.2f}" for t, s in COLUMNS]
+    assert [cell.split(" (")[0] for cell in table[label][:len(COLUMNS)]] == expected
+  assert table["LLaMA3.1-8B, no training"][1].endswith("(21.80)")  # Published animal test.
+  assert not table["Gemma2-2B, no training"][1].endswith(")")  # None published.
+
+
 def test_variants_pick_tables_and_their_rows():
   c = paper_config.get_config("smoke,table2")
   assert c.base == "smoke" and c.tables == ("table2",) and c.seeds == (0,)
@@ -132,6 +164,8 @@ def test_tables_from_hand_written_results(tmp_path):
       "audioldm2": ([33.0, 34.0, 15.0, 70.0, 71.0, 72.0], [2.0] * 6),
       "musicgen": ([30.0, 31.0, 14.0, 69.0, 70.0, 68.0], [2.0] * 6),
       "audiobert_text_only": ([20.0, 21.0, 5.0, 65.0, 66.0, 50.0], [1.0] * 6),
+      "llama": ([15.0, 16.0, 4.0, 58.0, 57.0, 52.0], None),
+      "gemma2": ([14.0, 13.0, 2.0, 51.0, 52.0, 50.0], None),
   }
   # Smoke's taus (the tiny CLAP's); its features' n is 2, so n = 2 is the tau -0.1 row.
   assert c.layouts.figure2.tau == ("tau_m0_16", "tau_m0_13", "tau_m0_1", "tau_m0_07",
@@ -175,7 +209,9 @@ def test_tables_from_hand_written_results(tmp_path):
                                                    "71.00 ± 0.25", "60.00 ± 3.00"]
   assert t1["Imagine to Hear"][1] == "42.00 ± 1.00 (41.55)"
   assert t1["AudioBERT"][5] == "55.00 ± 0.50 (55.31)"
-  assert t1["LLaMA3.1-8B, no training (published only)"][0] == "(23.10)"
+  # The LLM row runs under `smoke`: its published number in brackets, no published-only row.
+  assert t1["LLaMA3.1-8B, no training"][:2] == ["15.00 (23.10)", "16.00 (21.80)"]
+  assert "LLaMA3.1-8B, no training (published only)" not in t1
 
   t2 = _table(text, "Table 2")
   assert t2["Imagine to Hear"][0] == "40.00 ± 1.00"

@@ -3,7 +3,10 @@ tiny random Llama and Gemma 2 models and a word-level tokenizer saved with
 `save_pretrained`, the shipped AuditoryBench sample as data."""
 
 import json
+import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from axk import hf
 from axk.data import auditorybench
 from axk.runs import zero_shot
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 
@@ -31,7 +36,7 @@ def _words(data_dir):
   return sorted(words)
 
 
-def _config(family, vocab):
+def _hf_config(family, vocab):
   common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
                 initializer_range=0.2, attn_implementation="eager", bos_token_id=1,
@@ -60,7 +65,7 @@ def saved(request, tmp_path_factory):
   torch.manual_seed(0)
   family = request.param
   cls = transformers.LlamaForCausalLM if family == "llama" else transformers.Gemma2ForCausalLM
-  model = cls(_config(family, len(vocab))).eval()
+  model = cls(_hf_config(family, len(vocab))).eval()
   path = tmp_path_factory.mktemp(family)
   model.save_pretrained(path)
   tokenizer.save_pretrained(path)
@@ -89,14 +94,22 @@ def test_scores_equal_transformers_log_likelihoods_in_padded_batches(saved):
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+def _config(path, **fields):
+  from configs import zero_shot as zero_shot_config
+  c = zero_shot_config.get_config()
+  c.model.init, c.model.dtype, c.data.dir = path, "float32", _sample_dir()
+  c.data.tasks, c.data.splits, c.batch_size = ("pitch", "animal"), ("test",), 8
+  c.update(fields)
+  return c
+
+
 def test_run_answers_with_the_best_scoring_option(saved, tmp_path):
-  """The command on the sample's test splits: its accuracy and every prediction are those of
-  the options' transformers log-likelihoods."""
+  """The run on the sample's test splits: its accuracy and every prediction are those of the
+  options' transformers log-likelihoods."""
   path, pt = saved
   out = tmp_path / "zs"
-  zero_shot.main([f"--model={path}", f"--data={_sample_dir()}", "--tasks=pitch,animal",
-                  "--splits=test", "--dtype=float32", "--batch=8", f"--out={out}"])
-  results = json.loads((out / "results.json").read_text())["results"]
+  assert zero_shot.run(_config(path), str(out))
+  results = json.loads((out / "results.json").read_text())
   predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
   tokenizer = transformers.AutoTokenizer.from_pretrained(path)
   for task in ("pitch", "animal"):
@@ -112,19 +125,23 @@ def test_run_answers_with_the_best_scoring_option(saved, tmp_path):
       best = ex.options[int(np.argmax(scores))]
       assert pred["prediction"] == best
       right += best == ex.answer
-    assert results[f"{task}/test"]["accuracy"] == pytest.approx(100 * right / len(mine))
-    assert results[f"{task}/test"]["rows"] == len(mine)
+    assert results[task]["test"]["accuracy"] == pytest.approx(100 * right / len(mine))
+    assert results[task]["test"]["examples"] == len(mine)
   assert "| pitch | test |" in (out / "results.md").read_text()
 
 
-def test_bad_arguments_are_one_line_before_loading_a_model(tmp_path, capsys):
-  with pytest.raises(SystemExit) as e:
-    zero_shot.main(["--model=/nonexistent", "--tasks=pitch,sirens", f"--out={tmp_path}"])
-  assert e.value.code == 2 and "no task sirens" in capsys.readouterr().err
-  with pytest.raises(SystemExit) as e:
-    zero_shot.main(["--model=/nonexistent", f"--data={tmp_path}", f"--out={tmp_path}"])
-  assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
-  with pytest.raises(SystemExit) as e:
-    zero_shot.main(["--model=/nonexistent/model", f"--data={_sample_dir()}", "--tasks=pitch",
-                    "--splits=test", f"--out={tmp_path}"])
-  assert str(e.value).startswith("error: ") and "/nonexistent/model" in str(e.value)
+def test_bad_fields_are_one_line_before_loading_a_model(tmp_path):
+  with pytest.raises(zero_shot.common.ConfigError, match="sirens"):
+    zero_shot.validate(_config("/nonexistent", data=dict(tasks=("pitch", "sirens"))))
+  with pytest.raises(zero_shot.common.ConfigError, match="model.dtype"):
+    zero_shot.validate(_config("/nonexistent", model=dict(dtype="int8")))
+  # Through axk.main: the preflight names the missing checkpoint in one line, exit 3, and
+  # no workdir is made.
+  work = tmp_path / "w"
+  out = subprocess.run([sys.executable, "-m", "axk.main", "--config=configs/zero_shot.py:smoke",
+                        f"--workdir={work}", "--config.model.tiny=",
+                        "--config.model.init=/nonexistent/model"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert out.returncode == 3 and len(errors) == 1 and "/nonexistent/model" in errors[0]
+  assert not work.exists()

@@ -256,6 +256,45 @@ def build_detector(path: str, *, seed: int = 0, positive_bias: float | None = No
   return path
 
 
+def word_tokenizer(words) -> transformers.PreTrainedTokenizerBase:
+  """A lower-casing word-level tokenizer over `words`, punctuation and a few common words
+  (others read as `<unk>`), which prepends `<s>` as Llama's does."""
+  from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+  vocab = {"<pad>": 0, "<s>": 1, "<unk>": 2}
+  for w in (*_WORDS, *string.punctuation, *sorted({w.lower() for w in words})):
+    vocab.setdefault(w, len(vocab))
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                     special_tokens=[("<s>", 1)])
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                              pad_token="<pad>", unk_token="<unk>")
+
+
+def build_decoder(path: str, words=(), *, family: str = "llama", seed: int = 0) -> str:
+  """Saves a tiny random causal LM of `family` ("llama": `LlamaForCausalLM`, 2 layers;
+  "gemma2": `Gemma2ForCausalLM`, 3 layers with a sliding window of 4 and soft-caps), width
+  32, with a `word_tokenizer` over `words`."""
+  torch.manual_seed(seed)
+  tokenizer = word_tokenizer(words)
+  sizes = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+               max_position_embeddings=256, initializer_range=0.2, bos_token_id=1,
+               pad_token_id=0, eos_token_id=None)
+  if family == "llama":
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(num_hidden_layers=2, **sizes))
+  elif family == "gemma2":
+    model = transformers.Gemma2ForCausalLM(transformers.Gemma2Config(
+        num_hidden_layers=3, sliding_window=4, query_pre_attn_scalar=12,
+        attn_logit_softcapping=20.0, final_logit_softcapping=10.0, **sizes))
+  else:
+    raise ValueError(f"family {family!r}: llama or gemma2")
+  model.eval().save_pretrained(path)
+  tokenizer.save_pretrained(path)
+  return path
+
+
 # `generation.pipeline_class` -> the tiny generator `build_all` builds for it.
 GENERATORS = {"StableAudioPipeline": "stable_audio", "AudioLDM2Pipeline": "audioldm2",
               "MusicgenForConditionalGeneration": "musicgen"}

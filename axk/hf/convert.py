@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -178,14 +178,18 @@ def _to_hf(x: np.ndarray, transform: str) -> np.ndarray:
 
 def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[int, ...]],
            source: str = "checkpoint", model_type: str = "bert",
-           ) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+           place: Callable[[str, np.ndarray], Any] | None = None,
+           ) -> tuple[dict[str, Any], list[str], list[str]]:
   """Maps a HF state dict onto axk paths.
 
   Args:
-    state: HF names -> arrays (with or without the `bert.`/`roberta.` prefix).
+    state: HF names -> arrays (with or without the `bert.`/`roberta.` prefix); read one
+      name at a time, so a lazy mapping (`axk.hf.io.LazyState`) is never held whole.
     target_shapes: flat axk path -> shape, from the abstract parameters of the model.
     source: the checkpoint's name, for error messages.
     model_type: "bert", "roberta", "llama" or "gemma2": which table of `TABLES`.
+    place: `(axk path, converted array) -> what to keep` (e.g. a device copy in the
+      parameter dtype), called as each tensor is converted, so the host copy can go at once.
 
   Returns:
     (flat axk params found, axk paths missing from the checkpoint, HF names not used).
@@ -195,7 +199,7 @@ def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[in
   for alias, name in _ALIASES.items():
     if alias in normalized and name not in normalized:
       normalized[name] = normalized.pop(alias)
-  params, missing, used = {}, [], set()
+  params, missing, used, todo = {}, [], set(), []
   for path, shape in target_shapes.items():
     row = hf_name(path, model_type)
     if row is None:
@@ -204,12 +208,18 @@ def to_axk(state: Mapping[str, np.ndarray], target_shapes: Mapping[str, tuple[in
     if name not in normalized:
       missing.append(path)
       continue
+    todo.append((path, shape, name, transform))
+  if place is not None and missing:  # Nothing is read or placed for a checkpoint that fails.
+    return {}, missing, []
+  for path, shape, name, transform in todo:
     x = np.asarray(state[normalized[name]])
     want = int(np.prod(shape))
     if x.size != want:
       raise ValueError(f"{source}: {normalized[name]} has shape {x.shape}, axk expects "
                        f"{shape} at {path}")
-    params[path] = from_hf(x, transform, tuple(shape))
+    x = from_hf(x, transform, tuple(shape))
+    params[path] = place(path, x) if place else x
+    del x  # With `place`, the host copy goes now (a lazy state holds none either).
     used.add(name)
   unused = sorted(k for n, k in normalized.items() if n not in used and not _IGNORED.match(n))
   return params, missing, unused

@@ -16,6 +16,7 @@ fails within seconds and says which local path to pass instead.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
 import logging
@@ -65,11 +66,10 @@ def read_config(path: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def read_state(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a checkpoint directory as float32/int numpy arrays.
-
-  A sharded checkpoint (`model.safetensors.index.json`) is read from the files its
-  `weight_map` names; one that is absent is a `CheckpointError` naming it."""
+def _state_files(path: str) -> tuple[list[str], list[str]]:
+  """(safetensors files, legacy .bin files) of a checkpoint directory. A sharded checkpoint
+  (`model.safetensors.index.json`) is read from the files its `weight_map` names; one that is
+  absent is a `CheckpointError` naming it."""
   files = sorted(os.listdir(path))
   st = [f for f in files if f.endswith(".safetensors")]
   if SAFETENSORS_INDEX in files:
@@ -82,33 +82,66 @@ def read_state(path: str) -> dict[str, np.ndarray]:
     absent = [f for f in st if f not in files]
     if absent:
       raise CheckpointError(f"{index}: names {absent[0]}, which is not in {path}.")
-  if st:
-    from safetensors.numpy import load_file
-    state = {}
-    for f in st:
-      try:
-        state.update(load_file(os.path.join(path, f)))
-      except Exception as e:  # bf16 safetensors cannot be read by numpy; go through torch.
-        if "bf16" not in str(e).lower() and "bfloat16" not in str(e).lower():
-          raise CheckpointError(f"{os.path.join(path, f)}: {e}") from e
-        state.update(_read_torch(os.path.join(path, f), safetensors=True))
-    return state
   bins = [f for f in files if f.endswith(".bin") and f.startswith("pytorch_model")]
-  if not bins:
+  if not st and not bins:
     raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin.")
+  return [os.path.join(path, f) for f in st], [os.path.join(path, f) for f in bins]
+
+
+class LazyState(collections.abc.Mapping):
+  """The tensors of safetensors files by name, each read from its file when asked for (one
+  at a time: the files are memory-mapped, nothing is held). Floating bfloat16 tensors come as
+  float32 (numpy has no bfloat16); others keep their dtype."""
+
+  def __init__(self, paths: list[str]):
+    from safetensors import safe_open
+    self._file: dict[str, str] = {}
+    for file in paths:
+      try:
+        with safe_open(file, framework="np") as f:
+          self._file.update({k: file for k in f.keys()})
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f"{file}: {e}") from e
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    from safetensors import safe_open
+    file = self._file[name]
+    try:
+      with safe_open(file, framework="np") as f:
+        return f.get_tensor(name)
+    except Exception as e:  # bf16 tensors cannot be read by numpy; go through torch.
+      if "bf16" not in str(e).lower() and "bfloat16" not in str(e).lower():
+        raise CheckpointError(f"{file}: {name}: {e}") from e
+    with safe_open(file, framework="pt") as f:
+      t = f.get_tensor(name)
+    return t.float().numpy() if t.is_floating_point() else t.numpy()
+
+  def __iter__(self):
+    return iter(self._file)
+
+  def __len__(self) -> int:
+    return len(self._file)
+
+
+def read_state(path: str, lazy: bool = False) -> Mapping[str, np.ndarray]:
+  """The tensors of a checkpoint directory as numpy arrays (bfloat16 ones as float32).
+
+  `lazy`: a safetensors checkpoint comes as a `LazyState`, each tensor read when asked for,
+  so a caller that converts and places one tensor at a time never holds the whole checkpoint
+  on the host. Legacy `.bin` files are read whole either way."""
+  st, bins = _state_files(path)
+  if st:
+    state = LazyState(st)
+    return state if lazy else {k: state[k] for k in state}
   state = {}
   for f in bins:
-    state.update(_read_torch(os.path.join(path, f)))
+    state.update(_read_torch(f))
   return state
 
 
-def _read_torch(file: str, safetensors: bool = False) -> dict[str, np.ndarray]:
-  import torch  # Only legacy .bin and bf16 checkpoints need it.
-  if safetensors:
-    from safetensors.torch import load_file
-    sd = load_file(file)
-  else:
-    sd = torch.load(file, map_location="cpu", weights_only=True)
+def _read_torch(file: str) -> dict[str, np.ndarray]:
+  import torch  # Only legacy .bin checkpoints need it.
+  sd = torch.load(file, map_location="cpu", weights_only=True)
   return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
@@ -252,13 +285,21 @@ class PretrainedDecoder:
     return decoder_lib.log_likelihood(logits, jnp.asarray(input_ids), mask)
 
 
-def load_decoder(path_or_id: str, **config_overrides) -> PretrainedDecoder:
+def load_decoder(path_or_id: str, shardings: Mapping[str, Any] | None = None,
+                 **config_overrides) -> PretrainedDecoder:
   """Loads a Llama or Gemma 2 checkpoint directory or hub id.
 
   Every parameter must be in the checkpoint (a missing one is a `CheckpointError` naming
-  them); a `config.json` field the module cannot honour (another `model_type`, a RoPE type
-  other than "default" and "llama3", biases) is one too, naming the file and the field.
-  `config_overrides` are `DecoderConfig` fields (dtype, param_dtype).
+  them, before any tensor is read); a `config.json` field the module cannot honour (another
+  `model_type`, a RoPE type other than "default" and "llama3", biases) is one too, naming the
+  file and the field. `config_overrides` are `DecoderConfig` fields (dtype, param_dtype).
+
+  Tensors stream: each is read from its (memory-mapped) safetensors file, converted, cast to
+  `param_dtype` and put on its device before the next is read, so the host holds one
+  checkpoint tensor at a time besides the parameters themselves (which a CPU device keeps in
+  host memory). `shardings`: flat parameter path ("layer_0/attention/q_proj/kernel") -> a
+  `jax.sharding.Sharding` to place it with (e.g. from `axk.models.decoder.logical_axes` and
+  `axk.train.sharding.logical_to_sharding`, flattened); None: the default device.
   """
   path = resolve(path_or_id)
   try:
@@ -269,14 +310,19 @@ def load_decoder(path_or_id: str, **config_overrides) -> PretrainedDecoder:
   module = decoder_lib.Decoder(config)
   abstract = jax.eval_shape(lambda: decoder_lib.init_params(module, jax.random.key(0)))
   shapes = {k: v.shape for k, v in flatten(abstract).items()}
-  found, missing, unused = convert.to_axk(read_state(path), shapes, source=path,
-                                          model_type=config.model_type)
+  dtype = jnp.dtype(config.param_dtype)
+
+  def place(name: str, x: np.ndarray) -> jax.Array:
+    x = np.asarray(x, dtype)  # One tensor in the parameter dtype, on the host.
+    return jax.device_put(x, shardings[name]) if shardings else jnp.asarray(x)
+
+  found, missing, unused = convert.to_axk(read_state(path, lazy=True), shapes, source=path,
+                                          model_type=config.model_type, place=place)
   if missing:
     raise CheckpointError(f"{path}: {len(missing)} parameters are not in the checkpoint: "
                           + ", ".join(sorted(missing)[:8]) + (" ..." if len(missing) > 8 else ""))
   if unused:
     logging.info("%s: %d tensors not used: %s", path, len(unused),
                  ", ".join(unused[:8]) + (" ..." if len(unused) > 8 else ""))
-  dtype = jnp.dtype(config.param_dtype)
-  params = unflatten({k: jnp.asarray(v, dtype) for k, v in found.items()})
+  params = unflatten(found)
   return PretrainedDecoder(module, params, config, path)

@@ -56,16 +56,16 @@ def check_config(config) -> None:
     raise ConfigError(f"--config.resume={config.resume}: no such directory.")
 
 
-def check_data(data) -> None:
+def check_data(data, training: bool = True) -> None:
   """One line for unknown benchmark tasks (not registered, `axk.tasks`) or splits in
-  `config.data`."""
+  `config.data` (and, for a run that trains, a missing train split)."""
   for field, known in (("tasks", tasks.names()), ("splits", types.SPLITS)):
     values = tuple(data[field])
     unknown = [v for v in values if v not in known]
     if unknown or not values:
       raise ConfigError(f"--config.data.{field}={values}: {unknown or 'empty'}; known: "
                         f"{', '.join(known)}.")
-  if "train" not in data.splits:
+  if training and "train" not in data.splits:
     raise ConfigError(f"--config.data.splits={tuple(data.splits)}: training needs 'train'.")
 
 

@@ -33,13 +33,17 @@ from axk.runs import common
 from axk.runs import masked_word
 from axk.runs import span as span_run
 from axk.runs import stages
+from axk.runs import zero_shot
 from axk.utils import files
 
 ROW_RECORD = "paper_row.json"
 SPAN_ENTRY = "axk.runs.span:run"  # A row of this entry is a span detector (the detector table).
+# A row of this entry scores a decoder LM without training (the papers' LLM rows).
+ZERO_SHOT_ENTRY = "axk.runs.zero_shot:run"
 
 # Published accuracy (%) comes from the tasks' specs (`axk.tasks.Task.published`), keyed by
-# the rows of configs/paper.py; "llama" is a published-only row. Table 2 shows the paper's
+# the rows of configs/paper.py; "llama" is a published-only row where the table does not run
+# it (under `minilm`, which stays offline). Table 2 shows the paper's
 # difference for a row recorded there (none yet); Table 3 and Figure 2 show no published
 # number.
 PUBLISHED_ONLY = {"table1": (("LLaMA3.1-8B, no training (published only)", "llama"),)}
@@ -99,6 +103,10 @@ class Row:
   @property
   def detector(self) -> bool:
     return self.config is not None and self.config.get("entry") == SPAN_ENTRY
+
+  @property
+  def zero_shot(self) -> bool:
+    return self.config is not None and self.config.get("entry") == ZERO_SHOT_ENTRY
 
   @property
   def done(self) -> bool:
@@ -181,6 +189,15 @@ def build_row(config, name: str, workdir: str, *, check: bool = True) -> Row:
       c.plugins = tuple(config.plugins)
     if c.get("entry") == SPAN_ENTRY:
       return _span_row(config, row, c)
+    if c.get("entry") == ZERO_SHOT_ENTRY:
+      for path, value in spec.overrides:
+        _set_field(c, path, value)
+      if spec.features:
+        raise common.ConfigError(f"features {spec.features} given to a zero-shot row")
+      if check:
+        zero_shot.validate(c)
+      row.config = c
+      return row
     c.seeds = tuple(spec.seeds) or tuple(config.seeds)
     for path, value in tuple(config.overrides) + tuple(spec.overrides):
       _set_field(c, path, value)
@@ -381,11 +398,15 @@ def run(config, workdir: str) -> dict:
   spent = []
   for i, row in enumerate(todo):
     t0 = time.time()
-    c = row.config if row.detector else _resolve(config, row, workdir)
+    c = row.config if row.detector or row.zero_shot else _resolve(config, row, workdir)
     files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
     logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
                  row_spec_of(config, row.name))
-    if not (_run_detector(workdir, row) if row.detector else masked_word.run(c, row.workdir)):
+    if row.detector:
+      finished = _run_detector(workdir, row)
+    else:
+      finished = (zero_shot.run if row.zero_shot else masked_word.run)(c, row.workdir)
+    if not finished:
       logging.warning("Row %r stopped before the end; rerun the same command to continue.",
                       row.name)
       return {}
@@ -573,6 +594,8 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
         cells.append(cell(v, p))
       lines.append(f"| {label(name)} | " + " | ".join(cells) + " |")
     for title, key in PUBLISHED_ONLY.get(table, ()) if with_published else ():
+      if key in layout:  # The row runs here: its published number is in its cells.
+        continue
       pub = published(key, cols)
       if pub:
         lines.append(f"| {title} | " + " | ".join("—" if v is None else f"({v:.2f})"

@@ -49,6 +49,7 @@ from axk.runs import masked_word
 from axk.runs import paper as paper_lib
 from axk.runs import span as span_run
 from axk.runs import stages
+from axk.runs import zero_shot
 
 # Rough sizes for the disk estimate. A 5 s 44.1 kHz stereo candidate clip is 0.55 MB as FLAC
 # (configs/features.py, `generation.keep_rejected`); shards hold float16 AST tokens per span.
@@ -144,17 +145,19 @@ def _records(path) -> int:
     return 0
 
 
-def _data(ctx: _Context, stage: str, data, *, keep_missing_spans: bool = True
+def _data(ctx: _Context, stage: str, data, *, keep_missing_spans: bool = True,
+          training: bool = True
           ) -> tuple[dict[str, dict[str, ab.SplitData]], dict[str, dict[str, int]]]:
   """The run's AuditoryBench rows: ({task: {split: SplitData}} when rows are read, else {};
-  {task: {split: rows}}); both empty when the data cannot be read now."""
+  {task: {split: rows}}); both empty when the data cannot be read now. `training`: the run
+  trains, so its splits must hold train."""
   key = (str(data.dir), str(data.cache_dir), str(data.get("revision", "")),
          tuple(data.tasks), tuple(data.splits), keep_missing_spans)
   if key in ctx.data:
     return ctx.data[key]
   loaded, counts, problem, folder = {}, {}, "", ""
   try:
-    common.check_data(data)
+    common.check_data(data, training)
     if str(data.dir) == "sample":
       folder = ab.sample_data_dir()
     elif str(data.dir) == "github":
@@ -269,9 +272,11 @@ def _span(ctx: _Context, c, workdir: str, stage: str = "", hint: str = "") -> No
            if c.model.get("tiny") else "")
   _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""),
          hint="; ".join(h for h in (MINILM_HINT, hint) if h))
-  where = ctx.plan.models[-1].where
-  if built and where and built not in where:  # Once, where rows share the model.
-    ctx.plan.models[-1].where += f" ({built})"
+  # The entry of this model (found earlier when rows share it; not necessarily the last).
+  entry = next((m for m in ctx.plan.models
+                if m.field == "model.init" and m.name == str(c.model.init)), None)
+  if built and entry and entry.where and built not in entry.where:  # Once.
+    entry.where += f" ({built})"
   data, _ = _data(ctx, stage, c.data, keep_missing_spans=True)
   if data:
     try:
@@ -496,9 +501,35 @@ def _paper(ctx: _Context, config, workdir: str) -> None:
     if row.detector:  # A span detector row: the detector's own inputs.
       _span(ctx, row.config, row.workdir, stage=f"row {name}")
       continue
+    if row.zero_shot:  # A decoder LM scored without training.
+      _zero_shot(ctx, row.config, row.workdir, stage=f"row {name}")
+      continue
     c, kwargs = paper_lib.row_stage_config(config, row, workdir)
     _masked_word(ctx, c, row.workdir, stages_root=workdir, name=f"row {name}",
                  stage_args=hint, **kwargs)
+
+
+def _zero_shot(ctx: _Context, c, workdir: str, stage: str = "") -> None:
+  """Zero-shot decoder scoring (`configs/zero_shot.py`)."""
+  if os.path.exists(os.path.join(workdir, "results.json")):
+    ctx.plan.costs.append(f"{stage or 'zero-shot'}: finished (results.json exists)")
+    return
+  try:
+    zero_shot.validate(c)
+  except common.ConfigError as e:
+    ctx.plan.problem(_prefix(stage) + str(e))
+    return
+  if c.model.tiny:
+    _model(ctx, stage, "model.init", f"a tiny random {c.model.tiny}",
+           built="random weights and a word-level tokenizer, built in the workdir")
+  else:
+    _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""))
+  data, _ = _data(ctx, stage, c.data, keep_missing_spans=True, training=False)
+  if data:
+    sentences = sum(len(ex.options) for splits in data.values() for d in splits.values()
+                    for ex in d.examples)
+    ctx.plan.costs.append(f"{stage or 'zero-shot'}: {sentences} sentences to score "
+                          f"(every option of every row, batch {c.batch_size})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -510,6 +541,7 @@ FAMILIES: dict[str, Callable] = {
     "axk.features.pipeline:run": _features,
     "axk.runs.masked_word:run": _masked_word,
     "axk.runs.paper:run": _paper,
+    "axk.runs.zero_shot:run": _zero_shot,
 }
 
 

@@ -1,8 +1,9 @@
-"""Zero-shot AuditoryBench accuracy of a decoder LM (Llama 3, Gemma 2), without training.
+"""Zero-shot AuditoryBench accuracy of a decoder LM (Llama 3, Gemma 2), without training: the
+entry of `configs/zero_shot.py`, and the papers' untrained LLM rows in `configs/paper.py`.
 
-    python -m axk.runs.zero_shot --model=meta-llama/Llama-3.1-8B --out=DIR
-    python -m axk.runs.zero_shot --model=/path/to/gemma-2-2b --data=/path/to/auditorybench \\
-        --tasks=pitch --splits=test --dtype=bfloat16 --out=DIR
+    python -m axk.main --config=configs/zero_shot.py --workdir=workdirs/llama     # LLaMA 3.1 8B
+    python -m axk.main --config=configs/zero_shot.py:gemma2 --workdir=workdirs/gemma2
+    python -m axk.main --config=configs/zero_shot.py:smoke --workdir=/tmp/zs      # tiny, offline
 
 Protocol (the papers give no prompt for their LLM rows; this is the standard way to score a
 cloze question with a causal LM): every option of an example is put in place of its
@@ -13,19 +14,20 @@ token) and scored by the summed log-probability of its tokens after the first
 first). No instruction or few-shot prefix is added. An animal file without option columns
 has nothing to score: its rows are counted as `without_options` and left out.
 
-Writes into `--out`: `results.json` (accuracy, rows and the majority baseline per task and
-split, the protocol, the model and its revision record), `results.md` (the table),
+Writes into the workdir: `results.json` (per task and split: accuracy, the rows scored as
+`examples`, the majority baseline; the protocol and the model), `results.md` (the table),
 `predictions.jsonl` (per row: id, options, their scores, the answer given, the gold answer).
 Sentences are scored in batches sorted by length and padded to a multiple of 16 tokens (a
-few compiled shapes); a progress bar shows the rate and the time left.
+few compiled shapes); a progress bar shows the rate and the time left. A workdir holding
+results.json is finished: the run prints its table and exits.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
+import re
 import time
 from typing import Sequence
 
@@ -37,6 +39,7 @@ from axk import tasks as tasks_lib
 from axk.data import auditorybench
 from axk.data import benchmark
 from axk.models import decoder as decoder_lib
+from axk.runs import common
 from axk.utils import files
 
 PAD_MULTIPLE = 16
@@ -115,79 +118,100 @@ def evaluate_split(model, tokenizer, examples: Sequence, batch_size: int = 32,
     scored += 1
     predictions.append({"id": ex.id, "options": list(ex.options),
                         "scores": by_example[i], "prediction": answer, "answer": ex.answer})
-  metrics = {"accuracy": 100.0 * right / scored if scored else float("nan"), "rows": scored,
+  metrics = {"accuracy": 100.0 * right / scored if scored else float("nan"), "examples": scored,
              "without_options": len(without),
              "majority": benchmark.majority_baseline([e for e in examples if e.options])}
   return metrics, predictions
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate(config) -> None:
+  """One `ConfigError` line for a field that cannot work, before anything loads."""
+  from axk.data.types import SPLITS
+  unknown = [t for t in config.data.tasks if t not in tasks_lib.names()]
+  if unknown or not config.data.tasks:
+    raise common.ConfigError(f"--config.data.tasks={tuple(config.data.tasks)}: "
+                             f"{unknown or 'empty'}; known: {', '.join(tasks_lib.names())}.")
+  bad = [s for s in config.data.splits if s not in SPLITS]
+  if bad or not config.data.splits:
+    raise common.ConfigError(f"--config.data.splits={tuple(config.data.splits)}: "
+                             f"{bad or 'empty'}; known: {', '.join(SPLITS)}.")
+  if config.model.dtype not in DTYPES:
+    raise common.ConfigError(f"--config.model.dtype={config.model.dtype}: one of "
+                             f"{', '.join(DTYPES)}.")
+  if int(config.batch_size) < 1:
+    raise common.ConfigError(f"--config.batch_size={config.batch_size}: at least 1.")
+  if config.model.tiny not in ("", "llama", "gemma2"):
+    raise common.ConfigError(f"--config.model.tiny={config.model.tiny}: '' (model.init), "
+                             "llama or gemma2.")
+  if not config.model.tiny and not config.model.init:
+    raise common.ConfigError("--config.model.init is empty: a Llama or Gemma 2 checkpoint "
+                             "folder or hub id.")
+
+
 def table(results: dict, model_name: str) -> str:
   lines = [f"Zero-shot accuracy (%) of `{model_name}`: {PROTOCOL}.", "",
            "| task | split | accuracy | rows | majority |", "| --- | --- | --- | --- | --- |"]
-  for key, m in results.items():
-    task, split = key.split("/")
-    lines.append(f"| {task} | {split} | {m['accuracy']:.2f} | {m['rows']} | "
-                 f"{m['majority']:.2f} |")
+  for task, splits in results.items():
+    for split, m in splits.items():
+      lines.append(f"| {task} | {split} | {m['accuracy']:.2f} | {m['examples']} | "
+                   f"{m['majority']:.2f} |")
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", required=True,
-                      help="a Llama or Gemma 2 checkpoint folder or hub id (with its tokenizer)")
-  parser.add_argument("--out", required=True, help="output folder")
-  parser.add_argument("--data", default="", help="AuditoryBench folder (default: as a run's "
-                      "data.dir: the cache, downloading with network)")
-  parser.add_argument("--tasks", default="animal,pitch")
-  parser.add_argument("--splits", default="dev,test,wiki")
-  parser.add_argument("--batch", type=int, default=32, help="sentences per call")
-  parser.add_argument("--dtype", default="bfloat16",
-                      help="parameter and compute dtype (float32 for exact comparisons)")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
+def _model_path(config, workdir: str, data: dict) -> str:
+  """The checkpoint to score with: `model.init`, or (`model.tiny`: "llama" or "gemma2") a tiny
+  random model of that family with a word-level tokenizer over the data's words, built once
+  in `<workdir>/model`."""
+  if not config.model.tiny:
+    return config.model.init
+  from axk.features import tiny
+  path = os.path.join(workdir, "model")
+  if not os.path.exists(os.path.join(path, "config.json")):
+    words = {w for splits in data.values() for d in splits.values() for ex in d.examples
+             for w in re.findall(r"\w+", " ".join((ex.sentence, *ex.options)))}
+    with files.atomic_dir(path) as tmp:
+      tiny.build_decoder(tmp, sorted(words), family=str(config.model.tiny),
+                         seed=int(config.seed))
+  return path
 
-  # Everything that can be wrong is checked before the model loads.
-  names = [t for t in args.tasks.split(",") if t]
-  unknown = [t for t in names if t not in tasks_lib.names()]
-  if unknown:
-    parser.error(f"--tasks: no task {', '.join(unknown)}; known: {', '.join(tasks_lib.names())}")
-  splits = [s for s in args.splits.split(",") if s]
-  try:
-    data_dir = auditorybench.resolve_data_dir(args.data or None)
-    data = {t: auditorybench.load_task(data_dir, t, splits, keep_missing_spans=True)
-            for t in names}
-  except auditorybench.DataError as e:
-    raise SystemExit(f"error: {e}") from None
+
+def run(config, workdir: str) -> bool:
+  """The entry of `configs/zero_shot.py` (see the module docstring)."""
+  done = os.path.join(workdir, "results.json")
+  if os.path.exists(done):
+    logging.info("%s holds a finished zero-shot run (results.json).", workdir)
+    return True
+  validate(config)
+  data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
+                                            config.data.revision)
+  data = {t: auditorybench.load_task(data_dir, t, list(config.data.splits),
+                                     keep_missing_spans=True) for t in config.data.tasks}
+  path = _model_path(config, workdir, data)
 
   import transformers
   from axk import hf
   t0 = time.perf_counter()
-  try:
-    model = hf.load_decoder(args.model, dtype=args.dtype, param_dtype=args.dtype)
-  except hf.CheckpointError as e:
-    raise SystemExit(f"error: {e}") from None
+  model = hf.load_decoder(path, dtype=config.model.dtype, param_dtype=config.model.dtype)
   tokenizer = transformers.AutoTokenizer.from_pretrained(model.path)
-  logging.info("loaded %s (%s) in %.1f s", args.model, model.config.model_type,
-               time.perf_counter() - t0)
+  logging.info("Loaded %s (%s, %s) in %.1f s.", path, model.config.model_type,
+               config.model.dtype, time.perf_counter() - t0)
+  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   results, predictions = {}, []
-  for task in names:
+  for task in config.data.tasks:
     for split, split_data in data[task].items():
-      metrics, preds = evaluate_split(model, tokenizer, split_data.examples, args.batch,
-                                      desc=f"{task}/{split}")
-      results[f"{task}/{split}"] = metrics
+      metrics, preds = evaluate_split(model, tokenizer, split_data.examples,
+                                      int(config.batch_size), desc=f"{task}/{split}")
+      results.setdefault(task, {})[split] = metrics
       predictions += preds
-  os.makedirs(args.out, exist_ok=True)
-  files.write_json(os.path.join(args.out, "results.json"), {
-      "model": args.model, "model_path": model.path, "model_type": model.config.model_type,
-      "dtype": args.dtype, "protocol": PROTOCOL, "data_dir": data_dir, "results": results},
-      sort_keys=False)
-  files.write_text(os.path.join(args.out, "predictions.jsonl"),
+  files.write_text(os.path.join(workdir, "predictions.jsonl"),
                    "".join(json.dumps(p) + "\n" for p in predictions))
-  text = table(results, args.model)
-  files.write_text(os.path.join(args.out, "results.md"), text)
-  print(text)
-
-
-if __name__ == "__main__":
-  main()
+  files.write_text(os.path.join(workdir, "results.md"), table(results, path))
+  # Last: a workdir with results.json is finished.
+  files.write_json(done, {**results, "model": path, "model_type": model.config.model_type,
+                          "dtype": config.model.dtype, "protocol": PROTOCOL,
+                          "data_dir": data_dir}, sort_keys=False)
+  return True
