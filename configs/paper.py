@@ -19,9 +19,9 @@ of the same command resumes. Rows share what they can: one span detector
 Variants (an optional base, then the tables, after commas; no table: all of them):
   smoke      every row on tiny random models and the sample data, offline, one seed.
   minilm     all-MiniLM-L6-v2's weights (offline; see configs/ith.py).
-  table1     ITH Table 1: untrained BERT, LLaMA3.1-8B without training (configs/zero_shot.py),
-             text-only fine-tuned (the row the papers leave out), AudioBERT, ITH; dev, test,
-             wiki of both tasks, mean +- std over the seeds.
+  table1     ITH Table 1: untrained BERT-base and BERT-large, LLaMA3.1-8B without training
+             (configs/zero_shot.py), text-only fine-tuned (the row the papers leave out),
+             AudioBERT, ITH; dev, test, wiki of both tasks, mean +- std over the seeds.
   table2     ITH's ablations as differences from the full model: w/o FG, w/o DKI,
              w/o (DKI + FG) (sentence-level audio and no gate), w/o rejection; the paper's
              difference beside axk's where the tasks' published tables hold that row.
@@ -29,12 +29,14 @@ Variants (an optional base, then the tables, after commas; no table: all of them
   figure2    accuracy against tau (both tasks) and against n (pitch, tau 0.6), with the share
              of spans left without audio. Under `smoke` the taus are spread over the tiny
              CLAP's scores (SMOKE_FIGURE2_TAUS), so that its points accept part of the clips.
-  audiobert  AudioBERT's main table: untrained BERT, Gemma2-2B and LLaMA3.1-8B without
-             training, LoRA text-only, AudioBERT, with the Combined columns (accuracy over
-             both tasks' rows of a split, as the paper).
-The LLM rows score the real checkpoints (gated on the Hub), under `smoke` tiny random ones;
-under `minilm`, which stays offline, they are left out and LLaMA's published numbers show
-instead.
+  audiobert  AudioBERT's main table: untrained BERT-base and BERT-large, Gemma2-2B and
+             LLaMA3.1-8B without training, LoRA text-only, AudioBERT on BERT-base and on
+             BERT-large, with the Combined columns (accuracy over both tasks' rows of a split,
+             as the paper). RoBERTa's rows are not there: AudioBERT and ITH do not run on
+             RoBERTa yet.
+The LLM rows score the real checkpoints (gated on the Hub) and the BERT-large rows start from
+bert-large-uncased; under `smoke` all are tiny random models; under `minilm`, which stays
+offline, they are left out and LLaMA's published numbers show instead.
   detector   AudioBERT's Table II: the span detector (configs/span.py) trained on animal
              only, on pitch only and on both, token and span F1 on every task's splits.
   all        every table above.
@@ -76,6 +78,7 @@ SMOKE_FIGURE2_TRIES_TAU = -0.1
 FEATURES_VARIANT = {"smoke": "smoke", "minilm": "generation", "": "generation"}
 FIGURE2_TRIES_TASK = "pitch"  # Figure 2's n sweep: its task.
 TASKS = auditorybench.NAMES  # The papers' benchmark tasks: the tables' columns.
+BERT_LARGE = "bert-large-uncased"  # The BERT-large rows' weights.
 
 
 def _row(label, config, variant="", overrides=(), features=(), seeds=(), tau=-1.0, tries=0):
@@ -120,10 +123,16 @@ def _rows(base: str = "") -> dict:
   new variant of configs/ith.py is used by writing its name here."""
   ith, audiobert, span = "configs/ith.py", "configs/audiobert.py", "configs/span.py"
   zero_shot = "configs/zero_shot.py"
+  large = [] if base == "smoke" else [("model.init", BERT_LARGE)]
   rows = {
       # The pretrained model is deterministic at evaluation: one seed says everything.
       "bert": _row("BERT-base, no training", ith, "no_train", seeds=(0,)),
       "text_only": _row("BERT-base, text-only fine-tuned", ith, "no_audio"),
+      # BERT-large (AudioBERT's Table III): the same runs from bert-large-uncased (under
+      # `smoke`, tiny models like every row).
+      "bert_large": _row("BERT-large, no training", ith, "no_train", seeds=(0,),
+                         overrides=large),
+      "audiobert_large": _row("AudioBERT (BERT-large)", audiobert, overrides=large),
       # The papers' LLMs, scored without training (configs/zero_shot.py).
       "llama": _row("LLaMA3.1-8B, no training", zero_shot),
       "gemma2": _row("Gemma2-2B, no training", zero_shot, "gemma2"),
@@ -163,17 +172,20 @@ def _layouts(base: str = "") -> dict:
   """Each table's rows, in the papers' order. Table 2's first row is the model the deltas
   are taken from; Figure 2 has its tau points and its n points (pitch)."""
   taus, _ = _figure2(base)
-  # The LLM rows need their checkpoints (gated, downloaded): not under the offline `minilm`.
-  llms = {"llama": ("llama",), "both": ("gemma2", "llama")} if base != "minilm" else {
-      "llama": (), "both": ()}
+  # The LLM and BERT-large rows need their checkpoints (downloaded; the LLMs' gated): not
+  # under the offline `minilm`.
+  online = base != "minilm"
+  large = ("bert_large",) if online else ()
+  llama, llms = (("llama",), ("gemma2", "llama")) if online else ((), ())
   return {
-      "table1": ("bert", *llms["llama"], "text_only", "audiobert", "ith"),
+      "table1": ("bert", *large, *llama, "text_only", "audiobert", "ith"),
       "table2": ("ith", "no_gate", "sentence_audio", "sentence_audio_no_gate",
                  "no_rejection"),
       "table3": ("ith", "audioldm2", "musicgen"),
       "figure2": {"tau": tuple(_tau_name(t) for t in taus),
                   "tries": tuple(name for _, name in _tries_rows(base))},
-      "audiobert": ("bert", *llms["both"], "audiobert_text_only", "audiobert"),
+      "audiobert": ("bert", *large, *llms, "audiobert_text_only", "audiobert",
+                    *(("audiobert_large",) if online else ())),
       "detector": ("span_animal", "span_pitch", "span_both"),
   }
 

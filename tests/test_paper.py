@@ -52,12 +52,18 @@ def test_the_llm_rows_are_zero_shot_runs_except_offline():
   """The papers' LLM rows score decoders without training (configs/zero_shot.py); under the
   offline `minilm` base they are left out and Table 1 shows LLaMA's published numbers."""
   c = paper_config.get_config("smoke,table1,audiobert")
-  assert c.layouts.table1 == ("bert", "llama", "text_only", "audiobert", "ith")
-  assert c.layouts.audiobert == ("bert", "gemma2", "llama", "audiobert_text_only", "audiobert")
+  assert c.layouts.table1 == ("bert", "bert_large", "llama", "text_only", "audiobert", "ith")
+  assert c.layouts.audiobert == ("bert", "bert_large", "gemma2", "llama",
+                                 "audiobert_text_only", "audiobert", "audiobert_large")
   assert (c.rows.llama.config, c.rows.gemma2.config) == ("configs/zero_shot.py",) * 2
   assert paper.row_spec_of(c, "gemma2") == "configs/zero_shot.py:smoke,gemma2"
+  # BERT-large: bert-large-uncased, except under smoke (tiny models, like every row).
+  assert c.rows.bert_large.overrides == () and c.rows.audiobert_large.overrides == ()
+  real = paper_config.get_config("audiobert")
+  assert dict(real.rows.audiobert_large.overrides) == {"model.init": "bert-large-uncased"}
+  assert real.rows.bert_large.variant == "no_train"
   offline = paper_config.get_config("minilm,table1,audiobert")
-  assert "llama" not in offline.rows and "gemma2" not in offline.rows
+  assert not {"llama", "gemma2", "bert_large", "audiobert_large"} & set(offline.rows)
   assert offline.layouts.audiobert == ("bert", "audiobert_text_only", "audiobert")
 
 
@@ -165,6 +171,8 @@ def test_tables_from_hand_written_results(tmp_path):
       "musicgen": ([30.0, 31.0, 14.0, 69.0, 70.0, 68.0], [2.0] * 6),
       "audiobert_text_only": ([20.0, 21.0, 5.0, 65.0, 66.0, 50.0], [1.0] * 6),
       "llama": ([15.0, 16.0, 4.0, 58.0, 57.0, 52.0], None),
+      "bert_large": ([11.0, 13.5, 3.5, 56.0, 61.0, 49.0], None),
+      "audiobert_large": ([36.0, 37.0, 13.0, 73.0, 74.0, 56.0], [0.5] * 6),
       "gemma2": ([14.0, 13.0, 2.0, 51.0, 52.0, 50.0], None),
   }
   # Smoke's taus (the tiny CLAP's); its features' n is 2, so n = 2 is the tau -0.1 row.
@@ -212,6 +220,7 @@ def test_tables_from_hand_written_results(tmp_path):
   # The LLM row runs under `smoke`: its published number in brackets, no published-only row.
   assert t1["LLaMA3.1-8B, no training"][:2] == ["15.00 (23.10)", "16.00 (21.80)"]
   assert "LLaMA3.1-8B, no training (published only)" not in t1
+  assert t1["BERT-large, no training"][1] == "13.50"  # None published.
 
   t2 = _table(text, "Table 2")
   assert t2["Imagine to Hear"][0] == "40.00 ± 1.00"
