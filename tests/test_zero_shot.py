@@ -115,7 +115,10 @@ def test_run_answers_with_the_best_scoring_option(saved, tmp_path):
   for task in ("pitch", "animal"):
     examples = auditorybench.load_split(_sample_dir(), task, "test",
                                         keep_missing_spans=True).examples
-    right = 0
+    # Unseen: the sentence, lower-cased with whitespace collapsed, is no train sentence.
+    seen = {" ".join(e.sentence.lower().split()) for e in auditorybench.load_split(
+        _sample_dir(), task, "train", keep_missing_spans=True).examples}
+    right, right_unseen, unseen = 0, 0, 0
     mine = [p for p in predictions if p["id"].startswith(f"{task}/")]
     assert [p["id"] for p in mine] == [e.id for e in examples if e.options]
     for ex, pred in zip([e for e in examples if e.options], mine):
@@ -125,8 +128,14 @@ def test_run_answers_with_the_best_scoring_option(saved, tmp_path):
       best = ex.options[int(np.argmax(scores))]
       assert pred["prediction"] == best
       right += best == ex.answer
-    assert results[task]["test"]["accuracy"] == pytest.approx(100 * right / len(mine))
-    assert results[task]["test"]["examples"] == len(mine)
+      new = " ".join(ex.sentence.lower().split()) not in seen
+      unseen += new
+      right_unseen += new and best == ex.answer
+    m = results[task]["test"]
+    assert m["accuracy"] == pytest.approx(100 * right / len(mine))
+    assert m["examples"] == len(mine) and m["examples_unseen"] == unseen
+    if unseen:
+      assert m["accuracy_unseen"] == pytest.approx(100 * right_unseen / unseen)
   assert "| pitch | test |" in (out / "results.md").read_text()
 
 

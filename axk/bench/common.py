@@ -327,6 +327,28 @@ def flops(stage) -> float | None:
     return None
 
 
+def add_sides(row: dict, timing: Mapping[str, dict], *, rate: str, units: float = 1.0,
+              flops: float | None = None, peak: float = 0.0, base: str = "axk") -> dict:
+  """Fills `row` with each side of `timing` (`compare`'s): `<side>_<rate>` (`units` per
+  median second), its spread and timing, TFLOP/s and MFU from `flops` per call and the
+  device's `peak` (TFLOP/s) when known; and for every other side the ratio of `base` to it
+  (`ratio_vs_<side>`) with its per-round range."""
+  for side, t in timing.items():
+    row[f"{side}_{rate}"] = units / t["median_s"]
+    row[f"{side}_spread"] = t["spread"]
+    row[f"{side}_timing"] = t
+    if flops:
+      row[f"{side}_tflops"] = flops / t["median_s"] / 1e12
+      if peak:
+        row[f"{side}_mfu"] = flops / t["median_s"] / (peak * 1e12)
+  for side in timing:
+    if side != base:
+      r = ratio(timing, base, side)
+      row[f"ratio_vs_{side}"] = r["ratio"]
+      row[f"ratio_vs_{side}_rounds"] = [r["round_min"], r["round_max"]]
+  return row
+
+
 def load() -> list[float]:
   return [round(x, 2) for x in os.getloadavg()]
 

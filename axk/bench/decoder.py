@@ -183,20 +183,9 @@ def bench_model(name: str, args) -> dict:
          "flops_per_call": flops, "peak_tflops": peak or None,
          "axk_compile_s": infos["axk"]["compile_s"],
          "torch_attention": infos["torch_eager"]["attention"]}
-  for side, t in timing.items():
-    row[f"{side}_first_call_s"] = infos[side]["first_call_s"]
-    row[f"{side}_tokens_per_s"] = tokens / t["median_s"]
-    row[f"{side}_spread"] = t["spread"]
-    row[f"{side}_timing"] = t
-    if flops:
-      row[f"{side}_tflops"] = flops / t["median_s"] / 1e12
-      if peak:
-        row[f"{side}_mfu"] = flops / t["median_s"] / (peak * 1e12)
   for side in timing:
-    if side != "axk":
-      r = common.ratio(timing, "axk", side)
-      row[f"ratio_vs_{side}"] = r["ratio"]
-      row[f"ratio_vs_{side}_rounds"] = [r["round_min"], r["round_max"]]
+    row[f"{side}_first_call_s"] = infos[side]["first_call_s"]
+  common.add_sides(row, timing, rate="tokens_per_s", units=tokens, flops=flops, peak=peak)
   common.mark([row], watch.stop(args.max_other_cores), timing)
   print("  " + ", ".join(f"{s}: {row[f'{s}_tokens_per_s']:.1f} tokens/s" for s in timing),
         flush=True)

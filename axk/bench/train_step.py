@@ -197,19 +197,7 @@ def bench_config(name, args) -> dict:
   for side in timing:
     if side != "axk":
       row[f"{side}_first_step_s"] = infos[side]["first_step_s"]
-  for side, t in timing.items():
-    row[f"{side}_steps_per_s"] = 1 / t["median_s"]
-    row[f"{side}_spread"] = t["spread"]
-    row[f"{side}_timing"] = t
-    if flops:
-      row[f"{side}_tflops"] = flops / t["median_s"] / 1e12
-      if peak:
-        row[f"{side}_mfu"] = flops / t["median_s"] / (peak * 1e12)
-  for side in timing:
-    if side != "axk":
-      r = common.ratio(timing, "axk", side)
-      row[f"ratio_vs_{side}"] = r["ratio"]
-      row[f"ratio_vs_{side}_rounds"] = [r["round_min"], r["round_max"]]
+  common.add_sides(row, timing, rate="steps_per_s", flops=flops, peak=peak)
   common.mark([row], watch.stop(args.max_other_cores), timing)
   print("  " + ", ".join(f"{s}: {row[f'{s}_steps_per_s']:.3f} steps/s "
                          f"(spread {row[f'{s}_spread']:.1%})" for s in timing), flush=True)

@@ -15,7 +15,8 @@ first). No instruction or few-shot prefix is added. An animal file without optio
 has nothing to score: its rows are counted as `without_options` and left out.
 
 Writes into the workdir: `results.json` (per task and split: accuracy, the rows scored as
-`examples`, the majority baseline; the protocol and the model), `results.md` (the table),
+`examples`, the majority baseline, and `accuracy_unseen` over the rows whose sentence the
+task's train split does not hold; the protocol and the model), `results.md` (the table),
 `predictions.jsonl` (per row: id, options, their scores, the answer given, the gold answer).
 Sentences are scored in batches sorted by length and padded to a multiple of 16 tokens (a
 few compiled shapes); a progress bar shows the rate and the time left. A workdir holding
@@ -100,8 +101,9 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
 
 
 def evaluate_split(model, tokenizer, examples: Sequence, batch_size: int = 32,
-                   desc: str = "") -> tuple[dict, list[dict]]:
-  """(metrics, predictions) of one split's examples."""
+                   desc: str = "", train: Sequence = ()) -> tuple[dict, list[dict]]:
+  """(metrics, predictions) of one split's examples; given the task's `train` examples, also
+  the accuracy over the rows whose sentence train does not hold (`accuracy_unseen`)."""
   texts, example_index, option_index, without = candidate_texts(examples)
   scores = score_texts(model, tokenizer, texts, batch_size, desc or "scoring")
   picks = benchmark.candidate_answers(len(examples), np.asarray(example_index),
@@ -109,18 +111,25 @@ def evaluate_split(model, tokenizer, examples: Sequence, batch_size: int = 32,
   by_example: dict[int, list[float]] = {}
   for ex, s in zip(example_index, scores.tolist()):
     by_example.setdefault(ex, []).append(s)
-  predictions, right, scored = [], 0, 0
+  unseen = benchmark.unseen_in_train(examples, train) if train else [False] * len(examples)
+  predictions, right, scored, right_unseen, scored_unseen = [], 0, 0, 0, 0
   for i, (ex, pick) in enumerate(zip(examples, picks)):
     if pick is None:
       continue
     answer = ex.options[pick]
     right += answer == ex.answer
     scored += 1
+    right_unseen += unseen[i] and answer == ex.answer
+    scored_unseen += unseen[i]
     predictions.append({"id": ex.id, "options": list(ex.options),
                         "scores": by_example[i], "prediction": answer, "answer": ex.answer})
-  metrics = {"accuracy": 100.0 * right / scored if scored else float("nan"), "examples": scored,
+  rate = lambda k, n: 100.0 * k / n if n else float("nan")
+  metrics = {"accuracy": rate(right, scored), "examples": scored,
              "without_options": len(without),
              "majority": benchmark.majority_baseline([e for e in examples if e.options])}
+  if train:
+    metrics.update(accuracy_unseen=rate(right_unseen, scored_unseen),
+                   examples_unseen=scored_unseen)
   return metrics, predictions
 
 
@@ -189,6 +198,10 @@ def run(config, workdir: str) -> bool:
                                             config.data.revision)
   data = {t: auditorybench.load_task(data_dir, t, list(config.data.splits),
                                      keep_missing_spans=True) for t in config.data.tasks}
+  # Train is not scored; its sentences tell which rows are unseen (`accuracy_unseen`).
+  train = {t: (auditorybench.load_split(data_dir, t, "train", keep_missing_spans=True).examples
+               if auditorybench.split_path(data_dir, t, "train").exists() else ())
+           for t in config.data.tasks}
   path = _model_path(config, workdir, data)
 
   import transformers
@@ -204,7 +217,8 @@ def run(config, workdir: str) -> bool:
   for task in config.data.tasks:
     for split, split_data in data[task].items():
       metrics, preds = evaluate_split(model, tokenizer, split_data.examples,
-                                      int(config.batch_size), desc=f"{task}/{split}")
+                                      int(config.batch_size), desc=f"{task}/{split}",
+                                      train=train[task])
       results.setdefault(task, {})[split] = metrics
       predictions += preds
   files.write_text(os.path.join(workdir, "predictions.jsonl"),
