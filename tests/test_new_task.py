@@ -234,6 +234,8 @@ def test_a_new_task_loads_trains_predicts_and_tables(tmp_path):
   dev, test = (f"{saved['loudness'][s]['accuracy']:.2f}" for s in ("dev", "test"))
   assert f"| BERT-base, text-only fine-tuned | {dev} | {test} |" in text
   assert "| BERT-base, no training (not run) | — | — |" in text  # no published numbers
-  assert "LLaMA" not in text
+  # The LLM row has no published number for this task: not run, nothing in brackets.
+  assert "| LLaMA3.1-8B, no training (not run) | — | — |" in text
+  assert "published only" not in text
   assert data["table1"]["text_only"] == {"loudness/dev": float(dev),
                                          "loudness/test": float(test)}

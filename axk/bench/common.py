@@ -25,6 +25,11 @@ from typing import Any, Callable, Mapping, Sequence
 from axk import provenance
 from axk.utils import files
 
+# On a GPU, JAX takes 75% of the device's memory when it starts; the benchmark's PyTorch sides
+# share the device with the JAX processes (this one and axk's side), so JAX allocates what it
+# uses instead. Set before JAX starts; an explicit setting in the environment wins.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 # t5x's minimal logical-axis rules (as configs/common.py has them), for benchmark configs
 # built without the `configs` package, which an installed axk does not ship.
 RULES = (("batch", "data"), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
