@@ -113,7 +113,8 @@ PREFIXES = {"bert": "bert.", "roberta": "roberta.", "llama": "", "gemma2": ""}
 # HF architecture of each axk head, by model type.
 ARCHITECTURES = {
     "bert": {"none": "BertModel", "mlm": "BertForMaskedLM",
-             "token_classification": "BertForTokenClassification"},
+             "token_classification": "BertForTokenClassification",
+             "sequence_classification": "BertForSequenceClassification"},
     "roberta": {"none": "RobertaModel", "mlm": "RobertaForMaskedLM",
                 "token_classification": "RobertaForTokenClassification"},
 }

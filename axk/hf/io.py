@@ -153,7 +153,7 @@ class Pretrained:
     module: the flax module (`axk.models.bert.Bert`).
     params: plain parameter dict.
     config: its `BertConfig`.
-    head: "none", "mlm" or "token_classification".
+    head: one of `axk.models.bert.HEADS`.
     path: the local checkpoint directory (tokenizer files live there).
   """
 
@@ -209,7 +209,8 @@ def load(path_or_id: str, head: str = "mlm", rng: jax.Array | None = None,
 
   Args:
     path_or_id: a local directory or a hub id.
-    head: "none" (BertModel/RobertaModel, with pooler), "mlm" or "token_classification".
+    head: "none" (BertModel/RobertaModel, with pooler), "mlm", "token_classification" or
+      "sequence_classification" (BERT's pooler and classifier; one label: regression).
     rng: key for parameters the checkpoint lacks.
     **config_overrides: `BertConfig` fields to change (dtype, dropout, num_labels, remat...).
   """
@@ -236,10 +237,13 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
   state = convert.to_hf(flat, head, config.model_type)
   hf_config = config.to_hf()
   hf_config["architectures"] = [convert.ARCHITECTURES[config.model_type][head]]
-  if head == "token_classification":
+  if head in ("token_classification", "sequence_classification"):
     labels = id2label or {i: f"LABEL_{i}" for i in range(config.num_labels)}
     hf_config["id2label"] = {str(i): l for i, l in labels.items()}
     hf_config["label2id"] = {l: int(i) for i, l in labels.items()}
+  if head == "sequence_classification":  # As transformers infers it from the labels.
+    hf_config["problem_type"] = ("regression" if config.num_labels == 1
+                                 else "single_label_classification")
   if head == "mlm":
     hf_config["tie_word_embeddings"] = True
   with files.atomic_dir(out_dir) as tmp:

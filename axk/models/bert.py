@@ -18,6 +18,9 @@ Parameter tree of `Bert(config, head="mlm")`:
     bert/pooler/{kernel,bias}                       (head="none" only, as in HF BertModel)
     mlm_head/{transform,transform_norm}, mlm_head/bias   (decoder tied to word embeddings)
     classifier/{kernel,bias}                         (head="token_classification")
+    bert/pooler/..., classifier/{kernel,bias}        (head="sequence_classification": HF's
+                                                      BertForSequenceClassification; one
+                                                      label is regression)
 
 Hooks that the audio models use, all optional and all no-ops when absent:
   * `lora` / `lora_gate`: per-layer low-rank updates of the attention projections, multiplied
@@ -41,7 +44,7 @@ from axk.models.lora import apply_lora
 
 Array = jax.Array
 
-HEADS = ("none", "mlm", "token_classification")
+HEADS = ("none", "mlm", "token_classification", "sequence_classification")
 # HF `model_type`s this module is: the same layers, RoBERTa's position ids differ.
 MODEL_TYPES = ("bert", "roberta")
 
@@ -329,6 +332,17 @@ def attention_bias_from_mask(attention_mask: Array) -> Array:
   return (1.0 - m) * jnp.finfo(jnp.float32).min
 
 
+def sequence_loss(logits: Array, labels: Array) -> Array:
+  """The loss of the "sequence_classification" head as transformers'
+  `BertForSequenceClassification` takes it: one label (`logits` [batch, 1]) is regression,
+  the mean squared error to float `labels`; more is single-label classification, the mean
+  cross-entropy of integer `labels`."""
+  if logits.shape[-1] == 1:
+    return jnp.mean((logits[:, 0] - labels.astype(jnp.float32)) ** 2)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, labels.astype(jnp.int32)[:, None], axis=-1))
+
+
 class BertBackbone(nn.Module):
   """Embeddings, encoder and (optionally) the pooler: HF's `BertModel`."""
 
@@ -374,8 +388,9 @@ class Bert(nn.Module):
   """BERT with one of the heads in `HEADS`.
 
   `__call__` returns a dict: `hidden_states` [batch, length, embed] (last layer), and
-  `pooled` (head "none"), `logits` [batch, length or positions, vocab] (head "mlm") or
-  `logits` [batch, length, num_labels] (head "token_classification"). For the MLM head,
+  `pooled` (head "none"), `logits` [batch, length or positions, vocab] (head "mlm"),
+  `logits` [batch, length, num_labels] (head "token_classification") or `pooled` and
+  `logits` [batch, num_labels] (head "sequence_classification"). For the MLM head,
   `positions` [batch, P] restricts the vocabulary projection to those token positions, which
   is all that masked-word prediction needs and a fraction of the work.
   """
@@ -387,10 +402,14 @@ class Bert(nn.Module):
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
     c = self.config
-    self.bert = BertBackbone(c, add_pooler=self.head == "none")
+    if self.head == "sequence_classification" and c.model_type != "bert":
+      raise ValueError(f"head 'sequence_classification' reads BERT's pooler and classifier; "
+                       f"{c.model_type}'s sequence head (classifier.dense, out_proj) is not "
+                       "mapped yet.")
+    self.bert = BertBackbone(c, add_pooler=self.head in ("none", "sequence_classification"))
     if self.head == "mlm":
       self.mlm_head = MaskedLMHead(c)
-    elif self.head == "token_classification":
+    elif self.head in ("token_classification", "sequence_classification"):
       self.dropout = nn.Dropout(c.hidden_dropout_prob)
       self.classifier = Dense(c, c.num_labels, ("embed", "labels"))
 
@@ -413,6 +432,10 @@ class Bert(nn.Module):
         hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
       word_embeddings = self.bert.embeddings.variables["params"]["word_embeddings"]["embedding"]
       out["logits"] = self.mlm_head(hidden, nn.meta.unbox(word_embeddings))
+    elif self.head == "sequence_classification":
+      out["pooled"] = self.bert.pool(hidden)
+      h = self.dropout(out["pooled"], deterministic=deterministic)
+      out["logits"] = self.classifier(h).astype(jnp.float32)
     else:
       h = self.dropout(hidden, deterministic=deterministic)
       out["logits"] = self.classifier(h).astype(jnp.float32)
