@@ -7,6 +7,9 @@ are registered specs in `axk/tasks/`; this module holds only what does not depen
   * `candidate_answers`: the candidate protocol's pick per example (each option scored as a
     whole word by the sum of its pieces' log-probabilities);
   * `majority_baseline`: accuracy of always giving the split's most frequent answer;
+  * `accuracy`, `binary_f1`, `pearson`, `spearman`: the scores of sentence and sentence-pair
+    tasks (GLUE's: accuracy; F1 of the positive class for MRPC and QQP; Pearson and Spearman
+    correlation for STS-B), in percent as every axk metric;
   * `unseen_in_train`: the rows whose sentence does not occur in the task's train split
     (sentences compared after `auditorybench.normalise`: lower-cased, whitespace collapsed),
     for the `*_unseen` metrics; about a quarter of the animal dev and test sentences are
@@ -69,6 +72,43 @@ def majority_baseline(examples: Sequence[Example]) -> float:
     return float("nan")
   _, counts = np.unique(answers, return_counts=True)
   return 100.0 * counts.max() / len(answers)
+
+def accuracy(predictions, labels) -> float:
+  """Percent of `predictions` equal to `labels`."""
+  p, y = np.asarray(predictions), np.asarray(labels)
+  return 100.0 * float(np.mean(p == y)) if len(y) else float("nan")
+
+
+def binary_f1(predictions, labels, positive=1) -> float:
+  """F1 (percent) of the `positive` class: 2 tp / (2 tp + fp + fn); 0 when it has none."""
+  p, y = np.asarray(predictions) == positive, np.asarray(labels) == positive
+  tp = int(np.sum(p & y))
+  denominator = 2 * tp + int(np.sum(p & ~y)) + int(np.sum(~p & y))
+  return 100.0 * 2 * tp / denominator if denominator else 0.0
+
+
+def pearson(x, y) -> float:
+  """Pearson correlation (percent) of two equally long sequences."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  x, y = x - x.mean(), y - y.mean()
+  return 100.0 * float(np.sum(x * y) / np.sqrt(np.sum(x * x) * np.sum(y * y)))
+
+
+def _ranks(x) -> np.ndarray:
+  """1-based ranks, ties given their mean rank."""
+  x = np.asarray(x, np.float64)
+  order = np.argsort(x, kind="stable")
+  ranks = np.empty(len(x), np.float64)
+  ranks[order] = np.arange(1, len(x) + 1)
+  _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+  sums = np.bincount(inverse, weights=ranks)
+  return sums[inverse] / counts[inverse]
+
+
+def spearman(x, y) -> float:
+  """Spearman rank correlation (percent): Pearson's of the ranks, ties at their mean rank."""
+  return pearson(_ranks(x), _ranks(y))
+
 
 # How results files describe the `*_unseen` metrics.
 UNSEEN_NOTE = ("*_unseen: over the examples_unseen rows whose sentence (lower-cased, "
