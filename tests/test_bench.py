@@ -216,6 +216,20 @@ def test_results_table_cells(tmp_path):
   assert cells[5] == "Some CPU, 2 cores, avx2; others 0.01 cores; load 0.10; `0123456789`"
   payload["rows"][0]["busy"] = True
   assert "~~**1.50** (1.40-1.60)~~ busy" in tables.rows_of("x.json", payload)[0]
+  gpu = {"benchmark": "decoder", "machine": {"cpus": 16, "cpu": {"model": "Xeon"}},
+         "rows": [{"model": "llama3-8b", "batch": 32, "length": 128, "dtype": "bfloat16",
+                   "rounds": 3, "steps": 5, "device": "NVIDIA H200", "axk_compile_s": 8.34,
+                   "axk_tokens_per_s": 38540.4, "axk_spread": 0.02, "axk_mfu": 0.5876,
+                   "torch_attention": "sdpa", "torch_eager_tokens_per_s": 32949.0,
+                   "torch_eager_spread": 0.0, "torch_eager_mfu": 0.502,
+                   "ratio_vs_torch_eager": 1.1697, "ratio_vs_torch_eager_rounds": [1.13, 1.18],
+                   "busy": False}]}
+  line, = tables.rows_of("g.json", gpu)
+  cells = [c.strip() for c in line.split("|")[1:-1]]
+  assert cells[1] == "llama3-8b, 32 x 128 tokens, bfloat16, 3 rounds of 5 calls"
+  assert cells[2] == "38540 tokens/s ±1%, MFU 58.8%; compile 8.3 s"
+  assert cells[3] == "transformers eager (sdpa attention) 32949 tokens/s ±0%, MFU 50.2%"
+  assert cells[4] == "**1.17** (1.13-1.18)" and cells[5] == "NVIDIA H200 (Xeon, 16 cores)"
 
 
 def test_mark_counts_the_waiting_sides_cpu():
@@ -274,3 +288,15 @@ def test_suite_runs_every_entry_and_reports_a_failed_one(tmp_path, monkeypatch, 
       row["axk_tokens_per_s"] / row["torch_eager_tokens_per_s"])
   by_hand = _decoder_matmul_flops(decoder.MODELS["tiny"], 2, 8)
   assert by_hand <= row["flops_per_call"] <= 1.25 * by_hand
+
+
+def test_suite_stops_a_silent_entry_at_its_limit(tmp_path):
+  """An entry that prints nothing and never ends (it waits on an event nobody sets) is
+  stopped at its limit, with the process group it started, and reported as failed."""
+  import time
+  from axk.bench import suite
+  hang = [sys.executable, "-c", "import threading; threading.Event().wait()"]
+  t0 = time.perf_counter()
+  result = suite.run_entry("hang", hang, 2.0, str(tmp_path))
+  assert time.perf_counter() - t0 < 20
+  assert not result["ok"] and result["rc"] == "stopped at 2 s"

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from axk import hf
 from axk.data import auditorybench
+from axk.features import tiny
 from axk.runs import zero_shot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 
 def _sample_dir():
@@ -36,40 +35,14 @@ def _words(data_dir):
   return sorted(words)
 
 
-def _hf_config(family, vocab):
-  common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
-                initializer_range=0.2, attn_implementation="eager", bos_token_id=1,
-                pad_token_id=0)
-  if family == "llama":
-    return transformers.LlamaConfig(num_hidden_layers=2, rms_norm_eps=1e-5,
-                                    tie_word_embeddings=False, **common)
-  return transformers.Gemma2Config(num_hidden_layers=3, rms_norm_eps=1e-6, sliding_window=4,
-                                   query_pre_attn_scalar=12, attn_logit_softcapping=20.0,
-                                   final_logit_softcapping=10.0, **common)
-
-
 @pytest.fixture(scope="module", params=["llama", "gemma2"])
 def saved(request, tmp_path_factory):
-  """(folder with a model and its tokenizer, the PyTorch model)."""
-  data_dir = _sample_dir()
-  vocab = {"<pad>": 0, "<s>": 1, "<unk>": 2}
-  for w in _words(data_dir):
-    vocab.setdefault(w, len(vocab))
-  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tok.normalizer = normalizers.Lowercase()
-  tok.pre_tokenizer = pre_tokenizers.Whitespace()
-  tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-  tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
-                                                   pad_token="<pad>", unk_token="<unk>")
-  torch.manual_seed(0)
-  family = request.param
-  cls = transformers.LlamaForCausalLM if family == "llama" else transformers.Gemma2ForCausalLM
-  model = cls(_hf_config(family, len(vocab))).eval()
-  path = tmp_path_factory.mktemp(family)
-  model.save_pretrained(path)
-  tokenizer.save_pretrained(path)
-  return str(path), model
+  """(folder with a tiny random model of the family and its word-level tokenizer, the same
+  model loaded by transformers, attention written out)."""
+  path = str(tmp_path_factory.mktemp(request.param))
+  tiny.build_decoder(path, _words(_sample_dir()), family=request.param)
+  pt = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager")
+  return path, pt.eval()
 
 
 def _torch_log_likelihood(model, tokenizer, text):
@@ -137,6 +110,24 @@ def test_run_answers_with_the_best_scoring_option(saved, tmp_path):
     if unseen:
       assert m["accuracy_unseen"] == pytest.approx(100 * right_unseen / unseen)
   assert "| pitch | test |" in (out / "results.md").read_text()
+
+
+def test_unseen_accuracy_leaves_out_the_rows_train_holds(saved):
+  """With a 'train' that holds three of the test sentences (one with other case and spacing),
+  `accuracy_unseen` is over the other rows, computed here from the predictions."""
+  path, _ = saved
+  model = hf.load_decoder(path, dtype="float32")
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+  examples = auditorybench.load_split(_sample_dir(), "pitch", "test",
+                                      keep_missing_spans=True).examples
+  import dataclasses
+  train = [examples[0], examples[5],
+           dataclasses.replace(examples[9], sentence="  " + examples[9].sentence.upper())]
+  metrics, predictions = zero_shot.evaluate_split(model, tokenizer, examples, 8, train=train)
+  rest = [p for i, p in enumerate(predictions) if i not in (0, 5, 9)]
+  assert metrics["examples_unseen"] == len(examples) - 3 == len(rest)
+  assert metrics["accuracy_unseen"] == pytest.approx(
+      100 * sum(p["prediction"] == p["answer"] for p in rest) / len(rest))
 
 
 def test_bad_fields_are_one_line_before_loading_a_model(tmp_path):

@@ -22,10 +22,10 @@ soft-cap, so it would compute another function); `torch.compile` of the same fun
 third side unless `--no-compile`.
 
 Tokens/s = batch x length / seconds per call. The FLOP count is XLA's for axk's lowered
-function (`common.flops`), the same for every side; MFU divides it by each side's time and the device's dense
-peak (`--peak-tflops`; known for H100/H200). Each side runs in its own process, the sides take
-turns `--rounds` times, and the benchmark refuses a busy machine (`common.compare`,
-`common.require_quiet`).
+function (`common.flops`), the same for every side; MFU divides it by each side's time and
+the device's dense peak (`--peak-tflops`; known for H100/H200). Each side runs in its own
+process, the sides take turns `--rounds` times, and the benchmark refuses a busy machine
+(`common.compare`, `common.require_quiet`).
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ import numpy as np
 
 from axk.bench import common
 
-# HF `config.json` fields of each benchmarked architecture.
+
 def _llama3_rope(original: int) -> dict:
   return {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
           "high_freq_factor": 4.0, "original_max_position_embeddings": original}
 
 
+# HF `config.json` fields of each benchmarked architecture.
 MODELS = {
     "llama3-8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096,
                       intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

@@ -7,11 +7,12 @@ limit, and writes their JSON files and logs into one folder.
 
 Presets:
   gpu    the accelerator table: ITH's bfloat16 train step at BERT-base, batch 256 x length
-         128, against PyTorch eager and compiled (MFU), and again with XLA's attention; the decoder scoring throughput of the
-         papers' LLM architectures (LLaMA 3.1 8B, Gemma 2 2B) against transformers eager (a
-         forward pass at this size is matrix products; compiling it is left to a longer lease:
-         `python -m axk.bench.decoder` without `--no-compile`); the loop's
-         efficiency at the same step; the full-size generation stage's clips/s.
+         128, against PyTorch eager and compiled (MFU), and again with XLA's attention; the
+         decoder scoring throughput of the papers' LLM architectures (LLaMA 3.1 8B, Gemma 2
+         2B) against transformers eager (a forward pass at this size is matrix products;
+         compiling it is left to a longer lease: `python -m axk.bench.decoder` without
+         `--no-compile`); the loop's efficiency at the same step; the full-size generation
+         stage's clips/s. Its limits add up to about 20 minutes: split it with `--only`.
   smoke  the same entries at tiny sizes (what a machine needs before the real run: a few
          minutes on a CPU, about a minute on a GPU).
 An entry that fails or runs out of time is reported and the others still run; the exit code
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 ENTRIES = {
@@ -60,38 +63,46 @@ ENTRIES = {
 }
 
 
-def run_entry(name: str, module: str, args: list[str], limit_s: float, out_dir: str,
-              extra: list[str]) -> dict:
+def run_entry(name: str, command: list[str], limit_s: float, out_dir: str) -> dict:
+  """Runs `command` (which writes `<out_dir>/<name>.json`) in its own process group, its
+  output shown as it comes and kept in `<name>.log`; stopped with its children at
+  `limit_s`, whether or not it is printing."""
   out = os.path.join(out_dir, f"{name}.json")
-  command = [sys.executable, "-m", f"axk.bench.{module}", *args, *extra, f"--out={out}"]
   print(f"[{name}] {' '.join(command[1:])} (limit {limit_s:.0f} s)", flush=True)
   t0 = time.perf_counter()
   with open(os.path.join(out_dir, f"{name}.log"), "w") as log:
     try:
-      # Its own process group, so a timeout stops the benchmark's side processes too.
       proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, start_new_session=True)
-      deadline = t0 + limit_s
-      for line in proc.stdout:  # Shown as it comes, and kept.
-        log.write(line)
-        log.flush()
-        print(f"[{name}] {line}", end="", flush=True)
-        if time.perf_counter() > deadline:
-          break
-      try:
-        rc = proc.wait(timeout=max(1.0, deadline - time.perf_counter()))
-      except subprocess.TimeoutExpired:
-        rc = None
-      if rc is None:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        print(f"[{name}] stopped at its limit of {limit_s:.0f} s", flush=True)
     except OSError as e:
       rc = f"could not start: {e}"
+    else:
+
+      def copy():
+        for line in proc.stdout:
+          log.write(line)
+          log.flush()
+          print(f"[{name}] {line}", end="", flush=True)
+
+      reader = threading.Thread(target=copy, daemon=True)
+      reader.start()
+      try:
+        rc = proc.wait(timeout=limit_s)
+      except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # The benchmark's side processes too.
+        proc.wait()
+        print(f"[{name}] stopped at its limit of {limit_s:.0f} s", flush=True)
+        rc = f"stopped at {limit_s:.0f} s"
+      reader.join(timeout=10)
   seconds = time.perf_counter() - t0
   ok = rc == 0 and os.path.exists(out)
   return {"entry": name, "ok": ok, "rc": rc, "seconds": round(seconds, 1),
           "json": out if ok else ""}
+
+
+def command(module: str, args: list[str], out_dir: str, name: str) -> list[str]:
+  return [sys.executable, "-m", f"axk.bench.{module}", *args,
+          f"--out={os.path.join(out_dir, f'{name}.json')}"]
 
 
 def main(argv=None):
@@ -115,8 +126,8 @@ def main(argv=None):
   for name in names:
     module, bench_args, limit = entries[name]
     extra = ["--allow-busy"] if args.allow_busy and module != "generation" else []
-    results.append(run_entry(name, module, bench_args, limit * args.limit_scale,
-                             args.out_dir, extra))
+    results.append(run_entry(name, command(module, [*bench_args, *extra], args.out_dir, name),
+                             limit * args.limit_scale, args.out_dir))
   width = max(len(r["entry"]) for r in results)
   for r in results:
     where = r["json"] if r["ok"] else f"rc {r['rc']}"

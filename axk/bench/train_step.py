@@ -19,13 +19,13 @@ Dtype (`--dtype`): axk computes in it (parameters float32); PyTorch runs under
 to compare). axk runs the production train step (`axk.train.loop.Trainer`) on one device.
 
 The FLOP count of a step is XLA's for axk's lowered step (`common.flops`), and both sides'
-model FLOPs utilisation (MFU) divide that same count by their own step time and the device's dense peak
-(`--peak-tflops`, known for H100/H200: 989 TFLOP/s bf16).
+model FLOPs utilisation (MFU) divide that same count by their own step time and the device's
+dense peak (`--peak-tflops`, known for H100/H200: 989 TFLOP/s bf16).
 
 Each side runs in its own process (`common.compare`): in one process, the JAX step timed
 after PyTorch's ran up to a third slower on a 2-core CPU (1.29 against 1.74 s for ITH at
 MiniLM size). With the sides in processes, ITH's axk turns still vary the most there
-(docs/results.md, "Measured on CPU"); the waiting sides' CPU is measured at every turn. The sides
+(docs/results.md, "Measured"); the waiting sides' CPU is measured at every turn. The sides
 take turns, `--rounds` of them (3 by default), and their medians are compared; the JSON keeps
 every value, each side's spread and the per-round ratios. The benchmark refuses to start on a
 busy machine and marks a row measured while other processes used the CPU
@@ -75,8 +75,8 @@ def axk_side(model, size, rows, args, keep_compiled: bool = False):
     t2 = time.perf_counter()
     trainer.predict_step.lower(state["params"], device_batch).compile()
     t3 = time.perf_counter()
-  info.update(flops=common.flops(lowered) or common.flops(compiled), trace_train_s=t1 - t0, compile_train_s=t2 - t1,
-              compile_eval_s=t3 - t2)
+  info.update(flops=common.flops(lowered) or common.flops(compiled), trace_train_s=t1 - t0,
+              compile_train_s=t2 - t1, compile_eval_s=t3 - t2)
   holder = {"state": state}
 
   def run() -> float:

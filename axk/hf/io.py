@@ -273,6 +273,13 @@ class PretrainedDecoder:
   def __post_init__(self):
     self._apply = jax.jit(self.module.apply)
 
+    def score(params, input_ids, attention_mask):
+      logits = self.module.apply({"params": params}, input_ids, attention_mask)["logits"]
+      return decoder_lib.log_likelihood(logits, input_ids, attention_mask)
+
+    # One program from ids to scores: the logits never leave it.
+    self._log_likelihood = jax.jit(score)
+
   def __call__(self, input_ids, attention_mask=None, positions=None, cache=None):
     as_array = lambda x: None if x is None else jnp.asarray(x)
     return self._apply({"params": self.params}, jnp.asarray(input_ids),
@@ -283,10 +290,11 @@ class PretrainedDecoder:
     return decoder_lib.init_cache(self.config, batch, max_length)
 
   def log_likelihood(self, input_ids, attention_mask=None):
-    """(summed log-probability of each row's tokens after the first, tokens scored)."""
-    logits = self(input_ids, attention_mask)["logits"]
-    mask = None if attention_mask is None else jnp.asarray(attention_mask)
-    return decoder_lib.log_likelihood(logits, jnp.asarray(input_ids), mask)
+    """(summed log-probability of each row's tokens after the first, tokens scored), jitted;
+    masked (padding) tokens are not scored."""
+    input_ids = jnp.asarray(input_ids)
+    mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask)
+    return self._log_likelihood(self.params, input_ids, mask)
 
 
 def load_decoder(path_or_id: str, shardings: Mapping[str, Any] | None = None,

@@ -32,14 +32,11 @@ import re
 import time
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from axk import tasks as tasks_lib
 from axk.data import auditorybench
 from axk.data import benchmark
-from axk.models import decoder as decoder_lib
 from axk.runs import common
 from axk.utils import files
 
@@ -63,17 +60,6 @@ def candidate_texts(examples: Sequence) -> tuple[list[str], list[int], list[int]
   return texts, example_index, option_index, without
 
 
-def scorer(module: decoder_lib.Decoder):
-  """A jitted `(params, input_ids, attention_mask) -> summed log-likelihood per row`."""
-
-  @jax.jit
-  def score(params, input_ids, attention_mask):
-    logits = module.apply({"params": params}, input_ids, attention_mask)["logits"]
-    return decoder_lib.log_likelihood(logits, input_ids, attention_mask)[0]
-
-  return score
-
-
 def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
                 desc: str = "scoring") -> np.ndarray:
   """Summed log-likelihood of each of `texts` (float64, in their order) under `model` (an
@@ -81,7 +67,6 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
   from axk.train.progress import StepBar
   ids = [tokenizer(t)["input_ids"] for t in texts]
   order = np.argsort([len(x) for x in ids], kind="stable")
-  score = scorer(model.module)
   out = np.zeros(len(texts), np.float64)
   with StepBar(total=len(texts), desc=desc, unit="sentence") as bar:
     for start in range(0, len(texts), batch_size):
@@ -94,7 +79,7 @@ def score_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
       for row, i in enumerate(chunk):
         batch[row, :len(ids[i])] = ids[i]
         mask[row, :len(ids[i])] = 1
-      sums = np.asarray(score(model.params, jnp.asarray(batch), jnp.asarray(mask)))
+      sums = np.asarray(model.log_likelihood(batch, mask)[0])
       out[chunk] = sums[:len(chunk)]
       bar.update(len(chunk))
   return out
