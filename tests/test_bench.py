@@ -177,6 +177,43 @@ ENTRY %main (a: f32[4,8], b: f32[8,2]) -> f32[4,2] {
                       ) == "forward fusion"
 
 
+def test_profile_of_a_gpu_trace_counts_device_kernels_by_instruction():
+  """A GPU trace as the profiler writes it: host events (not counted), kernels on the
+  device named by their HLO instruction (`hlo_op`), a cuBLAS call (matmul) and cuDNN's fused
+  attention (attention); 2 steps traced, so each instruction's time is halved."""
+  from axk.bench import profile
+  hlo = """HloModule m
+
+ENTRY %main (a: bf16[4,8], b: bf16[8,2]) -> bf16[4,2] {
+  %a = bf16[4,8]{1,0} parameter(0)
+  %b = bf16[8,2]{1,0} parameter(1)
+  %custom-call.3 = (bf16[4,2]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(s)/jvp(Model)/bert.encode/encoder/layer_0/intermediate/dot_general"}
+  %fmha.1 = (bf16[4,2]{1,0}, u8[0]{0}) custom-call(%a, %b), custom_call_target="__cudnn$fmhaScaleBiasSoftmaxBackward", metadata={op_name="jit(s)/transpose(jvp(Model))/fusion/attention/dot_product_attention"}
+  ROOT %input_scatter_fusion = bf16[2,768]{1,0} scatter(%a, %b, %b), metadata={op_name="jit(s)/transpose(jvp(Model))/bert/embeddings/token_type_embeddings/scatter-add"}
+}
+"""
+  trace = {"traceEvents": [
+      {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+      {"ph": "M", "name": "process_name", "pid": 7, "args": {"name": "/host:CPU"}},
+      {"ph": "X", "pid": 7, "name": "custom-call.3", "dur": 5000.0},  # host side: left out
+      {"ph": "X", "pid": 1, "name": "sm90_xmma_gemm_bf16", "dur": 300.0,
+       "args": {"hlo_op": "custom-call.3"}},
+      {"ph": "X", "pid": 1, "name": "sm90_xmma_gemm_bf16", "dur": 100.0,
+       "args": {"hlo_op": "custom-call.3"}},
+      {"ph": "X", "pid": 1, "name": "cudnn_sdpa_bprop", "dur": 200.0,
+       "args": {"hlo_op": "fmha.1"}},
+      {"ph": "X", "pid": 1, "name": "input_scatter_fusion", "dur": 1600.0,
+       "args": {"hlo_op": "input_scatter_fusion"}}]}
+  out = profile.summarize(trace, hlo, steps=2)
+  kinds = {r["name"]: r["ms"] for r in out["by_kind"]}
+  assert kinds == pytest.approx({"scatter": 0.8, "matmul": 0.2, "attention": 0.1})
+  parts = {r["name"]: r["ms"] for r in out["by_part"]}
+  assert parts == pytest.approx({"backward embeddings": 0.8, "forward layer/intermediate": 0.2,
+                                 "backward fusion": 0.1})
+  assert out["ops_ms"] == pytest.approx(1.1)
+  assert [r["op"] for r in out["top"]] == ["input_scatter_fusion", "custom-call.3", "fmha.1"]
+
+
 def test_train_step_benchmark_end_to_end(tmp_path):
   """A tiny ITH step against PyTorch eager, each in its own process: the row has both sides,
   the ratio of their medians, axk's compile times and the machine's state."""

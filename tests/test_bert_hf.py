@@ -214,6 +214,39 @@ def test_dropout_is_active_in_training_only(batch):
   np.testing.assert_array_equal(c, d)
 
 
+def test_gradients_equal_transformers_including_the_token_type_table(batch, tmp_path):
+  """Every parameter's gradient of a loss on the hidden states equals PyTorch autograd's; the
+  token-type table's rows (written as selects, not a gather) get the sums of their own
+  positions only. Ids 0, 1 and 2 (a three-row table) all occur."""
+  torch.manual_seed(0)
+  pt = transformers.BertModel(tiny_config(type_vocab_size=3)).eval()  # No dropout.
+  pt.save_pretrained(tmp_path)
+  model = hf.load(str(tmp_path), head="none")
+  ids, mask, tt = (np.asarray(x) for x in batch)
+  tt = tt.copy()
+  tt[1, 2:] = 2
+  weights = np.random.default_rng(0).standard_normal(
+      (*ids.shape, pt.config.hidden_size)).astype(np.float32) * mask[..., None]
+  pooled_weights = weights[:, 0]
+
+  def loss(params):
+    out = model.module.apply({"params": params}, ids, mask, tt)
+    return (out["hidden_states"] * weights).sum() + (out["pooled"] * pooled_weights).sum()
+
+  grads = flatten(jax.grad(loss)(model.params))
+  out = pt(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+           token_type_ids=torch.tensor(tt))
+  ((out.last_hidden_state * torch.tensor(weights)).sum()
+   + (out.pooler_output * torch.tensor(pooled_weights)).sum()).backward()
+  ref = {name: p.grad.numpy() for name, p in pt.named_parameters()}
+  types = np.asarray(grads["bert/embeddings/token_type_embeddings/embedding"])
+  assert (np.abs(types).max(axis=-1) > 1e-3).all(), "every token type occurs"
+  mapped = convert.to_hf({k: np.asarray(g) for k, g in grads.items()}, "none")
+  assert set(mapped) == set(ref)
+  for name, g in mapped.items():
+    np.testing.assert_allclose(g, ref[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+
 @pytest.mark.parametrize("attention", ["xla", "einsum"])
 def test_fused_and_written_out_attention_match_transformers(attention, batch, tmp_path):
   torch.manual_seed(0)

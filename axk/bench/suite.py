@@ -6,13 +6,15 @@ limit, and writes their JSON files and logs into one folder.
     python -m axk.bench.suite --preset=gpu --only=train_step_ith,decoder --out-dir=DIR
 
 Presets:
-  gpu    the accelerator table: ITH's bfloat16 train step at BERT-base, batch 256 x length
-         128, against PyTorch eager and compiled (MFU), and again with XLA's attention; the
+  gpu    the accelerator table: where the time of ITH's train step goes on the device (the
+         profile, its raw trace and compiled program kept under `trace/`); ITH's bfloat16
+         train step at BERT-base, batch 256 x length 128, against PyTorch eager and compiled
+         (MFU), and again with XLA's attention; the
          decoder scoring throughput of the papers' LLM architectures (LLaMA 3.1 8B, Gemma 2
          2B) against transformers eager (a forward pass at this size is matrix products;
          compiling it is left to a longer lease: `python -m axk.bench.decoder` without
          `--no-compile`); the loop's efficiency at the same step; the full-size generation
-         stage's clips/s. Its limits add up to about 20 minutes: split it with `--only`.
+         stage's clips/s. Its limits add up to about 22 minutes: split it with `--only`.
   smoke  the same entries at tiny sizes (what a machine needs before the real run: a few
          minutes on a CPU, about a minute on a GPU).
 An entry that fails or runs out of time is reported and the others still run; the exit code
@@ -32,6 +34,10 @@ import time
 
 ENTRIES = {
     "gpu": {
+        # Where the step's time goes, kernel by kernel; the raw trace and program are kept.
+        "profile_ith": ("profile", ["--model=ith", "--size=base", "--batch=256", "--length=128",
+                                    "--dtype=bfloat16", "--steps=3", "--top=30",
+                                    "--keep-trace={out_dir}/trace"], 120),
         "train_step_ith": ("train_step", ["--model=ith", "--size=base", "--configs=throughput",
                                           "--dtype=bfloat16", "--steps=10", "--rounds=3"], 240),
         # The same step with XLA's attention instead of cuDNN's (with its full-size bias).
@@ -49,6 +55,8 @@ ENTRIES = {
                                       "--rounds=1"], 300),
     },
     "smoke": {
+        "profile_ith": ("profile", ["--model=ith", "--size=tiny", "--batch=8", "--length=32",
+                                    "--steps=1", "--keep-trace={out_dir}/trace"], 240),
         "train_step_ith": ("train_step", ["--model=ith", "--size=tiny", "--configs=paper",
                                           "--steps=1", "--rounds=1", "--no-compile"], 240),
         "train_step_ith_xla": ("train_step", ["--model=ith", "--size=tiny", "--configs=paper",
@@ -101,6 +109,7 @@ def run_entry(name: str, command: list[str], limit_s: float, out_dir: str) -> di
 
 
 def command(module: str, args: list[str], out_dir: str, name: str) -> list[str]:
+  args = [a.replace("{out_dir}", out_dir) for a in args]
   return [sys.executable, "-m", f"axk.bench.{module}", *args,
           f"--out={os.path.join(out_dir, f'{name}.json')}"]
 

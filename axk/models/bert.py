@@ -191,6 +191,18 @@ class Projection(nn.Module):
     return y + bias
 
 
+def select_rows(table: Array, ids: Array) -> Array:
+  """`table[ids]` for a table of a few rows (token types), as one select per row. Its
+  gradient is a masked sum per row; a gather's is a scatter-add, which on a GPU serialises
+  every position's update onto those few rows: for BERT-base at 256 x 128 on an H200 the
+  token-type scatter took 121 of the train step's 175 ms of kernels. An id outside the table
+  selects zeros."""
+  out = jnp.zeros((*ids.shape, table.shape[-1]), table.dtype)
+  for row in range(table.shape[0]):
+    out = jnp.where((ids == row)[..., None], table[row], out)
+  return out
+
+
 class Embeddings(nn.Module):
   config: BertConfig
 
@@ -202,11 +214,12 @@ class Embeddings(nn.Module):
     words = embed(c.vocab_size, embedding_init=_init(c, ("vocab", "embed")),
                   name="word_embeddings")(input_ids)
     positions = position_ids(input_ids, c)
+    types = embed(c.type_vocab_size, embedding_init=_init(c, ("token_type", "embed")),
+                  name="token_type_embeddings")
     x = (words
          + embed(c.max_position_embeddings, embedding_init=_init(c, ("position", "embed")),
                  name="position_embeddings")(positions)
-         + embed(c.type_vocab_size, embedding_init=_init(c, ("token_type", "embed")),
-                 name="token_type_embeddings")(token_type_ids))
+         + select_rows(types.embedding.astype(c.dtype), token_type_ids))
     x = LayerNorm(c, name="norm")(x)
     x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
     return constrain(x, ("batch", "length", "embed"))
