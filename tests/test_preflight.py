@@ -26,6 +26,7 @@ from axk.runs import config_source
 from axk.runs import preflight
 from configs import audiobert as audiobert_config
 from configs import features as features_config
+from configs import glue as glue_config
 from configs import ith as ith_config
 from configs import span as span_config
 from configs import zero_shot as zero_shot_config
@@ -178,6 +179,7 @@ VARIANTS = {
                "no_rejection", "sentence_audio", "audioldm2", "musicgen"),
     "paper.py": ("smoke", "minilm", "table1", "table2", "table3", "figure2", "audiobert", "all"),
     "zero_shot.py": ("smoke", "gemma2"),
+    "glue.py": ("minilm", "smoke"),
 }
 
 
@@ -205,7 +207,7 @@ def test_mistyped_config_path_is_one_line(tmp_path, spec):
   assert proc.returncode == 3
   assert proc.stderr.strip().splitlines() == [
       f"error: --config={spec}: no such config file (configs: audiobert.py, features.py, "
-      "ith.py, paper.py, span.py, zero_shot.py)."]
+      "glue.py, ith.py, paper.py, span.py, zero_shot.py)."]
 
 
 # -- --show_config: each field's own comment -------------------------------------------------
@@ -221,6 +223,7 @@ HELPERS = {
     "span.py": ("base_config", "data_config", "add_jax_cache", "minilm", "smoke"),
     "features.py": ("data_config", "add_jax_cache"),
     "zero_shot.py": ("data_config", "add_jax_cache"),
+    "glue.py": ("base_config", "data_config", "add_jax_cache", "minilm", "smoke"),
     "audiobert.py": ("masked_word_config", "base_config", "data_config", "add_jax_cache",
                      "add_lora", "apply_base", "minilm", "smoke"),
 }
@@ -268,7 +271,7 @@ def _shown(module, spec: str) -> dict[str, str]:
 
 CONFIGS = [(span_config, "span.py"), (features_config, "features.py"),
            (audiobert_config, "audiobert.py"), (ith_config, "ith.py"),
-           (zero_shot_config, "zero_shot.py")]
+           (zero_shot_config, "zero_shot.py"), (glue_config, "glue.py")]
 
 
 @pytest.mark.parametrize("module, name", CONFIGS)

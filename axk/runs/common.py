@@ -149,8 +149,9 @@ def gold_splits(config) -> tuple[str, ...]:
 
 # The columns of the table a run ends with, those its results have: the masked-word runs'
 # paper protocol and leak-free protocol (`accuracy`, `accuracy_candidates`), the span
-# detector's token and span F1.
-SUMMARY_METRICS = ("accuracy", "accuracy_candidates", "token_f1", "span_f1")
+# detector's token and span F1, the sentence tasks' F1, Pearson and Spearman.
+SUMMARY_METRICS = ("accuracy", "accuracy_candidates", "token_f1", "span_f1", "f1", "pearson",
+                   "spearman")
 
 
 def summary(workdir: str) -> str:

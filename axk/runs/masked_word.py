@@ -445,7 +445,7 @@ def _accuracies(answers: Sequence[Mapping]) -> dict[str, float]:
 _SEED_CONSTANT = ("examples", "examples_unseen", "majority")
 
 
-def _merge_seeds(runs: Sequence[Mapping]) -> dict:
+def merge_seeds(runs: Sequence[Mapping]) -> dict:
   """Per task, split and metric: the mean over seeds and, for the model's metrics, the
   population standard deviation (`<metric>_std`, numpy's default `ddof=0`)."""
   merged = {}
@@ -493,7 +493,7 @@ def run_seeds(config, workdir: str, make_experiment, record: Mapping | None = No
   runs = [train(seed, os.path.join(workdir, f"seed_{seed}")) for seed in seeds]
   if not all(runs):  # An interrupted seed: rerun the command to continue.
     return {}
-  merged = _merge_seeds(runs)
+  merged = merge_seeds(runs)
   selection = {f"seed_{s}": _selection_of(os.path.join(workdir, f"seed_{s}")) for s in seeds}
   label = run_labels(config, ((record or {}).get("resolved") or {}).get("features_dir", ""))
   metrics_lib.write_json(os.path.join(workdir, "results.json"), {

@@ -276,7 +276,7 @@ def _run_detector(workdir: str, row: Row) -> bool:
       done = files.read_json(os.path.join(sub, "results.json"))
     runs.append({t: v for t, v in done.items() if t in row.config.data.tasks})
   # pylint: disable-next=protected-access
-  merged = runs[0] if len(runs) == 1 else masked_word._merge_seeds(runs)
+  merged = runs[0] if len(runs) == 1 else masked_word.merge_seeds(runs)
   files.write_json(os.path.join(row.workdir, "results.json"), {
       **merged, "seeds": {str(s): seed_dir(workdir, row, s) for s in row.seeds}})
   return True

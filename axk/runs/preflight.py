@@ -47,6 +47,7 @@ from axk.features import sources as sources_lib
 from axk.runs import common
 from axk.runs import masked_word
 from axk.runs import paper as paper_lib
+from axk.runs import sentence
 from axk.runs import span as span_run
 from axk.runs import stages
 from axk.runs import zero_shot
@@ -532,6 +533,40 @@ def _zero_shot(ctx: _Context, c, workdir: str, stage: str = "") -> None:
                           f"(every option of every row, batch {c.batch_size})")
 
 
+def _sentence(ctx: _Context, c, workdir: str, stage: str = "") -> None:
+  """A GLUE task text only (`configs/glue.py`): its files, every row's label, the model."""
+  if os.path.exists(os.path.join(workdir, "results.json")):
+    ctx.plan.costs.append(f"{stage or c.data.task}: finished (results.json exists)")
+    return
+  from axk.data import glue  # pylint: disable=g-import-not-at-top
+  try:
+    sentence.validate(c)
+  except (glue.GlueDataError, common.ConfigError) as e:
+    ctx.plan.problem(_prefix(stage) + str(e))
+    return
+  if c.model.tiny:
+    _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""),
+           built=f"a random BERT {dict(c.model.tiny)} with the tokenizer of {c.model.init}")
+  else:
+    _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""))
+  spec = glue.spec_of(c.data.task)
+  root = sentence.data_dir(c)
+  rows = {}
+  for split in spec.splits:
+    if ctx.read_rows:
+      try:
+        rows[split] = len(glue.read_split(root, spec.name, split, c.data.layout))
+      except glue.GlueDataError as e:
+        ctx.plan.problem(_prefix(stage) + str(e))
+        return
+  if rows:
+    ctx.plan.data[os.path.join(root, spec.folder)] = ", ".join(
+        f"{s} {n}" for s, n in rows.items())
+    steps = rows["train"] // c.train.batch_size * c.train.epochs
+    ctx.plan.costs.append(f"{stage or spec.name}: {steps} train steps a seed x "
+                          f"{len(c.seeds)} seeds (batch {c.train.batch_size})")
+
+
 # ------------------------------------------------------------------------------------------
 # Entry points.
 # ------------------------------------------------------------------------------------------
@@ -542,6 +577,7 @@ FAMILIES: dict[str, Callable] = {
     "axk.runs.masked_word:run": _masked_word,
     "axk.runs.paper:run": _paper,
     "axk.runs.zero_shot:run": _zero_shot,
+    "axk.runs.sentence:run": _sentence,
 }
 
 

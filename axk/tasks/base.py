@@ -51,9 +51,9 @@ HEADS = ("masked_word", "choice", "classification", "regression")
   classification: a label from the pooled `[CLS]` of one sentence or a sentence pair.
   regression: a number from the pooled `[CLS]` of one sentence or a sentence pair.
 
-The masked-word run (`axk/runs/masked_word.py`) trains `masked_word` and `choice` tasks. No
-run trains `classification` or `regression` yet: a task may declare them, and every run
-refuses it with one line.
+The masked-word run (`axk/runs/masked_word.py`) trains `masked_word` and `choice` tasks; the
+sentence run (`axk/runs/sentence.py`, `configs/glue.py`) trains `classification` and
+`regression` tasks (GLUE's, `axk/tasks/glue.py`), text only.
 """
 PROTOCOLS = ("paper", "candidates")
 # The metric each protocol reports, and how pages and model cards name the protocol.
@@ -77,7 +77,8 @@ class Task:
     title: how tables and model cards name it.
     folder: its folder under a data dir, holding `<split>.csv` per split.
     rows: its CSV columns and row reader (`axk.data.benchmark.RowFormat`): reading and
-      validating a row, giving its answer, options and gold span texts.
+      validating a row, giving its answer, options and gold span texts; None for a sentence
+      task (`axk/tasks/glue.py`), whose files have their own reader.
     head: one of `HEADS`.
     choices: the closed answer words of a `choice` head (each a single word piece); empty
       for any other head.
@@ -97,7 +98,7 @@ class Task:
   name: str
   title: str
   folder: str
-  rows: benchmark.RowFormat = dataclasses.field(hash=False)
+  rows: benchmark.RowFormat | None = dataclasses.field(hash=False)
   head: str
   choices: tuple[str, ...] = ()
   protocols: tuple[str, ...] = PROTOCOLS
@@ -117,6 +118,9 @@ class Task:
                        "letter.")
     if self.head not in HEADS:
       raise ValueError(f"{where}: head {self.head!r} is not one of {', '.join(HEADS)}.")
+    if self.head in ("masked_word", "choice") and self.rows is None:
+      raise ValueError(f"{where}: a {self.head} task reads AuditoryBench CSV rows: give its "
+                       "`rows` (a RowFormat).")
     if (self.head == "choice") != bool(self.choices):
       raise ValueError(f"{where}: a choice head needs choices, and only a choice head has "
                        f"them (head {self.head!r}, choices {self.choices}).")

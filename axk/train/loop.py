@@ -371,7 +371,9 @@ def finished_results(config, workdir: str) -> dict | None:
     logging.info("%s: finished with another config (%s); it continues with this one.",
                  workdir, change)
     return None
-  results = {t: saved[t] for t in config.data.tasks if t in saved}
+  # `data.tasks` of the masked-word and span runs, `data.task` of a sentence run.
+  names = config.data.tasks if "tasks" in config.data else (config.data.task,)
+  results = {t: saved[t] for t in names if t in saved}
   if not results:
     return None
   logging.info("%s: finished before; its results are kept (--config.train.reevaluate=True "

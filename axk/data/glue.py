@@ -1,0 +1,231 @@
+"""GLUE's sentence tasks read from a local folder, in either of two layouts, and written back
+as leaderboard submissions.
+
+    <dir>/SST-2/{train,dev,test}.tsv                    GLUE's own layout (its download script)
+    <dir>/MNLI/{train,dev_matched,dev_mismatched,test_matched,test_mismatched}.tsv
+    <dir>/sst2/{train,validation,test}-*.parquet        the Hugging Face dataset (nyu-mll/glue)
+    <dir>/sst2/{train,validation,test}.jsonl            the same, saved as JSON Lines
+
+Which folder and columns belong to a task is its spec's (`axk/tasks/glue.py`). A row with a
+label that is not one of the task's (or, for STS-B, not a number) stops the read with one
+line naming the file, line and column; a TSV line with too few fields is skipped and
+counted, as GLUE's own readers do (QQP's train file has a few). Test splits have no labels.
+`sample_dir()` is a tiny invented set in GLUE's layout, for smoke runs and tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import json
+import logging
+import os
+import pathlib
+import sys
+
+from axk.tasks import glue as glue_tasks
+from axk.tasks.base import get as get_task
+from axk.utils import files
+
+LAYOUTS = ("auto", "tsv", "hf")
+
+
+class GlueDataError(ValueError):
+  """A GLUE file or folder that cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SentenceExample:
+  """One row of a sentence task.
+
+  Attributes:
+    id: `"<task>/<split>/<index>"`.
+    index: the row's index in its file (the leaderboard's `index` column).
+    text_a: the first (or only) text.
+    text_b: the second text of a pair; "" for a single-sentence task.
+    label: the label id (classification) or score (regression); None in a test split.
+  """
+
+  id: str
+  index: int
+  text_a: str
+  text_b: str
+  label: int | float | None
+
+
+def sample_dir() -> str:
+  """The tiny invented GLUE-layout folder shipped with axk (a few rows per task and split)."""
+  return str(pathlib.Path(__file__).parent / "sample" / "glue")
+
+
+def spec_of(task: str) -> glue_tasks.SentenceTask:
+  spec = get_task(task)
+  if not isinstance(spec, glue_tasks.SentenceTask):
+    raise GlueDataError(f"benchmark task {task!r} is not a sentence task; sentence tasks: "
+                        f"{', '.join(glue_tasks.NAMES)}")
+  return spec
+
+
+def layout_of(root: str, task: str, layout: str = "auto") -> str:
+  """"tsv" or "hf": `layout` itself, or the one `root` holds for `task`."""
+  if layout not in LAYOUTS:
+    raise GlueDataError(f"GLUE layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+  spec = spec_of(task)
+  if layout != "auto":
+    return layout
+  if (pathlib.Path(root) / spec.folder).is_dir():
+    return "tsv"
+  if (pathlib.Path(root) / spec.name).is_dir():
+    return "hf"
+  raise GlueDataError(f"{root}: no {spec.folder}/ (GLUE's TSV layout) or {spec.name}/ (the "
+                      f"Hugging Face dataset's files) for task {task}")
+
+
+def split_files(root: str, task: str, split: str, layout: str = "auto") -> list[str]:
+  """The file(s) of `task`/`split` under `root`; a GlueDataError names what is missing."""
+  spec = spec_of(task)
+  if split not in spec.splits:
+    raise GlueDataError(f"task {task} has no split {split!r}; its splits: "
+                        f"{', '.join(spec.splits)}")
+  tsv_stem, hf_split = spec.splits[split]
+  layout = layout_of(root, task, layout)
+  if layout == "tsv":
+    path = os.path.join(root, spec.folder, f"{tsv_stem}.tsv")
+    if not os.path.isfile(path):
+      raise GlueDataError(f"{path}: no such file (task {task}, split {split})")
+    return [path]
+  folder = os.path.join(root, spec.name)
+  found = sorted(glob.glob(os.path.join(folder, f"{hf_split}-*.parquet"))
+                 + glob.glob(os.path.join(folder, f"{hf_split}.parquet")))
+  found = found or sorted(glob.glob(os.path.join(folder, f"{hf_split}*.jsonl")))
+  if not found:
+    raise GlueDataError(f"{folder}: no {hf_split}-*.parquet or {hf_split}.jsonl (task "
+                        f"{task}, split {split})")
+  return found
+
+
+def read_split(root: str, task: str, split: str, layout: str = "auto"
+               ) -> list[SentenceExample]:
+  """Every example of `task`/`split`, in file order."""
+  paths = split_files(root, task, split, layout)
+  spec = spec_of(task)
+  labelled = not split.startswith("test")
+  if paths[0].endswith(".tsv"):
+    return _read_tsv(paths[0], spec, split, labelled)
+  rows = []
+  for path in paths:
+    rows += [(path, n, r) for n, r in enumerate(_hf_rows(path), 1)]
+  out = []
+  a, b = spec.hf_columns
+  for position, (path, n, row) in enumerate(rows):
+    where = f"{path}, row {n}"
+    for column in (a, b, "label") if labelled else (a, b):
+      if column and column not in row:
+        raise GlueDataError(f"{where}: no column {column!r} (task {task} reads "
+                            f"{', '.join(c for c in (a, b) if c)} and label)")
+    label = _label(spec, row["label"], where, "label") if labelled else None
+    index = int(row.get("idx", position))
+    out.append(SentenceExample(f"{task}/{split}/{index}", index, str(row[a]),
+                               str(row[b]) if b else "", label))
+  return out
+
+
+def _hf_rows(path: str):
+  if path.endswith(".jsonl"):
+    with open(path, encoding="utf-8") as f:
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            yield json.loads(line)
+          except json.JSONDecodeError as e:
+            raise GlueDataError(f"{path}, line {n}: not JSON ({e.msg})") from None
+    return
+  try:
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise GlueDataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or "
+                        "save the dataset as JSON Lines") from None
+  yield from pq.read_table(path).to_pylist()
+
+
+def _label(spec, value, where: str, column: str):
+  """A label id (classification: a name or an id) or a score (regression)."""
+  text = str(value).strip()
+  if spec.head == "regression":
+    try:
+      return float(text)
+    except ValueError:
+      raise GlueDataError(f"{where}: {column} {text!r} is not a number") from None
+  if text in spec.labels:
+    return spec.labels.index(text)
+  if text.lstrip("-").isdigit() and 0 <= int(text) < len(spec.labels):
+    return int(text)
+  raise GlueDataError(f"{where}: {column} {text!r} is not a label of {spec.title} (names "
+                      f"{', '.join(spec.labels)} or ids 0-{len(spec.labels) - 1})")
+
+
+def _read_tsv(path: str, spec, split: str, labelled: bool) -> list[SentenceExample]:
+  a, b, label_column, index_column = spec.tsv_columns
+  csv.field_size_limit(sys.maxsize)  # MNLI's parse columns are long.
+  with open(path, encoding="utf-8-sig", newline="") as f:
+    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if header is None:
+      raise GlueDataError(f"{path}: empty file")
+    needed = [c for c in (a, b, label_column if labelled else "") if c]
+    missing = [c for c in needed if c not in header]
+    if missing:
+      raise GlueDataError(f"{path}, line 1: no column {', '.join(map(repr, missing))} in the "
+                          f"header (task {spec.name} reads {', '.join(needed)})")
+    at = {c: header.index(c) for c in header}
+    out, short = [], []
+    for line, fields in enumerate(reader, 2):
+      if not fields:
+        continue
+      if len(fields) < len(header):
+        short.append(line)
+        continue
+      where = f"{path}, line {line}"
+      label = _label(spec, fields[at[label_column]], where, label_column) if labelled else None
+      position = len(out)
+      index = position
+      if index_column in at:
+        raw = fields[at[index_column]].strip()
+        if not raw.isdigit():
+          raise GlueDataError(f"{where}: {index_column} {raw!r} is not a row index")
+        index = int(raw)
+      out.append(SentenceExample(f"{spec.name}/{split}/{index}", index, fields[at[a]],
+                                 fields[at[b]] if b else "", label))
+  if short:
+    logging.warning("%s: skipped %d line(s) with fewer than %d fields (lines %s)", path,
+                    len(short), len(header), ", ".join(map(str, short[:10]))
+                    + (", ..." if len(short) > 10 else ""))
+  return out
+
+
+def submission_name(task: str, split: str) -> str:
+  """The leaderboard's file name of `task`/`split` (a test split)."""
+  spec = spec_of(task)
+  if split not in spec.submission:
+    raise GlueDataError(f"task {task}: {split!r} is not a test split (those: "
+                        f"{', '.join(spec.submission)})")
+  return f"{spec.submission[split]}.tsv"
+
+
+def write_submission(out_dir: str, task: str, split: str, examples, predictions) -> str:
+  """Writes the leaderboard's `index<TAB>prediction` file of a test split, atomically:
+  label names for QNLI and MNLI, ids for the other classification tasks, scores with three
+  decimals for STS-B. Returns its path."""
+  spec = spec_of(task)
+  path = os.path.join(out_dir, submission_name(task, split))
+  named = spec.name in ("qnli", "mnli")
+  lines = ["index\tprediction"]
+  for example, p in zip(examples, predictions, strict=True):
+    if spec.head == "regression":
+      value = f"{float(p):.3f}"
+    else:
+      value = spec.labels[int(p)] if named else str(int(p))
+    lines.append(f"{example.index}\t{value}")
+  files.write_text(path, "\n".join(lines) + "\n")
+  return path

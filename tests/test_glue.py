@@ -1,0 +1,212 @@
+"""GLUE's sentence tasks: both file layouts read to the same rows, one-line errors naming the
+file and line, and a text-only run whose scores, predictions, export and leaderboard files
+are checked against scikit-learn, SciPy and transformers. Data: the invented GLUE-layout
+sample shipped with axk, and rows written here."""
+
+import json
+import pathlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.stats
+import sklearn.metrics
+import torch
+import transformers
+
+from axk.data import glue
+from axk.runs import preflight
+from axk.runs import sentence
+from configs import glue as glue_config
+
+SAMPLE = pathlib.Path(glue.sample_dir())
+HF_COLUMNS = {"sst2": ("sentence", None), "qnli": ("question", "sentence"),
+              "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
+              "mrpc": ("sentence1", "sentence2"), "stsb": ("sentence1", "sentence2")}
+
+
+def _write_tsv(path, header, rows):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n")
+
+
+def test_tsv_rows_labels_and_short_lines(tmp_path, caplog):
+  """MNLI's label names, MRPC's index-less train file, and a short line skipped."""
+  _write_tsv(tmp_path / "MNLI" / "dev_matched.tsv",
+             ("index", "genre", "sentence1", "sentence2", "gold_label"),
+             [(7, "x", "A bell rang.", "A sound was made.", "entailment"),
+              (9, "x", "A bell rang.", "Nothing rang.", "contradiction"),
+              (11, "x", "too short")])
+  rows = glue.read_split(str(tmp_path), "mnli", "dev_matched")
+  assert [(r.id, r.index, r.text_a, r.text_b, r.label) for r in rows] == [
+      ("mnli/dev_matched/7", 7, "A bell rang.", "A sound was made.", 0),
+      ("mnli/dev_matched/9", 9, "A bell rang.", "Nothing rang.", 2)]
+  assert "skipped 1 line(s)" in caplog.text and "lines 4" in caplog.text
+  _write_tsv(tmp_path / "MRPC" / "train.tsv", ("Quality", "#1 ID", "#2 ID", "#1 String",
+                                               "#2 String"),
+             [(1, 5, 6, "A dog barked.", "A dog made a bark."), (0, 7, 8, "Rain.", "Sun.")])
+  rows = glue.read_split(str(tmp_path), "mrpc", "train")
+  assert [(r.index, r.label) for r in rows] == [(0, 1), (1, 0)]
+
+
+@pytest.mark.parametrize("task, column, value, expected", [
+    ("mnli", "gold_label", "maybe", "gold_label 'maybe' is not a label of MNLI"),
+    ("stsb", "score", "high", "score 'high' is not a number"),
+    ("sst2", "label", "2", "label '2' is not a label of SST-2")])
+def test_a_bad_label_is_one_line_naming_file_and_line(tmp_path, task, column, value, expected):
+  spec = glue.spec_of(task)
+  a, b, label, _ = spec.tsv_columns
+  header = [c for c in (a, b, label) if c]
+  good = {"mnli": "neutral", "stsb": "2.5", "sst2": "1"}[task]
+  _write_tsv(tmp_path / spec.folder / "train.tsv", header,
+             [[*(["x"] * (len(header) - 1)), good], [*(["y"] * (len(header) - 1)), value]])
+  path = tmp_path / spec.folder / "train.tsv"
+  with pytest.raises(glue.GlueDataError) as e:
+    glue.read_split(str(tmp_path), task, "train")
+  assert str(e.value).startswith(f"{path}, line 3: {expected}")
+  assert "\n" not in str(e.value)
+
+
+def test_a_missing_column_or_folder_is_one_line(tmp_path):
+  _write_tsv(tmp_path / "QNLI" / "dev.tsv", ("index", "question", "label"), [(0, "q", "entailment")])
+  with pytest.raises(glue.GlueDataError, match=r"dev.tsv, line 1: no column 'sentence'"):
+    glue.read_split(str(tmp_path), "qnli", "dev")
+  with pytest.raises(glue.GlueDataError, match=r"no QQP/ \(GLUE's TSV layout\) or qqp/"):
+    glue.read_split(str(tmp_path), "qqp", "dev")
+
+
+@pytest.mark.parametrize("task", ["sst2", "qnli", "qqp", "mnli", "mrpc", "stsb"])
+def test_the_hugging_face_layout_reads_the_same_rows(tmp_path, task):
+  """The sample's rows written as the Hugging Face dataset's files (its column names, label
+  ids, test labels -1; Parquet for all but the last split, JSON Lines for it) read back to
+  the same examples as GLUE's TSV files."""
+  spec = glue.spec_of(task)
+  a, b = HF_COLUMNS[task]
+  splits = list(spec.splits)
+  for n, split in enumerate(splits):
+    rows = glue.read_split(str(SAMPLE), task, split)
+    hf_split = spec.splits[split][1]
+    records = [{a: r.text_a, **({b: r.text_b} if b else {}),
+                "label": -1 if r.label is None else r.label, "idx": r.index} for r in rows]
+    folder = tmp_path / task
+    folder.mkdir(exist_ok=True)
+    if n < len(splits) - 1:
+      pq.write_table(pa.Table.from_pylist(records), folder / f"{hf_split}-00000-of-00001.parquet")
+    else:
+      (folder / f"{hf_split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  for split in splits:
+    assert glue.read_split(str(tmp_path), task, split) == glue.read_split(str(SAMPLE), task,
+                                                                          split)
+
+
+def _run(tmp_path, task):
+  config = glue_config.get_config("smoke")
+  config.data.task = task
+  config.jax_cache_dir = "none"
+  workdir = tmp_path / task
+  return sentence.run(config, str(workdir)), workdir
+
+
+@pytest.mark.parametrize("task", ["mrpc", "stsb"])
+def test_run_scores_predictions_export_and_submission(tmp_path, task):
+  """The run's dev scores are scikit-learn's / SciPy's on its own predictions; the export,
+  loaded by transformers, predicts the same; the leaderboard file has a line per test row."""
+  results, workdir = _run(tmp_path, task)
+  spec = glue.spec_of(task)
+  rows = [json.loads(line) for line in (workdir / "predictions" / f"{task}_dev.jsonl")
+          .read_text().splitlines()]
+  dev = glue.read_split(str(SAMPLE), task, "dev")
+  assert [r["id"] for r in rows] == [e.id for e in dev]
+  predicted = np.array([r["prediction"] for r in rows])
+  if spec.head == "regression":
+    gold = np.array([e.label for e in dev])
+    assert results[task]["dev"]["pearson"] == pytest.approx(
+        100 * scipy.stats.pearsonr(predicted, gold)[0], abs=1e-4)
+    assert results[task]["dev"]["spearman"] == pytest.approx(
+        100 * scipy.stats.spearmanr(predicted, gold)[0], abs=1e-4)
+  else:
+    gold = np.array([e.label for e in dev])
+    ids = np.array([spec.labels.index(p) for p in predicted])
+    assert results[task]["dev"]["accuracy"] == pytest.approx(
+        100 * sklearn.metrics.accuracy_score(gold, ids))
+    assert results[task]["dev"]["f1"] == pytest.approx(
+        100 * sklearn.metrics.f1_score(gold, ids, zero_division=0.0))
+  # The export: transformers' forward on the dev pairs gives the run's predictions.
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      workdir / "export", local_files_only=True).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(workdir / "export")
+  enc = tokenizer([e.text_a for e in dev], [e.text_b for e in dev], padding=True,
+                  return_tensors="pt")
+  with torch.no_grad():
+    logits = model(**enc).logits.numpy()
+  # The rows' outputs differ by about 1e-4 (a tiny model after a few steps): a tolerance
+  # well under that, over float32 rounding.
+  if spec.head == "regression":
+    np.testing.assert_allclose(logits[:, 0], predicted, rtol=0, atol=2e-6)
+  else:
+    np.testing.assert_allclose(logits, [r["logits"] for r in rows], rtol=0, atol=2e-6)
+    assert [model.config.id2label[i] for i in logits.argmax(-1)] == list(predicted)
+  lines = (workdir / "submission" / f"{spec.submission['test']}.tsv").read_text().splitlines()
+  test = glue.read_split(str(SAMPLE), task, "test")
+  assert lines[0] == "index\tprediction" and len(lines) == len(test) + 1
+  assert [int(line.split("\t")[0]) for line in lines[1:]] == [e.index for e in test]
+  # The same command on the finished run: its results, nothing trained or written again.
+  stamp = (workdir / "results.json").stat().st_mtime_ns
+  assert _run(tmp_path, task)[0] == {task: json.loads((workdir / "results.json").read_text())[task]}
+  assert (workdir / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_mnli_writes_both_halves_with_label_names(tmp_path):
+  results, workdir = _run(tmp_path, "mnli")
+  assert set(results["mnli"]) == {"dev_matched", "dev_mismatched", "test_matched",
+                                  "test_mismatched"}
+  for name in ("MNLI-m", "MNLI-mm"):
+    values = {line.split("\t")[1] for line in
+              (workdir / "submission" / f"{name}.tsv").read_text().splitlines()[1:]}
+    assert values <= {"entailment", "neutral", "contradiction"}
+  selection = json.loads((workdir / "results.json").read_text())["selection"]
+  assert selection["metric"] == "mnli/dev_matched/accuracy"
+
+
+def test_preflight_names_a_bad_row_before_any_work(tmp_path):
+  data = tmp_path / "glue"
+  for split in ("train", "dev", "test"):
+    src = SAMPLE / "SST-2" / f"{split}.tsv"
+    (data / "SST-2").mkdir(parents=True, exist_ok=True)
+    (data / "SST-2" / f"{split}.tsv").write_text(src.read_text())
+  bad = data / "SST-2" / "dev.tsv"
+  bad.write_text(bad.read_text().replace("\t1\n", "\tpositive!\n", 1))
+  config = glue_config.get_config("smoke")
+  config.data.dir = str(data)
+  plan = preflight.plan(config, str(tmp_path / "w"))
+  assert len(plan.problems) == 1 and plan.problems[0].startswith(f"{bad}, line ")
+  assert "label 'positive!' is not a label of SST-2" in plan.problems[0]
+  config.data.dir = str(SAMPLE)
+  assert preflight.plan(config, str(tmp_path / "w")).problems == []
+
+
+def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path):
+  """Two rates x two seeds: each rate's results are the mean of its seeds' (by hand), and the
+  top results are those of the rate with the higher mean dev accuracy."""
+  config = glue_config.get_config("smoke")
+  config.data.task = "sst2"
+  config.jax_cache_dir = "none"
+  config.train.epochs = 1
+  config.seeds = (0, 1)
+  config.train.learning_rates = (3e-3, 1e-5)
+  results = sentence.run(config, str(tmp_path))
+  means = {}
+  for rate in ("0.003", "1e-05"):
+    seeds = [json.loads((tmp_path / f"lr_{rate}" / f"seed_{s}" / "results.json").read_text())
+             for s in (0, 1)]
+    accuracy = [r["sst2"]["dev"]["accuracy"] for r in seeds]
+    merged = json.loads((tmp_path / f"lr_{rate}" / "results.json").read_text())
+    assert merged["sst2"]["dev"]["accuracy"] == pytest.approx(np.mean(accuracy))
+    assert merged["sst2"]["dev"]["accuracy_std"] == pytest.approx(np.std(accuracy))
+    means[rate] = float(np.mean(accuracy))
+  top = json.loads((tmp_path / "results.json").read_text())
+  chosen = max(means, key=lambda r: (means[r], r == "0.003"))  # Ties: the first rate.
+  assert top["learning_rate"]["chosen"] == float(chosen)
+  assert top["learning_rate"]["grid"] == pytest.approx(means)
+  assert results["sst2"]["dev"]["accuracy"] == pytest.approx(means[chosen])
