@@ -5,6 +5,7 @@ sample shipped with axk, and rows written here."""
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -210,3 +211,41 @@ def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path):
   assert top["learning_rate"]["chosen"] == float(chosen)
   assert top["learning_rate"]["grid"] == pytest.approx(means)
   assert results["sst2"]["dev"]["accuracy"] == pytest.approx(means[chosen])
+
+
+def test_span_words_by_hand():
+  from axk import glue_spans
+  text = "The dog's bark, loud."
+  assert text[4:14] == "dog's bark"
+  assert glue_spans.span_words(text, [(4, 14)]) == (5, 3)  # dog, s, bark of The..loud
+  assert glue_spans.span_words(text, []) == (5, 0)
+
+
+@pytest.mark.parametrize("bias, share", [(5.0, 100.0), (-5.0, 0.0)])
+def test_table6_counts_every_text_of_every_row(tmp_path, bias, share):
+  """A detector that marks every token (or none): every text of every row (both of a pair,
+  test splits too) is one span covering all its words (or has none); a rerun reads the span
+  files instead of detecting again."""
+  from axk import glue_spans
+  from axk.features import tiny
+  detector = tiny.build_detector(str(tmp_path / "det"), positive_bias=bias)
+  out = tmp_path / "out"
+  table = glue_spans.run(detector, "sample", str(out), tasks=("sst2", "mrpc"), device="cpu")
+  for task, pair in (("sst2", False), ("mrpc", True)):
+    for split in ("train", "dev", "test"):
+      examples = glue.read_split(str(SAMPLE), task, split)
+      words = sum(len(re.findall(r"\w+", t)) for e in examples
+                  for t in ([e.text_a, e.text_b] if pair else [e.text_a]))
+      row = table[task][split]
+      assert row["rows"] == len(examples) and row["texts"] == len(examples) * (1 + pair)
+      assert row["words"] == words and row["span_words_pct"] == share
+      assert row["spans"] == (row["texts"] if share else 0)
+      lines = (out / "spans" / f"{task}_{split}.jsonl").read_text().splitlines()
+      first = json.loads(lines[0])
+      assert first["id"] == examples[0].id
+      assert [t["text"] for t in first["texts"]] == (
+          [examples[0].text_a, examples[0].text_b] if pair else [examples[0].text_a])
+  assert json.loads((out / "table6.json").read_text()) == table
+  (tmp_path / "det" / "config.json").unlink()  # A rerun needs no detector: the files are read.
+  assert glue_spans.run(str(tmp_path / "det"), "sample", str(out), tasks=("sst2", "mrpc"),
+                        device="cpu") == table
