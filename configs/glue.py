@@ -47,6 +47,9 @@ def get_config(arg=None):
   # and 5e-5; () trains at learning_rate alone).
   c.train.learning_rates = (2e-5, 5e-5)
   c.train.weight_decay = 0.01
+  # Batches of similar lengths (windows of this many batches sorted by length, batches then
+  # shuffled) to cut padding; 0: plain shuffled batches.
+  c.train.group_by_length = 50
   if variant == "minilm":
     common.minilm(c)
   elif variant == "smoke":

@@ -249,3 +249,52 @@ def test_table6_counts_every_text_of_every_row(tmp_path, bias, share):
   (tmp_path / "det" / "config.json").unlink()  # A rerun needs no detector: the files are read.
   assert glue_spans.run(str(tmp_path / "det"), "sample", str(out), tasks=("sst2", "mrpc"),
                         device="cpu") == table
+
+
+@pytest.mark.parametrize("task", ["mnli", "sst2"])
+def test_encoding_is_the_tokenizers_with_longest_first_cuts(task):
+  """Chunked encoding (chunks of 5 rows) at a length that cuts about half the rows equals one
+  call of the tokenizer with longest-first truncation, padded to the longest row; the cut
+  count is the rows longer than the limit uncut."""
+  from axk.data import encode as enc
+  from configs import common
+  tokenizer = enc.load_tokenizer(common.minilm_dir())
+  examples = glue.read_split(str(SAMPLE), task, "train")
+  a = [e.text_a for e in examples]
+  b = [e.text_b for e in examples] if examples[0].text_b else None
+  lengths = [len(ids) for ids in tokenizer(a, b)["input_ids"]]
+  limit = int(np.median(lengths))  # Some rows are cut, some are not.
+  arrays, cut = sentence.encode(tokenizer, examples, limit, np.int32, chunk=5)
+  ref = tokenizer(a, b, truncation=True, max_length=limit, padding="longest",
+                  return_tensors="np", return_token_type_ids=True)
+  for key in ("input_ids", "attention_mask", "token_type_ids"):
+    np.testing.assert_array_equal(arrays[key], ref[key])
+  assert cut == sum(n > limit for n in lengths) and 0 < cut < len(examples)
+  np.testing.assert_array_equal(arrays["labels"], [e.label for e in examples])
+
+
+def test_batches_grouped_by_length_cover_each_epoch_once_with_less_padding():
+  from axk.train import data as data_lib
+  rng = np.random.default_rng(0)
+  n, width, batch = 1000, 64, 8
+  lengths = rng.integers(4, width + 1, n)
+  mask = (np.arange(width)[None] < lengths[:, None]).astype(np.int32)
+  arrays = {"input_ids": mask * 7, "attention_mask": mask, "labels": np.arange(n)}
+
+  def padding(batches):
+    tokens = [batches[s]["attention_mask"] for s in range(len(batches))]
+    return 1 - sum(t.sum() for t in tokens) / sum(t.size for t in tokens)
+
+  grouped = data_lib.TrainBatches(arrays, batch_size=batch, epochs=2, seed=3, bucket=1,
+                                  group_by_length=10)
+  plain = data_lib.TrainBatches(arrays, batch_size=batch, epochs=2, seed=3, bucket=1)
+  assert len(grouped) == 2 * (n // batch)
+  for epoch in range(2):
+    rows = np.concatenate([grouped[s]["labels"] for s in range(epoch * 125, (epoch + 1) * 125)])
+    assert sorted(rows) == list(range(n))  # Every row once per epoch (1000 = 125 x 8).
+  assert padding(grouped) < padding(plain) / 3
+  # Random access: a step read out of order (a resumed run) is the same batch.
+  again = data_lib.TrainBatches(arrays, batch_size=batch, epochs=2, seed=3, bucket=1,
+                                group_by_length=10)
+  for step in (200, 3, 130):
+    np.testing.assert_array_equal(again[step]["labels"], grouped[step]["labels"])

@@ -56,20 +56,44 @@ def validate(config) -> None:
                              "for a sentence pair")
 
 
-def encode(tokenizer, examples, max_length: int, label_dtype) -> tuple[dict, int]:
-  """(arrays, rows cut): `input_ids`, `attention_mask`, `token_type_ids` padded to the
-  longest row, and `labels` (-1 / NaN for a test split's)."""
-  a = [e.text_a for e in examples]
-  b = [e.text_b for e in examples] if examples and examples[0].text_b else None
-  full = tokenizer(a, b, truncation=False)
-  cut = sum(len(ids) > max_length for ids in full["input_ids"])
-  out = tokenizer(a, b, truncation="longest_first" if b else True, max_length=max_length,
-                  padding="longest", return_tensors="np", return_token_type_ids=True)
+def encode(tokenizer, examples, max_length: int, label_dtype, chunk: int = 4096
+           ) -> tuple[dict, int]:
+  """(arrays, rows cut): `input_ids`, `attention_mask`, `token_type_ids` [rows, longest row]
+  and `labels` (-1 / NaN for a test split's). Tokenised `chunk` rows at a time into arrays
+  of `max_length` columns, so host memory holds the arrays and one chunk's tokens (a whole
+  split's tokenizer output at once took 10.8 GB for 400k pairs)."""
+  n = len(examples)
+  pair = bool(examples) and bool(examples[0].text_b)
+  out = {k: np.zeros((n, max_length), np.int32)
+         for k in ("input_ids", "attention_mask", "token_type_ids")}
+  cut = longest = 0
+  for start in range(0, n, chunk):
+    part = examples[start:start + chunk]
+    a = [e.text_a for e in part]
+    b = [e.text_b for e in part] if pair else None
+    full = tokenizer(a, b, truncation=False, return_attention_mask=False,
+                     return_token_type_ids=True, verbose=False)
+    long_rows = []
+    for i, (ids, types) in enumerate(zip(full["input_ids"], full["token_type_ids"])):
+      if len(ids) > max_length:
+        long_rows.append(i)
+        continue
+      row = start + i
+      out["input_ids"][row, :len(ids)] = ids
+      out["token_type_ids"][row, :len(ids)] = types
+      out["attention_mask"][row, :len(ids)] = 1
+      longest = max(longest, len(ids))
+    if long_rows:  # Only these are tokenised again, cut longest-first.
+      cut += len(long_rows)
+      longest = max_length
+      tok = tokenizer([a[i] for i in long_rows], [b[i] for i in long_rows] if pair else None,
+                      truncation="longest_first" if pair else True, max_length=max_length,
+                      padding="max_length", return_tensors="np", return_token_type_ids=True)
+      for k in out:
+        out[k][[start + i for i in long_rows]] = tok[k]
   missing = -1 if label_dtype == np.int32 else np.nan
   labels = np.asarray([missing if e.label is None else e.label for e in examples], label_dtype)
-  return {"input_ids": out["input_ids"].astype(np.int32),
-          "attention_mask": out["attention_mask"].astype(np.int32),
-          "token_type_ids": out["token_type_ids"].astype(np.int32), "labels": labels}, cut
+  return {**{k: v[:, :longest] for k, v in out.items()}, "labels": labels}, cut
 
 
 class SentenceTask:

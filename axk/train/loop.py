@@ -154,7 +154,8 @@ class Trainer:
     # epochs = 0: evaluation of the starting parameters only (e.g. a pretrained baseline).
     self.batches = data_lib.TrainBatches(
         experiment.train_arrays, batch_size=tc.batch_size, epochs=tc.epochs, seed=config.seed,
-        sharding=self.batch_sharding) if tc.epochs else None
+        sharding=self.batch_sharding, group_by_length=tc.get("group_by_length", 0)
+    ) if tc.epochs else None
     self.total_steps = len(self.batches) if self.batches else 0
     self.tx, self.lr = optim.make(tc, self.total_steps)
     self.rng = jax.random.key(config.seed)
