@@ -276,3 +276,33 @@ def test_unsupported_config_fields_are_one_line(tmp_path, field, value, message)
     hf.load_decoder(str(tmp_path))
   text = str(e.value)
   assert message in text and "config.json" in text and "\n" not in text, text
+
+
+def test_export_loads_in_transformers_with_the_same_tensors_and_logits(family, tmp_path):
+  """The export of a loaded model is the checkpoint it came from: every tensor equal, the
+  same architecture (Llama 3's RoPE; Gemma 2's windows, soft-caps and tied embeddings), the
+  same logits, and axk reads back the same config."""
+  name, pt, model = family
+  out = hf.save_decoder(model.params, model.config, str(tmp_path / "export"))
+  back = transformers.AutoModelForCausalLM.from_pretrained(
+      out, local_files_only=True, attn_implementation="eager").eval()
+  assert type(back) is type(pt)
+  got, want = back.state_dict(), pt.state_dict()
+  assert set(got) == set(want)
+  for key, tensor in want.items():
+    torch.testing.assert_close(got[key], tensor, rtol=0, atol=0, msg=key)
+  ids = batch(seed=3)
+  assert max_diff(torch_logits(back, ids), torch_logits(pt, ids)) <= 1e-6
+  assert hf.load_decoder(out).config == model.config
+
+
+def test_export_takes_the_tokenizer_and_token_ids_of_its_source(tmp_path):
+  from axk.features import tiny
+  source = tiny.build_decoder(str(tmp_path / "src"), ["a", "dog", "barks"], family="gemma2")
+  model = hf.load_decoder(source)
+  out = hf.save_decoder(model.params, model.config, str(tmp_path / "export"), source=source)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  assert tokenizer("a dog barks")["input_ids"] == transformers.AutoTokenizer.from_pretrained(
+      source)("a dog barks")["input_ids"]
+  config = json.loads((pathlib.Path(out) / "config.json").read_text())
+  assert config["bos_token_id"] == 1 and config["pad_token_id"] == 0

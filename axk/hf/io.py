@@ -257,6 +257,37 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
   return out_dir
 
 
+# What a decoder's export takes from the checkpoint it was loaded from, besides its tokenizer.
+_DECODER_FROM_SOURCE = ("bos_token_id", "eos_token_id", "pad_token_id")
+DECODER_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma2": "Gemma2ForCausalLM"}
+
+
+def save_decoder(params: Mapping, config: decoder_lib.DecoderConfig, out_dir: str,
+                 source: str | None = None) -> str:
+  """Writes a Llama or Gemma 2 decoder's `params` as a transformers checkpoint directory,
+  atomically: `config.json` and `model.safetensors` in float32 (one file), and from the
+  checkpoint directory `source` (if given) its tokenizer files, `generation_config.json`
+  and its special token ids. `transformers.AutoModelForCausalLM.from_pretrained(out_dir)`
+  loads it."""
+  from safetensors.numpy import save_file
+  flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()}
+  state = convert.to_hf(flat, "none", config.model_type)
+  hf_config = config.to_hf()
+  hf_config["architectures"] = [DECODER_ARCHITECTURES[config.model_type]]
+  if source:
+    given = read_config(source)
+    hf_config.update({k: given[k] for k in _DECODER_FROM_SOURCE if k in given})
+  with files.atomic_dir(out_dir) as tmp:
+    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    files.write_json(os.path.join(tmp, "config.json"), hf_config)
+    for name in (TOKENIZER_FILES + ("tokenizer.model", "generation_config.json")
+                 if source else ()):
+      src = os.path.join(source, name)
+      if os.path.exists(src):
+        shutil.copy(src, os.path.join(tmp, name))
+  return out_dir
+
+
 @dataclasses.dataclass
 class PretrainedDecoder:
   """A Llama or Gemma 2 causal LM with its parameters (`load_decoder`).

@@ -187,6 +187,27 @@ class DecoderConfig:
     kwargs.update(overrides)
     return cls(**kwargs)
 
+  def to_hf(self) -> dict[str, Any]:
+    """The HF `config.json` fields of this architecture (`from_hf` reads them back)."""
+    out = {k: getattr(self, k) for k in (
+        "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps",
+        "max_position_embeddings", "tie_word_embeddings", "initializer_range", "rope_theta")}
+    out.update(layer_types=list(self.layer_types), attention_bias=False, mlp_bias=False,
+               hidden_act=ACTIVATIONS[self.model_type])
+    rope = {"rope_type": self.rope_type, "rope_theta": self.rope_theta}
+    if self.rope_type == "llama3":
+      rope.update(factor=self.rope_factor, low_freq_factor=self.rope_low_freq_factor,
+                  high_freq_factor=self.rope_high_freq_factor,
+                  original_max_position_embeddings=self.rope_original_max_position_embeddings)
+    out["rope_parameters"] = rope
+    if self.gemma:
+      out.update(hidden_activation=ACTIVATIONS["gemma2"], sliding_window=self.sliding_window,
+                 query_pre_attn_scalar=self.query_pre_attn_scalar,
+                 attn_logit_softcapping=self.attn_logit_softcapping,
+                 final_logit_softcapping=self.final_logit_softcapping)
+    return out
+
 
 def inverse_frequencies(config: DecoderConfig) -> np.ndarray:
   """RoPE's inverse frequencies [head_dim // 2], float32, computed as transformers does
