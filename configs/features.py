@@ -107,6 +107,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.device = "auto"  # torch device for every model: auto (CUDA if present), cpu, cuda:0
   c.batch_size = 64  # distinct spans per part file (the unit of resumption)
   c.torch_threads = 0  # torch intra-op threads (0: torch's default)
+  # "local": this process (and the workers started by hand with num_shards); "ray": one Ray
+  # actor per shard (axk/features/ray_engine.py), then the datasets assembled here.
+  c.engine = "local"
+  c.ray = ml_collections.ConfigDict()
+  c.ray.address = ""  # "": a local Ray instance; "auto" or "ray://host:10001": a cluster.
+  c.ray.num_cpus = 0  # CPUs of the local instance (0: every core).
+  c.ray.workers = 2  # Actors, each a shard of the distinct spans (e.g. one per GPU).
+  c.ray.gpus_per_worker = 0.0  # GPUs each actor asks for (1 on a GPU machine: one each).
+  c.ray.cpus_per_worker = 1.0  # CPUs each actor asks for.
+  c.ray.max_restarts = 2  # Restarts of a dead actor, each retrying its shard from its parts.
 
   c.data = common.data_config()  # The same data fields as the training configs.
   c.plugins = ()  # Modules imported at start that register tasks (a run's own tasks).

@@ -112,6 +112,12 @@ def rows_of(name: str, payload: dict) -> list[str]:
                  f"{row['programs']} programs, {row['compiled']} compiled "
                  f"({row['compile_s']:.1f} s), {row['cache_hits']} from the cache "
                  f"({row['cache_load_s']:.1f} s) | wall {row['wall_s']:.0f} s | | {mach} |")
+    elif kind == "ray_features" and row["side"] != "local":
+      local = next(r for r in payload["rows"] if r["side"] == "local")
+      out.append(f"| feature stage on Ray (`{name}`) | generation of {row['spans']} spans, tiny "
+                 f"models, {row['workers']} Ray worker{'s' if row['workers'] > 1 else ''} | {row['spans_per_s']:.1f} spans/s "
+                 f"(±{row['spread'] / 2:.0%}) | in-process {local['spans_per_s']:.1f} spans/s "
+                 f"(±{local['spread'] / 2:.0%}) | {_ratio(row, 'ratio_vs_local')} | {mach} |")
     elif kind == "profile":
       kinds = ", ".join(f"{k['name']} {k['share']:.0%}" for k in row["by_kind"][:4])
       out.append(f"| profile (`{name}`) | {row['model']}, {row['size']}, {row['batch']} x "

@@ -113,7 +113,8 @@ def _mmap_npz(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def _part_files(parts_dir: str) -> list[str]:
+def part_files(parts_dir: str) -> list[str]:
+  """Every worker's part files under `parts_dir`."""
   return sorted(glob.glob(os.path.join(parts_dir, "shard-*", "part-*.npz")))
 
 
@@ -126,7 +127,7 @@ def read_parts(parts_dir: str, *, mmap: bool = True) -> dict[str, dict]:
   in memory at once (1.9 MB a clip in the full layout).
   """
   out = {}
-  paths = _part_files(parts_dir)
+  paths = part_files(parts_dir)
   if mmap:
     _allow_open_files(len(paths) + 256)
   for path in paths:

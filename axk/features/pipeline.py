@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 SPAN_SOURCES = ("gold", "predictions", "detector")
 SPAN_UNITS = ("span", "sentence")
 STAGES = ("all", "spans", "database", "acquire", "assemble")
+ENGINES = ("local", "ray")  # Where the acquire stage runs (`axk/features/ray_engine.py`).
 
 
 # ----------------------------------------------------------------------------------------
@@ -354,6 +355,12 @@ def run(config, workdir: str) -> dict[str, str]:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(int(config.torch_threads))
   paths = model_paths(config, workdir)
+  engine = config.get("engine", "local")
+  if engine not in ENGINES:
+    raise ValueError(f"--config.engine={engine!r}; expected one of {', '.join(ENGINES)}")
+  if engine == "ray" and (config.stage != "all" or config.num_shards != 1):
+    raise ValueError("--config.engine=ray runs every stage with its own workers "
+                     "(--config.ray.workers): leave --config.stage=all and num_shards=1")
   assembles = config.stage == "assemble" or (config.stage == "all" and config.num_shards == 1)
   own_stages = {st for c in sources_lib.SOURCES.values() for st in c.stages}
   out = {}
@@ -367,9 +374,14 @@ def run(config, workdir: str) -> dict[str, str]:
       logger.info("%s: features in %s verified and up to date", name, out[name])
       continue
     if config.stage in ("all", "database", "acquire"):
-      keys = acquisition_keys(source, examples, spans_by_id)
-      acquire_stage(source, config, sorted({k for v in keys.values() for k in v}),
-                    config.stage)
+      keys = sorted({k for v in acquisition_keys(source, examples, spans_by_id).values()
+                     for k in v})
+      if config.get("engine", "local") == "ray" and config.stage == "all":
+        from axk.features import ray_engine  # pylint: disable=g-import-not-at-top
+        files.write_json(os.path.join(source.parts_dir, "run.json"), source.setup.run_info())
+        ray_engine.acquire(source, config, workdir, paths, keys)
+      else:
+        acquire_stage(source, config, keys, config.stage)
     if assembles:
       out[name] = assemble_stage(source, workdir, examples, spans_by_id, inputs, spans_info,
                                  config)

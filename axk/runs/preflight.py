@@ -341,8 +341,9 @@ def _features(ctx: _Context, c, workdir: str, stage: str = "", hint: str = "",
                  if hint else "") + ".")
     elif not os.path.isdir(os.path.expanduser(db.dir)):
       p.problem(_prefix(stage) + f"--config.database.dir={db.dir}: no such folder.")
+  # Features of any splits (no train split needed: e.g. a test set's features alone).
   data, counts = _data(ctx, stage, c.data,
-                       keep_missing_spans=bool(c.data.keep_missing_spans))
+                       keep_missing_spans=bool(c.data.keep_missing_spans), training=False)
   if not counts:
     return
   spans = {e.id: tuple(e.spans) for d in data.values() for s in d.values() for e in s.examples}
