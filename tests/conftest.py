@@ -174,3 +174,18 @@ def torch_one_thread():
   torch.set_num_threads(1)
   yield
   torch.set_num_threads(threads)
+
+
+def assert_same_features(a: dict, b: dict) -> None:
+  """Two `shards.load_features` results hold the same examples and span fields."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from axk.features import shards  # pylint: disable=g-import-not-at-top
+  assert a.keys() == b.keys()
+  for example_id in a:
+    for x, y in zip(a[example_id]["spans"], b[example_id]["spans"], strict=True):
+      for key in shards.SPAN_FIELDS:
+        if isinstance(x[key], np.ndarray):
+          np.testing.assert_array_equal(x[key], y[key])
+        else:
+          assert x[key] == y[key], key

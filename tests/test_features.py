@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import assert_same_features
 from axk import hub
 from axk.data import spans as spans_lib
 from axk.data.auditorybench import normalise
@@ -462,17 +463,6 @@ def _read_all(features_dir: str, task: str, split: str) -> dict:
   return shards.load_features(features_dir, task, split)
 
 
-def _assert_same_features(a: dict, b: dict) -> None:
-  assert a.keys() == b.keys()
-  for example_id in a:
-    for x, y in zip(a[example_id]["spans"], b[example_id]["spans"], strict=True):
-      for key in shards.SPAN_FIELDS:
-        if isinstance(x[key], np.ndarray):
-          np.testing.assert_array_equal(x[key], y[key])
-        else:
-          assert x[key] == y[key], key
-
-
 def test_generation_run_resumes_without_recomputing(models, audio_db, tmp_path, monkeypatch):
   config = _config(models, audio_db, source="generation", **{"generation.tau.pitch": -0.2})
   workdir = str(tmp_path / "w")
@@ -560,7 +550,7 @@ def test_retrieval_sharded_equals_single(models, audio_db, tmp_path):
   sharded = pipeline.run(_config(models, audio_db, stage="assemble", num_shards=2),
                          workdir)["retrieval"]
   a, b = _read_all(single, "pitch", "dev"), _read_all(sharded, "pitch", "dev")
-  _assert_same_features(a, b)
+  assert_same_features(a, b)
   spans = [s for v in a.values() for s in v["spans"]]
   assert all(s["has_audio"] and s["source"] and s["source"] != "broken" for s in spans)
   for features_dir in (single, sharded):

@@ -22,7 +22,8 @@ LAYERS = (
     ("training, provenance, publishing, rendering",
      ("axk.train", "axk.provenance", "axk.publish", "axk.report")),
     ("runs", ("axk.runs",)),
-    ("entry points", ("axk.main", "axk.predict", "axk.demo", "axk.push", "axk.bench")),
+    ("entry points", ("axk.main", "axk.predict", "axk.demo", "axk.push", "axk.glue_spans",
+                      "axk.bench")),
 )
 
 

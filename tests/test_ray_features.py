@@ -7,9 +7,9 @@ import os
 import threading
 import time
 
-import numpy as np
 import pytest
 import ray
+from conftest import assert_same_features
 
 from axk.features import parts
 from axk.features import pipeline
@@ -54,15 +54,7 @@ def local_ray():
 
 def _same(a_dir: str, b_dir: str) -> None:
   for split in ("dev", "test"):
-    a, b = (shards.load_features(d, "pitch", split) for d in (a_dir, b_dir))
-    assert a.keys() == b.keys()
-    for example_id in a:
-      for x, y in zip(a[example_id]["spans"], b[example_id]["spans"], strict=True):
-        for key in shards.SPAN_FIELDS:
-          if isinstance(x[key], np.ndarray):
-            np.testing.assert_array_equal(x[key], y[key])
-          else:
-            assert x[key] == y[key], key
+    assert_same_features(*(shards.load_features(d, "pitch", split) for d in (a_dir, b_dir)))
   with open(os.path.join(a_dir, shards.ACQUISITIONS), encoding="utf-8") as f:
     first = f.read()
   with open(os.path.join(b_dir, shards.ACQUISITIONS), encoding="utf-8") as f:

@@ -379,7 +379,7 @@ def run(config, workdir: str) -> dict[str, str]:
       if config.get("engine", "local") == "ray" and config.stage == "all":
         from axk.features import ray_engine  # pylint: disable=g-import-not-at-top
         files.write_json(os.path.join(source.parts_dir, "run.json"), source.setup.run_info())
-        ray_engine.acquire(source, config, workdir, paths, keys)
+        ray_engine.acquire(acquire_stage, source, config, workdir, paths, keys)
       else:
         acquire_stage(source, config, keys, config.stage)
     if assembles:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import tqdm
 
@@ -55,23 +55,26 @@ class ShardWorker:
   """A Ray actor running the acquire stage of one shard (wrapped by `ray.remote` in
   `acquire`)."""
 
-  def acquire(self, config_dict: dict, workdir: str, paths: Mapping[str, str], name: str,
-              keys: Sequence[str], index: int, workers: int) -> int:
+  def acquire(self, stage: Callable, config_dict: dict, workdir: str,
+              paths: Mapping[str, str], name: str, keys: Sequence[str], index: int,
+              workers: int) -> int:
+    """`stage` (the pipeline's `acquire_stage`) for shard `index` of `workers`."""
     import ml_collections  # pylint: disable=g-import-not-at-top
 
-    from axk.features import pipeline  # pylint: disable=g-import-not-at-top
     from axk.features import sources as sources_lib  # pylint: disable=g-import-not-at-top
     config = ml_collections.ConfigDict(config_dict)
     config.num_shards, config.shard_index, config.stage = workers, index, "acquire"
     source = sources_lib.SOURCES[name](config, workdir, dict(paths))
-    pipeline.acquire_stage(source, config, list(keys), "acquire")
+    stage(source, config, list(keys), "acquire")
     return index
 
 
-def acquire(source, config, workdir: str, paths: Mapping[str, str], keys: Sequence[str]
-            ) -> None:
-  """Every pending key of `source` acquired by `ray.workers` actors; returns when all are
-  written (progress: spans done with an ETA, read from the part files)."""
+def acquire(stage: Callable, source, config, workdir: str, paths: Mapping[str, str],
+            keys: Sequence[str]) -> None:
+  """Every pending key of `source` acquired by `ray.workers` actors, each running `stage`
+  (the pipeline's `acquire_stage`, passed in so that this module does not import the
+  pipeline that imports it) on its shard; returns when all are written (progress: spans done
+  with an ETA, read from the part files)."""
   import ray  # pylint: disable=g-import-not-at-top
   workers = int(config.ray.workers)
   if workers < 1:
@@ -90,8 +93,8 @@ def acquire(source, config, workdir: str, paths: Mapping[str, str], keys: Sequen
       num_gpus=float(config.ray.gpus_per_worker), max_restarts=int(config.ray.max_restarts),
       max_task_retries=int(config.ray.max_restarts)).remote() for i in range(workers)]
   config_dict = config.to_dict()
-  calls = [a.acquire.remote(config_dict, workdir, dict(paths), source.name, pending, i, workers)
-           for i, a in enumerate(actors)]
+  calls = [a.acquire.remote(stage, config_dict, workdir, dict(paths), source.name, pending,
+                            i, workers) for i, a in enumerate(actors)]
   bar = tqdm.tqdm(total=len(keys), initial=len(keys) - len(pending), unit="span",
                   desc=f"{source.name} on {workers} Ray workers")
   waiting, seen, todo = list(calls), {}, set(pending)
