@@ -26,7 +26,7 @@ from axk.features import clap as clap_lib
 from axk.features import parts
 from axk.features import pipeline
 from axk.features import shards
-from test_features import _assert_same_features as assert_same_rows
+from conftest import assert_same_features as assert_same_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FEATURES = "features"

@@ -109,6 +109,8 @@ def _run(tmp_path, task):
   return sentence.run(config, str(workdir)), workdir
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["mrpc", "stsb"])
 def test_run_scores_predictions_export_and_submission(tmp_path, task):
   """The run's dev scores are scikit-learn's / SciPy's on its own predictions; the export,
@@ -158,6 +160,7 @@ def test_run_scores_predictions_export_and_submission(tmp_path, task):
   assert (workdir / "results.json").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.e2e
 def test_mnli_writes_both_halves_with_label_names(tmp_path):
   results, workdir = _run(tmp_path, "mnli")
   assert set(results["mnli"]) == {"dev_matched", "dev_mismatched", "test_matched",
@@ -187,6 +190,8 @@ def test_preflight_names_a_bad_row_before_any_work(tmp_path):
   assert preflight.plan(config, str(tmp_path / "w")).problems == []
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path):
   """Two rates x two seeds: each rate's results are the mean of its seeds' (by hand), and the
   top results are those of the rate with the higher mean dev accuracy."""

@@ -67,6 +67,7 @@ def local(models, tmp_path_factory):
   return pipeline.run(_config(models), str(tmp_path_factory.mktemp("local")))["generation"]
 
 
+@pytest.mark.slow
 def test_two_ray_workers_one_killed_equal_the_in_process_run(models, local, local_ray,
                                                               tmp_path):
   workdir = str(tmp_path / "ray")
@@ -98,6 +99,8 @@ def test_ray_engine_needs_the_whole_run(models, tmp_path):
     pipeline.run(_config(models, engine="ray", stage="acquire"), str(tmp_path / "w"))
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 def test_a_killed_driver_reruns_to_the_same_features(models, local, tmp_path):
   """The driver (`python -m axk.main`, which starts its own local Ray) killed with its whole
   process group once parts exist; the same command again finishes the run, equal to the

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 
 from axk import hf
 from axk.data import benchmark
@@ -67,7 +68,9 @@ def encode(tokenizer, examples, max_length: int, label_dtype, chunk: int = 4096
   out = {k: np.zeros((n, max_length), np.int32)
          for k in ("input_ids", "attention_mask", "token_type_ids")}
   cut = longest = 0
-  for start in range(0, n, chunk):
+  starts = tqdm.tqdm(range(0, n, chunk), desc="tokenising", unit="chunk",
+                     disable=n <= 4 * chunk or not metrics_lib.is_writer())
+  for start in starts:
     part = examples[start:start + chunk]
     a = [e.text_a for e in part]
     b = [e.text_b for e in part] if pair else None
