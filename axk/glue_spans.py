@@ -82,7 +82,7 @@ def table_markdown(table: dict) -> str:
 
 def run(detector_path: str, data: str, out: str, tasks=glue_tasks.NAMES, layout="auto",
         device="auto", batch_size=32) -> dict:
-  root = glue_data.sample_dir() if data == "sample" else os.path.expanduser(data)
+  root = glue_data.resolve_dir(data)
   # Every file is checked before the detector loads.
   plan = [(t, s) for t in tasks for s in glue_data.spec_of(t).splits]
   for task, split in plan:

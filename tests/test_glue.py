@@ -192,7 +192,7 @@ def test_preflight_names_a_bad_row_before_any_work(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path):
+def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path, monkeypatch):
   """Two rates x two seeds: each rate's results are the mean of its seeds' (by hand), and the
   top results are those of the rate with the higher mean dev accuracy."""
   config = glue_config.get_config("smoke")
@@ -201,7 +201,12 @@ def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path):
   config.train.epochs = 1
   config.seeds = (0, 1)
   config.train.learning_rates = (3e-3, 1e-5)
+  encoded = []
+  original = sentence.encode
+  monkeypatch.setattr(sentence, "encode", lambda *a, **k: encoded.append(1) or original(*a, **k))
+  sentence._ENCODED.clear()  # pylint: disable=protected-access
   results = sentence.run(config, str(tmp_path))
+  assert len(encoded) == 3  # Train, dev and test encoded once for the 4 runs.
   means = {}
   for rate in ("0.003", "1e-05"):
     seeds = [json.loads((tmp_path / f"lr_{rate}" / f"seed_{s}" / "results.json").read_text())

@@ -15,33 +15,15 @@ from axk.features import parts
 from axk.features import pipeline
 from axk.features import ray_engine
 from axk.features import shards
-from configs import features as features_config
+from test_features import _config as features_config_of
 
 
 def _config(models, **overrides):
   """Generation on the tiny models over pitch dev and test of the shipped sample, one span
   per part file (so that a worker has written some parts when it is killed)."""
-  c = features_config.get_config("smoke")
-  c.models.tiny = False
-  c.models.clap, c.models.ast, c.models.generator = (
-      models["clap"], models["ast"], models["generator"])
-  c.source = "generation"
-  c.data.tasks = ("pitch",)
-  c.data.splits = ("dev", "test")
-  c.batch_size = 1
-  c.ast.token_layout, c.ast.num_audio_tokens = "time", 3
-  c.generation.steps = 2
-  c.generation.seconds = 0.25
-  c.generation.n = 2
-  c.generation.spans_per_call = 1
-  c.generation.tau.pitch = -0.2
-  for key, value in overrides.items():
-    node = c
-    *path, leaf = key.split(".")
-    for name in path:
-      node = node[name]
-    node[leaf] = value
-  return c
+  return features_config_of(models, "", **{
+      "source": "generation", "data.splits": ("dev", "test"), "batch_size": 1,
+      "generation.spans_per_call": 1, "generation.tau.pitch": -0.2, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,11 @@ def sample_dir() -> str:
   return str(pathlib.Path(__file__).parent / "sample" / "glue")
 
 
+def resolve_dir(data_dir: str) -> str:
+  """A `--config.data.dir` / `--data` value as a folder: "sample" is `sample_dir()`."""
+  return sample_dir() if data_dir == "sample" else os.path.expanduser(data_dir)
+
+
 def spec_of(task: str) -> glue_tasks.SentenceTask:
   spec = get_task(task)
   if not isinstance(spec, glue_tasks.SentenceTask):

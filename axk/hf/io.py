@@ -231,7 +231,6 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
   directory with tokenizer files, those files; `transformers.AutoModel*.from_pretrained(
   out_dir, local_files_only=True)` loads it.
   """
-  from safetensors.numpy import save_file
   flat = {k: np.asarray(jax.device_get(v), np.float32)
           for k, v in flatten(params).items()}
   state = convert.to_hf(flat, head, config.model_type)
@@ -246,14 +245,21 @@ def save(params: Mapping, config: bert_lib.BertConfig, out_dir: str, head: str =
                                  else "single_label_classification")
   if head == "mlm":
     hf_config["tie_word_embeddings"] = True
+  return _write_checkpoint(out_dir, state, hf_config, tokenizer_from, TOKENIZER_FILES)
+
+
+def _write_checkpoint(out_dir: str, state: Mapping[str, np.ndarray], hf_config: dict,
+                      copy_from: str | None, names: tuple[str, ...]) -> str:
+  """`out_dir`, written atomically: `model.safetensors`, `config.json` and the files
+  `names` of the folder `copy_from` that exist (tokenizer files, ...)."""
+  from safetensors.numpy import save_file
   with files.atomic_dir(out_dir) as tmp:
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
     files.write_json(os.path.join(tmp, "config.json"), hf_config)
-    if tokenizer_from:
-      for name in TOKENIZER_FILES:
-        src = os.path.join(tokenizer_from, name)
-        if os.path.exists(src):
-          shutil.copy(src, os.path.join(tmp, name))
+    for name in names if copy_from else ():
+      src = os.path.join(copy_from, name)
+      if os.path.exists(src):
+        shutil.copy(src, os.path.join(tmp, name))
   return out_dir
 
 
@@ -269,7 +275,6 @@ def save_decoder(params: Mapping, config: decoder_lib.DecoderConfig, out_dir: st
   checkpoint directory `source` (if given) its tokenizer files, `generation_config.json`
   and its special token ids. `transformers.AutoModelForCausalLM.from_pretrained(out_dir)`
   loads it."""
-  from safetensors.numpy import save_file
   flat = {k: np.asarray(jax.device_get(v), np.float32) for k, v in flatten(params).items()}
   state = convert.to_hf(flat, "none", config.model_type)
   hf_config = config.to_hf()
@@ -277,15 +282,8 @@ def save_decoder(params: Mapping, config: decoder_lib.DecoderConfig, out_dir: st
   if source:
     given = read_config(source)
     hf_config.update({k: given[k] for k in _DECODER_FROM_SOURCE if k in given})
-  with files.atomic_dir(out_dir) as tmp:
-    save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    files.write_json(os.path.join(tmp, "config.json"), hf_config)
-    for name in (TOKENIZER_FILES + ("tokenizer.model", "generation_config.json")
-                 if source else ()):
-      src = os.path.join(source, name)
-      if os.path.exists(src):
-        shutil.copy(src, os.path.join(tmp, name))
-  return out_dir
+  return _write_checkpoint(out_dir, state, hf_config, source,
+                           TOKENIZER_FILES + ("tokenizer.model", "generation_config.json"))
 
 
 @dataclasses.dataclass

@@ -551,7 +551,7 @@ def _sentence(ctx: _Context, c, workdir: str, stage: str = "") -> None:
   else:
     _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""))
   spec = glue.spec_of(c.data.task)
-  root = sentence.data_dir(c)
+  root = glue.resolve_dir(c.data.dir)
   rows = {}
   for split in spec.splits:
     if ctx.read_rows:

@@ -30,6 +30,13 @@ PUBLISHED_SOURCE = "ITH paper, Appendix D, Table 5 (REFERENCE.md)"
 METRICS = ("accuracy", "f1", "pearson", "spearman")
 
 
+_SPLITS = {"train": ("train", "train"), "dev": ("dev", "validation"), "test": ("test", "test")}
+_MNLI_SPLITS = {"train": ("train", "train"),
+                "dev_matched": ("dev_matched", "validation_matched"),
+                "dev_mismatched": ("dev_mismatched", "validation_mismatched"),
+                "test_matched": ("test_matched", "test_matched"),
+                "test_mismatched": ("test_mismatched", "test_mismatched")}
+
 @dataclasses.dataclass(frozen=True)
 class SentenceTask(Task):
   """A sentence or sentence-pair task: a label (`classification`) or a number
@@ -46,9 +53,17 @@ class SentenceTask(Task):
     metrics: the scores of an evaluation split (`METRICS`).
     selection_metric: the metric that picks the best checkpoint.
     submission: the leaderboard's file stem per test split.
+  Defaults that differ from `Task`'s: no AuditoryBench rows, a classification head scored by
+  the paper protocol only, the dev column, GLUE's train/dev/test splits, Table 5's source.
   """
 
-  splits: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict, hash=False)
+  rows: None = None
+  head: str = "classification"
+  protocols: tuple[str, ...] = ("paper",)
+  columns: tuple[str, ...] = ("dev",)
+  published_source: str = PUBLISHED_SOURCE
+  splits: Mapping[str, tuple[str, str]] = dataclasses.field(
+      default_factory=lambda: dict(_SPLITS), hash=False)
   tsv_columns: tuple[str, str, str, str] = ("", "", "", "")
   hf_columns: tuple[str, str] = ("", "")
   labels: tuple[str, ...] = ()
@@ -85,12 +100,6 @@ class SentenceTask(Task):
     return tuple(s for s in self.splits if s.startswith("test"))
 
 
-_SPLITS = {"train": ("train", "train"), "dev": ("dev", "validation"), "test": ("test", "test")}
-_MNLI_SPLITS = {"train": ("train", "train"),
-                "dev_matched": ("dev_matched", "validation_matched"),
-                "dev_mismatched": ("dev_mismatched", "validation_mismatched"),
-                "test_matched": ("test_matched", "test_matched"),
-                "test_mismatched": ("test_mismatched", "test_mismatched")}
 # ITH's Table 5, BERT-base: the fine-tuned baseline ("bert") and ITH.
 _PUBLISHED = {"sst2": (89.3, 92.7), "qnli": (87.9, 90.4), "qqp": (None, 90.9),
               "mnli": (79.4, 83.7), "mrpc": (None, 85.7), "stsb": (84.4, 87.5)}
@@ -103,45 +112,40 @@ def _published(name: str) -> dict:
 
 
 SST2 = register(SentenceTask(
-    name="sst2", title="SST-2", folder="SST-2", rows=None, head="classification",
-    protocols=("paper",), columns=("dev",), splits=_SPLITS,
+    name="sst2", title="SST-2", folder="SST-2",
     tsv_columns=("sentence", "", "label", "index"), hf_columns=("sentence", ""),
     labels=("negative", "positive"), submission={"test": "SST-2"},
-    published=_published("sst2"), published_source=PUBLISHED_SOURCE,
+    published=_published("sst2"),
     example="The film's soundtrack was a joy to hear."))
 QNLI = register(SentenceTask(
-    name="qnli", title="QNLI", folder="QNLI", rows=None, head="classification",
-    protocols=("paper",), columns=("dev",), splits=_SPLITS,
+    name="qnli", title="QNLI", folder="QNLI",
     tsv_columns=("question", "sentence", "label", "index"), hf_columns=("question", "sentence"),
     labels=("entailment", "not_entailment"), submission={"test": "QNLI"},
-    published=_published("qnli"), published_source=PUBLISHED_SOURCE))
+    published=_published("qnli")))
 QQP = register(SentenceTask(
-    name="qqp", title="QQP", folder="QQP", rows=None, head="classification",
-    protocols=("paper",), columns=("dev",), splits=_SPLITS,
+    name="qqp", title="QQP", folder="QQP",
     tsv_columns=("question1", "question2", "is_duplicate", "id"),
     hf_columns=("question1", "question2"), labels=("not_duplicate", "duplicate"),
     metrics=("accuracy", "f1"), submission={"test": "QQP"},
-    published=_published("qqp"), published_source=PUBLISHED_SOURCE))
+    published=_published("qqp")))
 MNLI = register(SentenceTask(
-    name="mnli", title="MNLI", folder="MNLI", rows=None, head="classification",
-    protocols=("paper",), columns=("dev_matched", "dev_mismatched"), splits=_MNLI_SPLITS,
+    name="mnli", title="MNLI", folder="MNLI",
+    columns=("dev_matched", "dev_mismatched"), splits=_MNLI_SPLITS,
     tsv_columns=("sentence1", "sentence2", "gold_label", "index"),
     hf_columns=("premise", "hypothesis"), labels=("entailment", "neutral", "contradiction"),
     submission={"test_matched": "MNLI-m", "test_mismatched": "MNLI-mm"},
-    published=_published("mnli"), published_source=PUBLISHED_SOURCE))
+    published=_published("mnli")))
 MRPC = register(SentenceTask(
-    name="mrpc", title="MRPC", folder="MRPC", rows=None, head="classification",
-    protocols=("paper",), columns=("dev",), splits=_SPLITS,
+    name="mrpc", title="MRPC", folder="MRPC",
     tsv_columns=("#1 String", "#2 String", "Quality", "index"),
     hf_columns=("sentence1", "sentence2"), labels=("not_equivalent", "equivalent"),
     metrics=("accuracy", "f1"), submission={"test": "MRPC"},
-    published=_published("mrpc"), published_source=PUBLISHED_SOURCE))
+    published=_published("mrpc")))
 STSB = register(SentenceTask(
-    name="stsb", title="STS-B", folder="STS-B", rows=None, head="regression",
-    protocols=("paper",), columns=("dev",), splits=_SPLITS,
+    name="stsb", title="STS-B", folder="STS-B", head="regression",
     tsv_columns=("sentence1", "sentence2", "score", "index"),
     hf_columns=("sentence1", "sentence2"), metrics=("pearson", "spearman"),
     selection_metric="pearson", submission={"test": "STS-B"},
-    published=_published("stsb"), published_source=PUBLISHED_SOURCE))
+    published=_published("stsb")))
 # In the order of ITH's Table 5.
 NAMES = (SST2.name, QNLI.name, QQP.name, MNLI.name, MRPC.name, STSB.name)
