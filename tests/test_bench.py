@@ -14,7 +14,7 @@ sys.modules["configs"] = None  # Any `import configs...` now fails.
 import axk.bench.bert, axk.bench.epoch, axk.bench.features, axk.bench.generation
 import axk.bench.loop, axk.bench.train_step, axk.bench.audio_tokens
 import axk.bench.compiles, axk.bench.profile, axk.bench.tables, axk.bench.decoder
-import axk.bench.suite
+import axk.bench.suite, axk.bench.glue_scale, axk.bench.ray_features
 print("ok")
 """
 
@@ -337,3 +337,18 @@ def test_suite_stops_a_silent_entry_at_its_limit(tmp_path):
   result = suite.run_entry("hang", hang, 2.0, str(tmp_path))
   assert time.perf_counter() - t0 < 20
   assert not result["ok"] and result["rc"] == "stopped at 2 s"
+
+
+def test_glue_scale_writes_a_readable_task_and_counts_padding_by_hand(tmp_path):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from axk.bench import glue_scale
+  from axk.data import glue
+  glue_scale.write_pairs(str(tmp_path), 50)
+  rows = glue.read_split(str(tmp_path), "mnli", "train")
+  assert len(rows) == 50 and all(r.text_a and r.text_b and r.label in (0, 1, 2) for r in rows)
+  assert glue.read_split(str(tmp_path), "mnli", "test_matched")[0].label is None
+  # Two batches of 2 x 4 tokens: 3 + 1 real, then 4 + 4 real: 4 padding tokens of 16.
+  batches = [{"attention_mask": np.array([[1, 1, 1, 0], [1, 0, 0, 0]])},
+             {"attention_mask": np.ones((2, 4), int)}]
+  assert glue_scale.padding(batches) == pytest.approx(4 / 16)

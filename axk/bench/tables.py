@@ -118,6 +118,13 @@ def rows_of(name: str, payload: dict) -> list[str]:
                  f"models, {row['workers']} Ray worker{'s' if row['workers'] > 1 else ''} | {row['spans_per_s']:.1f} spans/s "
                  f"(±{row['spread'] / 2:.0%}) | in-process {local['spans_per_s']:.1f} spans/s "
                  f"(±{local['spread'] / 2:.0%}) | {_ratio(row, 'ratio_vs_local')} | {mach} |")
+    elif kind == "glue_scale":
+      out.append(f"| GLUE at scale (`{name}`) | {row['pairs']} invented pairs, max length "
+                 f"{row['max_length']}, batch {row['batch']} | read {row['read_s']:.1f} s, "
+                 f"encode {row['encode_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB; "
+                 f"padding {row['padding_grouped']:.1%} grouped by length "
+                 f"({row['group_by_length']} batches) | padding {row['padding_plain']:.1%} "
+                 f"shuffled | | {mach} |")
     elif kind == "profile":
       kinds = ", ".join(f"{k['name']} {k['share']:.0%}" for k in row["by_kind"][:4])
       out.append(f"| profile (`{name}`) | {row['model']}, {row['size']}, {row['batch']} x "
