@@ -29,6 +29,15 @@ def minilm_dir() -> str:
   return os.path.join(os.path.dirname(spec.origin), "model")
 
 
+def tiny_roberta_dir() -> str:
+  """A tiny RoBERTa's tokenizer and `config.json`, no weights (`axk.features.tiny.
+  write_roberta_tokenizer` wrote it): the `model.init` of RoBERTa rows under `smoke`, whose
+  `model.tiny` makes random weights of its family."""
+  import os
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "axk",
+                      "data", "sample", "tiny_roberta")
+
+
 def data_config():
   """The `data` fields of every config family (training, span detector, features)."""
   d = ml_collections.ConfigDict()

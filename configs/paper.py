@@ -19,7 +19,8 @@ of the same command resumes. Rows share what they can: one span detector
 Variants (an optional base, then the tables, after commas; no table: all of them):
   smoke      every row on tiny random models and the sample data, offline, one seed.
   minilm     all-MiniLM-L6-v2's weights (offline; see configs/ith.py).
-  table1     ITH Table 1: untrained BERT-base and BERT-large, LLaMA3.1-8B without training
+  table1     ITH Table 1: untrained BERT-base, BERT-large, RoBERTa-base and RoBERTa-large,
+             LLaMA3.1-8B without training
              (configs/zero_shot.py), text-only fine-tuned (the row the papers leave out),
              AudioBERT, ITH; dev, test, wiki of both tasks, mean +- std over the seeds.
   table2     ITH's ablations as differences from the full model: w/o FG, w/o DKI,
@@ -29,14 +30,14 @@ Variants (an optional base, then the tables, after commas; no table: all of them
   figure2    accuracy against tau (both tasks) and against n (pitch, tau 0.6), with the share
              of spans left without audio. Under `smoke` the taus are spread over the tiny
              CLAP's scores (SMOKE_FIGURE2_TAUS), so that its points accept part of the clips.
-  audiobert  AudioBERT's main table: untrained BERT-base and BERT-large, Gemma2-2B and
-             LLaMA3.1-8B without training, LoRA text-only, AudioBERT on BERT-base and on
-             BERT-large, with the Combined columns (accuracy over both tasks' rows of a split,
-             as the paper). RoBERTa's rows are not there: AudioBERT and ITH do not run on
-             RoBERTa yet.
-The LLM rows score the real checkpoints (gated on the Hub) and the BERT-large rows start from
-bert-large-uncased; under `smoke` all are tiny random models; under `minilm`, which stays
-offline, they are left out and LLaMA's published numbers show instead.
+  audiobert  AudioBERT's main table: untrained BERT-base, BERT-large, RoBERTa-base and
+             RoBERTa-large, Gemma2-2B and LLaMA3.1-8B without training, LoRA text-only,
+             AudioBERT on BERT-base and on BERT-large, with the Combined columns (accuracy
+             over both tasks' rows of a split, as the paper).
+The LLM rows score the real checkpoints (gated on the Hub), the BERT-large rows start from
+bert-large-uncased and the RoBERTa rows from roberta-base and roberta-large; under `smoke` all
+are tiny random models (a RoBERTa with the sample folder's tokenizer); under `minilm`, which
+stays offline, they are left out and LLaMA's published numbers show instead.
   detector   AudioBERT's Table II: the span detector (configs/span.py) trained on animal
              only, on pitch only and on both, token and span F1 on every task's splits.
   all        every table above.
@@ -79,6 +80,7 @@ FEATURES_VARIANT = {"smoke": "smoke", "minilm": "generation", "": "generation"}
 FIGURE2_TRIES_TASK = "pitch"  # Figure 2's n sweep: its task.
 TASKS = auditorybench.NAMES  # The papers' benchmark tasks: the tables' columns.
 BERT_LARGE = "bert-large-uncased"  # The BERT-large rows' weights.
+ROBERTA = {"roberta": "roberta-base", "roberta_large": "roberta-large"}  # The RoBERTa rows'.
 
 
 def _row(label, config, variant="", overrides=(), features=(), seeds=(), tau=-1.0, tries=0):
@@ -124,6 +126,11 @@ def _rows(base: str = "") -> dict:
   ith, audiobert, span = "configs/ith.py", "configs/audiobert.py", "configs/span.py"
   zero_shot = "configs/zero_shot.py"
   large = [] if base == "smoke" else [("model.init", BERT_LARGE)]
+
+  def roberta(name: str) -> list:
+    # Under `smoke`: a tiny random RoBERTa (its tokenizer from the sample folder).
+    return [("model.init", common.tiny_roberta_dir() if base == "smoke" else ROBERTA[name])]
+
   rows = {
       # The pretrained model is deterministic at evaluation: one seed says everything.
       "bert": _row("BERT-base, no training", ith, "no_train", seeds=(0,)),
@@ -133,6 +140,11 @@ def _rows(base: str = "") -> dict:
       "bert_large": _row("BERT-large, no training", ith, "no_train", seeds=(0,),
                          overrides=large),
       "audiobert_large": _row("AudioBERT (BERT-large)", audiobert, overrides=large),
+      # RoBERTa-base and -large, untrained (AudioBERT's Table III), scored at `<mask>`.
+      "roberta": _row("RoBERTa-base, no training", ith, "no_train", seeds=(0,),
+                      overrides=roberta("roberta")),
+      "roberta_large": _row("RoBERTa-large, no training", ith, "no_train", seeds=(0,),
+                            overrides=roberta("roberta_large")),
       # The papers' LLMs, scored without training (configs/zero_shot.py).
       "llama": _row("LLaMA3.1-8B, no training", zero_shot),
       "gemma2": _row("Gemma2-2B, no training", zero_shot, "gemma2"),
@@ -175,7 +187,7 @@ def _layouts(base: str = "") -> dict:
   # The LLM and BERT-large rows need their checkpoints (downloaded; the LLMs' gated): not
   # under the offline `minilm`.
   online = base != "minilm"
-  large = ("bert_large",) if online else ()
+  large = ("bert_large", "roberta", "roberta_large") if online else ()
   llama, llms = (("llama",), ("gemma2", "llama")) if online else ((), ())
   return {
       "table1": ("bert", *large, *llama, "text_only", "audiobert", "ith"),

@@ -11,6 +11,7 @@ import pytest
 
 from axk.runs import common
 from axk.runs import paper
+from configs import common as common_config
 from configs import features as features_config
 from configs import paper as paper_config
 
@@ -52,9 +53,10 @@ def test_the_llm_rows_are_zero_shot_runs_except_offline():
   """The papers' LLM rows score decoders without training (configs/zero_shot.py); under the
   offline `minilm` base they are left out and Table 1 shows LLaMA's published numbers."""
   c = paper_config.get_config("smoke,table1,audiobert")
-  assert c.layouts.table1 == ("bert", "bert_large", "llama", "text_only", "audiobert", "ith")
-  assert c.layouts.audiobert == ("bert", "bert_large", "gemma2", "llama",
-                                 "audiobert_text_only", "audiobert", "audiobert_large")
+  assert c.layouts.table1 == ("bert", "bert_large", "roberta", "roberta_large", "llama",
+                              "text_only", "audiobert", "ith")
+  assert c.layouts.audiobert == ("bert", "bert_large", "roberta", "roberta_large", "gemma2",
+                                 "llama", "audiobert_text_only", "audiobert", "audiobert_large")
   assert (c.rows.llama.config, c.rows.gemma2.config) == ("configs/zero_shot.py",) * 2
   assert paper.row_spec_of(c, "gemma2") == "configs/zero_shot.py:smoke,gemma2"
   # BERT-large: bert-large-uncased, except under smoke (tiny models, like every row).
@@ -62,20 +64,30 @@ def test_the_llm_rows_are_zero_shot_runs_except_offline():
   real = paper_config.get_config("audiobert")
   assert dict(real.rows.audiobert_large.overrides) == {"model.init": "bert-large-uncased"}
   assert real.rows.bert_large.variant == "no_train"
+  # RoBERTa: roberta-base and -large; under smoke a tiny random one of its family.
+  assert {n: dict(real.rows[n].overrides)["model.init"] for n in ("roberta", "roberta_large")
+          } == {"roberta": "roberta-base", "roberta_large": "roberta-large"}
+  assert dict(c.rows.roberta.overrides)["model.init"] == common_config.tiny_roberta_dir()
   offline = paper_config.get_config("minilm,table1,audiobert")
-  assert not {"llama", "gemma2", "bert_large", "audiobert_large"} & set(offline.rows)
+  assert not {"llama", "gemma2", "bert_large", "audiobert_large", "roberta",
+              "roberta_large"} & set(offline.rows)
   assert offline.layouts.audiobert == ("bert", "audiobert_text_only", "audiobert")
 
 
-def test_llm_rows_run_offline_under_smoke(tmp_path):
-  """`:smoke,audiobert` with only its LLM rows: each scores a tiny random decoder of its
-  family on the sample data, and the table shows its results.json, LLaMA with its published
-  numbers in brackets."""
+def test_llm_and_roberta_rows_run_offline_under_smoke(tmp_path):
+  """`:smoke,audiobert` with only its LLM rows and RoBERTa-base: each scores a tiny random
+  model of its family on the sample data, and the table shows its results.json, LLaMA with
+  its published numbers in brackets."""
   c = paper_config.get_config("smoke,audiobert")
-  c.only = ("gemma2", "llama")
+  c.only = ("gemma2", "llama", "roberta")
   paper.run(c, str(tmp_path))
   text = open(tmp_path / "paper_table.md").read()
   table = _table(text, "AudioBERT: main")
+  roberta = json.load(open(tmp_path / "roberta" / "results.json"))
+  assert [cell.split(" (")[0] for cell in table["RoBERTa-base, no training"][:len(COLUMNS)]] \
+      == [f"{roberta[t][s]['accuracy']:.2f}" for t, s in COLUMNS]
+  models = list(tmp_path.glob("roberta/**/tiny_model/config.json"))
+  assert models and all(json.load(open(m))["model_type"] == "roberta" for m in models)
   for name, label in (("gemma2", "Gemma2-2B, no training"), ("llama", "LLaMA3.1-8B, no training")):
     results = json.load(open(tmp_path / name / "results.json"))
     assert results["model_type"] == name

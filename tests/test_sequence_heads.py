@@ -71,11 +71,31 @@ def test_logits_and_loss_equal_transformers_and_the_export_loads_back(tmp_path, 
   assert again_loss == pytest.approx(want_loss, abs=TOL)
 
 
-def test_roberta_sequence_head_is_refused_in_one_line():
-  config = bert_lib.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=32,
-                               model_type="roberta")
-  with pytest.raises(ValueError) as e:
-    bert_lib.init_params(bert_lib.Bert(config, head="sequence_classification"),
-                         __import__("jax").random.key(0))
-  assert "roberta" in str(e.value) and "\n" not in str(e.value)
+@pytest.mark.parametrize("num_labels, labels", [(3, np.array([2, 0, 1])),
+                                                (1, np.array([0.5, -1.25, 3.0], np.float32))])
+def test_roberta_sequence_head_equals_transformers_and_exports_back(tmp_path, num_labels,
+                                                                     labels):
+  torch.manual_seed(1)
+  config = transformers.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                      num_attention_heads=4, intermediate_size=37,
+                                      max_position_embeddings=66, type_vocab_size=1,
+                                      pad_token_id=1, num_labels=num_labels)
+  pt = transformers.RobertaForSequenceClassification(config).eval()
+  pt.save_pretrained(tmp_path / "pt")
+  model = hf.load(str(tmp_path / "pt"), head="sequence_classification")
+  ids, mask, _ = _pairs()
+  ids[mask == 0] = 1  # RoBERTa's padding id: its position ids skip it.
+  types = np.zeros_like(ids)  # One token type.
+  want_logits, want_loss = _torch(pt, ids, mask, types, labels)
+  logits = np.asarray(model(ids, mask, types)["logits"])
+  np.testing.assert_allclose(logits, want_logits, atol=TOL, rtol=0)
+  loss = float(bert_lib.sequence_loss(jnp.asarray(logits), jnp.asarray(labels)))
+  assert loss == pytest.approx(want_loss, abs=TOL)
+  out = hf.save(model.params, model.config, str(tmp_path / "export"),
+                head="sequence_classification")
+  back, info = transformers.AutoModelForSequenceClassification.from_pretrained(
+      out, local_files_only=True, output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"], info
+  assert type(back).__name__ == "RobertaForSequenceClassification"
+  np.testing.assert_allclose(_torch(back.eval(), ids, mask, types, labels)[0], logits,
+                             atol=TOL, rtol=0)

@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import weakref
 
 import numpy as np
 import transformers
@@ -74,10 +75,41 @@ def load_tokenizer(model_dir_or_id: str | os.PathLike[str]) -> transformers.PreT
   tokenizer = transformers.AutoTokenizer.from_pretrained(name, use_fast=True)
   if not tokenizer.is_fast:
     raise ValueError(f"{name}: no fast tokenizer; character offsets need one")
-  pieces = tokenizer(MASK, add_special_tokens=False)["input_ids"]
+  text, _ = model_text(MASK, tokenizer)
+  pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
   if tokenizer.mask_token_id is None or pieces != [tokenizer.mask_token_id]:
-    raise ValueError(f"{name}: {MASK!r} does not tokenize to the mask token (got {pieces})")
+    raise ValueError(f"{name}: its mask token {tokenizer.mask_token!r} does not tokenize to "
+                     f"one mask token (got {pieces})")
   return tokenizer
+
+
+def model_text(sentence: str, tokenizer: transformers.PreTrainedTokenizerBase):
+  """`sentence` as `tokenizer` reads it, and the map of its character offsets back.
+
+  The data writes the mask as BERT's `[MASK]`; a tokenizer with another mask token (RoBERTa's
+  `<mask>`) reads the sentence with its own mask token in its place. `back((start, end))`
+  maps an offset of the returned text to `sentence`: the mask token covers `[MASK]` (RoBERTa's
+  also takes the space before it), characters after it move by the difference in length.
+
+  Returns:
+    (text, back).
+  """
+  token = tokenizer.mask_token
+  at = sentence.find(MASK)
+  if token is None or token == MASK or at < 0:
+    return sentence, lambda offset: tuple(offset)
+  delta = len(token) - len(MASK)
+  after = at + len(token)
+
+  def back(offset):
+    start, end = offset
+    if end <= at:
+      return (start, end)
+    if start >= after:
+      return (start - delta, end - delta)
+    return (at, at + len(MASK))
+
+  return sentence[:at] + token + sentence[at + len(MASK):], back
 
 
 def mask_window(length: int, mask_at: int, max_length: int, *, head: int = 1,
@@ -115,9 +147,34 @@ def cut_note(where: str, length: int, window: tuple[int, int], max_length: int, 
           f"({before} before, {after} after)")
 
 
-def answer_pieces(tokenizer: transformers.PreTrainedTokenizerBase, text: str) -> list[int]:
-  """Word-piece ids of an answer, without special tokens."""
-  pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+def after_space(sentence: str) -> bool:
+  """Whether the sentence's `[MASK]` follows a space (`answer_pieces`' `after_space`)."""
+  at = sentence.find(MASK)
+  return at > 0 and sentence[at - 1].isspace()
+
+
+_TAKES_SPACE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def mask_takes_space(tokenizer: transformers.PreTrainedTokenizerBase) -> bool:
+  """Whether the mask token takes the space before it (RoBERTa's `<mask>`, `lstrip`), so
+  that the word it stands for is the word after a space (`Ġhigher`); BERT's `[MASK]` too,
+  where a space makes no token."""
+  if tokenizer not in _TAKES_SPACE:
+    with_space, without = (tokenizer(f"a{space}{tokenizer.mask_token}", add_special_tokens=False
+                                     )["input_ids"] for space in (" ", ""))
+    _TAKES_SPACE[tokenizer] = len(with_space) == len(without)
+  return _TAKES_SPACE[tokenizer]
+
+
+def answer_pieces(tokenizer: transformers.PreTrainedTokenizerBase, text: str, *,
+                  after_space: bool = True) -> list[int]:
+  """Word-piece ids of an answer, without special tokens, as the tokenizer writes it at a
+  mask after a space (`after_space`, where the data's masks are) or not. WordPiece (BERT)
+  writes a word the same either way; byte-level BPE (RoBERTa) writes the space into the
+  word's first token (`Ġhigher`) where its mask token takes the space (`mask_takes_space`)."""
+  space = " " if after_space and mask_takes_space(tokenizer) else ""
+  pieces = tokenizer(space + text, add_special_tokens=False)["input_ids"]
   if not pieces:
     raise ValueError(f"answer {text!r} has no word pieces")
   return pieces
@@ -140,8 +197,9 @@ def _tokenise(
 ) -> list[_Tokenised]:
   if not examples:
     return []
+  texts = [model_text(e.sentence, tokenizer) for e in examples]
   batch = tokenizer(
-      [e.sentence for e in examples],
+      [text for text, _ in texts],
       add_special_tokens=True,
       return_offsets_mapping=True,
       return_special_tokens_mask=True,
@@ -158,7 +216,7 @@ def _tokenise(
     out.append(_Tokenised(
         ids=ids,
         type_ids=list(batch["token_type_ids"][i]),
-        offsets=[tuple(o) for o in batch["offset_mapping"][i]],
+        offsets=[texts[i][1](o) for o in batch["offset_mapping"][i]],
         special=[bool(s) for s in batch["special_tokens_mask"][i]],
         mask_at=at[0],
     ))
@@ -352,7 +410,7 @@ def encode(
   spans = _example_spans(examples, spans)
   rows, multi_piece = [], 0
   for example, tok, example_spans in zip(examples, _tokenise(examples, tokenizer), spans):
-    pieces = answer_pieces(tokenizer, example.answer)
+    pieces = answer_pieces(tokenizer, example.answer, after_space=after_space(example.sentence))
     if protocol == "single":
       multi_piece += len(pieces) > 1
       pieces = pieces[:1]
@@ -398,17 +456,18 @@ def encode_candidates(
     example, options in order.
   """
   spans = _example_spans(examples, spans)
-  pieces_of: dict[str, list[int]] = {}
+  pieces_of: dict[tuple[str, bool], list[int]] = {}
   rows, option_index, example_index = [], [], []
   for i, (example, tok, example_spans) in enumerate(
       zip(examples, _tokenise(examples, tokenizer), spans)):
+    space = after_space(example.sentence)
     for option in example.options:
-      if option not in pieces_of:
-        pieces_of[option] = answer_pieces(tokenizer, option)
-    extra = max((len(pieces_of[o]) for o in example.options), default=1) - 1
+      if (option, space) not in pieces_of:
+        pieces_of[option, space] = answer_pieces(tokenizer, option, after_space=space)
+    extra = max((len(pieces_of[o, space]) for o in example.options), default=1) - 1
     tok = _fit(example, tok, extra, max_length, warn)
     for j, option in enumerate(example.options):
-      rows.append(_row(example, tok, example_spans, pieces_of[option], max_length))
+      rows.append(_row(example, tok, example_spans, pieces_of[option, space], max_length))
       option_index.append(j)
       example_index.append(i)
   out = _stack(rows, tokenizer, max_length, pad_to)

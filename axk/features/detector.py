@@ -1,7 +1,7 @@
 """Spans from an exported span detector, run in PyTorch (`spans.source=detector`).
 
-The detector is a Hugging Face `BertForTokenClassification` directory (what
-`configs/span.py` exports). Label 1 means inside a span; contiguous positive tokens form
+The detector is a Hugging Face `BertForTokenClassification` (or `RobertaForTokenClassification`)
+directory (what `configs/span.py` exports). Label 1 means inside a span; contiguous positive tokens form
 one span, whose text is cut from the sentence by the tokens' character offsets
 (`axk.data.spans.spans_from_labels`).
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 class Detector:
-  """An exported `BertForTokenClassification` span detector, run in PyTorch."""
+  """An exported `*ForTokenClassification` span detector (BERT or RoBERTa), run in PyTorch."""
 
   def __init__(self, path: str, *, device: str = "auto", batch_size: int = 32):
     import torch  # pylint: disable=g-import-not-at-top
@@ -70,7 +70,8 @@ class Detector:
     for i in tqdm.trange(0, len(sentences), self.batch_size, desc="span detector",
                          unit="batch", disable=len(sentences) <= self.batch_size):
       batch = list(sentences[i:i + self.batch_size])
-      tokens = self.tokenizer(batch, return_offsets_mapping=True,
+      texts = [enc.model_text(s, self.tokenizer) for s in batch]  # `[MASK]` as its own.
+      tokens = self.tokenizer([t for t, _ in texts], return_offsets_mapping=True,
                               return_special_tokens_mask=True, verbose=False)
       rows, offsets = [], []
       for j in range(len(batch)):
@@ -79,7 +80,7 @@ class Detector:
                          warn)
         rows.append({k: [tokens[k][j][p] for p in keep] for k in tokens
                      if k not in ("offset_mapping", "special_tokens_mask")})
-        offsets.append([tuple(tokens["offset_mapping"][j][p]) for p in keep])
+        offsets.append([texts[j][1](tokens["offset_mapping"][j][p]) for p in keep])
       inputs = self.tokenizer.pad(rows, return_tensors="pt")
       with torch.no_grad():
         logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits

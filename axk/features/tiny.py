@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import string
 
+import tokenizers
 import torch
 import transformers
 
@@ -37,20 +38,62 @@ def _byte_level_alphabet() -> list[str]:
   return [chr(c) for c in cs]
 
 
-def clap_tokenizer() -> transformers.PreTrainedTokenizerBase:
-  """A byte-level RoBERTa tokenizer with single-character tokens and a few merges."""
+def roberta_tokenizer(words=("sound", "the", "of")) -> transformers.PreTrainedTokenizerBase:
+  """A byte-level RoBERTa tokenizer with single-character tokens and merges that make each of
+  `words` after a space one token (`Ġsound`)."""
   vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
   for ch in _byte_level_alphabet():
     vocab.setdefault(ch, len(vocab))
   # A handful of merges keeps sequences short without a training step.
   merges = []
-  for word in ("Ġsound", "Ġthe", "Ġof"):
+  for word in (f"Ġ{w}" for w in words):
     prefix = word[0]
     for ch in word[1:]:
-      merges.append((prefix, ch))
+      if (prefix, ch) not in merges:
+        merges.append((prefix, ch))
       prefix += ch
       vocab.setdefault(prefix, len(vocab))
-  return transformers.RobertaTokenizer(vocab=vocab, merges=merges, model_max_length=64)
+  # RoBERTa's own `<mask>` takes the space before it (roberta-base's tokenizer files).
+  mask = tokenizers.AddedToken("<mask>", lstrip=True, rstrip=False, normalized=False,
+                               special=True)
+  return transformers.RobertaTokenizer(vocab=vocab, merges=merges, mask_token=mask,
+                                       model_max_length=64)
+
+
+def clap_tokenizer() -> transformers.PreTrainedTokenizerBase:
+  """CLAP's text tokenizer: a byte-level RoBERTa one (`roberta_tokenizer`)."""
+  return roberta_tokenizer()
+
+
+ROBERTA_WORDS = _WORDS + ("higher", "lower", "is", "than", "sounds", "like", "makes", "cow",
+                          "lion", "horse")
+
+
+def write_roberta_tokenizer(path: str) -> str:
+  """Saves a tiny RoBERTa's tokenizer and `config.json` (no weights) to `path`: what a run
+  with `model.tiny` reads from `model.init` (axk's sample folder `tiny_roberta` is this)."""
+  tokenizer = roberta_tokenizer(ROBERTA_WORDS)
+  tokenizer.model_max_length = 128
+  tokenizer.save_pretrained(path)
+  _roberta_config(len(tokenizer)).save_pretrained(path)
+  return path
+
+
+def _roberta_config(vocab_size: int) -> transformers.RobertaConfig:
+  return transformers.RobertaConfig(
+      vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=130, type_vocab_size=1, pad_token_id=1,
+      bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+
+
+def build_roberta(path: str, *, seed: int = 0) -> str:
+  """Saves a tiny random `RobertaForMaskedLM` with a byte-level tokenizer whose merges make
+  AuditoryBench's answer words one token each (`Ġhigher`, `Ġdog`)."""
+  torch.manual_seed(seed)
+  write_roberta_tokenizer(path)
+  config = transformers.AutoConfig.from_pretrained(path)
+  transformers.RobertaForMaskedLM(config).eval().save_pretrained(path)
+  return path
 
 
 def t5_tokenizer() -> transformers.PreTrainedTokenizerBase:

@@ -85,6 +85,11 @@ TABLES: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("mlm_head/transform_norm/ln/scale", "lm_head.layer_norm.weight", "copy"),
         ("mlm_head/transform_norm/ln/bias", "lm_head.layer_norm.bias", "copy"),
         ("mlm_head/bias", "lm_head.bias", "copy"),
+        # RobertaForSequenceClassification's head (`RobertaClassificationHead`).
+        ("sequence_head/dense/dense/kernel", "classifier.dense.weight", "kernel1"),
+        ("sequence_head/dense/dense/bias", "classifier.dense.bias", "bias"),
+        ("sequence_head/out_proj/dense/kernel", "classifier.out_proj.weight", "kernel1"),
+        ("sequence_head/out_proj/dense/bias", "classifier.out_proj.bias", "bias"),
     ),
 }
 
@@ -116,7 +121,8 @@ ARCHITECTURES = {
              "token_classification": "BertForTokenClassification",
              "sequence_classification": "BertForSequenceClassification"},
     "roberta": {"none": "RobertaModel", "mlm": "RobertaForMaskedLM",
-                "token_classification": "RobertaForTokenClassification"},
+                "token_classification": "RobertaForTokenClassification",
+                "sequence_classification": "RobertaForSequenceClassification"},
 }
 # Tied copies of a head's bias that some checkpoints hold instead of the name of `TABLES`.
 _ALIASES = {"cls.predictions.decoder.bias": "cls.predictions.bias",

@@ -73,8 +73,8 @@ class AudioBert(base.Method):
     # PEFT 0.21 joins `subfolder` twice for hub adapters: load from the snapshot instead.
     lines += ["The LoRA adapter alone, with PEFT (the base model is the export's `base/`):",
               "", "```python", "from huggingface_hub import snapshot_download",
-              "from peft import PeftModel", "from transformers import BertForMaskedLM",
+              "from peft import PeftModel", "from transformers import AutoModelForMaskedLM",
               f'path = snapshot_download("{repo_id}")  # locally: path = "<the export\'s folder>"',
-              'base = BertForMaskedLM.from_pretrained(f"{path}/base")',
+              'base = AutoModelForMaskedLM.from_pretrained(f"{path}/base")',
               'model = PeftModel.from_pretrained(base, f"{path}/adapter")', "```", ""]
     return lines

@@ -144,7 +144,8 @@ class Method:
 
   def export(self, params, model, out_dir: str, *, tokenizer_from: str | None = None,
              base_model_name_or_path: str | None = None) -> list[str]:
-    """Writes `base/` (BertForMaskedLM), `adapter/` (PEFT LoRA, when the model trains LoRA),
+    """Writes `base/` (`BertForMaskedLM`, or `RobertaForMaskedLM` for a RoBERTa backbone),
+    `adapter/` (PEFT LoRA, when the model trains LoRA),
     `aux_file` (the method's own weights by `aux_table`) and `<name>.json`; returns notes for
     results.md."""
     from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
@@ -153,7 +154,8 @@ class Method:
     lora = bool(getattr(model, "use_lora", False))
     if lora:
       lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
-    written = ["export/base (BertForMaskedLM)"] + (["export/adapter (PEFT LoRA)"] if lora else [])
+    architecture = convert.ARCHITECTURES[model.config.model_type]["mlm"]
+    written = [f"export/base ({architecture})"] + (["export/adapter (PEFT LoRA)"] if lora else [])
     if self.has_aux(model):
       flat = {k: v for k, v in flatten(params).items()
               if not k.startswith(("bert/", "lora/"))}

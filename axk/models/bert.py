@@ -82,6 +82,13 @@ class BertConfig:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_attention_heads
 
+  @property
+  def max_tokens(self) -> int:
+    """The longest row the position table holds: RoBERTa's position ids start after
+    `pad_token_id` (`position_ids`), so it holds `pad_token_id + 1` fewer."""
+    skipped = self.pad_token_id + 1 if self.model_type == "roberta" else 0
+    return self.max_position_embeddings - skipped
+
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "BertConfig":
     """From a HF `config.json` dict; unknown HF fields are ignored, `overrides` win."""
@@ -397,13 +404,26 @@ class MaskedLMHead(nn.Module):
     return logits + bias.astype(jnp.float32)
 
 
+class RobertaSequenceHead(nn.Module):
+  """RoBERTa's sequence head (transformers' `RobertaClassificationHead`): on the first
+  token, dropout, `dense`, tanh, dropout, `out_proj` (`Bert.heads` applies them in order)."""
+
+  config: BertConfig
+
+  def setup(self):
+    c = self.config
+    self.dense = Dense(c, c.hidden_size, ("embed", "embed_out"))
+    self.out_proj = Dense(c, c.num_labels, ("embed", "labels"))
+
+
 class Bert(nn.Module):
   """BERT with one of the heads in `HEADS`.
 
   `__call__` returns a dict: `hidden_states` [batch, length, embed] (last layer), and
   `pooled` (head "none"), `logits` [batch, length or positions, vocab] (head "mlm"),
   `logits` [batch, length, num_labels] (head "token_classification") or `pooled` and
-  `logits` [batch, num_labels] (head "sequence_classification"). For the MLM head,
+  `logits` [batch, num_labels] (head "sequence_classification"; RoBERTa's has no pooler, so
+  no `pooled`: `RobertaSequenceHead`). For the MLM head,
   `positions` [batch, P] restricts the vocabulary projection to those token positions, which
   is all that masked-word prediction needs and a fraction of the work.
   """
@@ -415,13 +435,15 @@ class Bert(nn.Module):
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
     c = self.config
-    if self.head == "sequence_classification" and c.model_type != "bert":
-      raise ValueError(f"head 'sequence_classification' reads BERT's pooler and classifier; "
-                       f"{c.model_type}'s sequence head (classifier.dense, out_proj) is not "
-                       "mapped yet.")
-    self.bert = BertBackbone(c, add_pooler=self.head in ("none", "sequence_classification"))
+    # RoBERTa's sequence head reads the first token through its own dense layer, no pooler.
+    self.roberta_sequence = self.head == "sequence_classification" and c.model_type == "roberta"
+    self.bert = BertBackbone(c, add_pooler=self.head == "none" or (
+        self.head == "sequence_classification" and not self.roberta_sequence))
     if self.head == "mlm":
       self.mlm_head = MaskedLMHead(c)
+    elif self.roberta_sequence:
+      self.dropout = nn.Dropout(c.hidden_dropout_prob)
+      self.sequence_head = RobertaSequenceHead(c)
     elif self.head in ("token_classification", "sequence_classification"):
       self.dropout = nn.Dropout(c.hidden_dropout_prob)
       self.classifier = Dense(c, c.num_labels, ("embed", "labels"))
@@ -445,6 +467,10 @@ class Bert(nn.Module):
         hidden = jnp.take_along_axis(hidden, positions[..., None], axis=1)
       word_embeddings = self.bert.embeddings.variables["params"]["word_embeddings"]["embedding"]
       out["logits"] = self.mlm_head(hidden, nn.meta.unbox(word_embeddings))
+    elif self.roberta_sequence:
+      h = self.dropout(hidden[:, 0], deterministic=deterministic)
+      h = self.dropout(jnp.tanh(self.sequence_head.dense(h)), deterministic=deterministic)
+      out["logits"] = self.sequence_head.out_proj(h).astype(jnp.float32)
     elif self.head == "sequence_classification":
       out["pooled"] = self.bert.pool(hidden)
       h = self.dropout(out["pooled"], deterministic=deterministic)

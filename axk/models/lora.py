@@ -10,7 +10,7 @@ model bit for bit.
 
 PEFT: `to_peft` names the subtree as PEFT names the adapter of a transformers
 `BertForMaskedLM` (`base_model.model.bert.encoder.layer.{i}.attention.self.query.lora_A.weight`,
-...), and `write_adapter` writes a PEFT adapter folder that `peft.PeftModel.from_pretrained`
+...; `...model.roberta.encoder...` for a `RobertaForMaskedLM`), and `write_adapter` writes a PEFT adapter folder that `peft.PeftModel.from_pretrained`
 loads onto the exported base model.
 """
 
@@ -132,19 +132,24 @@ def apply_lora(y, x, ab: Mapping[str, Any], gate, *, contract: int, dropout: flo
 # PEFT's lora_A.weight is [rank, in], lora_B.weight is [out, rank].
 _PEFT_MODULES = {"query": "attention.self.query", "key": "attention.self.key",
                  "value": "attention.self.value", "out": "attention.output.dense"}
-PEFT_PREFIX = "base_model.model.bert.encoder.layer."
+# PEFT's name of encoder layer i's modules in a transformers `*ForMaskedLM`: its backbone is
+# `bert` in BERT's, `roberta` in RoBERTa's (the model's `base_model_prefix`).
+PEFT_PREFIX = "base_model.model.{backbone}.encoder.layer."
 _LORA_PATH = re.compile(r"^layer_(?P<i>\d+)_(?P<t>query|key|value|out)/(?P<m>a|b)$")
 
 
-def to_peft(flat_lora: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """`{"layer_{i}_{target}/a|b": array}` (the lora subtree, flat) -> PEFT state dict."""
+def to_peft(flat_lora: Mapping[str, np.ndarray], model_type: str = "bert"
+            ) -> dict[str, np.ndarray]:
+  """`{"layer_{i}_{target}/a|b": array}` (the lora subtree, flat) -> PEFT state dict of a
+  `model_type` ("bert" or "roberta") model."""
+  prefix = PEFT_PREFIX.format(backbone=model_type)
   out = {}
   for path, x in flat_lora.items():
     m = _LORA_PATH.match(path)
     if m is None:
       raise KeyError(f"Not a LoRA parameter path: {path!r}")
     x = np.asarray(x)
-    name = f"{PEFT_PREFIX}{m['i']}.{_PEFT_MODULES[m['t']]}"
+    name = f"{prefix}{m['i']}.{_PEFT_MODULES[m['t']]}"
     if m["m"] == "a":  # [*in, rank] -> [rank, in]
       out[f"{name}.lora_A.weight"] = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
     else:  # [rank, *out] -> [out, rank]
@@ -183,12 +188,14 @@ def peft_target_modules(targets) -> list[str]:
 
 def write_adapter(flat_lora: Mapping[str, np.ndarray], *, rank: int, alpha: float,
                   dropout: float, targets, adapter_dir: str,
-                  base_model_name_or_path: str | None = None) -> None:
+                  base_model_name_or_path: str | None = None,
+                  model_type: str = "bert") -> None:
   """The LoRA subtree (flat) as a PEFT adapter folder for the exported `BertForMaskedLM`
-  (`<adapter_dir>/../base`), written by PEFT itself (`axk.pt.peft_adapter`, in a child
-  process: no torch here). `base_model_name_or_path` defaults to that folder."""
+  (`RobertaForMaskedLM` for `model_type="roberta"`; `<adapter_dir>/../base`), written by
+  PEFT itself (`axk.pt.peft_adapter`, in a child process: no torch here).
+  `base_model_name_or_path` defaults to that folder."""
   peft_adapter.write_adapter(
-      to_peft(flat_lora), adapter_dir, os.path.join(os.path.dirname(adapter_dir), "base"),
+      to_peft(flat_lora, model_type), adapter_dir, os.path.join(os.path.dirname(adapter_dir), "base"),
       rank=rank, alpha=alpha, dropout=dropout, target_modules=peft_target_modules(targets),
       base_model_name_or_path=base_model_name_or_path)
 
@@ -199,4 +206,5 @@ def export_adapter(params, model, out_dir: str, base_model_name_or_path: str | N
   write_adapter(flatten(params["lora"]), rank=model.lora_rank, alpha=model.lora_alpha,
                 dropout=model.lora_dropout, targets=model.lora_targets,
                 adapter_dir=os.path.join(out_dir, "adapter"),
-                base_model_name_or_path=base_model_name_or_path)
+                base_model_name_or_path=base_model_name_or_path,
+                model_type=model.config.model_type)

@@ -29,12 +29,12 @@ def resolve_export(name_or_dir: str, *, revision: str | None = None,
 
 
 def load_export(export_dir: str, meta_file: str):
-  """(`BertForMaskedLM` of `export_dir/base`, with its PEFT adapter when the export has one,
-  the export's metadata dict from `meta_file`)."""
+  """(the `*ForMaskedLM` of `export_dir/base` (BERT's or RoBERTa's), with its PEFT adapter
+  when the export has one, the export's metadata dict from `meta_file`)."""
   import transformers
   with open(os.path.join(export_dir, meta_file)) as f:
     meta = json.load(f)
-  model = transformers.BertForMaskedLM.from_pretrained(
+  model = transformers.AutoModelForMaskedLM.from_pretrained(
       os.path.join(export_dir, "base"), local_files_only=True)
   if meta.get("use_lora"):
     import peft

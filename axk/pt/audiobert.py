@@ -6,7 +6,7 @@
 
     model = AudioBertTorch.from_pretrained("org/axk-audiobert")   # a hub id (or a folder)
 
-The base `BertForMaskedLM` runs once over the whole batch with PEFT's mixed-batch inference:
+The base `BertForMaskedLM` (or `RobertaForMaskedLM`) runs once over the whole batch with PEFT's mixed-batch inference:
 `adapter_names` names the adapter for the rows whose gate is 1 and `"__base__"` (no
 adapter) for the others. The audio vector of each span with audio (through the exported
 residual adapter, `a + fc2(gelu(fc1(a)))`, and the projection, each when there is one) is
@@ -61,7 +61,7 @@ class AudioBertTorch(torch.nn.Module):
     self.injection = injection
     self._delta = None
     base = model.get_base_model() if use_lora else model
-    base.bert.embeddings.register_forward_hook(self._inject)
+    base.base_model.embeddings.register_forward_hook(self._inject)  # `.bert` or `.roberta`
 
   @classmethod
   def from_export(cls, export_dir: str) -> "AudioBertTorch":

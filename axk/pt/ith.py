@@ -111,13 +111,15 @@ class Fusion(nn.Module):
 
 
 class IthTorch(nn.Module):
-  """Base `BertForMaskedLM` + audio MLP + fusion, as exported by axk."""
+  """Base `BertForMaskedLM` (or `RobertaForMaskedLM`) + audio MLP + fusion, as exported by
+  axk."""
 
   def __init__(self, model, audio_mlp, fusion, fusion_layer: int):
     super().__init__()
     self.model, self.audio_mlp, self.fusion = model, audio_mlp, fusion
     self._inputs = None
-    bert = (model.get_base_model() if hasattr(model, "get_base_model") else model).bert
+    # The backbone: `.bert` of a `BertForMaskedLM`, `.roberta` of a `RobertaForMaskedLM`.
+    bert = (model.get_base_model() if hasattr(model, "get_base_model") else model).base_model
     target = bert.embeddings if fusion_layer == 0 else bert.encoder.layer[fusion_layer - 1]
     target.register_forward_hook(self._fuse)
 

@@ -1,13 +1,13 @@
 """The LoRA subtree written as a PEFT adapter by PEFT itself.
 
-`write_adapter` builds the exported `BertForMaskedLM`, wraps it with `peft.get_peft_model`
+`write_adapter` builds the exported `BertForMaskedLM` (or `RobertaForMaskedLM`), wraps it with `peft.get_peft_model`
 and a `LoraConfig` that records the base model (`base_model_name_or_path`), loads the LoRA
 tensors with `set_peft_model_state_dict` (refusing any missing or unexpected name), and
 saves with `save_pretrained`; so `adapter_config.json` is whatever this PEFT version writes,
 and `PeftModel.from_pretrained(base, adapter_dir)` works with the base read from it:
 
     config = peft.PeftConfig.from_pretrained(adapter_dir)
-    base = transformers.BertForMaskedLM.from_pretrained(config.base_model_name_or_path)
+    base = transformers.AutoModelForMaskedLM.from_pretrained(config.base_model_name_or_path)
     model = peft.PeftModel.from_pretrained(base, adapter_dir)
 
 Training never imports torch. The export calls `write_adapter`, which runs the PEFT part in
@@ -52,7 +52,7 @@ def write_adapter(state: Mapping[str, np.ndarray], adapter_dir: str, base_dir: s
     state: PEFT state dict (`base_model.model....lora_A.weight` / `lora_B.weight`), as
       `axk.hf.convert.lora_to_peft` makes it.
     adapter_dir: output folder.
-    base_dir: the exported base model (a transformers `BertForMaskedLM` folder).
+    base_dir: the exported base model (a transformers `*ForMaskedLM` folder).
     rank, alpha, dropout, target_modules: the LoRA settings.
     base_model_name_or_path: recorded in `adapter_config.json` (default: `base_dir`,
       absolute).
@@ -87,7 +87,7 @@ def _write_in_process(state_file: str, base_dir: str, out_dir: str, spec: dict) 
   import transformers  # pylint: disable=g-import-not-at-top
   from safetensors.torch import load_file  # pylint: disable=g-import-not-at-top
   transformers.utils.logging.set_verbosity_error()
-  base = transformers.BertForMaskedLM.from_pretrained(base_dir, local_files_only=True)
+  base = transformers.AutoModelForMaskedLM.from_pretrained(base_dir, local_files_only=True)
   model = peft.get_peft_model(base, peft.LoraConfig(**spec))
   state = load_file(state_file)
   result = peft.set_peft_model_state_dict(model, state)

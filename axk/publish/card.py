@@ -79,7 +79,8 @@ def export_kind(export_dir: str) -> str | None:
   config = os.path.join(export_dir, "config.json")
   if os.path.exists(config):
     with open(config, encoding="utf-8") as f:
-      if "BertForTokenClassification" in json.load(f).get("architectures", []):
+      if any(a.endswith("ForTokenClassification")  # BERT's or RoBERTa's detector.
+             for a in json.load(f).get("architectures", [])):
         return "span"
   return None
 

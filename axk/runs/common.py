@@ -82,41 +82,58 @@ def model_dir(config, workdir: str) -> str:
   out = os.path.join(workdir, "tiny_model")
   if jax.process_index() == 0 and not os.path.exists(os.path.join(out, "config.json")):
     tokenizer = enc.load_tokenizer(source)
-    cfg = bert_lib.BertConfig(vocab_size=len(tokenizer), **dict(config.model.tiny))
+    cfg = bert_lib.BertConfig(vocab_size=len(tokenizer),
+                              **tiny_fields(source, dict(config.model.tiny)))
     module = bert_lib.Bert(cfg, head="mlm")
     params = bert_lib.init_params(module, jax.random.key(config.seed + 1))
     hf.save(params, cfg, out, head="mlm", tokenizer_from=source)
-    logging.info("Wrote a random BERT (%s) to %s", dict(config.model.tiny), out)
+    logging.info("Wrote a random %s (%s) to %s", cfg.model_type, dict(config.model.tiny), out)
   if jax.process_count() > 1:
     # The other processes read the model that process 0 writes (the workdir is shared).
     multihost_utils.sync_global_devices("axk: tiny model written")
   return out
 
 
-def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
-  """The architecture at `path` with the run's numerics and dropout.
+def tiny_fields(source: str, tiny: dict) -> dict:
+  """The `BertConfig` fields of a random model of sizes `tiny` that uses the tokenizer of
+  `source`: of its family. For a RoBERTa checkpoint: its `model_type`, padding id, single
+  token type, LayerNorm epsilon, and `pad_token_id + 1` more position rows, which its
+  position ids skip (`bert.position_ids`)."""
+  hf_config = hf.io.read_config(source)
+  if hf_config.get("model_type", "bert") != "roberta":
+    return tiny
+  pad = int(hf_config.get("pad_token_id", 1))
+  return {**tiny, "model_type": "roberta", "pad_token_id": pad, "type_vocab_size": 1,
+          "layer_norm_eps": float(hf_config.get("layer_norm_eps", 1e-5)),
+          "max_position_embeddings": int(tiny.get("max_position_embeddings", 512)) + pad + 1}
 
-  The runs read BERT checkpoints only: their encoding writes BERT's `[MASK]` and word
-  pieces, their exports are `BertForMaskedLM`s. A RoBERTa checkpoint (which `axk.hf` loads)
-  is refused here, in one line.
-  """
+
+def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
+  """The architecture at `path` (a BERT or RoBERTa checkpoint) with the run's numerics and
+  dropout; any other `model_type` is refused here, in one line."""
   hf_config = hf.io.read_config(path)
-  if hf_config.get("model_type", "bert") != "bert":
+  if hf_config.get("model_type", "bert") not in bert_lib.MODEL_TYPES:
     raise ConfigError(f"--config.model.init={config.model.init}: a "
                       f"{hf_config['model_type']} checkpoint; the span detector, AudioBERT "
-                      f"and ITH run on BERT checkpoints only.")
-  return bert_lib.BertConfig.from_hf(
+                      f"and ITH run on {' and '.join(bert_lib.MODEL_TYPES)} checkpoints.")
+  out = bert_lib.BertConfig.from_hf(
       hf_config, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
       remat=config.model.remat, hidden_dropout_prob=config.model.dropout,
       attention_probs_dropout_prob=config.model.dropout, **overrides)
+  max_length = int(config.data.get("max_length", 0))
+  if max_length > out.max_tokens:
+    raise ConfigError(f"--config.data.max_length={max_length}: {config.model.init} holds "
+                      f"positions for {out.max_tokens} tokens.")
+  return out
 
 
 def bert_config_of(config) -> bert_lib.BertConfig:
   """The architecture a run will build, for checks before any work: the `tiny` sizes, or
   the `config.json` of `config.model.init` (a hub id is downloaded: fails fast offline)."""
+  source = hf.resolve(config.model.init, config.model.get("revision") or None)
   if config.model.tiny:
-    return bert_lib.BertConfig(vocab_size=2, **dict(config.model.tiny))
-  return bert_config(config, hf.resolve(config.model.init, config.model.get("revision") or None))
+    return bert_lib.BertConfig(vocab_size=2, **tiny_fields(source, dict(config.model.tiny)))
+  return bert_config(config, source)
 
 
 def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str, ab.SplitData]]:

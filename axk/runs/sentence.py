@@ -61,6 +61,7 @@ def encode(tokenizer, examples, max_length: int, label_dtype, chunk: int = 4096
   pair = bool(examples) and bool(examples[0].text_b)
   out = {k: np.zeros((n, max_length), np.int32)
          for k in ("input_ids", "attention_mask", "token_type_ids")}
+  out["input_ids"][:] = tokenizer.pad_token_id or 0  # RoBERTa's position ids skip its padding.
   cut = longest = 0
   starts = tqdm.tqdm(range(0, n, chunk), desc="tokenising", unit="chunk",
                      disable=n <= 4 * chunk or not metrics_lib.is_writer())

@@ -1,6 +1,6 @@
 """The auditory span detector: which word pieces of a sentence belong to an auditory span.
 
-BERT token classification with two labels (0 outside, 1 inside), trained on the gold spans
+BERT (or RoBERTa) token classification with two labels (0 outside, 1 inside), trained on the gold spans
 of all configured tasks together (or of those in `train.tasks`; evaluated on every task).
 Loss and metrics ignore special and padding tokens. Contiguous positive tokens form a
 predicted span; its text is cut from the sentence by character offsets. Metrics: token F1 of
@@ -178,8 +178,9 @@ class SpanTask:
           {e.id: s for e, s in zip(self.examples[key], spans)})
     hf.save(params, self.bert_config, os.path.join(workdir, "export"),
             head="token_classification", tokenizer_from=self.path, id2label=LABELS)
+    architecture = hf.convert.ARCHITECTURES[self.bert_config.model_type]["token_classification"]
     return ["Predicted spans: predictions/<task>_<split>.jsonl; detector: export/ "
-            "(transformers BertForTokenClassification, label 1 = inside a span)."]
+            f"(transformers {architecture}, label 1 = inside a span)."]
 
 
 def run(config, workdir: str):
