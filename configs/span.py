@@ -27,6 +27,12 @@ on pitch only, on both), evaluated on every task of `data.tasks`:
     python -m axk.main --config=configs/span.py --workdir=workdirs/span_animal \
         --config.train.tasks='("animal",)'
 
+Trained on span labels that any labeller wrote (JSON lines of `id`, `sentence`, `spans` by
+character offsets, optional `split`: train, dev or test), e.g. an LLM's spans over GLUE:
+
+    python -m axk.main --config=configs/span.py --workdir=workdirs/span_glue \
+        --config.train.labels=glue_spans.jsonl
+
 Outputs: results.json/.md (token F1, span P/R/F1 per task and split, train included),
 predictions/ (JSON lines of predicted spans per task and split, train included: ITH's
 published code runs the detector on every split), export/ (a transformers
@@ -58,6 +64,10 @@ def get_config(arg=None):
   # paper); it is evaluated on every task of data.tasks all the same. Trained on one task,
   # it keeps the checkpoint best on that task's dev, otherwise on the mean over the tasks.
   c.train.tasks = ()
+  # A JSON-lines file of span labels from any labeller (an LLM over GLUE, as ITH labelled
+  # its GLUE spans): when set, the detector learns from its train rows instead of
+  # AuditoryBench's and is selected on its dev rows (`axk.data.spans.read_labels`).
+  c.train.labels = ""
   if variant == "minilm":
     common.minilm(c)
     c.train.learning_rate = 5e-5  # A 6-layer model fine-tunes well at a higher rate.

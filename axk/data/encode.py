@@ -194,7 +194,10 @@ class _Tokenised:
 def _tokenise(
     examples: Sequence[Example],
     tokenizer: transformers.PreTrainedTokenizerBase,
+    masked: bool = True,
 ) -> list[_Tokenised]:
+  """Each sentence tokenised with offsets; `masked`: it must have one mask token (else the
+  first word stands in for it, where an overlong sentence's window starts)."""
   if not examples:
     return []
   texts = [model_text(e.sentence, tokenizer) for e in examples]
@@ -210,6 +213,9 @@ def _tokenise(
   for i, example in enumerate(examples):
     ids = list(batch["input_ids"][i])
     at = [j for j, t in enumerate(ids) if t == tokenizer.mask_token_id]
+    if not masked:
+      special = batch["special_tokens_mask"][i]
+      at = at[:1] or [next((j for j, s in enumerate(special) if not s), 0)]
     if len(at) != 1:
       raise ValueError(f"{example.id}: expected one mask token, found {len(at)} in "
                        f"{tokenizer.convert_ids_to_tokens(ids)}")
@@ -420,6 +426,26 @@ def encode(
     logger.warning("protocol 'single': %d of %d answers have several word pieces; only "
                    "the first is a target", multi_piece, len(examples))
   out = _stack(rows, tokenizer, max_length, pad_to)
+  out["example_index"] = np.arange(len(examples), dtype=np.int32)
+  return out
+
+
+def encode_spans(
+    examples: Sequence[Example],
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    *,
+    max_length: int,
+    warn=logger.warning,
+) -> dict[str, np.ndarray]:
+  """Tokenises sentences with or without a `[MASK]` (span labels, `axk.data.spans.
+  read_labels`) for the span detector: the arrays of `encode` with no mask targets
+  (`mask_positions` [N, 0]). An overlong sentence keeps its first `max_length` tokens, or
+  the window around its `[MASK]` when it has one."""
+  rows = []
+  for example, tok in zip(examples, _tokenise(examples, tokenizer, masked=False)):
+    tok = _fit(example, tok, 0, max_length, warn)
+    rows.append(_row(example, tok, example.spans, [], max_length))
+  out = _stack(rows, tokenizer, max_length, None)
   out["example_index"] = np.arange(len(examples), dtype=np.int32)
   return out
 

@@ -1,4 +1,5 @@
-"""Predicted auditory spans: the JSON-lines format, and spans from token labels.
+"""Predicted auditory spans: the JSON-lines format, and spans from token labels; span
+labels to train a detector on (`read_labels`).
 
 One file per task and split, one object per example:
 `{"id": "animal/test/3", "sentence": ..., "spans": [{"start": 0, "end": 5, "text": "Chirp"}]}`.
@@ -105,6 +106,74 @@ def write_predictions(path: str, examples: Sequence[Example],
                         for s in spans.get(e.id, ())]}
     lines.append(json.dumps(record, ensure_ascii=False) + "\n")
   files.write_text(path, "".join(lines))
+
+
+# Splits of a span-labels file (`read_labels`): the detector learns from "train", is selected
+# on "dev" and scored on "dev" and "test".
+LABEL_SPLITS = ("train", "dev", "test")
+LABELS_TASK = "labels"  # The task name of a labels file's rows (results, predictions).
+
+
+def read_labels(path: str) -> list[Example]:
+  """Span labels that any labeller wrote (an LLM, people), to train a span detector on.
+
+  JSON lines, one sentence each: `{"id": "sst2/train/7", "sentence": "...", "spans":
+  [{"start": 4, "end": 13}, ...], "split": "train"}`; a span may also be `[start, end]`,
+  `split` (one of `LABEL_SPLITS`) defaults to "train", the sentence needs no `[MASK]`.
+  Character offsets are the truth: each span's text is cut from the sentence.
+
+  Returns:
+    The rows as `Example`s of task `LABELS_TASK` (no answer), in file order.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: one line naming the file, line and field of the first bad row (not JSON,
+      a missing or mistyped field, a span outside its sentence or empty, an unknown split,
+      an id seen before).
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no such span-labels file")
+  out, seen = [], set()
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}:{number}"
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not a JSON object ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise ValueError(f"{where}: not a JSON object")
+      for field, kind in (("id", str), ("sentence", str), ("spans", list)):
+        if not isinstance(record.get(field), kind):
+          raise ValueError(f"{where}: field `{field}` must be a {kind.__name__}")
+      row_id, sentence = record["id"], record["sentence"]
+      if row_id in seen:
+        raise ValueError(f"{where}: id {row_id!r} appears twice")
+      seen.add(row_id)
+      split = record.get("split", "train")
+      if split not in LABEL_SPLITS:
+        raise ValueError(f"{where}: field `split` is {split!r}; one of {', '.join(LABEL_SPLITS)}")
+      spans = []
+      for k, item in enumerate(record["spans"]):
+        try:
+          start, end = ((item["start"], item["end"]) if isinstance(item, dict) else item)
+          start, end = int(start), int(end)
+        except (KeyError, TypeError, ValueError):
+          raise ValueError(f"{where}: field `spans[{k}]` must be {{\"start\", \"end\"}} or "
+                           "[start, end]") from None
+        if not (0 <= start < end <= len(sentence)) or not sentence[start:end].strip():
+          raise ValueError(f"{where}: field `spans[{k}]` = [{start}, {end}] is not a "
+                           f"non-blank range of its {len(sentence)}-character sentence")
+        spans.append(Span(start, end, sentence[start:end]))
+      out.append(Example(id=row_id, task=LABELS_TASK, split=split, sentence=sentence,
+                         answer="", spans=tuple(sorted(set(spans),
+                                                      key=lambda s: (s.start, s.end))),
+                         options=(), label=-1))
+  if not out:
+    raise ValueError(f"{path}: no rows")
+  return out
 
 
 def _in_word(c: str) -> bool:

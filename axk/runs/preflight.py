@@ -282,11 +282,15 @@ def _span(ctx: _Context, c, workdir: str, stage: str = "", hint: str = "") -> No
   if data:
     try:
       learns = span_run.train_tasks_of(c)
+      span_run.check_labels(c)
     except common.ConfigError as e:
       ctx.plan.problem(_prefix(stage) + str(e))
       return
-    rows = sum(len(d["train"].complete()) for t, d in data.items()
-               if t in learns and "train" in d)
+    if c.train.get("labels"):  # It learns from the labels file's train rows.
+      rows = sum(e.split == "train" for e in spans_lib.read_labels(c.train.labels))
+    else:
+      rows = sum(len(d["train"].complete()) for t, d in data.items()
+                 if t in learns and "train" in d)
     steps = _steps(rows, c.train.epochs, c.train.batch_size)
     ctx.plan.costs.append(f"{stage or 'span detector'}: {steps} train steps ({rows} rows x "
                           f"{c.train.epochs} epochs / batch {c.train.batch_size})")

@@ -1,5 +1,9 @@
 """The auditory span detector: which word pieces of a sentence belong to an auditory span.
 
+With `train.labels` (a JSON-lines file of sentences and spans that any labeller wrote,
+`axk.data.spans.read_labels`) it learns from that file's train rows instead of
+AuditoryBench's, and is scored and selected on its dev rows (results key `labels/dev`).
+
 BERT (or RoBERTa) token classification with two labels (0 outside, 1 inside), trained on the gold spans
 of all configured tasks together (or of those in `train.tasks`; evaluated on every task).
 Loss and metrics ignore special and padding tokens. Contiguous positive tokens form a
@@ -107,11 +111,29 @@ class SpanTask:
     train_tasks = train_tasks_of(config)
     if len(train_tasks) == 1 and len(data) > 1:  # Selected on the task it learns.
       self.selection = f"{train_tasks[0]}/dev/token_f1"
-    train = [e for t in train_tasks for e in data[t]["train"].complete()]
-    self.train_ids = [e.id for e in train]
-    self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
-                                   protocol="single")
     self.examples, self.eval_arrays, self.scored = {}, {}, {}
+    labels_file = config.train.get("labels", "")
+    if labels_file:
+      # Any labeller's spans (`spans_lib.read_labels`): it learns from their train rows
+      # alone, is scored on their dev and test rows, selected on their dev rows.
+      rows = spans_lib.read_labels(labels_file)
+      train = [e for e in rows if e.split == "train"]
+      for split in ("dev", "test"):
+        held = [e for e in rows if e.split == split]
+        if held:
+          key = f"{spans_lib.LABELS_TASK}/{split}"
+          self.examples[key] = held
+          self.eval_arrays[key] = {"all": enc.encode_spans(held, self.tokenizer,
+                                                           max_length=max_length)}
+          self.scored[key] = np.arange(len(held), dtype=np.int64)
+      if f"{spans_lib.LABELS_TASK}/dev" in self.examples:
+        self.selection = f"{spans_lib.LABELS_TASK}/dev/token_f1"
+      self.train_arrays = enc.encode_spans(train, self.tokenizer, max_length=max_length)
+    else:
+      train = [e for t in train_tasks for e in data[t]["train"].complete()]
+      self.train_arrays = enc.encode(train, self.tokenizer, max_length=max_length,
+                                     protocol="single")
+    self.train_ids = [e.id for e in train]
     # Evaluation splits, then train: its predicted spans are the training spans of the runs
     # that read them (ITH's published code runs the detector on every split). Only dev
     # evaluations run during training; train is predicted once, at the end.
@@ -183,11 +205,25 @@ class SpanTask:
             f"(transformers {architecture}, label 1 = inside a span)."]
 
 
+def check_labels(config) -> None:
+  """One line for a `train.labels` file that cannot be read or has no train rows."""
+  path = config.train.get("labels", "")
+  if not path:
+    return
+  try:
+    rows = spans_lib.read_labels(path)
+  except (OSError, ValueError) as e:
+    raise common.ConfigError(f"--config.train.labels: {e}") from None
+  if not any(e.split == "train" for e in rows):
+    raise common.ConfigError(f"--config.train.labels={path}: no row of split 'train'.")
+
+
 def run(config, workdir: str):
   if not workdir:
     raise common.ConfigError("--workdir is required.")
   common.check_config(config)
   train_tasks_of(config)
+  check_labels(config)
   done = loop.finished_results(config, workdir)
   if done is not None:  # Finished before with this config.
     return done
