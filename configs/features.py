@@ -31,6 +31,9 @@ The candidates per span: n = 2 (the paper's, Figure 2); the published code's bat
 ITH's ablations, as modifiers after a comma (the generation source alone; on `smoke` too):
 `generation,no_rejection` (the first clip drawn), `generation,sentence_audio` (one clip per
 sentence, "w/o DKI"), `generation,audioldm2` and `generation,musicgen` (other generators).
+`glue` (`generation,glue`, `smoke,glue`) builds ITH's features for GLUE: the spans of the span
+files `python -m axk.glue_spans` wrote (`--config.data.glue_spans=W`), every task and split
+there (`--config.data.tasks` picks tasks), for `configs/glue.py:ith`.
 `gold` (after any variant: `generation,gold`) builds at the gold spans of every split instead
 of the detector's: an oracle of the spans, for a run that asks for gold spans
 (`--config.spans.gold_splits`) or says it accepts them (`--config.spans.accept_gold_features`).
@@ -80,7 +83,7 @@ from configs import common
 VARIANTS = ("retrieval", "generation", "smoke", "oracle", "oracle_shuffled")
 # Modifiers of the generation source (after a comma: `generation,no_rejection`,
 # `smoke,audioldm2`), ITH's ablations of the paper's Tables 2 and 3.
-MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen", "gold")
+MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen", "gold", "glue")
 # Modifiers that concern the generation source alone (the others select it).
 GENERATION_MODIFIERS = ("no_rejection", "sentence_audio", "audioldm2", "musicgen")
 
@@ -122,6 +125,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.plugins = ()  # Modules imported at start that register tasks (a run's own tasks).
   # Keep rows whose gold span is missing (no row is lost when spans come from a model).
   c.data.keep_missing_spans = True
+  # GLUE span files (`python -m axk.glue_spans --out=W`: W or W/spans): the features of their
+  # texts' spans instead of AuditoryBench's (the `glue` modifier sets the rest).
+  c.data.glue_spans = ""
 
   c.spans = ml_collections.ConfigDict()
   # gold | predictions | detector. "predictions": the span detector's (both methods detect
@@ -210,6 +216,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.generation.negative_prompt = "Low quality"  # negative prompt (published; "" for none)
   c.generation.prompt_template = "{span} sound"  # generator prompt (published code)
   c.generation.score_template = "{span}"  # CLAP text clips are scored against (published)
+  # Latent window Stable Audio denoises: "full" (published) its whole window (47.55 s for
+  # Stable Audio Open), trimmed to `seconds` after decoding; "clip" only the latent frames
+  # `seconds` needs (other samples, their own cache keys; faster, see docs/features.md).
+  # StableAudioPipeline only.
+  c.generation.window = "full"
   # n: candidates tried per span, in a fixed order (candidate j always has the same seed).
   # 2: the paper's (Figure 2 peaks at n = 2 and the paper searched n). The published code
   # draws a batch of 5: --config.generation.n=5. Candidate j keeps its seed whatever n is, so
@@ -297,4 +308,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.spans.source = "gold"
   if any(m in GENERATION_MODIFIERS for m in mods):
     c.source = "generation"
+  if "glue" in mods:  # ITH on GLUE: generated audio for the spans of GLUE's span files.
+    from axk.tasks import glue as glue_tasks  # pylint: disable=g-import-not-at-top
+    c.source = "generation"
+    c.spans.source = "gold"  # The span files' spans (a detector's), read as the texts' own.
+    c.data.tasks = glue_tasks.NAMES
+    # The paper gives no GLUE threshold: each GLUE task's `tau` (0), under `smoke` the tiny
+    # CLAP's animal threshold.
+    smoke_tau = c.generation.tau.get("animal") if variant == "smoke" else None
+    c.generation.tau = ml_collections.ConfigDict(
+        {t: tasks.get(t).tau if smoke_tau is None else smoke_tau for t in glue_tasks.NAMES})
   return c

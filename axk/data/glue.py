@@ -234,3 +234,50 @@ def write_submission(out_dir: str, task: str, split: str, examples, predictions)
     lines.append(f"{example.index}\t{value}")
   files.write_text(path, "\n".join(lines) + "\n")
   return path
+
+
+# -- Span files (`python -m axk.glue_spans`): `<folder>/<task>_<split>.jsonl`, a line per row,
+# `{"id", "texts": [{"text", "spans": [[start, end], ...]}, ...]}`, one text or two.
+
+
+def span_file(folder: str, task: str, split: str) -> str:
+  """The span file of `task`/`split` in `folder` (a `glue_spans` output, or its `spans/`)."""
+  inner = os.path.join(folder, "spans")
+  return os.path.join(inner if os.path.isdir(inner) else folder, f"{task}_{split}.jsonl")
+
+
+def text_id(row_id: str, k: int) -> str:
+  """The id of text `k` (0: the first, 1: the second of a pair) of a row."""
+  return f"{row_id}#{k}"
+
+
+def read_span_file(path: str, task: str, split: str):
+  """The texts of a span file as `axk.data.types.Example`s (id `text_id(row, k)`, the
+  text as `sentence`, its spans as gold spans, no answer), for the feature pipeline.
+
+  Raises:
+    GlueDataError: one line naming the file, line and field of a bad row.
+  """
+  from axk.data.types import Example  # pylint: disable=g-import-not-at-top
+  from axk.data.types import Span  # pylint: disable=g-import-not-at-top
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        texts = [(t["text"], [(int(a), int(b)) for a, b in t["spans"]]) for t in row["texts"]]
+        row_id = str(row["id"])
+      except (ValueError, KeyError, TypeError) as e:
+        raise GlueDataError(f"{path}:{number}: expected {{\"id\", \"texts\": [{{\"text\", "
+                            f"\"spans\": [[start, end], ...]}}]}} ({e})") from None
+      for k, (text, spans) in enumerate(texts):
+        bad = [s for s in spans if not 0 <= s[0] < s[1] <= len(text)]
+        if bad:
+          raise GlueDataError(f"{path}:{number}: texts[{k}] span {list(bad[0])} lies outside "
+                              f"its {len(text)}-character text")
+        out.append(Example(id=text_id(row_id, k), task=task, split=split, sentence=text,
+                           answer="", spans=tuple(Span(a, b, text[a:b]) for a, b in spans),
+                           options=(), label=-1))
+  return out

@@ -28,7 +28,10 @@ def split_list(value, allowed: Sequence[str], what: str) -> list[str]:
 
 
 def load_data(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, dict]]:
-  """Examples by task and split, and the inputs' provenance for the manifest."""
+  """Examples by task and split, and the inputs' provenance for the manifest: AuditoryBench's
+  rows, or with `data.glue_spans` the texts of GLUE's span files (`glue_examples`)."""
+  if config.data.get("glue_spans"):
+    return glue_examples(config)
   data_dir = auditorybench.resolve_data_dir(config.data.dir, config.data.cache_dir or None,
                                             config.data.get("revision", ""))
   tasks = split_list(config.data.tasks, tasks_lib.names(), "data.tasks")
@@ -42,6 +45,28 @@ def load_data(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, di
       inputs[f"{task}/{split}"] = {"path": os.path.abspath(d.path),
                                    "sha256": d.sha256 or shards.sha256_file(d.path),
                                    "num_examples": len(d.examples), "skipped": d.skipped}
+  return examples, inputs
+
+
+def glue_examples(config) -> tuple[dict[str, dict[str, list[Example]]], dict[str, dict]]:
+  """Every text of the span files in `data.glue_spans` (`python -m axk.glue_spans`'s output)
+  for the GLUE tasks of `data.tasks` and each of their splits, as examples whose gold spans
+  are the files' (so `spans.source="gold"`); FileNotFoundError naming a missing file."""
+  from axk.data import glue as glue_data  # pylint: disable=g-import-not-at-top
+  folder = os.path.expanduser(config.data.glue_spans)
+  tasks = split_list(config.data.tasks, [t for t in tasks_lib.names()
+                                         if tasks_lib.get(t).rows is None], "data.tasks")
+  examples, inputs = {}, {}
+  for task in tasks:
+    for split in glue_data.spec_of(task).splits:
+      path = glue_data.span_file(folder, task, split)
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.glue_spans={folder}: no {os.path.basename(path)} "
+                                "(python -m axk.glue_spans writes one per task and split)")
+      examples.setdefault(task, {})[split] = glue_data.read_span_file(path, task, split)
+      inputs[f"{task}/{split}"] = {"path": os.path.abspath(path),
+                                   "sha256": shards.sha256_file(path),
+                                   "num_examples": len(examples[task][split]), "skipped": {}}
   return examples, inputs
 
 

@@ -148,7 +148,6 @@ class Method:
     `adapter/` (PEFT LoRA, when the model trains LoRA),
     `aux_file` (the method's own weights by `aux_table`) and `<name>.json`; returns notes for
     results.md."""
-    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
     hf_io.save(params["bert"], model.config, os.path.join(out_dir, "base"), head="mlm",
                tokenizer_from=tokenizer_from)
     lora = bool(getattr(model, "use_lora", False))
@@ -156,6 +155,15 @@ class Method:
       lora_lib.export_adapter(params, model, out_dir, base_model_name_or_path)
     architecture = convert.ARCHITECTURES[model.config.model_type]["mlm"]
     written = [f"export/base ({architecture})"] + (["export/adapter (PEFT LoRA)"] if lora else [])
+    written += self.export_aux(params, model, out_dir)
+    run = f"; run with {self.torch_class.replace(':', '.')}" if self.torch_class else ""
+    return [f"Export: {', '.join(written)}{run}."]
+
+  def export_aux(self, params, model, out_dir: str, **meta) -> list[str]:
+    """Writes `aux_file` (the method's own weights by `aux_table`) and `<name>.json`
+    (`meta(model)` and `meta`); returns what it wrote beyond the json."""
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    written = []
     if self.has_aux(model):
       flat = {k: v for k, v in flatten(params).items()
               if not k.startswith(("bert/", "lora/"))}
@@ -163,9 +171,8 @@ class Method:
       with files.atomic_path(os.path.join(out_dir, self.aux_file)) as tmp:
         save_file({k: np.asarray(v, np.float32) for k, v in aux.items()}, tmp)
       written.append(f"export/{self.aux_file}")
-    files.write_json(os.path.join(out_dir, f"{self.name}.json"), self.meta(model))
-    run = f"; run with {self.torch_class.replace(':', '.')}" if self.torch_class else ""
-    return [f"Export: {', '.join(written)}{run}."]
+    files.write_json(os.path.join(out_dir, f"{self.name}.json"), {**self.meta(model), **meta})
+    return written
 
   def load(self, path: str) -> "Loaded":
     """The export in folder `path` as a JAX model (see `load_export`)."""

@@ -160,6 +160,9 @@ class Model(nn.Module):
   lora_alpha: float = 128.0
   lora_dropout: float = 0.01
   lora_targets: tuple[str, ...] = ("query", "key", "value")
+  # The BERT head (`axk.models.bert.HEADS`): "mlm" (AuditoryBench), "sequence_classification"
+  # (GLUE, `axk.runs.sentence`).
+  head: str = "mlm"
 
   def check(self) -> None:
     """ValueError("<field>=<value>: <what is allowed>") for a field that cannot work."""
@@ -176,6 +179,8 @@ class Model(nn.Module):
     if self.audio_activation not in ACTIVATIONS:
       raise ValueError(f"audio_activation={self.audio_activation!r}: must be one of "
                        f"{', '.join(ACTIVATIONS)}.")
+    if self.head not in ("mlm", "sequence_classification"):
+      raise ValueError(f"head={self.head!r}: must be mlm or sequence_classification.")
     if not float(self.fusion_norm_eps) > 0:
       raise ValueError(f"fusion_norm_eps={self.fusion_norm_eps}: must be positive.")
     if self.use_lora:
@@ -185,7 +190,7 @@ class Model(nn.Module):
         raise ValueError(f"lora_targets={tuple(self.lora_targets)}: {e}") from None
 
   def setup(self):
-    self.bert = bert_lib.Bert(self.config, head="mlm")
+    self.bert = bert_lib.Bert(self.config, head=self.head)
     self.audio_mlp = AudioMLP(self.config, self.audio_activation)
     self.fusion = GatedCrossAttentionFusion(self.config, gate=self.fusion_gate,
                                             gate_on=self.gate_on,
@@ -195,7 +200,8 @@ class Model(nn.Module):
                                 tuple(self.lora_targets))
 
   def __call__(self, batch: Mapping, *, positions=None, deterministic=True):
-    """Masked-LM outputs ({"hidden_states", "logits"}) of the `INPUTS` fields of `batch`."""
+    """The head's outputs ({"hidden_states", "logits"}: masked-LM, or a sequence head's)
+    of the `INPUTS` fields of `batch`."""
     lora = self.lora() if self.use_lora else None
     encode = dict(deterministic=deterministic, lora=lora, lora_dropout=self.lora_dropout)
     span_has_audio = batch["span_has_audio"]

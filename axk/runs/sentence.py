@@ -27,11 +27,15 @@ import numpy as np
 import tqdm
 
 from axk import hf
+from axk import methods
 from axk.data import benchmark
 from axk.data import encode as enc
 from axk.data import glue as glue_data
+from axk.data import types
+from axk.features import shards
 from axk.models import bert as bert_lib
 from axk.runs import common
+from axk.runs import inputs as inputs_lib
 from axk.runs import masked_word
 from axk.train import loop
 from axk.train import metrics as metrics_lib
@@ -49,6 +53,20 @@ def validate(config) -> None:
   if config.data.max_length < 8:
     raise common.ConfigError(f"--config.data.max_length={config.data.max_length}: too short "
                              "for a sentence pair")
+  name = config.model.get("name", "text")
+  if name not in ("text", "ith"):
+    raise common.ConfigError(f"--config.model.name={name!r}: a GLUE run is text only "
+                             "(\"text\") or ITH (\"ith\").")
+  if name == "ith":
+    folder = config.features.dir
+    if not folder or not os.path.isfile(os.path.join(folder, shards.MANIFEST)):
+      raise common.ConfigError(
+          f"--config.features.dir={folder!r}: ITH on GLUE reads its spans' audio features "
+          "(a folder with manifest.json, from configs/features.py:generation,glue).")
+    built = shards.read_manifest(folder).get("tfds", {}).get("configs", [])
+    if spec.name not in built:
+      raise common.ConfigError(f"--config.features.dir={folder}: no features for "
+                               f"{spec.name} (built for {', '.join(built) or 'none'}).")
 
 
 def encode(tokenizer, examples, max_length: int, label_dtype, chunk: int = 4096
@@ -94,6 +112,66 @@ def encode(tokenizer, examples, max_length: int, label_dtype, chunk: int = 4096
   return {**{k: v[:, :longest] for k, v in out.items()}, "labels": labels}, cut
 
 
+def text_examples(spec, split: str, row) -> list[types.Example]:
+  """The texts of a GLUE row as the examples the feature pipeline built features for
+  (`axk.data.glue.read_span_file`: id `text_id(row, k)`, the text as `sentence`)."""
+  texts = [row.text_a] + ([row.text_b] if row.text_b else [])
+  return [types.Example(id=glue_data.text_id(row.id, k), task=spec.name, split=split,
+                        sentence=text, answer="", spans=(), options=(), label=-1)
+          for k, text in enumerate(texts)]
+
+
+def span_ids(tokenizer, rows, spans, arrays, max_length: int, chunk: int = 4096
+             ) -> np.ndarray:
+  """[rows, length] int32: on each token, the 1-based index of the span it lies in among its
+  row's spans (those of the first text, then the second's), 0 elsewhere.
+
+  `spans[r][k]` are the span dicts (`start`, `end`: characters of text k) of row r. Rows are
+  tokenised as `encode` tokenised them (checked token for token against `arrays`), with
+  offsets and the text each token comes from.
+  """
+  n, length = arrays["input_ids"].shape
+  out = np.zeros((n, length), np.int32)
+  pair = bool(rows) and bool(rows[0].text_b)
+  for start in range(0, n, chunk):
+    part = rows[start:start + chunk]
+    tok = tokenizer([e.text_a for e in part], [e.text_b for e in part] if pair else None,
+                    truncation="longest_first" if pair else True, max_length=max_length,
+                    return_offsets_mapping=True, verbose=False)
+    for i in range(len(part)):
+      r, ids = start + i, tok["input_ids"][i]
+      if ids != arrays["input_ids"][r, :len(ids)].tolist():
+        raise AssertionError(f"{part[i].id}: tokenised differently for its spans")
+      texts = spans[r]
+      first = [0, len(texts[0])]
+      for t, (k, (a, b)) in enumerate(zip(tok.sequence_ids(i), tok["offset_mapping"][i])):
+        if k is None or b <= a:
+          continue
+        j = next((j for j, s in enumerate(texts[k]) if a < s["end"] and s["start"] < b), None)
+        if j is not None:
+          out[r, t] = first[k] + j + 1
+  return out
+
+
+def audio_inputs(config, spec, examples, arrays, tokenizer, features, audio_dim: int,
+                 audio_tokens: int) -> None:
+  """Adds ITH's inputs to each split's `arrays` (in place): `span_ids`, `span_has_audio` and
+  `span_audio_tokens` (lazy, `axk.train.data.SpanTokens`) from the features of each text."""
+  for split, rows in examples.items():
+    spans = [[features(e) for e in text_examples(spec, split, row)] for row in rows]
+    a = arrays[split]
+    a["span_ids"] = span_ids(tokenizer, rows, spans, a, config.data.max_length)
+    audio = inputs_lib.audio_arrays([sum(texts, []) for texts in spans],
+                                    max_spans=int(config.data.max_spans), audio_dim=audio_dim,
+                                    audio="tokens", audio_tokens=audio_tokens)
+    s = audio["span_has_audio"].shape[1]
+    a["span_ids"] = np.where(a["span_ids"] > s, 0, a["span_ids"])  # Beyond max_spans.
+    # A span none of whose tokens is kept (a cut row) brings no audio.
+    kept = (a["span_ids"][:, None, :] == np.arange(1, s + 1)[None, :, None]).any(-1)
+    audio["span_has_audio"] *= kept.astype(np.int32)
+    a.update(audio)
+
+
 # The last data read and encoded, by what it depends on: the seeds and learning rates of one
 # command train on the same rows (2 rates x 5 seeds read MNLI once, not ten times).
 _ENCODED: dict = {}
@@ -122,17 +200,34 @@ def _read_and_encode(config, spec, tokenizer) -> tuple[dict, dict]:
 
 
 class SentenceTask:
-  """`axk.train.loop.Experiment` of one sentence task, text only."""
+  """`axk.train.loop.Experiment` of one sentence task: text only (`model.name` "text"), or
+  ITH (`model.name` "ith": each span's audio tokens fused into its tokens, `axk.models.ith`
+  with a sequence head)."""
 
   def __init__(self, config, workdir: str):
     self.config = config
     self.spec = spec = glue_data.spec_of(config.data.task)
-    self.name = config.get("name") or f"{spec.title}, text only"
+    self.ith = config.model.get("name", "text") == "ith"
+    self.name = config.get("name") or f"{spec.title}, {'ITH' if self.ith else 'text only'}"
     self.path = common.model_dir(config, workdir)
     self.bert_config = common.bert_config(config, self.path, num_labels=spec.num_labels)
-    self.model = bert_lib.Bert(self.bert_config, head="sequence_classification")
+    self.bert_module = bert_lib.Bert(self.bert_config, head="sequence_classification")
+    self.model = self.bert_module
     self.tokenizer = enc.load_tokenizer(self.path)
     self.examples, arrays = _read_and_encode(config, spec, self.tokenizer)
+    if self.ith:
+      manifest = shards.verify(config.features.dir)  # sizes always, hashes when changed
+      dims = manifest.get("dims", {})
+      audio_dim = int(dims.get("ast", config.features.audio_dim))
+      audio_tokens = int(dims.get("num_audio_tokens", config.features.audio_tokens))
+      arrays = {k: dict(v) for k, v in arrays.items()}  # The text arrays stay shared.
+      audio_inputs(config, spec, self.examples, arrays, self.tokenizer,
+                   inputs_lib.FeatureSpans(config.features.dir), audio_dim, audio_tokens)
+      fields = {**masked_word.method_fields(config), "head": "sequence_classification"}
+      try:
+        self.model = methods.get("ith").build(self.bert_config, audio_dim, **fields)
+      except ValueError as e:
+        raise common.ConfigError(f"--config.model.{e}") from None
     self.train_arrays = arrays["train"]
     self.train_ids = [e.id for e in self.examples["train"]]
     self.eval_arrays = {f"{spec.name}/{s}": {"paper": arrays[s]}
@@ -140,10 +235,15 @@ class SentenceTask:
     self.selection = f"{spec.name}/{spec.eval_splits[0]}/{spec.selection_metric}"
 
   # -- the loop's interface ------------------------------------------------------------------
+  def _inputs(self, batch) -> tuple:
+    """The model's positional arguments from a batch."""
+    if self.ith:
+      return ({k: batch[k] for k in methods.get("ith").inputs},)
+    return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+
   def _init_boxed(self, rng):
-    row = {k: jnp.asarray(v[:1]) for k, v in self.train_arrays.items()}
-    return self.model.init(rng, row["input_ids"], row["attention_mask"],
-                           row["token_type_ids"])["params"]
+    row = {k: jnp.asarray(np.asarray(v[:1])) for k, v in self.train_arrays.items()}
+    return self.model.init(rng, *self._inputs(row))["params"]
 
   def init_params(self, rng):
     return nn.meta.unbox(self._init_boxed(rng))
@@ -154,12 +254,17 @@ class SentenceTask:
   def pretrained_params(self):
     if self.config.model.tiny:  # Its random weights are the written checkpoint's anyway.
       return None
-    return jax.device_get(hf.load_params(self.path, self.model,
-                                            jax.random.key(self.config.seed)))
+    bert = jax.device_get(hf.load_params(self.path, self.bert_module,
+                                         jax.random.key(self.config.seed)))
+    if not self.ith:
+      return bert
+    # ITH's own modules start random; its BERT (and head) come from the checkpoint.
+    params = jax.device_get(jax.jit(self.init_params)(jax.random.key(self.config.seed)))
+    params["bert"] = bert
+    return params
 
   def _logits(self, params, batch, **kwargs):
-    return self.model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                            batch["token_type_ids"], **kwargs)["logits"]
+    return self.model.apply({"params": params}, *self._inputs(batch), **kwargs)["logits"]
 
   def loss(self, params, batch, rng):
     logits = self._logits(params, batch, deterministic=False, rngs={"dropout": rng})
@@ -207,9 +312,12 @@ class SentenceTask:
       if split in spec.test_splits:
         glue_data.write_submission(os.path.join(workdir, "submission"), spec.name, split,
                                    self.examples[split], predicted.tolist())
-    hf.save(params, self.bert_config, os.path.join(workdir, "export"),
+    export = os.path.join(workdir, "export")
+    hf.save(params["bert"] if self.ith else params, self.bert_config, export,
             head="sequence_classification", tokenizer_from=self.path,
             id2label=dict(enumerate(spec.labels)) if spec.labels else None)
+    if self.ith:  # The text model above; the audio MLP and fusion beside it.
+      methods.get("ith").export_aux(params, self.model, export, head="sequence_classification")
     notes = [f"{spec.title}: {', '.join(spec.metrics)} in percent; test splits have no labels "
              "(their leaderboard files are in submission/)."]
     if spec.head == "classification":

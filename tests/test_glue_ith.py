@@ -1,0 +1,118 @@
+"""ITH on GLUE: the spans of both texts of a row located on the pair's tokens, ITH's fusion
+under a sequence head, and the chain from a detector's GLUE span files through the feature
+stage to a trained, exported model. Data: the invented GLUE-layout sample shipped with axk."""
+
+import json
+import re
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import transformers
+
+from axk.data import encode as enc
+from axk.data import glue
+from axk.models import bert as bert_lib
+from axk.models import ith as ith_lib
+from axk.runs import common
+from axk.runs import sentence
+from configs import common as common_config
+from configs import glue as glue_config
+
+SAMPLE = glue.sample_dir()
+
+
+def word_spans(text, every=2):
+  """Every `every`-th word of `text` as a span dict (character offsets)."""
+  return [{"start": m.start(), "end": m.end()}
+          for i, m in enumerate(re.finditer(r"\w+", text)) if i % every == 1]
+
+
+def test_span_ids_mark_each_texts_spans_on_its_own_tokens():
+  tokenizer = enc.load_tokenizer(common_config.minilm_dir())
+  rows = glue.read_split(SAMPLE, "mrpc", "dev")
+  arrays, _ = sentence.encode(tokenizer, rows, 128, np.int32)
+  spans = [[word_spans(e.text_a), word_spans(e.text_b, 3)] for e in rows]
+  got = sentence.span_ids(tokenizer, rows, spans, arrays, 128)
+  for r, e in enumerate(rows):
+    # The reference: each text tokenised alone; [CLS] a [SEP] b [SEP] puts them side by side.
+    marks, first = [0], 0
+    for k, text in enumerate((e.text_a, e.text_b)):
+      tok = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+      for a, b in tok["offset_mapping"]:
+        j = [i for i, s in enumerate(spans[r][k]) if a < s["end"] and s["start"] < b]
+        marks.append(first + j[0] + 1 if j else 0)
+      marks.append(0)
+      first += len(spans[r][k])
+    n = len(marks)
+    assert got[r, :n].tolist() == marks and not got[r, n:].any()
+    assert set(got[r].tolist()) - {0} == set(range(1, first + 1))
+
+
+def test_ith_with_a_sequence_head_is_the_text_model_where_no_span_has_audio():
+  cfg = bert_lib.BertConfig(vocab_size=90, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, intermediate_size=48,
+                            max_position_embeddings=32, num_labels=3)
+  model = ith_lib.Model(cfg, audio_dim=24, head="sequence_classification")
+  r = np.random.RandomState(0)
+  b = dict(input_ids=r.randint(5, 90, (3, 10)).astype(np.int32),
+           attention_mask=np.ones((3, 10), np.int32), token_type_ids=np.zeros((3, 10), np.int32),
+           span_ids=np.zeros((3, 10), np.int32), span_has_audio=np.array([[1], [0], [1]]),
+           span_audio_tokens=r.randn(3, 1, 4, 24).astype(np.float32))
+  b["span_ids"][0, 2:4] = b["span_ids"][1, 2:4] = 1  # Row 1: a span without audio.
+  params = nn.meta.unbox(model.init(jax.random.key(0), b)["params"])
+  leaves, tree = jax.tree.flatten(params)  # Random everywhere: init leaves the head near 0.
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, x.shape, x.dtype)
+                                     for k, x in zip(keys, leaves)])
+  logits = np.asarray(model.apply({"params": params}, b)["logits"])
+  text = np.asarray(bert_lib.Bert(cfg, head="sequence_classification").apply(
+      {"params": params["bert"]}, b["input_ids"], b["attention_mask"],
+      b["token_type_ids"])["logits"])
+  assert logits.shape == (3, 3)
+  np.testing.assert_array_equal(logits[1:3], text[1:3])  # No audio, or no span: text only.
+  assert np.abs(logits[0] - text[0]).max() > 1e-4  # The fused span moves the answer.
+
+
+def test_an_ith_run_without_its_features_is_one_line(tmp_path):
+  config = glue_config.get_config("smoke,ith")
+  with pytest.raises(common.ConfigError) as e:
+    sentence.validate(config)
+  assert "--config.features.dir=''" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.e2e
+def test_ith_on_glue_from_span_files_to_an_export(tmp_path):
+  """A detector that marks every token: each text is one span; its clip, when the tiny
+  CLAP accepts it, is fused into all of the text's tokens."""
+  from axk import glue_spans
+  from axk.features import pipeline
+  from axk.features import tiny
+  from configs import features as features_config
+  detector = tiny.build_detector(str(tmp_path / "det"), positive_bias=5.0)
+  glue_spans.run(detector, "sample", str(tmp_path / "spans"), tasks=("mrpc",), device="cpu")
+  fc = features_config.get_config("smoke,glue")
+  fc.data.glue_spans = str(tmp_path / "spans")
+  fc.data.tasks = ("mrpc",)
+  pipeline.run(fc, str(tmp_path / "features"))
+  manifest = json.loads((tmp_path / "features" / "features" / "manifest.json").read_text())
+  texts = sum(2 * len(glue.read_split(SAMPLE, "mrpc", s)) for s in ("train", "dev", "test"))
+  assert sum(manifest["counts"]["by_split"][f"mrpc/{s}"]["examples"]
+             for s in ("train", "dev", "test")) == texts
+  assert 0 < manifest["counts"]["distinct_with_audio"] < manifest["counts"]["distinct_spans"]
+
+  config = glue_config.get_config("smoke,ith")
+  config.data.task = "mrpc"
+  config.features.dir = str(tmp_path / "features" / "features")
+  sentence.run(config, str(tmp_path / "run"))
+  results = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert set(results["mrpc"]["dev"]) >= {"accuracy", "f1"}
+  export = tmp_path / "run" / "export"
+  meta = json.loads((export / "ith.json").read_text())
+  assert meta["head"] == "sequence_classification" and meta["method"] == "ith"
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(export)
+  assert type(model).__name__ == "BertForSequenceClassification"
+  from safetensors.numpy import load_file
+  assert {"fusion.query.weight", "audio_mlp.fc1.weight"} <= set(load_file(
+      str(export / "fusion.safetensors")))
