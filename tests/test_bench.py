@@ -15,6 +15,7 @@ import axk.bench.bert, axk.bench.epoch, axk.bench.features, axk.bench.generation
 import axk.bench.loop, axk.bench.train_step, axk.bench.audio_tokens
 import axk.bench.compiles, axk.bench.profile, axk.bench.tables, axk.bench.decoder
 import axk.bench.suite, axk.bench.glue_scale, axk.bench.ray_features
+import axk.bench.generation_window
 print("ok")
 """
 
@@ -352,3 +353,24 @@ def test_glue_scale_writes_a_readable_task_and_counts_padding_by_hand(tmp_path):
   batches = [{"attention_mask": np.array([[1, 1, 1, 0], [1, 0, 0, 0]])},
              {"attention_mask": np.ones((2, 4), int)}]
   assert glue_scale.padding(batches) == pytest.approx(4 / 16)
+
+
+def test_generation_window_benchmark_tiny(tmp_path):
+  """The tiny Stable Audio pipeline, full window against the clip's: the DiT's FLOPs as the
+  counter gives them equal the count by hand, the clip's latent length is the hand-computed
+  one, and both windows give the clip's samples."""
+  from axk.bench import generation_window
+  out = tmp_path / "generation_window.json"
+  generation_window.main(["--scale=tiny", "--seconds=0.25", "--steps=2", "--rounds=1",
+                          "--allow-busy", f"--out={out}"])
+  payload = json.loads(out.read_text())
+  full, clip = payload["rows"]
+  # 0.25 s at 16 kHz with 64 samples per latent frame: ceil(4000 / 64) = 63 of 125 frames.
+  assert (full["window"], full["latent_frames"]) == ("full", 125)
+  assert (clip["window"], clip["latent_frames"]) == ("clip", 63)
+  for row in (full, clip):
+    assert row["samples"] == 4000 and row["dit_calls"] == 2 and row["dit_batch"] == 2
+    assert row["denoiser_flops_per_step"] == row["denoiser_flops_per_step_by_hand"] > 0
+    assert len(row["call_timing"]["values_s"]) == 1 and "busy" in row
+  assert payload["denoiser_flops_ratio_full_over_clip"] > 1
+  assert payload["wall_ratio_full_over_clip"] > 0 and payload["machine"]["cpu"]["model"]

@@ -369,3 +369,133 @@ def test_variants_select_feature_configs():
   assert _features_config("generation,musicgen").generation.pipeline_class == generation.MUSICGEN
   with pytest.raises(ValueError, match="modifier"):
     _features_config("generation,nope")
+
+
+# ----------------------------------------------------------------------------------------
+# The generator's window (`generation.window`): the full latent window or the clip's.
+# ----------------------------------------------------------------------------------------
+
+# The tiny Stable Audio pipeline (`tiny.build_stable_audio`): 16 kHz, a VAE of downsampling
+# ratios 2, 4, 8 (hop 64 samples per latent frame) and a DiT window of round(0.5 s * 16000 /
+# 64) = 125 latent frames (0.5 s).
+_TINY_RATE, _TINY_HOP, _TINY_WINDOW = 16_000, 64, 125
+
+
+@pytest.fixture(scope="module")
+def stable_audio(built):
+  gen = generation.AudioGenerator(built["stable_audio"], device="cpu")
+  assert gen.sampling_rate == _TINY_RATE and gen.pipe.vae.hop_length == _TINY_HOP
+  assert gen.pipe.transformer.config.sample_size == _TINY_WINDOW
+  return gen
+
+
+def _denoiser_inputs(gen, prompts, seeds, params):
+  """The waveforms, and the latents the transformer was called on at each step."""
+  seen = []
+  hook = gen.pipe.transformer.register_forward_pre_hook(
+      lambda module, args: seen.append(args[0].detach().clone()))
+  try:
+    waves = gen(prompts, seeds, params)
+  finally:
+    hook.remove()
+  return waves, seen
+
+
+def test_clip_window_denoises_the_clips_latent_length(stable_audio):
+  seeds = [_seed("bell", 0), _seed("rain", 0)]
+  prompts = ["bell sound", "rain sound"]
+  # 0.25 s: 4000 samples, 4000 / 64 = 62.5 -> 63 frames; 0.2 s: 3200 / 64 = 50 exactly.
+  for seconds, frames in ((0.25, 63), (0.2, 50)):
+    samples = int(seconds * _TINY_RATE)
+    full, full_in = _denoiser_inputs(stable_audio, prompts, seeds,
+                                     generation.GenerationParams(steps=3, seconds=seconds))
+    clip, clip_in = _denoiser_inputs(
+        stable_audio, prompts, seeds,
+        generation.GenerationParams(steps=3, seconds=seconds, window="clip"))
+    # Classifier-free guidance doubles the batch; 4 latent channels.
+    assert [tuple(x.shape) for x in full_in] == [(4, 4, _TINY_WINDOW)] * 3
+    assert [tuple(x.shape) for x in clip_in] == [(4, 4, frames)] * 3
+    assert [w.shape for w in full] == [(2, samples)] * 2
+    assert [w.shape for w in clip] == [(2, samples)] * 2
+    # The first step's input is the initial noise (scaled alike): the clip window's is the
+    # first frames of the one the pipeline draws itself for the full window.
+    np.testing.assert_array_equal(clip_in[0].numpy(), full_in[0][:, :, :frames].numpy())
+    # Past the first step the DiT sees a shorter sequence: another clip.
+    assert float(np.abs(clip[0] - full[0]).max()) > 1e-3 * float(np.abs(full[0]).max())
+
+
+def test_clip_window_of_the_whole_window_is_the_full_window(stable_audio):
+  seeds = [_seed("bell", 0), _seed("rain", 0), _seed("bell", 1)]
+  prompts = ["bell sound", "rain sound", "bell sound"]
+  seconds = _TINY_WINDOW * _TINY_HOP / _TINY_RATE  # 0.5 s, the model's whole window
+  full = stable_audio(prompts, seeds, generation.GenerationParams(steps=3, seconds=seconds))
+  clip = stable_audio(prompts, seeds, generation.GenerationParams(steps=3, seconds=seconds,
+                                                                  window="clip"))
+  for f, c in zip(full, clip):
+    assert f.shape == (2, 8000)
+    np.testing.assert_array_equal(c, f)
+
+
+def test_clip_window_candidate_is_the_same_alone_or_in_a_batch(stable_audio):
+  params = generation.GenerationParams(steps=3, seconds=0.25, window="clip")
+  seeds = [_seed("bell", 0), _seed("rain", 0), _seed("bell", 1)]
+  batch = stable_audio(["bell sound", "rain sound", "bell sound"], seeds, params)
+  scale = float(np.abs(batch[2]).max())
+  for i in (0, 2):
+    alone = stable_audio([["bell sound", "rain sound", "bell sound"][i]], seeds[i:i + 1],
+                         params)[0]
+    assert alone.shape == (2, 4000)
+    assert scale > 0 and float(np.abs(alone - batch[i]).max()) <= 1e-4 * scale
+  assert float(np.abs(batch[0] - batch[2]).max()) > 0.1 * scale  # another seed, another clip
+
+
+def test_window_keys_clips_only_when_not_full(built, tmp_path):
+  seed = _seed("owl", 1)
+  default = generation.clip_key("crafted", "owl sound", generation.GenerationParams(), seed)
+  # The key the default clip had before the window option existed: the digest of the five
+  # clip parameters (and the value that code gave, pinned).
+  before = {"pipeline_class": "StableAudioPipeline", "steps": 50, "seconds": 5.0,
+            "guidance_scale": 7.0, "negative_prompt": "Low quality"}
+  from axk import hub  # pylint: disable=g-import-not-at-top
+  assert default == hub.digest({"model": "crafted", "prompt": "owl sound", "params": before,
+                                "seed": seed}, n=32)
+  assert default == "f28104c26aab5e9ef4b6e274ab8cf8f3"
+  assert generation.clip_key("crafted", "owl sound", generation.GenerationParams(window="full"),
+                             seed) == default
+  clip = generation.clip_key("crafted", "owl sound", generation.GenerationParams(window="clip"),
+                             seed)
+  assert clip != default
+  assert clip == hub.digest({"model": "crafted", "prompt": "owl sound",
+                             "params": {**before, "window": "clip"}, "seed": seed}, n=32)
+  # The features run key: the default's parameters are the ones it had before the option.
+  run_params = {}
+  for window in ("full", "clip"):
+    c = _features_config("smoke")
+    c.source, c.models.tiny = "generation", False
+    c.models.clap, c.models.ast, c.models.generator = (built["clap"], built["ast"],
+                                                       built["stable_audio"])
+    c.generation.window = window
+    source = sources.GenerationSource(c, str(tmp_path), {k: c.models[k] for k in
+                                                         ("clap", "ast", "generator")})
+    run_params[window] = (source.setup.params["generation"], source.setup.run_key)
+  assert sorted(run_params["full"][0]) == sorted(
+      ["pipeline_class", "steps", "seconds", "guidance_scale", "negative_prompt",
+       "prompt_template", "score_template", "n", "tau", "base_seed", "rule", "fallback"])
+  assert run_params["clip"][0]["window"] == "clip"
+  assert run_params["clip"][1] != run_params["full"][1]
+
+
+def test_clip_window_is_refused_for_other_pipelines():
+  for cls in (generation.AUDIOLDM2, generation.MUSICGEN):
+    with pytest.raises(ValueError, match=r"^generation\.window='clip' .*StableAudioPipeline "
+                                         r"only") as err:
+      generation.GenerationParams(pipeline_class=cls, window="clip")
+    assert "\n" not in str(err.value) and repr(cls) in str(err.value)
+    generation.GenerationParams(pipeline_class=cls, window="full")  # the default is fine
+  c = _features_config("generation,audioldm2")
+  assert c.generation.window == "full"
+  c.generation.window = "clip"
+  with pytest.raises(ValueError, match="generation.window"):
+    sources.generation_params(c)
+  with pytest.raises(ValueError, match=r"^generation\.window='half': must be one of"):
+    generation.GenerationParams(window="half")

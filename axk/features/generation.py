@@ -32,6 +32,14 @@ drawn. Scores are always computed on the clip as stored (after the FLAC round tr
 cached clip and a fresh one score the same. Files are written by a background thread while
 the next generator call runs.
 
+Window (`generation.window`, Stable Audio only): diffusers' `StableAudioPipeline` denoises its
+whole latent window (`transformer.config.sample_size` frames, 47.55 s for Stable Audio Open)
+and trims the decoded waveform to the clip; `"full"` (default) does that, as published.
+`"clip"` denoises and decodes only the latent frames the clip needs (`clip_latent_frames`),
+then trims as before: other samples than the full window's (the DiT attends over a shorter
+sequence, the VAE decodes fewer frames and the noise is shorter), for less compute. A
+`"clip"` clip has its own cache key; the key of a `"full"` one is unchanged.
+
 Supported generators (`generation.pipeline_class`): `StableAudioPipeline` (default),
 `AudioLDM2Pipeline` (one waveform per prompt, so its own CLAP reranking never runs) and other
 diffusers text-to-audio pipelines that take `audio_length_in_s`, and
@@ -66,6 +74,14 @@ AUDIOLDM2 = "AudioLDM2Pipeline"
 MUSICGEN = "MusicgenForConditionalGeneration"
 RULES = ("first", "best")
 FALLBACKS = ("none", "sound")
+WINDOWS = ("full", "clip")
+# Latent frames the "clip" window is a multiple of. 1: `StableAudioDiTModel` has no patching
+# (its only convolutions, before and after the blocks, have kernel size 1, and the pipeline
+# builds the rotary embedding for the latents' own length, `latents.shape[2]`), and
+# `AutoencoderOobleck`'s decoder turns L frames into exactly L * hop_length samples (each
+# upsampling is a transposed convolution of stride s, kernel 2s and padding ceil(s / 2), with
+# every s even; its other convolutions keep the length).
+LATENT_MULTIPLE = 1
 # The published code's clip for spans without an accepted one: `sound_0.wav`, candidate 0 of
 # the prompt "sound" (what it generates for a sentence without a detected span).
 FALLBACK_PROMPT = "sound"
@@ -112,6 +128,7 @@ class GenerationParams:
   base_seed: int = 0
   rule: str = "first"
   fallback: str = "none"
+  window: str = "full"
 
   def __post_init__(self):
     if self.rule not in RULES:
@@ -120,12 +137,41 @@ class GenerationParams:
       raise ValueError(f"generation.fallback={self.fallback!r}: must be one of {FALLBACKS}")
     if self.n < 1:
       raise ValueError(f"generation.n={self.n}: must be >= 1")
+    if self.window not in WINDOWS:
+      raise ValueError(f"generation.window={self.window!r}: must be one of {WINDOWS}")
+    check_window(self.window, self.pipeline_class)
 
   def clip_params(self) -> dict:
-    """The parameters that change a clip (not the ones that only change acceptance)."""
-    return {"pipeline_class": self.pipeline_class, "steps": self.steps,
-            "seconds": self.seconds, "guidance_scale": self.guidance_scale,
-            "negative_prompt": self.negative_prompt}
+    """The parameters that change a clip (not the ones that only change acceptance); the
+    window only when it is not "full", so that the keys of full-window clips stay as they
+    were before the option existed."""
+    params = {"pipeline_class": self.pipeline_class, "steps": self.steps,
+              "seconds": self.seconds, "guidance_scale": self.guidance_scale,
+              "negative_prompt": self.negative_prompt}
+    if self.window != "full":
+      params["window"] = self.window
+    return params
+
+
+def check_window(window: str, pipeline_class: str) -> None:
+  """Raises ValueError (one line) for a window the pipeline class cannot take."""
+  if window != "full" and pipeline_class != STABLE_AUDIO:
+    raise ValueError(f"generation.window={window!r} applies to {STABLE_AUDIO} only, not to "
+                     f"generation.pipeline_class={pipeline_class!r}; use window='full'")
+
+
+def clip_latent_frames(seconds: float, sampling_rate: int, hop_length: int) -> int:
+  """Latent frames Stable Audio denoises for a clip of `seconds` with `window="clip"`.
+
+  The pipeline keeps the first `int(seconds * sampling_rate)` samples of the decoded waveform
+  (its `waveform_end`) and the VAE decodes each latent frame into `hop_length` samples, so
+  ceil(int(seconds * sampling_rate) / hop_length) frames, rounded up to `LATENT_MULTIPLE`
+  (integer arithmetic, so that a clip of a whole number of frames gets no extra frame from
+  floating-point error).
+  """
+  samples = int(seconds * sampling_rate)
+  frames = max(1, -(-samples // hop_length))
+  return -(-frames // LATENT_MULTIPLE) * LATENT_MULTIPLE
 
 
 def candidate_seed(base_seed: int, span: str, index: int) -> int:
@@ -222,6 +268,7 @@ class AudioGenerator:
   def __call__(self, prompts: Sequence[str], seeds: Sequence[int],
                params: GenerationParams) -> list[np.ndarray]:
     """One batched call: clip i from `prompts[i]` and `seeds[i]`; returns `[C, T]` arrays."""
+    check_window(params.window, self.pipeline_class)
     self.calls += 1
     self.clips += len(prompts)
     if self.pipeline_class == MUSICGEN:
@@ -234,6 +281,8 @@ class AudioGenerator:
       kwargs["negative_prompt"] = [params.negative_prompt] * len(prompts)
     if self.pipeline_class == STABLE_AUDIO:
       kwargs["audio_end_in_s"] = params.seconds
+      if params.window == "clip":
+        kwargs["latents"] = self._clip_noise(generators, params.seconds)
     else:
       kwargs["audio_length_in_s"] = params.seconds
     with warnings.catch_warnings():
@@ -241,6 +290,28 @@ class AudioGenerator:
       warnings.simplefilter("ignore", UserWarning)
       audios = np.asarray(self.pipe(**kwargs).audios, dtype=np.float32)
     return [a if a.ndim == 2 else a[None] for a in audios]
+
+  def _clip_noise(self, generators: Sequence[torch.Generator], seconds: float) -> torch.Tensor:
+    """The initial noise of the "clip" window, `[B, C, clip_latent_frames]`.
+
+    Each candidate's noise is drawn from its own generator exactly as the pipeline draws it
+    for the full window (diffusers' `randn_tensor` over `[B, C, sample_size]`, one
+    `[1, C, sample_size]` draw per generator, in the dtype of the pipeline's conditioning) and
+    cut to its first frames: the clip window's initial noise is the first frames of the full
+    window's, for every candidate, whatever its batch. The pipeline scales it by the
+    scheduler's `init_noise_sigma` as it scales its own. The scheduler's SDE noise (a Brownian
+    tree per candidate, seeded with the candidate's seed) takes the shape of the shorter
+    latents, so it is not a cut of the full window's.
+    """
+    from diffusers.utils.torch_utils import randn_tensor  # pylint: disable=g-import-not-at-top
+    pipe = self.pipe
+    full = int(pipe.transformer.config.sample_size)
+    frames = min(full, clip_latent_frames(seconds, self.sampling_rate, pipe.vae.hop_length))
+    device = pipe._execution_device  # pylint: disable=protected-access
+    noise = randn_tensor((len(generators), pipe.transformer.config.in_channels, full),
+                         generator=list(generators), device=device,
+                         dtype=pipe.projection_model.dtype)
+    return noise[:, :, :frames]
 
   def _musicgen(self, prompts, seeds, params) -> list[np.ndarray]:
     # MusicGen samples with the global RNG: seeded once per call from the first seed.

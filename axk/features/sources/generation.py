@@ -56,6 +56,8 @@ class GenerationSource(FeatureSource):
 
   def params(self) -> dict:
     params = dataclasses.asdict(generation_params(self.config))
+    if params["window"] == "full":
+      del params["window"]  # The run key of the default stays what it was before the option.
     params["tau"] = dict(self.taus)  # per task; the sampler's default tau is unused
     return {"generation": params}
 
@@ -150,4 +152,4 @@ def generation_params(config):
       pipeline_class=g.pipeline_class, steps=int(g.steps), seconds=float(g.seconds),
       guidance_scale=float(g.guidance_scale), negative_prompt=g.negative_prompt,
       prompt_template=g.prompt_template, score_template=g.score_template, n=int(g.n),
-      base_seed=int(g.base_seed), rule=g.rule, fallback=g.fallback)
+      base_seed=int(g.base_seed), rule=g.rule, fallback=g.fallback, window=g.window)
