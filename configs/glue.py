@@ -70,7 +70,18 @@ def get_config(arg=None):
   c.features.audio_dim = 768  # AST width (the manifest's wins).
   c.features.audio_tokens = 98  # AST tokens a span (the manifest's wins).
   c.data.max_spans = 8  # Spans a row keeps (both texts' together); more are dropped.
+  # ITH's stages when features.dir is "auto" (axk/runs/stages.py: prepare_glue): the span
+  # detector (an export; "": trained from stages.span_config on AuditoryBench at
+  # stages.span_data), its spans over the task's texts, their features.
+  c.spans = ml_collections.ConfigDict()
+  c.spans.detector = ""
+  c.stages = ml_collections.ConfigDict()
+  c.stages.span_config = "configs/span.py"
+  c.stages.span_data = "github"  # AuditoryBench, which the detector learns from.
+  c.stages.features_config = "configs/features.py:generation"
+  c.stages.features_args = ()  # Extra flags for the feature stage.
   if "ith" in mods:
+    c.features.dir = "auto"
     from configs import ith  # pylint: disable=g-import-not-at-top
     # ITH's own fields as configs/ith.py sets them (the paper's fusion), its model name.
     fields = ith.get_config().model
@@ -83,4 +94,6 @@ def get_config(arg=None):
     common.smoke(c, epochs=3, learning_rate=1e-3)
     c.train.learning_rates = ()
     c.data.dir = "sample"  # The invented GLUE-layout sample shipped with axk.
+    c.stages.update(span_config="configs/span.py:smoke", span_data="sample",
+                    features_config="configs/features.py:smoke")
   return c

@@ -75,37 +75,37 @@ def test_ith_with_a_sequence_head_is_the_text_model_where_no_span_has_audio():
   assert np.abs(logits[0] - text[0]).max() > 1e-4  # The fused span moves the answer.
 
 
-def test_an_ith_run_without_its_features_is_one_line(tmp_path):
+def test_an_ith_run_without_its_features_or_stages_is_one_line(tmp_path):
   config = glue_config.get_config("smoke,ith")
+  config.features.dir = str(tmp_path)  # No manifest.json there.
   with pytest.raises(common.ConfigError) as e:
     sentence.validate(config)
-  assert "--config.features.dir=''" in str(e.value) and "\n" not in str(e.value)
+  assert f"--config.features.dir='{tmp_path}'" in str(e.value) and "\n" not in str(e.value)
+  config.features.dir = "auto"
+  config.spans.detector = str(tmp_path / "missing")
+  with pytest.raises(common.ConfigError, match="--config.spans.detector=.*no such folder"):
+    sentence.validate(config)
 
 
 @pytest.mark.e2e
-def test_ith_on_glue_from_span_files_to_an_export(tmp_path):
-  """A detector that marks every token: each text is one span; its clip, when the tiny
-  CLAP accepts it, is fused into all of the text's tokens."""
-  from axk import glue_spans
-  from axk.features import pipeline
+def test_ith_on_glue_runs_its_stages_and_exports(tmp_path):
+  """`configs/glue.py:smoke,ith` with `features.dir=auto` and a given detector that marks
+  every token: its stages find each text as one span (axk.glue_spans), generate their audio
+  (configs/features.py:smoke,glue), and the run fuses the clips the tiny CLAP accepts."""
   from axk.features import tiny
-  from configs import features as features_config
-  detector = tiny.build_detector(str(tmp_path / "det"), positive_bias=5.0)
-  glue_spans.run(detector, "sample", str(tmp_path / "spans"), tasks=("mrpc",), device="cpu")
-  fc = features_config.get_config("smoke,glue")
-  fc.data.glue_spans = str(tmp_path / "spans")
-  fc.data.tasks = ("mrpc",)
-  pipeline.run(fc, str(tmp_path / "features"))
-  manifest = json.loads((tmp_path / "features" / "features" / "manifest.json").read_text())
+  config = glue_config.get_config("smoke,ith")
+  config.data.task = "mrpc"
+  config.spans.detector = tiny.build_detector(str(tmp_path / "det"), positive_bias=5.0)
+  sentence.run(config, str(tmp_path / "run"))
+  stages = tmp_path / "run" / "stages"
+  assert not (stages / "span").exists()  # The given detector: none trained.
+  table6 = json.loads((stages / "glue_spans" / "table6.json").read_text())
+  assert table6["mrpc"]["dev"]["span_words_pct"] == 100.0
+  manifest = json.loads((stages / "features" / "features" / "manifest.json").read_text())
   texts = sum(2 * len(glue.read_split(SAMPLE, "mrpc", s)) for s in ("train", "dev", "test"))
   assert sum(manifest["counts"]["by_split"][f"mrpc/{s}"]["examples"]
              for s in ("train", "dev", "test")) == texts
   assert 0 < manifest["counts"]["distinct_with_audio"] < manifest["counts"]["distinct_spans"]
-
-  config = glue_config.get_config("smoke,ith")
-  config.data.task = "mrpc"
-  config.features.dir = str(tmp_path / "features" / "features")
-  sentence.run(config, str(tmp_path / "run"))
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert set(results["mrpc"]["dev"]) >= {"accuracy", "f1"}
   export = tmp_path / "run" / "export"

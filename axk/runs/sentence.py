@@ -37,6 +37,7 @@ from axk.models import bert as bert_lib
 from axk.runs import common
 from axk.runs import inputs as inputs_lib
 from axk.runs import masked_word
+from axk.runs import stages
 from axk.train import loop
 from axk.train import metrics as metrics_lib
 
@@ -57,7 +58,16 @@ def validate(config) -> None:
   if name not in ("text", "ith"):
     raise common.ConfigError(f"--config.model.name={name!r}: a GLUE run is text only "
                              "(\"text\") or ITH (\"ith\").")
-  if name == "ith":
+  if name == "ith" and config.features.dir == stages.AUTO:
+    for field in ("span_config", "features_config"):
+      path = stages._config_path(config.stages[field]).partition(":")[0]  # pylint: disable=protected-access
+      if not os.path.isfile(path):
+        raise common.ConfigError(f"--config.stages.{field}={config.stages[field]}: no such "
+                                 "config file.")
+    detector = config.spans.get("detector", "")
+    if detector and os.path.sep in detector and not os.path.isdir(detector):
+      raise common.ConfigError(f"--config.spans.detector={detector}: no such folder.")
+  elif name == "ith":
     folder = config.features.dir
     if not folder or not os.path.isfile(os.path.join(folder, shards.MANIFEST)):
       raise common.ConfigError(
@@ -358,6 +368,8 @@ def run(config, workdir: str) -> dict:
   validate(config)
   spec = glue_data.spec_of(config.data.task)
   config = config.copy_and_resolve_references()
+  if config.model.get("name") == "ith" and config.features.dir == stages.AUTO:
+    config.features.dir = stages.prepare_glue(config, workdir)  # Reused when done.
   config.train.selection_split = spec.eval_splits[0]
   title = config.get("name") or f"{spec.title}, text only"
   rates = list(config.train.get("learning_rates") or ())

@@ -1,4 +1,5 @@
-"""The stages before a masked-word model, run on demand: span detector, then audio features.
+"""The stages before a masked-word model, run on demand: span detector, then audio features
+(and ITH on GLUE's: detector, its GLUE spans, their features: `prepare_glue`).
 
 `--config.spans.predictions=auto` and `--config.features.dir=auto` mean "produce them here":
 the span detector trains into `<workdir>/stages/span` (its predictions/ are the detected
@@ -256,3 +257,43 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
       _finished(os.path.join(features, "manifest.json"), "features", feat_dir)
     out["features_dir"] = features
   return out
+
+
+def prepare_glue(config, workdir: str) -> str:
+  """ITH on GLUE with `features.dir="auto"`: runs (or reuses) its three stages, each its own
+  process, and returns the features folder.
+
+  1. the span detector: `spans.detector` (an export), or trained here from
+     `stages.span_config` on AuditoryBench (`stages.span_data`) into `<workdir>/stages/span`;
+  2. its spans over both texts of every row of the task's splits (`python -m axk.glue_spans`)
+     into `<workdir>/stages/glue_spans`;
+  3. their audio features (`stages.features_config` with the `glue` modifier) into
+     `<workdir>/stages/features`.
+  """
+  root = os.path.join(os.path.abspath(workdir), "stages")
+  detector = config.spans.get("detector", "")
+  if not detector:
+    span_dir = os.path.join(root, "span")
+    detector = os.path.join(span_dir, "export")
+    if not os.path.exists(os.path.join(detector, "config.json")):
+      _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
+            f"--workdir={span_dir}", f"--config.data.dir={config.stages.span_data}"],
+           "span detector", span_dir)
+      _finished(os.path.join(detector, "config.json"), "span detector", span_dir)
+  task = config.data.task
+  spans_dir = os.path.join(root, "glue_spans")
+  _run([sys.executable, "-m", "axk.glue_spans", f"--detector={detector}",
+        f"--data={config.data.dir}", f"--out={spans_dir}", f"--tasks={task}",
+        f"--layout={config.data.layout}"], "GLUE spans", spans_dir)
+  feat_dir = os.path.join(root, "features")
+  features = os.path.join(feat_dir, "features")
+  if not shards.verified(features):
+    spec = config.stages.features_config
+    spec += ("," if ":" in spec else ":") + "glue"
+    _run([sys.executable, "-m", "axk.main", f"--config={_config_path(spec)}",
+          f"--workdir={feat_dir}", f"--config.data.glue_spans={spans_dir}",
+          f"--config.data.tasks={(task,)!r}", *config.stages.get("features_args", ())],
+         "features", feat_dir)
+    _finished(os.path.join(features, "manifest.json"), "features", feat_dir)
+  return features
+
