@@ -24,36 +24,12 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 
 from axk import hub
 from axk.data import glue as glue_data
 from axk.tasks import glue as glue_tasks
 from axk.utils import files
-
-_WORD = re.compile(r"\w+")
-
-
-def span_words(text: str, spans) -> tuple[int, int]:
-  """(words of `text`, words that overlap one of `spans` [(start, end), ...])."""
-  words = [m.span() for m in _WORD.finditer(text)]
-  inside = sum(any(a < e and s < b for s, e in spans) for a, b in words)
-  return len(words), inside
-
-
-def statistics(rows) -> dict:
-  """Table 6's numbers of one split from its span-file rows."""
-  texts = [t for r in rows for t in r["texts"]]
-  words = inside = spans = with_span = 0
-  for t in texts:
-    n, k = span_words(t["text"], t["spans"])
-    words, inside, spans = words + n, inside + k, spans + len(t["spans"])
-    with_span += bool(t["spans"])
-  return {"rows": len(rows), "texts": len(texts), "words": words, "span_words": inside,
-          "span_words_pct": 100.0 * inside / words if words else 0.0, "spans": spans,
-          "texts_with_spans": with_span}
-
 
 def detect_split(detector, examples) -> list[dict]:
   texts = [e.text_a for e in examples] + [e.text_b for e in examples if e.text_b]
@@ -67,17 +43,6 @@ def detect_split(detector, examples) -> list[dict]:
     rows.append({"id": e.id, "texts": [{"text": text, "spans": [[s.start, s.end] for s in sp]}
                                        for text, sp in parts]})
   return rows
-
-
-def table_markdown(table: dict) -> str:
-  lines = ["# Auditory spans in GLUE (ITH's Table 6)", "",
-           "| task | split | rows | words | span words | span words % | spans | texts with spans |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-  for task, splits in table.items():
-    for split, s in splits.items():
-      lines.append(f"| {task} | {split} | {s['rows']} | {s['words']} | {s['span_words']} | "
-                   f"{s['span_words_pct']:.2f} | {s['spans']} | {s['texts_with_spans']} |")
-  return "\n".join(lines) + "\n"
 
 
 def run(detector_path: str, data: str, out: str, tasks=glue_tasks.NAMES, layout="auto",
@@ -100,9 +65,9 @@ def run(detector_path: str, data: str, out: str, tasks=glue_tasks.NAMES, layout=
       logging.info("%s/%s: %d rows, spans in %s", task, split, len(rows), path)
     with open(path, encoding="utf-8") as f:
       rows = [json.loads(line) for line in f if line.strip()]
-    table.setdefault(task, {})[split] = statistics(rows)
+    table.setdefault(task, {})[split] = glue_data.span_statistics(rows)
   files.write_json(os.path.join(out, "table6.json"), table)
-  files.write_text(os.path.join(out, "table6.md"), table_markdown(table))
+  files.write_text(os.path.join(out, "table6.md"), glue_data.table6_markdown(table))
   return table
 
 
@@ -125,7 +90,7 @@ def main(argv=None) -> int:
     # The detector is named `spans.detector` in the run configs; here it is a flag.
     print(f"error: {str(e).replace('--config.spans.detector', '--detector')}", file=sys.stderr)
     return 2
-  print(table_markdown(table))
+  print(glue_data.table6_markdown(table))
   return 0
 
 

@@ -80,6 +80,7 @@ def get_config(arg=None):
   c.stages.span_data = "github"  # AuditoryBench, which the detector learns from.
   c.stages.features_config = "configs/features.py:generation"
   c.stages.features_args = ()  # Extra flags for the feature stage.
+  c.stages.root = ""  # Where the stages work ("": <workdir>/stages); runs may share one.
   if "ith" in mods:
     c.features.dir = "auto"
     from configs import ith  # pylint: disable=g-import-not-at-top

@@ -40,7 +40,11 @@ are tiny random models (a RoBERTa with the sample folder's tokenizer); under `mi
 stays offline, they are left out and LLaMA's published numbers show instead.
   detector   AudioBERT's Table II: the span detector (configs/span.py) trained on animal
              only, on pitch only and on both, token and span F1 on every task's splits.
-  all        every table above.
+  table5     ITH's Table 5 (GLUE, dev): BERT-base text only and ITH, RoBERTa-base text only
+             and ITH, one run per GLUE task each (configs/glue.py, its grid of learning rates
+             and 5 seeds), the paper's numbers beside; it needs a local GLUE folder,
+             `--config.glue.dir=/data/glue` (`sample` under smoke), and runs only when named.
+  all        every table above but table5.
 
 AudioBERT's rows retrieve from an audio database, given to every feature stage:
 
@@ -55,9 +59,13 @@ naming the row; `--config.missing=skip` runs the others and lists it in the tabl
 import ml_collections
 
 from axk.tasks import auditorybench
+from axk.tasks import glue as glue_tasks
 from configs import common
 
-TABLES = ("table1", "table2", "table3", "figure2", "audiobert", "detector")
+TABLES = ("table1", "table2", "table3", "figure2", "audiobert", "detector", "table5")
+# Tables that run only when named (not by default, nor under `all`): Table 5 needs a local
+# GLUE folder (`glue.dir`).
+NAMED_ONLY = ("table5",)
 BASES = ("smoke", "minilm")
 VARIANTS = BASES  # An optional base, then tables after commas.
 MODIFIERS = TABLES + ("all",)
@@ -124,6 +132,7 @@ def _rows(base: str = "") -> dict:
   """Every row of every table, by name (its folder in the workdir). One data table: a
   new variant of configs/ith.py is used by writing its name here."""
   ith, audiobert, span = "configs/ith.py", "configs/audiobert.py", "configs/span.py"
+  glue = "configs/glue.py"
   zero_shot = "configs/zero_shot.py"
   large = [] if base == "smoke" else [("model.init", BERT_LARGE)]
 
@@ -162,6 +171,13 @@ def _rows(base: str = "") -> dict:
       "span_animal": _row("animal", span, overrides=[("train.tasks", ("animal",))]),
       "span_pitch": _row("pitch", span, overrides=[("train.tasks", ("pitch",))]),
       "span_both": _row("animal + pitch", span),
+      # ITH's Table 5 (GLUE): each row one run per GLUE task (configs/glue.py), the paper's
+      # grid, epochs and seeds; ITH's stages run in each task's folder.
+      "glue_bert": _row("BERT-base, text only", glue),
+      "glue_ith": _row("Imagine to Hear", glue, "ith"),
+      "glue_roberta": _row("RoBERTa-base, text only", glue, overrides=roberta("roberta")),
+      "glue_roberta_ith": _row("Imagine to Hear (RoBERTa-base)", glue, "ith",
+                               overrides=roberta("roberta")),
   }
   taus, tries_tau = _figure2(base)
   for tau in taus:
@@ -199,6 +215,8 @@ def _layouts(base: str = "") -> dict:
       "audiobert": ("bert", *large, *llms, "audiobert_text_only", "audiobert",
                     *(("audiobert_large",) if online else ())),
       "detector": ("span_animal", "span_pitch", "span_both"),
+      "table5": ("glue_bert", "glue_ith",
+                 *(("glue_roberta", "glue_roberta_ith") if online else ())),
   }
 
 
@@ -209,7 +227,8 @@ def get_config(arg=None):
   if unknown:
     raise SystemExit(f"error: unknown config variant {unknown[0]!r}; known: "
                      f"{', '.join(BASES + TABLES + ('all',))}.")
-  tables = TABLES if not names or "all" in names else tuple(t for t in TABLES if t in names)
+  tables = (tuple(t for t in TABLES if t not in NAMED_ONLY or t in names)
+            if not names or "all" in names else tuple(t for t in TABLES if t in names))
   layouts, rows = _layouts(base), _rows(base)
 
   c = ml_collections.ConfigDict()
@@ -258,6 +277,10 @@ def get_config(arg=None):
   # config field it is given as.
   c.clip_cache = ""
   c.clip_cache_field = CACHE_FIELD
+  # Table 5's data: a local GLUE folder (axk/data/glue.py; "sample" under smoke) and tasks.
+  c.glue = ml_collections.ConfigDict()
+  c.glue.dir = "sample" if base == "smoke" else ""
+  c.glue.tasks = glue_tasks.NAMES
   # Each table's rows in the papers' order (Table 2: the full model first, the deltas' base).
   c.layouts = ml_collections.ConfigDict({t: layouts[t] for t in tables})
   needed = {r for t in tables for r in (sum(layouts[t].values(), ()) if t == "figure2"

@@ -224,11 +224,10 @@ def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path, monkeypatch
 
 
 def test_span_words_by_hand():
-  from axk import glue_spans
   text = "The dog's bark, loud."
   assert text[4:14] == "dog's bark"
-  assert glue_spans.span_words(text, [(4, 14)]) == (5, 3)  # dog, s, bark of The..loud
-  assert glue_spans.span_words(text, []) == (5, 0)
+  assert glue.span_words(text, [(4, 14)]) == (5, 3)  # dog, s, bark of The..loud
+  assert glue.span_words(text, []) == (5, 0)
 
 
 @pytest.mark.parametrize("bias, share", [(5.0, 100.0), (-5.0, 0.0)])

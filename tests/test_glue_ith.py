@@ -101,7 +101,7 @@ def test_ith_on_glue_runs_its_stages_and_exports(tmp_path):
   assert not (stages / "span").exists()  # The given detector: none trained.
   table6 = json.loads((stages / "glue_spans" / "table6.json").read_text())
   assert table6["mrpc"]["dev"]["span_words_pct"] == 100.0
-  manifest = json.loads((stages / "features" / "features" / "manifest.json").read_text())
+  manifest = json.loads((stages / "features_mrpc" / "features" / "manifest.json").read_text())
   texts = sum(2 * len(glue.read_split(SAMPLE, "mrpc", s)) for s in ("train", "dev", "test"))
   assert sum(manifest["counts"]["by_split"][f"mrpc/{s}"]["examples"]
              for s in ("train", "dev", "test")) == texts

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import sys
 
 from axk.tasks import glue as glue_tasks
@@ -281,3 +282,41 @@ def read_span_file(path: str, task: str, split: str):
                            answer="", spans=tuple(Span(a, b, text[a:b]) for a, b in spans),
                            options=(), label=-1))
   return out
+
+
+_WORD = re.compile(r"\w+")
+
+
+def span_words(text: str, spans) -> tuple[int, int]:
+  """(words of `text`, words that overlap one of `spans` [(start, end), ...])."""
+  words = [m.span() for m in _WORD.finditer(text)]
+  inside = sum(any(a < e and s < b for s, e in spans) for a, b in words)
+  return len(words), inside
+
+
+def span_statistics(rows) -> dict:
+  """ITH Table 6's numbers of one split from its span-file rows (`read_span_file`'s input)."""
+  texts = [t for r in rows for t in r["texts"]]
+  words = inside = spans = with_span = 0
+  for t in texts:
+    n, k = span_words(t["text"], t["spans"])
+    words, inside, spans = words + n, inside + k, spans + len(t["spans"])
+    with_span += bool(t["spans"])
+  return {"rows": len(rows), "texts": len(texts), "words": words, "span_words": inside,
+          "span_words_pct": 100.0 * inside / words if words else 0.0, "spans": spans,
+          "texts_with_spans": with_span}
+
+
+def table6_lines(table: dict) -> list[str]:
+  """ITH's Table 6 as markdown table lines: `{task: {split: span_statistics(...)}}`."""
+  lines = ["| task | split | rows | words | span words | span words % | spans | texts with spans |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for task, splits in table.items():
+    for split, s in splits.items():
+      lines.append(f"| {task} | {split} | {s['rows']} | {s['words']} | {s['span_words']} | "
+                   f"{s['span_words_pct']:.2f} | {s['spans']} | {s['texts_with_spans']} |")
+  return lines
+
+
+def table6_markdown(table: dict) -> str:
+  return "\n".join(["# Auditory spans in GLUE (ITH's Table 6)", ""] + table6_lines(table)) + "\n"

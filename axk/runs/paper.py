@@ -29,8 +29,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from axk import tasks as tasks_lib
+from axk.data import glue as glue_data
 from axk.runs import common
 from axk.runs import masked_word
+from axk.runs import sentence
 from axk.runs import span as span_run
 from axk.runs import stages
 from axk.runs import zero_shot
@@ -40,6 +42,7 @@ ROW_RECORD = "paper_row.json"
 SPAN_ENTRY = "axk.runs.span:run"  # A row of this entry is a span detector (the detector table).
 # A row of this entry scores a decoder LM without training (the papers' LLM rows).
 ZERO_SHOT_ENTRY = "axk.runs.zero_shot:run"
+SENTENCE_ENTRY = "axk.runs.sentence:run"  # A GLUE row (Table 5): one run per GLUE task.
 
 # Published accuracy (%) comes from the tasks' specs (`axk.tasks.Task.published`), keyed by
 # the rows of configs/paper.py; "llama" is a published-only row where the table does not run
@@ -54,6 +57,8 @@ TITLES = {
     "figure2": "Figure 2: rejection threshold tau and tries n",
     "audiobert": "AudioBERT: main table",
     "detector": "AudioBERT Table II: the span detector by training tasks",
+    "table5": "ITH Table 5: GLUE (dev)",
+    "table6": "ITH Table 6: auditory spans in GLUE",
 }
 # ITH's Table 3 lists its full model (Stable Audio Open) at other numbers than its Table 1.
 TABLE3_NOTE = (
@@ -67,7 +72,7 @@ def columns(config, rows=()) -> tuple[tuple[str, str], ...]:
   """The tables' columns, (task, split): the tasks of `config.tasks` (else those `rows`
   train, in order), each with its spec's `columns` splits."""
   names = tuple(config.get("tasks") or ()) or tuple(dict.fromkeys(
-      t for r in rows if r.config is not None for t in r.config.data.tasks))
+      t for r in rows if r.config is not None and not r.sentence for t in r.config.data.tasks))
   return tuple((t, s) for t in names for s in tasks_lib.get(t).columns)
 
 
@@ -107,6 +112,10 @@ class Row:
   @property
   def zero_shot(self) -> bool:
     return self.config is not None and self.config.get("entry") == ZERO_SHOT_ENTRY
+
+  @property
+  def sentence(self) -> bool:
+    return self.config is not None and self.config.get("entry") == SENTENCE_ENTRY
 
   @property
   def done(self) -> bool:
@@ -183,6 +192,8 @@ def build_row(config, name: str, workdir: str, *, check: bool = True) -> Row:
   where = f"row {name!r} ({spec.label}, {row_spec_of(config, name)})"
   try:
     c = _get_config(row_spec_of(config, name))
+    if c.get("entry") == SENTENCE_ENTRY:
+      return _sentence_row(config, row, c, check)
     for key in ("dir", "cache_dir", "revision"):
       c.data[key] = config.data[key]
     if config.get("plugins"):
@@ -219,6 +230,65 @@ def build_row(config, name: str, workdir: str, *, check: bool = True) -> Row:
     return row
   row.config = c
   return row
+
+
+def sentence_configs(config, row: Row) -> dict[str, Any]:
+  """A GLUE row's config per task of `glue.tasks`."""
+  out = {}
+  for task in config.glue.tasks:
+    c = row.config.copy_and_resolve_references()
+    c.data.task = task
+    out[task] = c
+  return out
+
+
+def _sentence_row(config, row: Row, c, check: bool) -> Row:
+  """A GLUE row (configs/glue.py): GLUE's folder (`glue.dir`), the seeds and overrides,
+  checked for every task as its run checks."""
+  try:
+    if not config.glue.dir:
+      raise common.ConfigError("--config.glue.dir: Table 5 needs a local GLUE folder "
+                               "(axk/data/glue.py; nothing is downloaded).")
+    c.data.dir = config.glue.dir
+    c.seeds = tuple(row.spec.seeds) or tuple(config.seeds)
+    for path, value in tuple(config.overrides) + tuple(row.spec.overrides):
+      _set_field(c, path, value)
+    if row.spec.features:
+      raise common.ConfigError(f"features {row.spec.features} given to a GLUE row")
+    row.config = c
+    if check:
+      for task_config in sentence_configs(config, row).values():
+        sentence.validate(task_config)
+  except (common.ConfigError, glue_data.GlueDataError) as e:
+    row.config = None
+    row.missing = f"row {row.name!r} ({row.spec.label}, {row_spec_of(config, row.name)}): {e}"
+  return row
+
+
+def _run_sentence(config, row: Row, workdir: str) -> bool:
+  """Runs the row on each GLUE task (`<row>/<task>/`, a finished one is read), then writes
+  the row's results.json: each task's results, and the learning rate each chose. ITH rows
+  share the tables' span detector (`stages/span`, trained on their AuditoryBench data), its
+  GLUE spans and their features (`stages/glue/`) and the clip cache."""
+  merged, rates = {}, {}
+  for task, c in sentence_configs(config, row).items():
+    if c.model.get("name") == "ith" and c.features.dir == stages.AUTO:
+      c.stages.span_data = config.data.dir
+      c.stages.root = os.path.join(os.path.abspath(workdir), "stages", "glue")
+      if not c.spans.detector:
+        c.spans.detector = stages.glue_detector(c, os.path.join(workdir, "stages", "span"))
+      cache = os.path.abspath(config.clip_cache or os.path.join(workdir, "stages", "clips"))
+      c.stages.features_args = (*c.stages.features_args,
+                                _flag(config.clip_cache_field, cache))
+    done = sentence.run(c, os.path.join(row.workdir, task))
+    if not done:
+      return False
+    merged[task] = done[task]
+    if "learning_rate" in done:
+      rates[task] = done["learning_rate"]
+  files.write_json(os.path.join(row.workdir, "results.json"),
+                   {**merged, **({"learning_rate": rates} if rates else {})})
+  return True
 
 
 def missing_error(row: Row) -> str:
@@ -398,12 +468,15 @@ def run(config, workdir: str) -> dict:
   spent = []
   for i, row in enumerate(todo):
     t0 = time.time()
-    c = row.config if row.detector or row.zero_shot else _resolve(config, row, workdir)
+    c = (row.config if row.detector or row.zero_shot or row.sentence
+         else _resolve(config, row, workdir))
     files.write_json(os.path.join(row.workdir, ROW_RECORD), _record(config, row))
     logging.info("Row %d/%d %r (%s): %s", i + 1, len(todo), row.name, row.spec.label,
                  row_spec_of(config, row.name))
     if row.detector:
       finished = _run_detector(workdir, row)
+    elif row.sentence:
+      finished = _run_sentence(config, row, workdir)
     else:
       finished = (zero_shot.run if row.zero_shot else masked_word.run)(c, row.workdir)
     if not finished:
@@ -565,6 +638,9 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
     if table == "detector":
       lines += _detector_lines(config, by_name, results, data[table], cols)
       continue
+    if table == "table5":
+      lines += _glue_lines(config, by_name, results, data[table], with_published)
+      continue
     combined = (_combined_splits(cols) if table == "audiobert" and config.get("combined")
                 else ())
     lines += _header("model" if table != "table3" else "generator",
@@ -631,6 +707,56 @@ def _detector_lines(config, by_name, results, data, cols) -> list[str]:
       data[metric][name] = {f"{t}/{s}": v and v[0] for (t, s), v in zip(cols, values)}
       lines.append(f"| {by_name[name].spec.label}{'' if results[name] else ' (not run)'} | "
                    + " | ".join(cell(v) for v in values) + " |")
+  return lines
+
+
+def glue_columns(config) -> tuple[tuple[str, str, str], ...]:
+  """Table 5's columns: (task, its first dev split, its selection metric) per GLUE task."""
+  return tuple((t, tasks_lib.get(t).eval_splits[0], tasks_lib.get(t).selection_metric)
+               for t in config.glue.tasks)
+
+
+def _glue_lines(config, by_name, results, data, with_published) -> list[str]:
+  """ITH's Table 5: each GLUE row's dev score per task (its selection metric), the mean over
+  the tasks as the paper's average, the paper's numbers in parentheses."""
+  cols = glue_columns(config)
+  lines = ["| model | " + " | ".join(f"{tasks_lib.get(t).title} ({s}, {m})"
+                                     for t, s, m in cols) + " | average |",
+           "| --- |" + " --- |" * (len(cols) + 1)]
+  for name in config.layouts.table5:
+    values = [_metric(results[name], t, s, m) for t, s, m in cols]
+    pub = [tasks_lib.get(t).published.get(name, {}).get(s) if with_published else None
+           for t, s, _ in cols]
+    mean = (None if any(v is None for v in values)
+            else (sum(v[0] for v in values) / len(values), None))
+    pub_mean = None if any(p is None for p in pub) else sum(pub) / len(pub)
+    data[name] = {f"{t}/{s}/{m}": v and v[0] for (t, s, m), v in zip(cols, values)}
+    data[name]["average"] = mean and mean[0]
+    label = by_name[name].spec.label + ("" if results[name] else " (not run)")
+    lines.append(f"| {label} | " + " | ".join(cell(v, p) for v, p in zip(values, pub))
+                 + f" | {cell(mean, pub_mean)} |")
+  lines += ["", "Dev scores in percent (the paper does not say which metric; axk shows each "
+            "task's selection metric: accuracy, STS-B's Pearson), mean ± std over the seeds at "
+            "the learning rate of the grid with the best mean dev score; average: the mean "
+            "over the tasks. Published numbers in parentheses: ITH's Table 5 (BERT-base). "
+            "The text-only rows are fine-tuned with the same grid, epochs and seeds as ITH."]
+  # Table 6, from the span files ITH's rows found (their shared stage).
+  spans = os.path.join(os.path.dirname(by_name[config.layouts.table5[0]].workdir), "stages",
+                       "glue", "glue_spans")
+  table6 = {}
+  for task, _, _ in cols:
+    for split in tasks_lib.get(task).splits:
+      path = glue_data.span_file(spans, task, split)
+      if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+          rows = [json.loads(line) for line in f if line.strip()]
+        table6.setdefault(task, {})[split] = glue_data.span_statistics(rows)
+  if table6:
+    data["table6"] = table6
+    lines += ["", f"## {TITLES['table6']}", "", "The span detector's spans over both texts of "
+              "every row (`stages/glue/glue_spans/`): words inside spans and their share "
+              "(ITH's paper counts the spans an LLM labelled).", ""]
+    lines += glue_data.table6_lines(table6)
   return lines
 
 
@@ -705,7 +831,7 @@ def write(config, workdir: str, rows: list[Row]) -> dict:
   seeds = tuple(config.seeds)
   cols = columns(config, rows)
   lines = [f"# {config.name}", "",
-           f"Accuracy (%) on AuditoryBench, `{config.metric}`; mean ± std over seeds {seeds} "
+           f"AuditoryBench's tables: accuracy (%), `{config.metric}`; mean ± std over seeds {seeds} "
            "where a row ran several. Published numbers in parentheses: "
            f"{published_source(cols)}, for BERT-base (Table 2: the paper's differences, where "
            "recorded; Table 3 and Figure 2: none). "

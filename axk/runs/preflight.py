@@ -510,6 +510,10 @@ def _paper(ctx: _Context, config, workdir: str) -> None:
     if row.zero_shot:  # A decoder LM scored without training.
       _zero_shot(ctx, row.config, row.workdir, stage=f"row {name}")
       continue
+    if row.sentence:  # A GLUE row (Table 5): each of its tasks.
+      for task, c in paper_lib.sentence_configs(config, row).items():
+        _sentence(ctx, c, os.path.join(row.workdir, task), stage=f"row {name} ({task})")
+      continue
     c, kwargs = paper_lib.row_stage_config(config, row, workdir)
     _masked_word(ctx, c, row.workdir, stages_root=workdir, name=f"row {name}",
                  stage_args=hint, **kwargs)

@@ -259,33 +259,38 @@ def prepare(config, workdir: str, *, features_stage: str = "features") -> dict[s
   return out
 
 
+def glue_detector(config, span_dir: str) -> str:
+  """The export of the span detector ITH on GLUE finds its spans with: trained (once) in
+  `span_dir` from `stages.span_config` on AuditoryBench at `stages.span_data`."""
+  detector = os.path.join(span_dir, "export")
+  if not os.path.exists(os.path.join(detector, "config.json")):
+    _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
+          f"--workdir={span_dir}", f"--config.data.dir={config.stages.span_data}"],
+         "span detector", span_dir)
+    _finished(os.path.join(detector, "config.json"), "span detector", span_dir)
+  return detector
+
+
 def prepare_glue(config, workdir: str) -> str:
   """ITH on GLUE with `features.dir="auto"`: runs (or reuses) its three stages, each its own
   process, and returns the features folder.
 
   1. the span detector: `spans.detector` (an export), or trained here from
-     `stages.span_config` on AuditoryBench (`stages.span_data`) into `<workdir>/stages/span`;
+     `stages.span_config` on AuditoryBench (`stages.span_data`) into `<stages>/span`;
   2. its spans over both texts of every row of the task's splits (`python -m axk.glue_spans`)
-     into `<workdir>/stages/glue_spans`;
+     into `<stages>/glue_spans`;
   3. their audio features (`stages.features_config` with the `glue` modifier) into
-     `<workdir>/stages/features`.
+     `<stages>/features_<task>`.
+  `<stages>` is `stages.root`, or `<workdir>/stages` (runs that share it share the stages).
   """
-  root = os.path.join(os.path.abspath(workdir), "stages")
-  detector = config.spans.get("detector", "")
-  if not detector:
-    span_dir = os.path.join(root, "span")
-    detector = os.path.join(span_dir, "export")
-    if not os.path.exists(os.path.join(detector, "config.json")):
-      _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
-            f"--workdir={span_dir}", f"--config.data.dir={config.stages.span_data}"],
-           "span detector", span_dir)
-      _finished(os.path.join(detector, "config.json"), "span detector", span_dir)
+  root = os.path.abspath(config.stages.get("root") or os.path.join(workdir, "stages"))
+  detector = config.spans.get("detector", "") or glue_detector(config, os.path.join(root, "span"))
   task = config.data.task
   spans_dir = os.path.join(root, "glue_spans")
   _run([sys.executable, "-m", "axk.glue_spans", f"--detector={detector}",
         f"--data={config.data.dir}", f"--out={spans_dir}", f"--tasks={task}",
         f"--layout={config.data.layout}"], "GLUE spans", spans_dir)
-  feat_dir = os.path.join(root, "features")
+  feat_dir = os.path.join(root, f"features_{task}")
   features = os.path.join(feat_dir, "features")
   if not shards.verified(features):
     spec = config.stages.features_config
