@@ -40,11 +40,11 @@ are tiny random models (a RoBERTa with the sample folder's tokenizer); under `mi
 stays offline, they are left out and LLaMA's published numbers show instead.
   detector   AudioBERT's Table II: the span detector (configs/span.py) trained on animal
              only, on pitch only and on both, token and span F1 on every task's splits.
-  table5     ITH's Table 5 (GLUE, dev): BERT-base text only and ITH, RoBERTa-base text only
+  glue       ITH's Table 5 (GLUE, dev): BERT-base text only and ITH, RoBERTa-base text only
              and ITH, one run per GLUE task each (configs/glue.py, its grid of learning rates
              and 5 seeds), the paper's numbers beside; it needs a local GLUE folder,
              `--config.glue.dir=/data/glue` (`sample` under smoke), and runs only when named.
-  all        every table above but table5.
+  all        every table above but glue.
 
 AudioBERT's rows retrieve from an audio database, given to every feature stage:
 
@@ -62,10 +62,10 @@ from axk.tasks import auditorybench
 from axk.tasks import glue as glue_tasks
 from configs import common
 
-TABLES = ("table1", "table2", "table3", "figure2", "audiobert", "detector", "table5")
+TABLES = ("table1", "table2", "table3", "figure2", "audiobert", "detector", "glue")
 # Tables that run only when named (not by default, nor under `all`): Table 5 needs a local
 # GLUE folder (`glue.dir`).
-NAMED_ONLY = ("table5",)
+NAMED_ONLY = ("glue",)
 BASES = ("smoke", "minilm")
 VARIANTS = BASES  # An optional base, then tables after commas.
 MODIFIERS = TABLES + ("all",)
@@ -215,7 +215,7 @@ def _layouts(base: str = "") -> dict:
       "audiobert": ("bert", *large, *llms, "audiobert_text_only", "audiobert",
                     *(("audiobert_large",) if online else ())),
       "detector": ("span_animal", "span_pitch", "span_both"),
-      "table5": ("glue_bert", "glue_ith",
+      "glue": ("glue_bert", "glue_ith",
                  *(("glue_roberta", "glue_roberta_ith") if online else ())),
   }
 

@@ -112,7 +112,7 @@ def test_variants_pick_tables_and_their_rows():
   every = paper_config.get_config("all")
   assert every.seeds == (0, 1, 2, 3, 4) and every.tables == tuple(
       t for t in paper_config.TABLES if t not in paper_config.NAMED_ONLY)
-  assert paper_config.get_config("all,table5").tables == paper_config.TABLES
+  assert paper_config.get_config("all,glue").tables == paper_config.TABLES
   fig = paper_config.get_config("figure2")
   assert [fig.rows[r].tau for r in fig.layouts.figure2.tau] == [0.0, 0.2, 0.4, 0.6, 0.8]
   # Each n of the sweep once, at tau 0.6; the features' default n is the tau sweep's row.
@@ -186,6 +186,8 @@ def test_tables_from_hand_written_results(tmp_path):
       "audiobert_text_only": ([20.0, 21.0, 5.0, 65.0, 66.0, 50.0], [1.0] * 6),
       "llama": ([15.0, 16.0, 4.0, 58.0, 57.0, 52.0], None),
       "bert_large": ([11.0, 13.5, 3.5, 56.0, 61.0, 49.0], None),
+      "roberta": ([9.0, 11.25, 2.0, 50.0, 58.0, 47.0], None),
+      "roberta_large": ([12.0, 14.75, 4.0, 57.0, 62.0, 51.0], None),
       "audiobert_large": ([36.0, 37.0, 13.0, 73.0, 74.0, 56.0], [0.5] * 6),
       "gemma2": ([14.0, 13.0, 2.0, 51.0, 52.0, 50.0], None),
   }
@@ -235,6 +237,8 @@ def test_tables_from_hand_written_results(tmp_path):
   assert t1["LLaMA3.1-8B, no training"][:2] == ["15.00 (23.10)", "16.00 (21.80)"]
   assert "LLaMA3.1-8B, no training (published only)" not in t1
   assert t1["BERT-large, no training"][1] == "13.50"  # None published.
+  assert t1["RoBERTa-base, no training"][1] == "11.25"  # None published.
+  assert t1["RoBERTa-large, no training"][4] == "62.00"
 
   t2 = _table(text, "Table 2")
   assert t2["Imagine to Hear"][0] == "40.00 ± 1.00"
@@ -500,11 +504,11 @@ def test_a_detector_row_learning_a_task_it_does_not_read_is_one_line(tmp_path):
 
 
 @pytest.mark.e2e
-def test_smoke_table5_runs_text_only_and_ith_on_glue(tmp_path):
+def test_smoke_glue_table_runs_text_only_and_ith_on_glue(tmp_path):
   """ITH's Table 5 under smoke, two tasks (a classification, the regression): each row one
   run per task, ITH's with its stages; the cells are the tasks' dev selection metric (MRPC
   accuracy, STS-B Pearson), the average their mean, the paper's numbers in parentheses."""
-  c = paper_config.get_config("smoke,table5")
+  c = paper_config.get_config("smoke,glue")
   c.glue.tasks = ("mrpc", "stsb")
   c.only = ("glue_bert", "glue_ith")
   paper.run(c, str(tmp_path))

@@ -57,7 +57,7 @@ TITLES = {
     "figure2": "Figure 2: rejection threshold tau and tries n",
     "audiobert": "AudioBERT: main table",
     "detector": "AudioBERT Table II: the span detector by training tasks",
-    "table5": "ITH Table 5: GLUE (dev)",
+    "glue": "ITH Table 5: GLUE (dev)",
     "table6": "ITH Table 6: auditory spans in GLUE",
 }
 # ITH's Table 3 lists its full model (Stable Audio Open) at other numbers than its Table 1.
@@ -638,7 +638,7 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
     if table == "detector":
       lines += _detector_lines(config, by_name, results, data[table], cols)
       continue
-    if table == "table5":
+    if table == "glue":
       lines += _glue_lines(config, by_name, results, data[table], with_published)
       continue
     combined = (_combined_splits(cols) if table == "audiobert" and config.get("combined")
@@ -723,7 +723,7 @@ def _glue_lines(config, by_name, results, data, with_published) -> list[str]:
   lines = ["| model | " + " | ".join(f"{tasks_lib.get(t).title} ({s}, {m})"
                                      for t, s, m in cols) + " | average |",
            "| --- |" + " --- |" * (len(cols) + 1)]
-  for name in config.layouts.table5:
+  for name in config.layouts.glue:
     values = [_metric(results[name], t, s, m) for t, s, m in cols]
     pub = [tasks_lib.get(t).published.get(name, {}).get(s) if with_published else None
            for t, s, _ in cols]
@@ -741,7 +741,7 @@ def _glue_lines(config, by_name, results, data, with_published) -> list[str]:
             "over the tasks. Published numbers in parentheses: ITH's Table 5 (BERT-base). "
             "The text-only rows are fine-tuned with the same grid, epochs and seeds as ITH."]
   # Table 6, from the span files ITH's rows found (their shared stage).
-  spans = os.path.join(os.path.dirname(by_name[config.layouts.table5[0]].workdir), "stages",
+  spans = os.path.join(os.path.dirname(by_name[config.layouts.glue[0]].workdir), "stages",
                        "glue", "glue_spans")
   table6 = {}
   for task, _, _ in cols:
