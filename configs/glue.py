@@ -63,10 +63,8 @@ def get_config(arg=None):
   c.train.group_by_length = 50
   # "text" (text only) or "ith" (the `ith` modifier: ITH's fusion of each span's audio).
   c.model.name = "text"
-  # ITH's audio features of GLUE's spans (configs/features.py:generation,glue; the folder
-  # holding manifest.json); read when model.name is "ith".
-  c.features = ml_collections.ConfigDict()
-  c.features.dir = ""
+  c.features = ml_collections.ConfigDict()  # ITH's (read when model.name is "ith").
+  c.features.dir = ""  # Its spans' audio features (with manifest.json); "auto": its stages.
   c.features.audio_dim = 768  # AST width (the manifest's wins).
   c.features.audio_tokens = 98  # AST tokens a span (the manifest's wins).
   c.data.max_spans = 8  # Spans a row keeps (both texts' together); more are dropped.
@@ -82,7 +80,7 @@ def get_config(arg=None):
   c.stages.features_args = ()  # Extra flags for the feature stage.
   c.stages.root = ""  # Where the stages work ("": <workdir>/stages); runs may share one.
   if "ith" in mods:
-    c.features.dir = "auto"
+    c.features.dir = "auto"  # The stages below build them (axk/runs/stages.py).
     from configs import ith  # pylint: disable=g-import-not-at-top
     # ITH's own fields as configs/ith.py sets them (the paper's fusion), its model name.
     fields = ith.get_config().model
