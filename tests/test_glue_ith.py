@@ -116,3 +116,20 @@ def test_ith_on_glue_runs_its_stages_and_exports(tmp_path):
   from safetensors.numpy import load_file
   assert {"fusion.query.weight", "audio_mlp.fc1.weight"} <= set(load_file(
       str(export / "fusion.safetensors")))
+
+
+def test_the_plan_lists_iths_stages_and_which_are_reused(tmp_path):
+  from axk.runs import preflight
+  config = glue_config.get_config("smoke,ith")
+  config.data.task = "mrpc"
+  names = lambda plan: [(s.name, s.runs) for s in plan.stages]
+  assert names(preflight.plan(config, str(tmp_path))) == [
+      ("span detector", True), ("GLUE spans", True), ("features", True)]
+  export = tmp_path / "stages" / "span" / "export"
+  export.mkdir(parents=True)
+  (export / "config.json").write_text("{}")
+  config.spans.detector = ""
+  assert names(preflight.plan(config, str(tmp_path)))[0] == ("span detector", False)
+  config.spans.detector = str(export)  # A given detector: no detector stage.
+  assert [n for n, _ in names(preflight.plan(config, str(tmp_path)))] == ["GLUE spans",
+                                                                        "features"]

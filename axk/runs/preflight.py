@@ -43,6 +43,7 @@ from axk.data import download
 from axk.data import spans as spans_lib
 from axk.data.layout import DataError
 from axk.data.layout import split_path
+from axk.features import shards
 from axk.features import sources as sources_lib
 from axk.runs import common
 from axk.runs import masked_word
@@ -555,9 +556,12 @@ def _sentence(ctx: _Context, c, workdir: str, stage: str = "") -> None:
     return
   if c.model.tiny:
     _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""),
-           built=f"a random BERT {dict(c.model.tiny)} with the tokenizer of {c.model.init}")
+           built=f"a random model {dict(c.model.tiny)} of the family and with the tokenizer "
+                 f"of {c.model.init}")
   else:
     _model(ctx, stage, "model.init", c.model.init, revision=c.model.get("revision", ""))
+  if c.model.get("name") == "ith" and c.features.dir == stages.AUTO:
+    _glue_stages(ctx, c, workdir)
   spec = glue.spec_of(c.data.task)
   root = glue.resolve_dir(c.data.dir)
   rows = {}
@@ -574,6 +578,26 @@ def _sentence(ctx: _Context, c, workdir: str, stage: str = "") -> None:
     steps = rows["train"] // c.train.batch_size * c.train.epochs
     ctx.plan.costs.append(f"{stage or spec.name}: {steps} train steps a seed x "
                           f"{len(c.seeds)} seeds (batch {c.train.batch_size})")
+
+
+def _glue_stages(ctx: _Context, c, workdir: str) -> None:
+  """ITH on GLUE's stages (`stages.prepare_glue`): which run, which are reused."""
+  from axk.data import glue  # pylint: disable=g-import-not-at-top
+  root = os.path.abspath(c.stages.get("root") or os.path.join(workdir, "stages"))
+  task = c.data.task
+  if not c.spans.get("detector"):
+    span_dir = os.path.join(root, "span")
+    done = os.path.exists(os.path.join(span_dir, "export", "config.json"))
+    ctx.plan.stages.append(Stage("span detector", c.stages.span_config, span_dir,
+                                 runs=not done, why="its export exists" if done else ""))
+  spans = os.path.join(root, "glue_spans")
+  done = all(os.path.exists(glue.span_file(spans, task, s)) for s in glue.spec_of(task).splits)
+  ctx.plan.stages.append(Stage("GLUE spans", f"python -m axk.glue_spans --tasks={task}", spans,
+                               runs=not done, why="its span files exist" if done else ""))
+  feat = os.path.join(root, f"features_{task}")
+  done = shards.verified(os.path.join(feat, "features"))
+  ctx.plan.stages.append(Stage("features", c.stages.features_config + ",glue", feat,
+                               runs=not done, why="verified" if done else ""))
 
 
 # ------------------------------------------------------------------------------------------
