@@ -125,6 +125,17 @@ def rows_of(name: str, payload: dict) -> list[str]:
                  f"padding {row['padding_grouped']:.1%} grouped by length "
                  f"({row['group_by_length']} batches) | padding {row['padding_plain']:.1%} "
                  f"shuffled | | {mach} |")
+    elif kind == "generation_window" and row["window"] == "clip":
+      full = next(r for r in payload["rows"] if r["window"] == "full")
+      ratio = {"ratio": payload["wall_ratio_full_over_clip"],
+               "ratio_rounds": payload.get("wall_ratio_rounds"), "busy": row.get("busy")}
+      out.append(f"| generator window (`{name}`) | Stable Audio Open sizes, random weights, "
+                 f"{payload['seconds']:g} s clip, {payload['steps']} steps, "
+                 f"{payload['dtype']}: `clip` ({row['latent_frames']} latent frames) against "
+                 f"`full` ({full['latent_frames']}) | {row['call_s']:.1f} s a call, "
+                 f"{row['denoiser_gflops_per_step']:.0f} GFLOP a DiT step | "
+                 f"{full['call_s']:.1f} s a call, {full['denoiser_gflops_per_step']:.0f} "
+                 f"GFLOP a DiT step | {_ratio(ratio, 'ratio')} | {mach} |")
     elif kind == "profile":
       kinds = ", ".join(f"{k['name']} {k['share']:.0%}" for k in row["by_kind"][:4])
       out.append(f"| profile (`{name}`) | {row['model']}, {row['size']}, {row['batch']} x "
