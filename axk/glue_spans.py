@@ -63,8 +63,7 @@ def run(detector_path: str, data: str, out: str, tasks=glue_tasks.NAMES, layout=
       rows = detect_split(detector, glue_data.read_split(root, task, split, layout))
       files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
       logging.info("%s/%s: %d rows, spans in %s", task, split, len(rows), path)
-    with open(path, encoding="utf-8") as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+    rows = [row for _, row in glue_data.span_rows(path)]
     table.setdefault(task, {})[split] = glue_data.span_statistics(rows)
   files.write_json(os.path.join(out, "table6.json"), table)
   files.write_text(os.path.join(out, "table6.md"), glue_data.table6_markdown(table))

@@ -133,3 +133,18 @@ def test_the_plan_lists_iths_stages_and_which_are_reused(tmp_path):
   config.spans.detector = str(export)  # A given detector: no detector stage.
   assert [n for n, _ in names(preflight.plan(config, str(tmp_path)))] == ["GLUE spans",
                                                                         "features"]
+
+
+@pytest.mark.parametrize("line, says", [
+    ("{not json", ":2: not a JSON object"),
+    ('{"id": "r1", "texts": [{"text": "Bells ring."}]}', ":2: expected"),
+    ('{"id": "r1", "texts": [{"text": "Bells ring.", "spans": [[0, 40]]}]}',
+     ":2: texts[0] span [0, 40] lies outside its 11-character text"),
+])
+def test_a_bad_span_file_line_is_one_line_naming_file_and_line(tmp_path, line, says):
+  path = tmp_path / "sst2_dev.jsonl"
+  path.write_text('{"id": "r0", "texts": [{"text": "A bell.", "spans": [[2, 6]]}]}\n'
+                  + line + "\n")
+  with pytest.raises(glue.GlueDataError) as e:
+    glue.read_span_file(str(path), "sst2", "dev")
+  assert str(path) + says in str(e.value) and "\n" not in str(e.value)

@@ -262,26 +262,39 @@ def read_span_file(path: str, task: str, split: str):
   from axk.data.types import Example  # pylint: disable=g-import-not-at-top
   from axk.data.types import Span  # pylint: disable=g-import-not-at-top
   out = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
+  for number, row in span_rows(path):
+    for k, t in enumerate(row["texts"]):
+      text, spans = t["text"], t["spans"]
+      bad = [s for s in spans if not 0 <= s[0] < s[1] <= len(text)]
+      if bad:
+        raise GlueDataError(f"{path}:{number}: texts[{k}] span {list(bad[0])} lies outside "
+                            f"its {len(text)}-character text")
+      out.append(Example(id=text_id(row["id"], k), task=task, split=split,
+                         sentence=text, answer="",
+                         spans=tuple(Span(a, b, text[a:b]) for a, b in spans),
+                         options=(), label=-1))
+  return out
+
+
+def span_rows(path: str):
+  """(line number, row) of each row of a span file, as `{"id": str, "texts": [{"text": str,
+  "spans": [(start, end), ...]}, ...]}`; GlueDataError naming the file and line of a row
+  that is not."""
+  try:
+    for number, row in files.json_lines(path):
       try:
-        row = json.loads(line)
-        texts = [(t["text"], [(int(a), int(b)) for a, b in t["spans"]]) for t in row["texts"]]
-        row_id = str(row["id"])
+        row = {"id": str(row["id"]),
+               "texts": [{"text": str(t["text"]),
+                          "spans": [(int(a), int(b)) for a, b in t["spans"]]}
+                         for t in row["texts"]]}
       except (ValueError, KeyError, TypeError) as e:
         raise GlueDataError(f"{path}:{number}: expected {{\"id\", \"texts\": [{{\"text\", "
                             f"\"spans\": [[start, end], ...]}}]}} ({e})") from None
-      for k, (text, spans) in enumerate(texts):
-        bad = [s for s in spans if not 0 <= s[0] < s[1] <= len(text)]
-        if bad:
-          raise GlueDataError(f"{path}:{number}: texts[{k}] span {list(bad[0])} lies outside "
-                              f"its {len(text)}-character text")
-        out.append(Example(id=text_id(row_id, k), task=task, split=split, sentence=text,
-                           answer="", spans=tuple(Span(a, b, text[a:b]) for a, b in spans),
-                           options=(), label=-1))
-  return out
+      yield number, row
+  except GlueDataError:
+    raise
+  except ValueError as e:  # A line that is not JSON.
+    raise GlueDataError(str(e)) from None
 
 
 _WORD = re.compile(r"\w+")

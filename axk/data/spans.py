@@ -134,43 +134,36 @@ def read_labels(path: str) -> list[Example]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such span-labels file")
   out, seen = [], set()
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}:{number}"
+  for number, record in files.json_lines(path):
+    where = f"{path}:{number}"
+    if not isinstance(record, dict):
+      raise ValueError(f"{where}: not a JSON object")
+    for field, kind in (("id", str), ("sentence", str), ("spans", list)):
+      if not isinstance(record.get(field), kind):
+        raise ValueError(f"{where}: field `{field}` must be a {kind.__name__}")
+    row_id, sentence = record["id"], record["sentence"]
+    if row_id in seen:
+      raise ValueError(f"{where}: id {row_id!r} appears twice")
+    seen.add(row_id)
+    split = record.get("split", "train")
+    if split not in LABEL_SPLITS:
+      raise ValueError(f"{where}: field `split` is {split!r}; one of {', '.join(LABEL_SPLITS)}")
+    spans = []
+    for k, item in enumerate(record["spans"]):
       try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not a JSON object ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise ValueError(f"{where}: not a JSON object")
-      for field, kind in (("id", str), ("sentence", str), ("spans", list)):
-        if not isinstance(record.get(field), kind):
-          raise ValueError(f"{where}: field `{field}` must be a {kind.__name__}")
-      row_id, sentence = record["id"], record["sentence"]
-      if row_id in seen:
-        raise ValueError(f"{where}: id {row_id!r} appears twice")
-      seen.add(row_id)
-      split = record.get("split", "train")
-      if split not in LABEL_SPLITS:
-        raise ValueError(f"{where}: field `split` is {split!r}; one of {', '.join(LABEL_SPLITS)}")
-      spans = []
-      for k, item in enumerate(record["spans"]):
-        try:
-          start, end = ((item["start"], item["end"]) if isinstance(item, dict) else item)
-          start, end = int(start), int(end)
-        except (KeyError, TypeError, ValueError):
-          raise ValueError(f"{where}: field `spans[{k}]` must be {{\"start\", \"end\"}} or "
-                           "[start, end]") from None
-        if not (0 <= start < end <= len(sentence)) or not sentence[start:end].strip():
-          raise ValueError(f"{where}: field `spans[{k}]` = [{start}, {end}] is not a "
-                           f"non-blank range of its {len(sentence)}-character sentence")
-        spans.append(Span(start, end, sentence[start:end]))
-      out.append(Example(id=row_id, task=LABELS_TASK, split=split, sentence=sentence,
-                         answer="", spans=tuple(sorted(set(spans),
-                                                      key=lambda s: (s.start, s.end))),
-                         options=(), label=-1))
+        start, end = ((item["start"], item["end"]) if isinstance(item, dict) else item)
+        start, end = int(start), int(end)
+      except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{where}: field `spans[{k}]` must be {{\"start\", \"end\"}} or "
+                         "[start, end]") from None
+      if not (0 <= start < end <= len(sentence)) or not sentence[start:end].strip():
+        raise ValueError(f"{where}: field `spans[{k}]` = [{start}, {end}] is not a "
+                         f"non-blank range of its {len(sentence)}-character sentence")
+      spans.append(Span(start, end, sentence[start:end]))
+    out.append(Example(id=row_id, task=LABELS_TASK, split=split, sentence=sentence,
+                       answer="", spans=tuple(sorted(set(spans),
+                                                    key=lambda s: (s.start, s.end))),
+                       options=(), label=-1))
   if not out:
     raise ValueError(f"{path}: no rows")
   return out

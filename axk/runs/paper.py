@@ -748,8 +748,7 @@ def _glue_lines(config, by_name, results, data, with_published) -> list[str]:
     for split in tasks_lib.get(task).splits:
       path = glue_data.span_file(spans, task, split)
       if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-          rows = [json.loads(line) for line in f if line.strip()]
+        rows = [row for _, row in glue_data.span_rows(path)]
         table6.setdefault(task, {})[split] = glue_data.span_statistics(rows)
   if table6:
     data["table6"] = table6

@@ -1,4 +1,5 @@
-"""Atomic file writes: the one way axk writes an output file.
+"""Atomic file writes: the one way axk writes an output file (and JSON lines read back,
+`json_lines`).
 
 A reader sees either the old file or the whole new one, never a partial write: the content
 goes to a temporary file in the same folder (unique per process, so concurrent writers never
@@ -105,6 +106,19 @@ def read_json(path: str, default: Any = None) -> Any:
       return json.load(f)
   except (OSError, ValueError):
     return default
+
+
+def json_lines(path: str) -> Iterator[tuple[int, Any]]:
+  """(line number, value) of each non-blank line of a JSON-lines file; ValueError naming
+  the file and line for a line that is not JSON (the caller checks the values' fields)."""
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        yield number, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from None
 
 
 def sha256_file(path: str) -> str:
