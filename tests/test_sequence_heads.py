@@ -14,11 +14,16 @@ from axk.models import bert as bert_lib
 TOL = 1e-5
 
 
-def _torch_model(num_labels, seed=0):
-  torch.manual_seed(seed)
-  config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                                   num_attention_heads=4, intermediate_size=37,
-                                   max_position_embeddings=64, num_labels=num_labels)
+def _torch_model(num_labels, family="bert", seed=0):
+  """A tiny random transformers `*ForSequenceClassification` of BERT or RoBERTa."""
+  torch.manual_seed(seed if family == "bert" else seed + 1)
+  sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=37, num_labels=num_labels)
+  if family == "roberta":  # Positions after its padding id 1, one token type.
+    config = transformers.RobertaConfig(**sizes, max_position_embeddings=66,
+                                        type_vocab_size=1, pad_token_id=1)
+    return transformers.RobertaForSequenceClassification(config).eval()
+  config = transformers.BertConfig(**sizes, max_position_embeddings=64)
   return transformers.BertForSequenceClassification(config).eval()
 
 
@@ -43,14 +48,18 @@ def _torch(model, ids, mask, types, labels):
   return out.logits.numpy(), float(out.loss)
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta"])
 @pytest.mark.parametrize("num_labels, labels", [(3, np.array([2, 0, 1])),
                                                 (1, np.array([0.5, -1.25, 3.0], np.float32))])
 def test_logits_and_loss_equal_transformers_and_the_export_loads_back(tmp_path, num_labels,
-                                                                       labels):
-  pt = _torch_model(num_labels)
+                                                                       labels, family):
+  pt = _torch_model(num_labels, family)
   pt.save_pretrained(tmp_path / "pt")
   model = hf.load(str(tmp_path / "pt"), head="sequence_classification")
   ids, mask, types = _pairs()
+  if family == "roberta":
+    ids[mask == 0] = 1  # RoBERTa's padding id: its position ids skip it.
+    types = np.zeros_like(ids)  # One token type.
   want_logits, want_loss = _torch(pt, ids, mask, types, labels)
   assert pt.config.problem_type == ("regression" if num_labels == 1
                                     else "single_label_classification")
@@ -65,37 +74,7 @@ def test_logits_and_loss_equal_transformers_and_the_export_loads_back(tmp_path, 
   back, info = transformers.AutoModelForSequenceClassification.from_pretrained(
       out, local_files_only=True, output_loading_info=True)
   assert not info["missing_keys"] and not info["unexpected_keys"], info
-  assert type(back).__name__ == "BertForSequenceClassification"
+  assert type(back).__name__ == type(pt).__name__
   again_logits, again_loss = _torch(back.eval(), ids, mask, types, labels)
   np.testing.assert_allclose(again_logits, logits, atol=TOL, rtol=0)
   assert again_loss == pytest.approx(want_loss, abs=TOL)
-
-
-@pytest.mark.parametrize("num_labels, labels", [(3, np.array([2, 0, 1])),
-                                                (1, np.array([0.5, -1.25, 3.0], np.float32))])
-def test_roberta_sequence_head_equals_transformers_and_exports_back(tmp_path, num_labels,
-                                                                     labels):
-  torch.manual_seed(1)
-  config = transformers.RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
-                                      num_attention_heads=4, intermediate_size=37,
-                                      max_position_embeddings=66, type_vocab_size=1,
-                                      pad_token_id=1, num_labels=num_labels)
-  pt = transformers.RobertaForSequenceClassification(config).eval()
-  pt.save_pretrained(tmp_path / "pt")
-  model = hf.load(str(tmp_path / "pt"), head="sequence_classification")
-  ids, mask, _ = _pairs()
-  ids[mask == 0] = 1  # RoBERTa's padding id: its position ids skip it.
-  types = np.zeros_like(ids)  # One token type.
-  want_logits, want_loss = _torch(pt, ids, mask, types, labels)
-  logits = np.asarray(model(ids, mask, types)["logits"])
-  np.testing.assert_allclose(logits, want_logits, atol=TOL, rtol=0)
-  loss = float(bert_lib.sequence_loss(jnp.asarray(logits), jnp.asarray(labels)))
-  assert loss == pytest.approx(want_loss, abs=TOL)
-  out = hf.save(model.params, model.config, str(tmp_path / "export"),
-                head="sequence_classification")
-  back, info = transformers.AutoModelForSequenceClassification.from_pretrained(
-      out, local_files_only=True, output_loading_info=True)
-  assert not info["missing_keys"] and not info["unexpected_keys"], info
-  assert type(back).__name__ == "RobertaForSequenceClassification"
-  np.testing.assert_allclose(_torch(back.eval(), ids, mask, types, labels)[0], logits,
-                             atol=TOL, rtol=0)
