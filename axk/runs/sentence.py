@@ -60,7 +60,7 @@ def validate(config) -> None:
                              "(\"text\") or ITH (\"ith\").")
   if name == "ith" and config.features.dir == stages.AUTO:
     for field in ("span_config", "features_config"):
-      path = stages._config_path(config.stages[field]).partition(":")[0]  # pylint: disable=protected-access
+      path = stages.config_path(config.stages[field]).partition(":")[0]
       if not os.path.isfile(path):
         raise common.ConfigError(f"--config.stages.{field}={config.stages[field]}: no such "
                                  "config file.")
@@ -185,6 +185,7 @@ def audio_inputs(config, spec, examples, arrays, tokenizer, features, audio_dim:
 # The last data read and encoded, by what it depends on: the seeds and learning rates of one
 # command train on the same rows (2 rates x 5 seeds read MNLI once, not ten times).
 _ENCODED: dict = {}
+_AUDIO: dict = {}  # The same for ITH's audio inputs (`audio_inputs`), by their features.
 
 
 def _read_and_encode(config, spec, tokenizer) -> tuple[dict, dict]:
@@ -230,9 +231,14 @@ class SentenceTask:
       dims = manifest.get("dims", {})
       audio_dim = int(dims.get("ast", config.features.audio_dim))
       audio_tokens = int(dims.get("num_audio_tokens", config.features.audio_tokens))
-      arrays = {k: dict(v) for k, v in arrays.items()}  # The text arrays stay shared.
-      audio_inputs(config, spec, self.examples, arrays, self.tokenizer,
-                   inputs_lib.FeatureSpans(config.features.dir), audio_dim, audio_tokens)
+      key = (os.path.abspath(config.features.dir), _ENCODED["key"], int(config.data.max_spans))
+      if _AUDIO.get("key") != key:  # Once for the seeds and rates of a command.
+        _AUDIO.clear()
+        audio = {k: dict(v) for k, v in arrays.items()}  # The text arrays stay shared.
+        audio_inputs(config, spec, self.examples, audio, self.tokenizer,
+                     inputs_lib.FeatureSpans(config.features.dir), audio_dim, audio_tokens)
+        _AUDIO.update(key=key, arrays=audio)
+      arrays = _AUDIO["arrays"]
       fields = {**masked_word.method_fields(config), "head": "sequence_classification"}
       try:
         self.model = methods.get("ith").build(self.bert_config, audio_dim, **fields)
@@ -371,7 +377,8 @@ def run(config, workdir: str) -> dict:
   if config.model.get("name") == "ith" and config.features.dir == stages.AUTO:
     config.features.dir = stages.prepare_glue(config, workdir)  # Reused when done.
   config.train.selection_split = spec.eval_splits[0]
-  title = config.get("name") or f"{spec.title}, text only"
+  title = config.get("name") or (f"{spec.title}, ITH" if config.model.get("name") == "ith"
+                                  else f"{spec.title}, text only")
   rates = list(config.train.get("learning_rates") or ())
   if not rates:
     return _seeds(config, workdir, title)

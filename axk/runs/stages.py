@@ -108,7 +108,7 @@ def _finished(output: str, what: str, workdir: str) -> None:
                      f"resume it (its workdir is {workdir}).")
 
 
-def _config_path(spec: str) -> str:
+def config_path(spec: str) -> str:
   path, _, variant = spec.partition(":")
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
   return full + (f":{variant}" if variant else "")
@@ -130,7 +130,7 @@ def check(config) -> None:
   """One line for stage settings that cannot work (before any stage runs)."""
   for field in ("span_config", "features_config"):
     spec = config.stages[field]
-    path = _config_path(spec).partition(":")[0]
+    path = config_path(spec).partition(":")[0]
     if not os.path.isfile(path):
       raise ConfigError(f"--config.stages.{field}={spec}: no such config file.")
   if config.features.dir not in ("", AUTO) and not os.path.isdir(config.features.dir):
@@ -203,7 +203,7 @@ def features_done(config, features: str) -> bool:
 
 def span_args(config, span_dir: str) -> list[str]:
   """The flags of the span detector's `axk.main` process."""
-  return [f"--config={_config_path(config.stages.span_config)}", f"--workdir={span_dir}",
+  return [f"--config={config_path(config.stages.span_config)}", f"--workdir={span_dir}",
           *_data_overrides(config)]
 
 
@@ -224,7 +224,7 @@ def features_args(config, feat_dir: str, predictions: str) -> list[str]:
   spans = (["--config.spans.source=gold"] if all_gold(config) else
            ["--config.spans.source=predictions", f"--config.spans.predictions={predictions}",
             f"--config.spans.gold_splits={','.join(gold)}"])
-  return [f"--config={_config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
+  return [f"--config={config_path(config.stages.features_config)}", f"--workdir={feat_dir}",
           *_data_overrides(config), *spans, *config.stages.get("features_args", ())]
 
 
@@ -264,7 +264,7 @@ def glue_detector(config, span_dir: str) -> str:
   `span_dir` from `stages.span_config` on AuditoryBench at `stages.span_data`."""
   detector = os.path.join(span_dir, "export")
   if not os.path.exists(os.path.join(detector, "config.json")):
-    _run([sys.executable, "-m", "axk.main", f"--config={_config_path(config.stages.span_config)}",
+    _run([sys.executable, "-m", "axk.main", f"--config={config_path(config.stages.span_config)}",
           f"--workdir={span_dir}", f"--config.data.dir={config.stages.span_data}"],
          "span detector", span_dir)
     _finished(os.path.join(detector, "config.json"), "span detector", span_dir)
@@ -295,7 +295,7 @@ def prepare_glue(config, workdir: str) -> str:
   if not shards.verified(features):
     spec = config.stages.features_config
     spec += ("," if ":" in spec else ":") + "glue"
-    _run([sys.executable, "-m", "axk.main", f"--config={_config_path(spec)}",
+    _run([sys.executable, "-m", "axk.main", f"--config={config_path(spec)}",
           f"--workdir={feat_dir}", f"--config.data.glue_spans={spans_dir}",
           f"--config.data.tasks={(task,)!r}", *config.stages.get("features_args", ())],
          "features", feat_dir)
