@@ -627,8 +627,8 @@ def tables(config, rows: list[Row], metric: str) -> tuple[list[str], dict]:
     return r.spec.label + ("" if results[name] else " (not run)")
 
   for table in config.tables:
-    if table == "detector" and metric != config.metric:
-      continue  # Its metrics are the detector's, not this one.
+    if table in ("detector", "glue") and metric != config.metric:
+      continue  # Their metrics are their own (the detector's, GLUE's), not this one.
     layout = list(config.layouts[table])
     lines += ["", f"## {TITLES.get(table, table)}", ""]
     data[table] = {}
