@@ -88,6 +88,7 @@ def test_an_ith_run_without_its_features_or_stages_is_one_line(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # Three stage processes, then the run.
 def test_ith_on_glue_runs_its_stages_and_exports(tmp_path):
   """`configs/glue.py:smoke,ith` with `features.dir=auto` and a given detector that marks
   every token: its stages find each text as one span (axk.glue_spans), generate their audio

@@ -504,6 +504,7 @@ def test_a_detector_row_learning_a_task_it_does_not_read_is_one_line(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ITH's stages for two tasks, and four runs.
 def test_smoke_glue_table_runs_text_only_and_ith_on_glue(tmp_path):
   """ITH's Table 5 under smoke, two tasks (a classification, the regression): each row one
   run per task, ITH's with its stages; the cells are the tasks' dev selection metric (MRPC
