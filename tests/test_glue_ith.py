@@ -109,6 +109,22 @@ def test_ith_on_glue_runs_its_stages_and_exports(tmp_path):
   assert 0 < manifest["counts"]["distinct_with_audio"] < manifest["counts"]["distinct_spans"]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   assert set(results["mrpc"]["dev"]) >= {"accuracy", "f1"}
+  # The run's rows carry each text's clip: one span a text (the whole text), with audio where
+  # the features have it, counted here from the shards themselves.
+  from axk.features import shards
+  features = stages / "features_mrpc" / "features"
+  config.features.dir = str(features)
+  task = sentence.SentenceTask(config, str(tmp_path / "run"))
+  for split in ("train", "dev"):
+    rows = glue.read_split(SAMPLE, "mrpc", split)
+    stored = shards.load_features(str(features), "mrpc", split)
+    want = [[int(s["has_audio"]) for k in (0, 1) for s in stored[glue.text_id(e.id, k)]["spans"]]
+            for e in rows]
+    arrays = task.train_arrays if split == "train" else task.eval_arrays["mrpc/dev"]["paper"]
+    assert arrays["span_has_audio"].tolist() == want
+    assert sum(map(sum, want)) > 0
+    tokens = np.asarray(arrays["span_audio_tokens"][np.arange(len(rows))])
+    assert (np.abs(tokens).sum((-1, -2)) > 0).astype(int).tolist() == want
   export = tmp_path / "run" / "export"
   meta = json.loads((export / "ith.json").read_text())
   assert meta["head"] == "sequence_classification" and meta["method"] == "ith"

@@ -38,7 +38,7 @@ import numpy as np
 from axk.bench import common
 
 
-def _models(scale: str, tmp: str, device: str, dtype: str):
+def build_models(scale: str, tmp: str, device: str, dtype: str):
   import diffusers
   import torch
   import transformers
@@ -141,7 +141,7 @@ def main(argv=None):
   spans = [f"{s} {i}" if i >= 12 else s for i, s in enumerate(spans)]
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
-    gen, clap, ast = _models(args.scale, tmp, args.device, args.dtype)
+    gen, clap, ast = build_models(args.scale, tmp, args.device, args.dtype)
     build_s = time.perf_counter() - t0
     sized = max(generation.auto_spans_per_call(gen.device), args.min_spans_per_call)
     params = generation.GenerationParams(steps=args.steps, seconds=args.seconds, n=args.n,

@@ -133,8 +133,7 @@ def main(argv=None):
   with tempfile.TemporaryDirectory() as tmp:
     t0 = time.perf_counter()
     # The generation benchmark's models (CLAP and AST are built with them and dropped).
-    models = generation_bench._models  # pylint: disable=protected-access
-    gen, _, _ = models(args.scale, tmp, args.device, args.dtype)
+    gen, _, _ = generation_bench.build_models(args.scale, tmp, args.device, args.dtype)
     build_s = time.perf_counter() - t0
     cfg = gen.pipe.transformer.config
     window_s = cfg.sample_size * gen.pipe.vae.hop_length / gen.sampling_rate

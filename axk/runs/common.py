@@ -130,10 +130,12 @@ def bert_config(config, path: str, **overrides) -> bert_lib.BertConfig:
 def bert_config_of(config) -> bert_lib.BertConfig:
   """The architecture a run will build, for checks before any work: the `tiny` sizes, or
   the `config.json` of `config.model.init` (a hub id is downloaded: fails fast offline)."""
-  source = hf.resolve(config.model.init, config.model.get("revision") or None)
-  if config.model.tiny:
-    return bert_lib.BertConfig(vocab_size=2, **tiny_fields(source, dict(config.model.tiny)))
-  return bert_config(config, source)
+  if config.model.tiny:  # Its family from a local init's config.json; no download to check.
+    init = os.path.expanduser(str(config.model.init))
+    tiny = dict(config.model.tiny)
+    return bert_lib.BertConfig(vocab_size=2, **(tiny_fields(init, tiny) if os.path.isfile(
+        os.path.join(init, "config.json")) else tiny))
+  return bert_config(config, hf.resolve(config.model.init, config.model.get("revision") or None))
 
 
 def load_data(config, *, keep_missing_spans: bool = False) -> dict[str, dict[str, ab.SplitData]]:

@@ -582,7 +582,6 @@ def _sentence(ctx: _Context, c, workdir: str, stage: str = "") -> None:
 
 def _glue_stages(ctx: _Context, c, workdir: str) -> None:
   """ITH on GLUE's stages (`stages.prepare_glue`): which run, which are reused."""
-  from axk.data import glue  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(c.stages.get("root") or os.path.join(workdir, "stages"))
   task = c.data.task
   if not c.spans.get("detector"):
@@ -591,7 +590,7 @@ def _glue_stages(ctx: _Context, c, workdir: str) -> None:
     ctx.plan.stages.append(Stage("span detector", c.stages.span_config, span_dir,
                                  runs=not done, why="its export exists" if done else ""))
   spans = os.path.join(root, "glue_spans")
-  done = all(os.path.exists(glue.span_file(spans, task, s)) for s in glue.spec_of(task).splits)
+  done = stages.glue_spans_done(spans, task)
   ctx.plan.stages.append(Stage("GLUE spans", f"python -m axk.glue_spans --tasks={task}", spans,
                                runs=not done, why="its span files exist" if done else ""))
   feat = os.path.join(root, f"features_{task}")

@@ -28,6 +28,7 @@ import jax
 
 import axk
 from axk import tasks
+from axk.data import glue
 from axk.data import types
 from axk.features import shards
 from axk.runs import common
@@ -271,6 +272,12 @@ def glue_detector(config, span_dir: str) -> str:
   return detector
 
 
+def glue_spans_done(spans_dir: str, task: str) -> bool:
+  """Whether `axk.glue_spans` wrote the span file of every split of `task` in `spans_dir`."""
+  return all(os.path.exists(glue.span_file(spans_dir, task, split))
+             for split in glue.spec_of(task).splits)
+
+
 def prepare_glue(config, workdir: str) -> str:
   """ITH on GLUE with `features.dir="auto"`: runs (or reuses) its three stages, each its own
   process, and returns the features folder.
@@ -287,9 +294,10 @@ def prepare_glue(config, workdir: str) -> str:
   detector = config.spans.get("detector", "") or glue_detector(config, os.path.join(root, "span"))
   task = config.data.task
   spans_dir = os.path.join(root, "glue_spans")
-  _run([sys.executable, "-m", "axk.glue_spans", f"--detector={detector}",
-        f"--data={config.data.dir}", f"--out={spans_dir}", f"--tasks={task}",
-        f"--layout={config.data.layout}"], "GLUE spans", spans_dir)
+  if not glue_spans_done(spans_dir, task):
+    _run([sys.executable, "-m", "axk.glue_spans", f"--detector={detector}",
+          f"--data={config.data.dir}", f"--out={spans_dir}", f"--tasks={task}",
+          f"--layout={config.data.layout}"], "GLUE spans", spans_dir)
   feat_dir = os.path.join(root, f"features_{task}")
   features = os.path.join(feat_dir, "features")
   if not shards.verified(features):
