@@ -104,6 +104,9 @@ def base_config():
   c.train.clip_norm = 1.0  # Global gradient-norm clipping (0: none).
   c.train.trainable = (".*",)  # Parameter paths (regex, full match) that are trained.
   c.train.frozen = ()  # Paths excluded from `trainable`.
+  # (path regex, factor) pairs: the learning rate of the paths a regex matches (full match;
+  # the first pair that matches) is the schedule's times its factor.
+  c.train.lr_scales = ()
   c.train.log_every = 10  # Steps between train-metric lines.
   c.train.eval_every = 0  # Steps between dev evaluations + checkpoints (0: each epoch).
   c.train.checkpoint_every = 0  # Extra checkpoints between evaluations (0: none).

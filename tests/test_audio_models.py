@@ -247,6 +247,18 @@ def test_audiobert_adapter_trains_at_equal_widths():
       assert float(jnp.abs(grads["audio_adapter/fc2/dense/bias"]).max()) > 0
       assert float(jnp.abs(grads["audio_adapter/fc1/dense/bias"]).max()) == 0
     updates, state = tx.update(grads, state, train)
+    if step == 0:
+      # Adam's first step is lr * g / (|g| + eps) (W2 is zero, so no decay on it): the
+      # config's `lr_scales` puts the audio path at a tenth of LoRA's rate.
+      g = np.asarray(grads["audio_adapter/fc2/dense/kernel"])
+      np.testing.assert_allclose(np.asarray(updates["audio_adapter/fc2/dense/kernel"]),
+                                 -0.1 * 1e-3 * g / (np.abs(g) + tc.eps), rtol=1e-4, atol=1e-12)
+      lora = next(k for k in trainable if k.startswith("lora/") and
+                  float(jnp.abs(grads[k]).max()) > 0)
+      g, w = np.asarray(grads[lora]), np.asarray(flat[lora])
+      np.testing.assert_allclose(np.asarray(updates[lora]),
+                                 -1e-3 * (g / (np.abs(g) + tc.eps) + tc.weight_decay * w),
+                                 rtol=1e-4, atol=1e-12)
     train = optax.apply_updates(train, updates)
   for k in adapter:  # after two steps every adapter parameter has moved
     assert float(jnp.abs(train[k] - before[k]).max()) > 0, k

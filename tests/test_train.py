@@ -359,3 +359,26 @@ def test_span_detector_optimizer_is_the_published_one():
   updates, _ = tx.update(zero, state, params)
   np.testing.assert_allclose(np.asarray(updates["w/kernel"]),
                              -float(lr(1)) * 0.01 * np.array([2.0, 3.0]), rtol=1e-5)
+
+
+def test_lr_scales_multiply_the_rate_of_the_paths_they_name():
+  """AdamW at 1e-3, constant, no clipping, weight decay 0.1: the first step moves a weight
+  by -lr * (g / (|g| + eps) + wd * w); `train.lr_scales` (("audio_.*", 0.1),) makes that a
+  tenth on `audio_adapter/...` alone, decay included, and the first matching pair wins."""
+  import jax.numpy as jnp
+  from axk.train import optim
+  c = span_config.get_config().train
+  c.update(learning_rate=1e-3, weight_decay=0.1, eps=1e-8, clip_norm=0.0)
+  c.lr_scales = (("audio_.*", 0.1), ("audio_adapter/.*", 3.0))
+  tx, _ = optim.make(c, 10)
+  params = {"audio_adapter/fc1/kernel": jnp.array([2.0, -1.0]),
+            "lora/q/kernel": jnp.array([2.0, -1.0])}
+  grads = {k: jnp.array([4.0, -0.5]) for k in params}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  full = -1e-3 * (np.array([1.0, -1.0]) + 0.1 * np.array([2.0, -1.0]))
+  np.testing.assert_allclose(np.asarray(updates["lora/q/kernel"]), full, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(updates["audio_adapter/fc1/kernel"]), 0.1 * full,
+                             rtol=1e-5)
+  c.lr_scales = (("audio_.*", -1.0),)
+  with pytest.raises(ValueError, match=r"train.lr_scales=.*factor >= 0"):
+    optim.make(c, 10)
