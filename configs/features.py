@@ -110,16 +110,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.device = "auto"  # torch device for every model: auto (CUDA if present), cpu, cuda:0
   c.batch_size = 64  # distinct spans per part file (the unit of resumption)
   c.torch_threads = 0  # torch intra-op threads (0: torch's default)
-  # "local": this process (and the workers started by hand with num_shards); "ray": one Ray
-  # actor per shard (axk/features/ray_engine.py), then the datasets assembled here.
+  # "local": this process (and the workers started by hand with num_shards); "ray": on a Ray
+  # instance (docs/ray.md), then the datasets assembled here.
   c.engine = "local"
   c.ray = ml_collections.ConfigDict()
   c.ray.address = ""  # "": a local Ray instance; "auto" or "ray://host:10001": a cluster.
   c.ray.num_cpus = 0  # CPUs of the local instance (0: every core).
-  c.ray.workers = 2  # Actors, each a shard of the distinct spans (e.g. one per GPU).
+  # "auto": generation as a streaming Ray Data pipeline of stages (axk/features/ray_stream.py),
+  # the other sources as one actor per shard (axk/features/ray_engine.py); "shards": every
+  # source as one actor per shard.
+  c.ray.pipeline = "auto"
+  # Shard actors: how many (e.g. one per GPU), and what each asks for.
+  c.ray.workers = 2  # Also the size of a stage's actor pool whose `workers` is 0.
   c.ray.gpus_per_worker = 0.0  # GPUs each actor asks for (1 on a GPU machine: one each).
   c.ray.cpus_per_worker = 1.0  # CPUs each actor asks for.
   c.ray.max_restarts = 2  # Restarts of a dead actor, each retrying its shard from its parts.
+  # The streaming pipeline: pending spans decided a chunk at a time (the driver's memory).
+  c.ray.chunk = 4096
+  # Its actor pools: size (0: ray.workers), resources of each actor and batch size (0: the
+  # in-process one: generation.spans_per_call * n clips, clap.batch_size, ast.batch_size).
+  # On a machine with G GPUs: workers=G for each, gpus 0.5 (generate), 0.25 (score, embed).
+  for stage in ("generate", "score", "embed"):
+    c.ray[stage] = ml_collections.ConfigDict(
+        {"workers": 0, "gpus": 0.0, "cpus": 1.0, "batch_size": 0})
+  # Its CPU tasks (the FLAC round trip, reading clips, resampling; writing parts).
+  c.ray.decode = ml_collections.ConfigDict({"cpus": 1.0, "batch_size": 8})
 
   c.data = common.data_config()  # The same data fields as the training configs.
   c.plugins = ()  # Modules imported at start that register tasks (a run's own tasks).

@@ -421,7 +421,7 @@ def test_lazy_first_rule_on_the_tiny_pipeline(generator, clap, tmp_path):
   for span in spans:  # Every candidate of the span in one call, as the published code draws.
     seeds = [generation.candidate_seed(0, span, q) for q in range(6)]
     waves = generator([f"{span} sound"] * len(seeds), seeds, params)
-    stored = [generation._flac_round_trip(w, generator.sampling_rate)[1] for w in waves]
+    stored = [generation.flac_round_trip(w, generator.sampling_rate)[1] for w in waves]
     embs = clap.audio([audio_lib.from_array(w, generator.sampling_rate, clap.sampling_rate,
                                             channels_last=False) for w in stored])
     scores[span] = (seeds, (embs @ text[span]).tolist())

@@ -1,13 +1,15 @@
-"""The feature stage's generation on Ray workers against the in-process run: spans/s and
-accepted spans/h for 1, 2, ... workers.
+"""The feature stage's generation on Ray against the in-process run: spans/s and accepted
+spans/h for 1, 2, ... workers, as the streaming Ray Data pipeline and as shard actors.
 
     python -m axk.bench.ray_features --out bench_ray_features.json
     python -m axk.bench.ray_features --workers 1,2,4 --rounds 3
 
 Tiny random models (`axk.features.tiny`), generation with CLAP rejection and AST over every
 task and split of the shipped sample, each run from an empty workdir and clip cache. Sides:
-`local` (`--config.engine=local`, this process) and `ray_<w>` (`--config.engine=ray` with w
-worker actors on a local Ray instance of `--cpus` CPUs, started once before the timing: its
+`local` (`--config.engine=local`, this process), `stream_<w>` (`--config.engine=ray`: the
+streaming pipeline, w generator actors, one CLAP and one AST actor, each asking for a quarter
+of a CPU so that every pool fits a small machine) and `shards_<w>` (`ray.pipeline=shards`: w
+shard actors), on a local Ray instance of `--cpus` CPUs, started once before the timing (its
 start-up is reported apart). A side's time is the whole `pipeline.run` (spans, acquire,
 assemble); the actors' model loading is in it. Rounds alternate the sides; medians are
 compared (`ratio_vs_local` > 1: faster than in-process). The machine is probed for other
@@ -25,7 +27,7 @@ import time
 from axk.bench import common
 
 
-def _config(models: dict, engine: str, workers: int, batch_size: int):
+def _config(models: dict, engine: str, workers: int, batch_size: int, pipeline: str = "auto"):
   from configs import features as features_config  # pylint: disable=g-import-not-at-top
   c = features_config.get_config("smoke")
   c.models.tiny = False
@@ -35,7 +37,11 @@ def _config(models: dict, engine: str, workers: int, batch_size: int):
   c.batch_size = batch_size
   c.generation.tau.pitch = c.generation.tau.animal = -0.2  # Some clips of the tiny CLAP pass.
   c.engine = engine
+  c.ray.pipeline = pipeline
   c.ray.workers = max(workers, 1)
+  c.ray.score.workers = c.ray.embed.workers = 1
+  for stage in ("generate", "score", "embed", "decode"):
+    c.ray[stage].cpus = 0.25
   c.torch_threads = 1
   return c
 
@@ -64,14 +70,16 @@ def main(argv=None):
     first.ray.num_cpus = args.cpus
     ray_engine.init(first)
     ray_start = time.perf_counter() - t0
-    sides = {"local": ("local", 0), **{f"ray_{w}": ("ray", w) for w in counts}}
+    sides = {"local": ("local", 0, "auto"),
+             **{f"stream_{w}": ("ray", w, "auto") for w in counts},
+             **{f"shards_{w}": ("ray", w, "shards") for w in counts}}
     times = {name: [] for name in sides}
     spans = accepted = 0
     for r in range(args.rounds):
-      for name, (engine, workers) in sides.items():
+      for name, (engine, workers, kind) in sides.items():
         workdir = os.path.join(tmp, f"{name}_{r}")
         t = time.perf_counter()
-        out = pipeline.run(_config(models, engine, workers, args.batch_size), workdir)
+        out = pipeline.run(_config(models, engine, workers, args.batch_size, kind), workdir)
         times[name].append(time.perf_counter() - t)
         counts_ = shards.read_manifest(out["generation"])["counts"]
         spans, accepted = counts_["distinct_spans"], counts_["distinct_with_audio"]

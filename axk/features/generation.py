@@ -358,7 +358,7 @@ class Acquired:
     return len(self.scores)
 
 
-def _flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:
+def flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:
   """Encodes `[C, T]` to 16-bit FLAC bytes and decodes them back (what the cache holds)."""
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
@@ -366,6 +366,30 @@ def _flac_round_trip(wave: np.ndarray, rate: int) -> tuple[bytes, np.ndarray]:
   data = buf.getvalue()
   decoded, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
   return data, decoded.T
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  """A candidate to draw for a request: `cand` (key, prompt, seed), the span, its index,
+  the text it is scored against and that text's CLAP embedding, and the score from which its
+  clip is kept (the lowest threshold of the span's requests)."""
+
+  cand: tuple[str, str, int]
+  span: str
+  index: int
+  score_text: str
+  text: np.ndarray
+  keep_at: float
+
+
+def clip_sidecar(cand: tuple[str, str, int], span: str, index: int, score: float,
+                 score_text: str, rate: int, *, model: dict, params: GenerationParams,
+                 clap_fingerprint: str) -> dict:
+  """The clip cache's sidecar of a drawn candidate (`ClipCache.put`)."""
+  key, prompt, seed = cand
+  return {"key": key, "span": span, "prompt": prompt, "seed": seed, "candidate": index,
+          "model": model, "params": params.clip_params(), "clap": clap_fingerprint,
+          "score_text": score_text, "clap_score": float(score), "rate": rate}
 
 
 class RejectionSampler:
@@ -420,19 +444,31 @@ class RejectionSampler:
     embeddings, scored in one batched CLAP pass."""
     waves = self.generator([c[1] for c in cands], [c[2] for c in cands], self.params)
     rate = self.generator.sampling_rate
-    stored = [_flac_round_trip(w, rate) for w in waves]
+    stored = [flac_round_trip(w, rate) for w in waves]
     embs = self.clap.audio([self._mono(w, rate, self.clap.sampling_rate) for _, w in stored])
     return stored, embs, rate
 
   def _put(self, cand, span: str, index: int, score: float, score_text: str, rate: int,
            flac: bytes | None) -> None:
     """Writes a candidate's sidecar (and clip) in the background."""
-    key, prompt, seed = cand
-    sidecar = {"key": key, "span": span, "prompt": prompt, "seed": seed, "candidate": index,
-               "model": self.generator.info, "params": self.params.clip_params(),
-               "clap": self.clap.info["fingerprint"], "score_text": score_text,
-               "clap_score": float(score), "rate": rate}
-    self._writes[key] = self._writer.submit(self.cache.put, key, sidecar, flac)
+    sidecar = clip_sidecar(cand, span, index, score, score_text, rate,
+                           model=self.generator.info, params=self.params,
+                           clap_fingerprint=self.clap.info["fingerprint"])
+    self._writes[cand[0]] = self._writer.submit(self.cache.put, cand[0], sidecar, flac)
+
+  def draw_and_store(self, items: Sequence[Candidate]) -> list[tuple[float, bool, np.ndarray]]:
+    """Draws and scores the candidates `items` (one generator call here) and stores each:
+    its sidecar, and its clip when kept (`keep_rejected`, or a score >= the item's
+    `keep_at`). Returns (score, kept, CLAP audio embedding) per item."""
+    stored, embs, rate = self._draw([it.cand for it in items])
+    out = []
+    for n, it in enumerate(items):
+      score = float(embs[n] @ it.text)
+      keep = self.keep_rejected or score >= it.keep_at
+      self._put(it.cand, it.span, it.index, score, it.score_text, rate,
+                stored[n][0] if keep else None)
+      out.append((score, keep, embs[n]))
+    return out
 
   def _cached_clip(self, key: str):
     """(mono wave at its rate, rate, mono wave at CLAP's rate) of a stored clip, or None."""
@@ -543,17 +579,20 @@ class RejectionSampler:
         served.append(i)
         for c in new:
           batch[c[0]] = (c[:3], i, c[3])
-      keys = list(batch)
-      stored, embs, rate = self._draw([batch[k][0] for k in keys])
-      for n, key in enumerate(keys):
-        cand, i, q = batch[key]
-        score = float(embs[n] @ texts[i])
-        # Kept when some request could accept it (always, with keep_rejected).
-        keep = self.keep_rejected or score >= min_tau[spans[i]]
-        self._put(cand, spans[i], q, score, score_texts[i], rate, stored[n][0] if keep else None)
-        scores[key], has_clip[key], drawn[key] = score, keep, embs[n]
+      # Kept when some request could accept it (always, with keep_rejected).
+      items = [Candidate(cand, spans[i], q, score_texts[i], texts[i], min_tau[spans[i]])
+               for cand, i, q in batch.values()]
+      for key, (score, keep, emb) in zip(batch, self.draw_and_store(items)):
+        scores[key], has_clip[key], drawn[key] = score, keep, emb
         absent.discard(key)
       pending = rest + [i for i in served if needs(i)]
+    self._load_accepted(results, accept, drawn)
+    return results
+
+  def _load_accepted(self, results: list[Acquired], accept: dict[int, tuple[int, str]],
+                     drawn: dict[str, np.ndarray]) -> None:
+    """Gives each accepted request its clip (read back from the cache) and the clip's CLAP
+    audio embedding (computed here for clips not drawn in this call)."""
     loaded = {}
     for i, (q, key) in accept.items():
       if key not in loaded:
@@ -568,16 +607,14 @@ class RejectionSampler:
       for i, (q, key) in accept.items():
         r = results[i]
         r.wave, r.rate, r.clap_audio = loaded[key][0], loaded[key][1], drawn[key]
-    return results
 
   def _use_fallback(self, results: list[Acquired], texts: np.ndarray) -> None:
     """Gives every span without an accepted clip the fallback clip (drawn once, cached)."""
     cand = self.candidate(FALLBACK_SPAN, 0)
     clip = self._cached_clip(cand[0]) if self.cache.sidecar(cand[0]) else None
     if clip is None:
-      stored, embs, rate = self._draw([cand])
-      self._put(cand, FALLBACK_SPAN, 0, float(embs[0] @ self.clap.text([FALLBACK_PROMPT])[0]),
-                FALLBACK_PROMPT, rate, stored[0][0])
+      self.draw_and_store([Candidate(cand, FALLBACK_SPAN, 0, FALLBACK_PROMPT,
+                                     self.clap.text([FALLBACK_PROMPT])[0], -np.inf)])
       clip = self._cached_clip(cand[0])
     emb = self.clap.audio([clip[2]])[0]
     for i, r in enumerate(results):

@@ -38,11 +38,16 @@ def folder(workdir: str, source: str, run_key: str) -> str:
   return os.path.join(workdir, "parts", f"{source}-{run_key}")
 
 
+def part_path(parts_dir: str, shard_index: int, num_shards: int, keys) -> str:
+  """Where the part file of a batch of keys goes: its name hashes the keys."""
+  sub = os.path.join(parts_dir, f"shard-{shard_index:05d}-of-{num_shards:05d}")
+  name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+  return os.path.join(sub, f"part-{name}.npz")
+
+
 def write_part(parts_dir: str, shard_index: int, num_shards: int, arrays: Mapping) -> str:
   """Writes one batch's results atomically; the name hashes the batch's keys (`text`)."""
-  sub = os.path.join(parts_dir, f"shard-{shard_index:05d}-of-{num_shards:05d}")
-  name = hashlib.sha256("\n".join(arrays["text"]).encode()).hexdigest()[:16]
-  path = os.path.join(sub, f"part-{name}.npz")
+  path = part_path(parts_dir, shard_index, num_shards, arrays["text"])
   with files.atomic_path(path) as tmp:
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
   return path

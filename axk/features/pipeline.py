@@ -58,6 +58,9 @@ SPAN_SOURCES = ("gold", "predictions", "detector")
 SPAN_UNITS = ("span", "sentence")
 STAGES = ("all", "spans", "database", "acquire", "assemble")
 ENGINES = ("local", "ray")  # Where the acquire stage runs (`axk/features/ray_engine.py`).
+# With the ray engine: generation streams through Ray Data stages (`axk/features/ray_stream.py`)
+# ("auto"), or every source runs one actor per shard ("shards").
+RAY_PIPELINES = ("auto", "shards")
 
 
 # ----------------------------------------------------------------------------------------
@@ -361,6 +364,9 @@ def run(config, workdir: str) -> dict[str, str]:
   if engine == "ray" and (config.stage != "all" or config.num_shards != 1):
     raise ValueError("--config.engine=ray runs every stage with its own workers "
                      "(--config.ray.workers): leave --config.stage=all and num_shards=1")
+  if engine == "ray" and config.ray.get("pipeline", "auto") not in RAY_PIPELINES:
+    raise ValueError(f"--config.ray.pipeline={config.ray.pipeline!r}; expected one of "
+                     f"{', '.join(RAY_PIPELINES)}")
   assembles = config.stage == "assemble" or (config.stage == "all" and config.num_shards == 1)
   own_stages = {st for c in sources_lib.SOURCES.values() for st in c.stages}
   out = {}
@@ -377,9 +383,13 @@ def run(config, workdir: str) -> dict[str, str]:
       keys = sorted({k for v in acquisition_keys(source, examples, spans_by_id).values()
                      for k in v})
       if config.get("engine", "local") == "ray" and config.stage == "all":
-        from axk.features import ray_engine  # pylint: disable=g-import-not-at-top
         files.write_json(os.path.join(source.parts_dir, "run.json"), source.setup.run_info())
-        ray_engine.acquire(acquire_stage, source, config, workdir, paths, keys)
+        if config.ray.get("pipeline", "auto") == "auto" and name == "generation":
+          from axk.features import ray_stream  # pylint: disable=g-import-not-at-top
+          ray_stream.acquire(source, config, workdir, paths, keys)
+        else:
+          from axk.features import ray_engine  # pylint: disable=g-import-not-at-top
+          ray_engine.acquire(acquire_stage, source, config, workdir, paths, keys)
       else:
         acquire_stage(source, config, keys, config.stage)
     if assembles:

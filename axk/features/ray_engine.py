@@ -1,5 +1,8 @@
-"""The acquire stage on Ray (`--config.engine=ray`): one actor per shard of the distinct
-spans, on a local Ray instance or a cluster (`--config.ray.address`).
+"""The acquire stage on Ray as one actor per shard of the distinct spans, on a local Ray
+instance or a cluster (`--config.ray.address`): `--config.engine=ray` for the retrieval and
+oracle sources, and for generation with `--config.ray.pipeline=shards` (generation's default
+on Ray is the streaming pipeline of `axk/features/ray_stream.py`). `init` starts or joins the
+Ray instance for both.
 
 Each actor runs the in-process acquire stage for its shard (`hash % workers == index`,
 `axk.features.pipeline.acquire_stage`): the same part files, so the datasets and manifest
@@ -11,9 +14,8 @@ them, and the clip cache is shared through the workdir, which every worker must 
 machine, or a shared filesystem or bucket mount on a cluster).
 
 Each actor asks Ray for `ray.gpus_per_worker` GPUs and `ray.cpus_per_worker` CPUs, so on a
-machine with 8 GPUs `ray.workers=8` puts one worker on each. This is Ray's task scheduling
-over the existing stage, not a streaming Ray Data pipeline: generation, scoring and AST run
-in each worker one batch after another, as in-process.
+machine with 8 GPUs `ray.workers=8` puts one worker on each. Each worker runs its source's
+stages one batch after another, as in-process.
 """
 
 from __future__ import annotations

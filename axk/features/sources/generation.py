@@ -89,32 +89,53 @@ class GenerationSource(FeatureSource):
     path = cached_clip_path(self.cache_dir, source) if source else ""
     return path if path and os.path.isfile(path) else None
 
+  def generator(self):
+    """The text-to-audio generator (loaded here, on `config.device`)."""
+    from axk.features import generation  # pylint: disable=g-import-not-at-top
+    g = self.section
+    generator = generation.AudioGenerator(self.setup.paths["generator"], g.pipeline_class,
+                                          device=self.config.device, torch_dtype=g.torch_dtype)
+    generator.info = dict(self.setup.models["generator"])
+    return generator
+
   @property
   def sampler(self):
     """The rejection sampler around the generator, built on first use."""
     if self._sampler is None:
       from axk.features import generation  # pylint: disable=g-import-not-at-top
       g = self.section
-      generator = generation.AudioGenerator(self.setup.paths["generator"], g.pipeline_class,
-                                            device=self.config.device,
-                                            torch_dtype=g.torch_dtype)
-      generator.info = dict(self.setup.models["generator"])
-      cache = ClipCache(self.cache_dir)
       self._sampler = generation.RejectionSampler(
-          generator, self.clap, cache, generation_params(self.config),
+          self.generator(), self.clap, ClipCache(self.cache_dir), generation_params(self.config),
           spans_per_call=g.spans_per_call, keep_rejected=g.keep_rejected)
     return self._sampler
 
+  def requests(self, batch: Sequence[str]) -> tuple[list[str], list[float], list[int]]:
+    """The sampler's requests of acquisition keys: (spans, taus, ns)."""
+    tasks, spans = zip(*(k.partition("|")[::2] for k in batch)) if batch else ((), ())
+    return list(spans), [self.taus[t] for t in tasks], [int(self.section.n)] * len(batch)
+
+  def outcome(self, results: Sequence) -> dict[str, np.ndarray]:
+    """Every per-key array of the sampler's `results` but the AST features (a clip's CLAP
+    audio embedding is zeros where the result has none yet)."""
+    n, d = int(self.section.n), self.clap.dim
+    out = {"has_audio": np.array([r.has_audio for r in results], bool),
+           "clap_score": np.array([r.score if np.isfinite(r.score) else 0.0 for r in results],
+                                  np.float32),
+           "source": np.array([r.key for r in results], dtype=object),
+           "clap_text": np.stack([r.clap_text for r in results]).astype(np.float32),
+           "clap_audio": np.stack([np.zeros(d, np.float32) if r.clap_audio is None
+                                   else r.clap_audio for r in results]).astype(np.float32),
+           "accepted": np.array([r.accepted for r in results], np.int32),
+           "tried": np.array([r.tried for r in results], np.int32),
+           "fallback": np.array([r.fallback for r in results], bool),
+           "scores": np.full((len(results), n), np.nan, np.float32)}
+    for b, r in enumerate(results):
+      out["scores"][b, :r.tried] = r.scores
+    return out
+
   def acquire(self, batch: Sequence[str]) -> dict[str, np.ndarray]:
-    tasks, spans = zip(*(k.partition("|")[::2] for k in batch))
-    n = int(self.section.n)
-    results = self.sampler(spans, taus=[self.taus[t] for t in tasks], ns=[n] * len(batch))
-    out = self.empty(len(batch))
-    out["clap_text"] = np.stack([r.clap_text for r in results])
-    out["accepted"] = np.array([r.accepted for r in results], np.int32)
-    out["tried"] = np.array([r.tried for r in results], np.int32)
-    out["fallback"] = np.array([r.fallback for r in results], bool)
-    out["scores"] = np.full((len(batch), n), np.nan, np.float32)
+    results = self.sampler(*self.requests(batch))
+    out = {**self.empty(len(batch)), **self.outcome(results)}
     with_audio = [b for b, r in enumerate(results) if r.has_audio]
     if with_audio:
       waves = [audio_lib.resample(results[b].wave, results[b].rate, self.ast.sampling_rate)
@@ -122,12 +143,6 @@ class GenerationSource(FeatureSource):
       pooled, tokens = self.ast(waves)
       for m, b in enumerate(with_audio):
         out["ast_pooled"][b], out["ast_tokens"][b] = pooled[m], tokens[m]
-    for b, r in enumerate(results):
-      out["scores"][b, :r.tried] = r.scores
-      out["has_audio"][b] = r.has_audio
-      out["clap_score"][b] = r.score if np.isfinite(r.score) else 0.0
-      out["source"][b] = r.key
-      out["clap_audio"][b] = r.clap_audio
     return out
 
 
