@@ -211,11 +211,16 @@ class StreamSampler(generation.RejectionSampler):
       results[i].clap_audio = drawn.get(key)  # None: made by the embed stage
 
 
+def _pool_size(config, name: str) -> int:
+  """Actors in the pool of stage `name` (`ray.<name>.workers`; 0: `ray.workers`)."""
+  return int(config.ray[name].workers) or int(config.ray.workers)
+
+
 def _stage(config, name: str) -> dict:
-  """Actor-pool arguments of `config.ray.<name>` (workers 0: `ray.workers`)."""
-  s = config.ray[name]
+  """Actor-pool arguments of stage `name` (`config.ray.<name>`)."""
   import ray  # pylint: disable=g-import-not-at-top
-  return dict(compute=ray.data.ActorPoolStrategy(size=int(s.workers) or int(config.ray.workers)),
+  s = config.ray[name]
+  return dict(compute=ray.data.ActorPoolStrategy(size=_pool_size(config, name)),
               num_cpus=float(s.cpus), num_gpus=float(s.gpus))
 
 
@@ -243,8 +248,8 @@ def draw(items, source, config, workdir: str, paths: Mapping[str, str]):
   ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), gen_batch))
   ds = ds.map_batches(Generate, fn_constructor_args=args, batch_size=gen_batch,
                       **_stage(config, "generate"))
-  ds = ds.map_batches(encode, fn_kwargs={"clap_rate": source.clap.sampling_rate},
-                      batch_size=_batch(config, "decode", 8), num_cpus=float(config.ray.decode.cpus))
+  cpu = {"batch_size": _batch(config, "decode", 8), "num_cpus": float(config.ray.decode.cpus)}
+  ds = ds.map_batches(encode, fn_kwargs={"clap_rate": source.clap.sampling_rate}, **cpu)
   ds = ds.map_batches(Score, fn_constructor_args=args,
                       batch_size=_batch(config, "score", config.clap.batch_size),
                       **_stage(config, "score"))
@@ -268,14 +273,15 @@ def features(source, config, workdir: str, paths: Mapping[str, str], keys: Seque
   fields = list({**empty_arrays(0, 1, 1, 1), **outcome})
   rows = [{"text": key, "clip": r.key if r.has_audio else "",
            "needs_clap": bool(r.has_audio and r.clap_audio is None),
-           **{k: v[b] for k, v in outcome.items()}} for b, (key, r) in enumerate(zip(keys, results))]
+           **{k: v[b] for k, v in outcome.items()}}
+          for b, (key, r) in enumerate(zip(keys, results))]
   args = (config.to_dict(), workdir, dict(paths), source.name)
   part = int(config.batch_size)
   ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), part))
+  cpu = {"batch_size": _batch(config, "decode", 8), "num_cpus": float(config.ray.decode.cpus)}
   ds = ds.map_batches(load, fn_kwargs={"cache_dir": source.cache_dir,
                                        "ast_rate": ast_rate(source),
-                                       "clap_rate": source.clap.sampling_rate},
-                      batch_size=_batch(config, "decode", 8), num_cpus=float(config.ray.decode.cpus))
+                                       "clap_rate": source.clap.sampling_rate}, **cpu)
   ds = ds.map_batches(Embed, fn_constructor_args=args,
                       batch_size=_batch(config, "embed", config.ast.batch_size),
                       **_stage(config, "embed"))
@@ -299,12 +305,12 @@ def check_fits(config, resources: Mapping[str, float]) -> None:
   pipelines = {"draw": ("generate", "score"), "features": ("embed",)}
   for pipeline, stages in pipelines.items():
     for kind in ("cpus", "gpus"):
-      need = sum((int(config.ray[s].workers) or int(config.ray.workers)) * float(config.ray[s][kind])
-                 for s in stages) + (float(config.ray.decode.cpus) if kind == "cpus" else 0.0)
+      need = sum(_pool_size(config, s) * float(config.ray[s][kind]) for s in stages)
+      need += float(config.ray.decode.cpus) if kind == "cpus" else 0.0
       have = float(resources.get(kind[:-1].upper(), 0.0))
       if need > have + 1e-9:
-        asks = " + ".join(f"ray.{s}: {int(config.ray[s].workers) or int(config.ray.workers)} x "
-                          f"{float(config.ray[s][kind])}" for s in stages)
+        asks = " + ".join(f"ray.{s}: {_pool_size(config, s)} x {float(config.ray[s][kind])}"
+                          for s in stages)
         raise ValueError(f"the {pipeline} pipeline needs {need:g} {kind[:-1].upper()}s ({asks}"
                          f"{' + ray.decode.cpus' if kind == 'cpus' else ''}) and this Ray "
                          f"instance has {have:g}: lower --config.ray.<stage>.workers or "
