@@ -114,8 +114,12 @@ def rows_of(name: str, payload: dict) -> list[str]:
                  f"({row['cache_load_s']:.1f} s) | wall {row['wall_s']:.0f} s | | {mach} |")
     elif kind == "ray_features" and row["side"] != "local":
       local = next(r for r in payload["rows"] if r["side"] == "local")
+      kind_of = {"stream": "Ray Data pipeline, {w} generator actor{s}",
+                 "shards": "{w} shard actor{s}", "ray": "{w} Ray worker{s}"}
+      how = kind_of[row["side"].split("_")[0]].format(w=row["workers"],
+                                                     s="s" if row["workers"] > 1 else "")
       out.append(f"| feature stage on Ray (`{name}`) | generation of {row['spans']} spans, tiny "
-                 f"models, {row['workers']} Ray worker{'s' if row['workers'] > 1 else ''} | {row['spans_per_s']:.1f} spans/s "
+                 f"models, {how} | {row['spans_per_s']:.1f} spans/s "
                  f"(±{row['spread'] / 2:.0%}) | in-process {local['spans_per_s']:.1f} spans/s "
                  f"(±{local['spread'] / 2:.0%}) | {_ratio(row, 'ratio_vs_local')} | {mach} |")
     elif kind == "glue_scale":
