@@ -1,7 +1,7 @@
 r"""A GLUE task fine-tuned text only: BERT's pooled [CLS] with a classifier (or a regressor
 for STS-B), the text-only side of ITH's Table 5. Tasks: sst2, qnli, qqp, mnli, mrpc, stsb
-(`axk/tasks/glue.py`); data from a local folder in GLUE's TSV layout or the Hugging Face
-dataset's (`axk/data/glue.py`).
+(`axk/tasks/glue.py`); data from a local folder in GLUE's TSV layout, the Hugging Face
+dataset's, or a TFDS data_dir (`axk/data/glue.py`).
 
     python -m axk.main --config=configs/glue.py --workdir=workdirs/sst2 \
         --config.data.dir=/data/glue --config.data.task=sst2
@@ -47,8 +47,8 @@ def get_config(arg=None):
   c.name = ""  # Title of results.md ("": the task's, text only).
   c.seeds = (0, 1, 2, 3, 4)  # One run per seed; results: mean and population std over them.
   c.data = ml_collections.ConfigDict()
-  c.data.dir = ""  # GLUE folder (TSV layout or the HF dataset's files); "sample": the demo set.
-  c.data.layout = "auto"  # "tsv", "hf", or "auto" (whichever the folder holds).
+  c.data.dir = ""  # GLUE folder: TSV, the HF files or a TFDS data_dir; "sample": the demo set.
+  c.data.layout = "auto"  # "tsv", "hf", "tfds", or "auto" (whichever the folder holds).
   c.data.task = "sst2"  # One of sst2, qnli, qqp, mnli, mrpc, stsb.
   c.data.max_length = 128  # Tokens of a row; longer pairs are cut longest-first.
   c.train.epochs = 10

@@ -1,10 +1,18 @@
-"""GLUE's sentence tasks read from a local folder, in either of two layouts, and written back
+"""GLUE's sentence tasks read from a local folder, in one of three layouts, and written back
 as leaderboard submissions.
 
-    <dir>/SST-2/{train,dev,test}.tsv                    GLUE's own layout (its download script)
-    <dir>/MNLI/{train,dev_matched,dev_mismatched,test_matched,test_mismatched}.tsv
-    <dir>/sst2/{train,validation,test}-*.parquet        the Hugging Face dataset (nyu-mll/glue)
-    <dir>/sst2/{train,validation,test}.jsonl            the same, saved as JSON Lines
+    "tsv"   <dir>/SST-2/{train,dev,test}.tsv                GLUE's own (its download script)
+            <dir>/MNLI/{train,dev_matched,dev_mismatched,test_matched,test_mismatched}.tsv
+    "hf"    <dir>/sst2/{train,validation,test}-*.parquet    the Hugging Face dataset (nyu-mll/glue)
+            <dir>/sst2/{train,validation,test}.jsonl        the same, saved as JSON Lines
+    "tfds"  <dir>/glue/sst2/<version>/*.array_record-*      a TFDS data_dir (TFDS's glue/<config>)
+
+The "tfds" layout is a data_dir in which TFDS prepared `glue/<config>` as array_record files
+(`tfds build glue/sst2 --file_format=array_record --data_dir=<dir>`, run where there is
+network: axk does not download); it is read with TFDS (`builder_from_directory` on the
+highest version present, `as_data_source`), without TensorFlow, its splits and features
+named as the Hugging Face dataset's, its rows in `idx` order. `layout="auto"` takes the
+first of the three whose task folder `<dir>` holds.
 
 Which folder and columns belong to a task is its spec's (`axk/tasks/glue.py`). A row with a
 label that is not one of the task's (or, for STS-B, not a number) stops the read with one
@@ -29,7 +37,9 @@ from axk.tasks import glue as glue_tasks
 from axk.tasks.base import get as get_task
 from axk.utils import files
 
-LAYOUTS = ("auto", "tsv", "hf")
+LAYOUTS = ("auto", "tsv", "hf", "tfds")
+_VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+_TFDS_CHUNK = 4096  # Rows decoded a batch.
 
 
 class GlueDataError(ValueError):
@@ -74,7 +84,7 @@ def spec_of(task: str) -> glue_tasks.SentenceTask:
 
 
 def layout_of(root: str, task: str, layout: str = "auto") -> str:
-  """"tsv" or "hf": `layout` itself, or the one `root` holds for `task`."""
+  """"tsv", "hf" or "tfds": `layout` itself, or the one `root` holds for `task`."""
   if layout not in LAYOUTS:
     raise GlueDataError(f"GLUE layout {layout!r} is not one of {', '.join(LAYOUTS)}")
   spec = spec_of(task)
@@ -84,18 +94,29 @@ def layout_of(root: str, task: str, layout: str = "auto") -> str:
     return "tsv"
   if (pathlib.Path(root) / spec.name).is_dir():
     return "hf"
+  if (pathlib.Path(root) / "glue" / spec.name).is_dir():
+    return "tfds"
   raise GlueDataError(f"{root}: no {spec.folder}/ (GLUE's TSV layout) or {spec.name}/ (the "
-                      f"Hugging Face dataset's files) for task {task}")
+                      f"Hugging Face dataset's files), nor glue/{spec.name}/ (a TFDS data_dir) "
+                      f"for task {task}")
+
+
+def _split_names(spec, split: str) -> tuple[str, str]:
+  """(GLUE TSV file stem, Hugging Face / TFDS split name) of `split`."""
+  if split not in spec.splits:
+    raise GlueDataError(f"task {spec.name} has no split {split!r}; its splits: "
+                        f"{', '.join(spec.splits)}")
+  return spec.splits[split]
 
 
 def split_files(root: str, task: str, split: str, layout: str = "auto") -> list[str]:
-  """The file(s) of `task`/`split` under `root`; a GlueDataError names what is missing."""
+  """The file(s) of `task`/`split` under `root` (a TFDS split: its array_record files, its
+  features checked); a GlueDataError names what is missing."""
   spec = spec_of(task)
-  if split not in spec.splits:
-    raise GlueDataError(f"task {task} has no split {split!r}; its splits: "
-                        f"{', '.join(spec.splits)}")
-  tsv_stem, hf_split = spec.splits[split]
+  tsv_stem, hf_split = _split_names(spec, split)
   layout = layout_of(root, task, layout)
+  if layout == "tfds":
+    return _tfds_split(root, spec, split, hf_split, not split.startswith("test"))[2]
   if layout == "tsv":
     path = os.path.join(root, spec.folder, f"{tsv_stem}.tsv")
     if not os.path.isfile(path):
@@ -113,10 +134,13 @@ def split_files(root: str, task: str, split: str, layout: str = "auto") -> list[
 
 def read_split(root: str, task: str, split: str, layout: str = "auto"
                ) -> list[SentenceExample]:
-  """Every example of `task`/`split`, in file order."""
-  paths = split_files(root, task, split, layout)
+  """Every example of `task`/`split`, in file order (a TFDS split: in `idx` order)."""
   spec = spec_of(task)
   labelled = not split.startswith("test")
+  _, hf_split = _split_names(spec, split)
+  if layout_of(root, task, layout) == "tfds":
+    return _read_tfds(root, spec, split, hf_split, labelled)
+  paths = split_files(root, task, split, layout)
   if paths[0].endswith(".tsv"):
     return _read_tsv(paths[0], spec, split, labelled)
   rows = []
@@ -135,6 +159,102 @@ def read_split(root: str, task: str, split: str, layout: str = "auto"
     out.append(SentenceExample(f"{task}/{split}/{index}", index, str(row[a]),
                                str(row[b]) if b else "", label))
   return out
+
+
+def _tfds_hint(root: str, spec) -> str:
+  return (f"prepare it where there is network with `tfds build glue/{spec.name} "
+          f"--file_format=array_record --data_dir={root}` (axk does not download)")
+
+
+def _tfds_version_dir(root: str, spec) -> str:
+  """The highest prepared version folder of `glue/<config>` under `root`."""
+  folder = os.path.join(root, "glue", spec.name)
+  versions = []
+  if os.path.isdir(folder):
+    for name in os.listdir(folder):
+      match = _VERSION.fullmatch(name)
+      if match and os.path.isfile(os.path.join(folder, name, "dataset_info.json")):
+        versions.append((tuple(map(int, match.groups())), name))
+  if not versions:
+    raise GlueDataError(f"{folder}: no prepared TFDS dataset (<version>/dataset_info.json) for "
+                        f"task {spec.name}; {_tfds_hint(root, spec)}")
+  return os.path.join(folder, max(versions)[1])
+
+
+def _first_line(e: Exception) -> str:
+  lines = str(e).strip().splitlines()
+  return lines[0] if lines else type(e).__name__
+
+
+def _tfds_split(root: str, spec, split: str, hf_split: str, labelled: bool):
+  """(version folder, the split's TFDS data source, its files), its features checked."""
+  folder = _tfds_version_dir(root, spec)
+  hint = _tfds_hint(root, spec)
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise GlueDataError(f"{folder}: reading a TFDS dataset needs tensorflow_datasets and "
+                        "array_record (pip install tensorflow-datasets array-record)") from None
+  try:
+    builder = tfds.builder_from_directory(folder)
+    info = builder.info
+  except Exception as e:  # pylint: disable=broad-except
+    raise GlueDataError(f"{folder}: not a readable TFDS dataset ({_first_line(e)}); "
+                        f"{hint}") from None
+  where = f"{folder} (task {spec.name}, split {split})"
+  if hf_split not in info.splits:
+    raise GlueDataError(f"{where}: no split {hf_split!r} (it holds "
+                        f"{', '.join(sorted(info.splits)) or 'none'}); {hint}")
+  a, b = spec.hf_columns
+  needed = [c for c in (a, b, "label" if labelled else "") if c]
+  missing = [c for c in needed if c not in info.features.keys()]
+  if missing:
+    raise GlueDataError(f"{where}: no feature {', '.join(map(repr, missing))} (task "
+                        f"{spec.name} reads {', '.join(needed)}); {hint}")
+  label = info.features["label"] if "label" in info.features.keys() else None
+  if (spec.labels and isinstance(label, tfds.features.ClassLabel)
+      and tuple(label.names) != spec.labels):
+    raise GlueDataError(f"{where}: label names {', '.join(label.names)}, not {spec.title}'s "
+                        f"{', '.join(spec.labels)}")
+  formats = sorted(f.value for f in info.available_file_formats())
+  if "array_record" not in formats:
+    raise GlueDataError(f"{where}: prepared as {', '.join(formats) or 'no'} files, and axk "
+                        f"reads array_record ones; {hint}")
+  absent = [str(p) for p in info.splits[hf_split].filepaths if not os.path.isfile(p)]
+  if absent:
+    raise GlueDataError(f"{absent[0]}: no such file (task {spec.name}, split {split}); {hint}")
+  try:
+    source = builder.as_data_source(hf_split, file_format="array_record")
+  except Exception as e:  # pylint: disable=broad-except
+    raise GlueDataError(f"{where}: {_first_line(e)}; {hint}") from None
+  return folder, source, [str(p) for p in info.splits[hf_split].filepaths]
+
+
+def _read_tfds(root: str, spec, split: str, hf_split: str, labelled: bool
+               ) -> list[SentenceExample]:
+  folder, source, _ = _tfds_split(root, spec, split, hf_split, labelled)
+  a, b = spec.hf_columns
+  out = []
+  for start in range(0, len(source), _TFDS_CHUNK):
+    keys = range(start, min(start + _TFDS_CHUNK, len(source)))
+    for position, row in zip(keys, source.__getitems__(keys)):
+      where = f"{folder}, split {hf_split}, row {position}"
+      label = _label(spec, row["label"], where, "label") if labelled else None
+      index = int(row["idx"]) if "idx" in row else position
+      out.append(SentenceExample(f"{spec.name}/{split}/{index}", index,
+                                 _tfds_text(row[a], where, a),
+                                 _tfds_text(row[b], where, b) if b else "", label))
+  out.sort(key=lambda e: e.index)
+  return out
+
+
+def _tfds_text(value, where: str, feature: str) -> str:
+  if isinstance(value, bytes):
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      raise GlueDataError(f"{where}: feature {feature!r} is not UTF-8 text") from None
+  return str(value)
 
 
 def _hf_rows(path: str):

@@ -3,7 +3,7 @@ classifier or a regressor (transformers' `BertForSequenceClassification`), the e
 `configs/glue.py`.
 
 Data: one task of `axk/tasks/glue.py` read from a local folder (`axk/data/glue.py`: GLUE's
-TSV layout or the Hugging Face dataset's files). Inputs: `[CLS] a [SEP] b [SEP]` with token
+TSV layout, the Hugging Face dataset's files or a TFDS data_dir). Inputs: `[CLS] a [SEP] b [SEP]` with token
 types, truncated to `data.max_length` longest-first (as transformers' GLUE example does;
 the count of cut rows is logged); batches are trimmed to their longest row (in steps of 16).
 Selection: the task's metric on its first dev split (MNLI: matched). Outputs, beside the
