@@ -91,7 +91,7 @@ def get_config(arg=None):
   # whatever the gradient, and its input is a dense 768-d vector, so at the full rate the
   # vector added at the span grows from noise (docs/results.md#audiobert-with-its-trained-
   # audio-adapter: uninformative vectors then cost the text model 7 points).
-  c.train.lr_scales = ((AUDIO_PATH, 0.1),)
+  c.train.lr_scales = ((AUDIO_PATH, 0.1),)  # The audio path at a tenth of LoRA's rate.
   c.train.log_every = 20
   c.features.dir = "auto"
   c.stages.features_config = "configs/features.py:retrieval"

@@ -106,7 +106,7 @@ def base_config():
   c.train.frozen = ()  # Paths excluded from `trainable`.
   # (path regex, factor) pairs: the learning rate of the paths a regex matches (full match;
   # the first pair that matches) is the schedule's times its factor.
-  c.train.lr_scales = ()
+  c.train.lr_scales = ()  # (path regex, factor) pairs: a path's rate times its factor.
   c.train.log_every = 10  # Steps between train-metric lines.
   c.train.eval_every = 0  # Steps between dev evaluations + checkpoints (0: each epoch).
   c.train.checkpoint_every = 0  # Extra checkpoints between evaluations (0: none).

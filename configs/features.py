@@ -119,22 +119,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # "auto": generation as a streaming Ray Data pipeline of stages (axk/features/ray_stream.py),
   # the other sources as one actor per shard (axk/features/ray_engine.py); "shards": every
   # source as one actor per shard.
-  c.ray.pipeline = "auto"
+  c.ray.pipeline = "auto"  # "auto": generation on Ray Data; "shards": shard actors only.
   # Shard actors: how many (e.g. one per GPU), and what each asks for.
   c.ray.workers = 2  # Also the size of a stage's actor pool whose `workers` is 0.
   c.ray.gpus_per_worker = 0.0  # GPUs each actor asks for (1 on a GPU machine: one each).
   c.ray.cpus_per_worker = 1.0  # CPUs each actor asks for.
   c.ray.max_restarts = 2  # Restarts of a dead actor, each retrying its shard from its parts.
   # The streaming pipeline: pending spans decided a chunk at a time (the driver's memory).
-  c.ray.chunk = 4096
+  c.ray.chunk = 4096  # Pending spans decided at a time by the streaming pipeline.
   # Its actor pools: size (0: ray.workers), resources of each actor and batch size (0: the
   # in-process one: generation.spans_per_call * n clips, clap.batch_size, ast.batch_size).
   # On a machine with G GPUs: workers=G for each, gpus 0.5 (generate), 0.25 (score, embed).
   for stage in ("generate", "score", "embed"):
-    c.ray[stage] = ml_collections.ConfigDict(
-        {"workers": 0, "gpus": 0.0, "cpus": 1.0, "batch_size": 0})
+    s = c.ray[stage] = ml_collections.ConfigDict()
+    s.workers = 0  # Actors in this pool of the streaming pipeline (0: ray.workers).
+    s.gpus = 0.0  # GPUs each actor asks for (a share: 0.5 generate, 0.25 score and embed).
+    s.cpus = 1.0  # CPUs each actor asks for.
+    s.batch_size = 0  # Clips a call (0: the in-process size).
   # Its CPU tasks (the FLAC round trip, reading clips, resampling; writing parts).
-  c.ray.decode = ml_collections.ConfigDict({"cpus": 1.0, "batch_size": 8})
+  c.ray.decode = ml_collections.ConfigDict()
+  c.ray.decode.cpus = 1.0  # CPUs each of the streaming pipeline's CPU tasks asks for.
+  c.ray.decode.batch_size = 8  # Clips a CPU task.
 
   c.data = common.data_config()  # The same data fields as the training configs.
   c.plugins = ()  # Modules imported at start that register tasks (a run's own tasks).
