@@ -116,10 +116,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ray = ml_collections.ConfigDict()
   c.ray.address = ""  # "": a local Ray instance; "auto" or "ray://host:10001": a cluster.
   c.ray.num_cpus = 0  # CPUs of the local instance (0: every core).
-  # "auto": generation as a streaming Ray Data pipeline of stages (axk/features/ray_stream.py),
-  # the other sources as one actor per shard (axk/features/ray_engine.py); "shards": every
-  # source as one actor per shard.
-  c.ray.pipeline = "auto"  # "auto": generation on Ray Data; "shards": shard actors only.
+  # "auto": generation as a streaming Ray Data pipeline of stages and retrieval's database
+  # embedded on Ray Data (axk/features/ray_stream.py), the acquisitions of the other sources
+  # as one actor per shard (axk/features/ray_engine.py); "shards": every source as one actor
+  # per shard.
+  c.ray.pipeline = "auto"  # "auto": Ray Data where it can; "shards": shard actors only.
   # Shard actors: how many (e.g. one per GPU), and what each asks for.
   c.ray.workers = 2  # Also the size of a stage's actor pool whose `workers` is 0.
   c.ray.gpus_per_worker = 0.0  # GPUs each actor asks for (1 on a GPU machine: one each).
@@ -138,7 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     s.batch_size = 0  # Clips a call (0: the in-process size).
   # Its CPU tasks (the FLAC round trip, reading clips, resampling; writing parts).
   c.ray.decode = ml_collections.ConfigDict()
-  c.ray.decode.cpus = 1.0  # CPUs each of the streaming pipeline's CPU tasks asks for.
+  c.ray.decode.cpus = 1.0  # CPUs each CPU task (or database decoder actor) asks for.
   c.ray.decode.batch_size = 8  # Clips a CPU task.
 
   c.data = common.data_config()  # The same data fields as the training configs.

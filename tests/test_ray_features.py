@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 import ray
 from ray._private import state as ray_state
@@ -17,8 +18,10 @@ from conftest import assert_same_features
 from axk.features import parts
 from axk.features import pipeline
 from axk.features import ray_engine
+from axk.features import retrieval
 from axk.features import shards
 from test_features import _config as features_config_of
+from axk.features import tiny
 
 
 def _config(models, **overrides):
@@ -100,9 +103,10 @@ def test_streaming_pipeline_with_a_generator_actor_killed_equals_the_in_process_
 
 def test_streaming_pipeline_that_cannot_fit_the_local_instance_says_so_in_one_line(
     models, local_ray, tmp_path):
-  with pytest.raises(ValueError, match=r"the draw pipeline needs 5 CPUs \(ray.generate: 2 x "
-                     r"1.0 \+ ray.score: 2 x 1.0 \+ ray.decode.cpus\) and this Ray instance "
-                     r"has 2"):
+  with pytest.raises(ValueError, match=r"^the draw pipeline needs 5 CPUs \(ray.generate: 2 x "
+                     r"1.0 \+ ray.decode: 1 x 1.0 \+ ray.score: 2 x 1.0\) and this Ray "
+                     r"instance has 2: lower --config.ray.<stage>.workers or .cpus, or raise "
+                     r"--config.ray.num_cpus$"):
     pipeline.run(_config(models, engine="ray"), str(tmp_path / "w"))
 
 
@@ -130,6 +134,41 @@ def test_two_shard_actors_one_killed_equal_the_in_process_run(models, local, loc
   # Every distinct span is in exactly one part file: none lost, none acquired twice.
   keys = _parts_keys(folder)
   assert len(keys) == len(set(keys)) == shards.read_manifest(local)["counts"]["distinct_spans"]
+
+
+@pytest.mark.slow
+def test_retrieval_with_its_database_embedded_on_ray_data_equals_the_in_process_run(
+    models, local_ray, torch_one_thread, tmp_path, monkeypatch):
+  """Retrieval on Ray: the database's CLAP chunks made by Ray Data's decoder and CLAP actors
+  (one clip short of two chunks, an undecodable clip among them), the acquisitions by two
+  shard actors; chunks and features equal the in-process run's."""
+  del torch_one_thread
+  db = tiny.write_synthetic_database(str(tmp_path / "db"), 6)
+  with open(os.path.join(db, "broken.wav"), "wb") as f:
+    f.write(b"RIFF....WAVEnot audio")
+  c = {"source": "retrieval", "clap.batch_size": 1, "ast.batch_size": 1,
+       "database.chunk_size": 4, "ray.workers": 2, "ray.decode.cpus": 0.25,
+       "ray.score.cpus": 0.25, "ray.score.workers": 1, "ray.cpus_per_worker": 0.25}
+  local_run = pipeline.run(features_config_of(models, db, **c), str(tmp_path / "local"))
+
+  def refuse(*args):
+    raise AssertionError(f"the driver decoded database clip {args[1]}")
+
+  monkeypatch.setattr(retrieval.AudioDatabase, "load", refuse)  # Only Ray's workers decode.
+  on_ray = pipeline.run(features_config_of(models, db, engine="ray", **c), str(tmp_path / "ray"))
+  chunks = [sorted(glob.glob(str(tmp_path / w / "cache" / "**" / "chunk-*.npz"),
+                             recursive=True)) for w in ("local", "ray")]
+  assert len(chunks[0]) == len(chunks[1]) == 2
+  invalid = 0
+  for a, b in zip(*chunks):
+    x, y = parts.load_npz(a, "chunk"), parts.load_npz(b, "chunk")
+    assert x.keys() == y.keys()
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+    invalid += int((~x["valid"]).sum())
+  assert invalid == 1
+  assert_same_features(*(shards.load_features(r["retrieval"], "pitch", "dev")
+                         for r in (local_run, on_ray)))
 
 
 def test_ray_engine_needs_the_whole_run(models, tmp_path):

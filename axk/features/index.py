@@ -11,7 +11,7 @@ counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 import logging
 import os
 
@@ -26,6 +26,9 @@ from axk.utils import files
 
 logger = logging.getLogger(__name__)
 
+# Missing chunk indices -> (chunk index, its arrays) as each is done (`embed`'s `compute`).
+ChunkComputer = Callable[[Sequence[int]], Iterator[tuple[int, Mapping[str, np.ndarray]]]]
+
 
 def cache_fingerprint(content: str, clap) -> str:
   """The name of a database's cache folder: its content fingerprint and the CLAP model."""
@@ -35,7 +38,8 @@ def cache_fingerprint(content: str, clap) -> str:
 
 def embed(clips: Sequence[Clip], load: Callable[[int, int], np.ndarray], clap,
           cache_dir: str, fingerprint: str, *, description: Mapping, chunk_size: int = 256,
-          shard_index: int = 0, num_shards: int = 1) -> tuple[np.ndarray, np.ndarray]:
+          shard_index: int = 0, num_shards: int = 1,
+          compute: ChunkComputer | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Computes (or loads) the CLAP audio embeddings of every clip.
 
   A worker first does the chunks whose index % num_shards == shard_index, then any chunk
@@ -50,6 +54,9 @@ def embed(clips: Sequence[Clip], load: Callable[[int, int], np.ndarray], clap,
     fingerprint: the database's and the model's (`cache_fingerprint`).
     description: the database's manifest entry, written beside the chunks.
     chunk_size, shard_index, num_shards: as above.
+    compute: missing chunk indices -> (index, chunk) pairs in any order (`chunk_arrays`'s
+      arrays), e.g. `axk.features.ray_stream.database_chunks` on Ray; None: this process,
+      a chunk at a time.
 
   Returns:
     (embeddings `[N, D]` float32, zero rows for undecodable clips; valid `[N]` bool).
@@ -71,6 +78,22 @@ def embed(clips: Sequence[Clip], load: Callable[[int, int], np.ndarray], clap,
       return None
     return z
 
+  def in_process(missing: Sequence[int]):
+    for c in missing:
+      z = load_chunk(c)  # another worker may have finished it meanwhile
+      if z is not None:
+        yield c, z
+        continue
+      lo, hi = c * chunk_size, min((c + 1) * chunk_size, len(clips))
+      waves, ok = [], np.zeros(hi - lo, bool)
+      for j in range(lo, hi):
+        try:
+          waves.append(load(j, clap.sampling_rate))
+          ok[j - lo] = True
+        except audio_lib.DecodeError as e:
+          logger.warning("database: skipping undecodable clip %s (%s)", clips[j].id, e)
+      yield c, chunk_arrays(clips[lo:hi], ok, clap.audio(waves) if waves else None, clap.dim)
+
   loaded = {c: z for c in order if (z := load_chunk(c)) is not None}
   missing = [c for c in order if c not in loaded]
   if missing:
@@ -78,27 +101,12 @@ def embed(clips: Sequence[Clip], load: Callable[[int, int], np.ndarray], clap,
                 folder)
   bar = tqdm.tqdm(total=len(clips), desc="database CLAP", unit="clip",
                   initial=(num_chunks - len(missing)) * chunk_size, disable=not missing)
-  for c in missing:
-    z = load_chunk(c)  # another worker may have finished it meanwhile
-    if z is not None:
-      loaded[c] = z
-      continue
-    lo, hi = c * chunk_size, min((c + 1) * chunk_size, len(clips))
-    waves, ok = [], np.zeros(hi - lo, bool)
-    for j in range(lo, hi):
-      try:
-        waves.append(load(j, clap.sampling_rate))
-        ok[j - lo] = True
-      except audio_lib.DecodeError as e:
-        logger.warning("database: skipping undecodable clip %s (%s)", clips[j].id, e)
-    emb = np.zeros((hi - lo, clap.dim), np.float32)
-    if waves:
-      emb[ok] = clap.audio(waves)
-    loaded[c] = {"embeddings": emb, "valid": ok,
-                 "ids": np.array([cl.id for cl in clips[lo:hi]])}
-    with files.atomic_path(chunk_path(c)) as tmp:
-      np.savez(tmp, **loaded[c])
-    bar.update(hi - lo)
+  for c, z in (compute or in_process)(missing):
+    if not os.path.exists(chunk_path(c)):
+      with files.atomic_path(chunk_path(c)) as tmp:
+        np.savez(tmp, **z)
+    loaded[c] = z
+    bar.update(len(z["valid"]))
   bar.close()
   embeddings = np.concatenate(
       [loaded[c]["embeddings"] for c in range(num_chunks)]).astype(np.float32)
@@ -110,3 +118,14 @@ def embed(clips: Sequence[Clip], load: Callable[[int, int], np.ndarray], clap,
     logger.warning("database: %d of %d clips could not be decoded and are never retrieved",
                    int((~valid).sum()), len(clips))
   return embeddings, valid
+
+
+def chunk_arrays(clips: Sequence[Clip], ok: np.ndarray, embeddings: np.ndarray | None,
+                 dim: int) -> dict[str, np.ndarray]:
+  """A chunk as stored: every clip's embedding (zeros where `ok` is False; `embeddings` are
+  those of the decodable clips, in order), `valid` and `ids`."""
+  emb = np.zeros((len(clips), dim), np.float32)
+  if embeddings is not None and len(embeddings):
+    emb[np.asarray(ok, bool)] = embeddings
+  return {"embeddings": emb, "valid": np.asarray(ok, bool),
+          "ids": np.array([cl.id for cl in clips])}

@@ -58,8 +58,9 @@ SPAN_SOURCES = ("gold", "predictions", "detector")
 SPAN_UNITS = ("span", "sentence")
 STAGES = ("all", "spans", "database", "acquire", "assemble")
 ENGINES = ("local", "ray")  # Where the acquire stage runs (`axk/features/ray_engine.py`).
-# With the ray engine: generation streams through Ray Data stages (`axk/features/ray_stream.py`)
-# ("auto"), or every source runs one actor per shard ("shards").
+# With the ray engine, "auto": generation streams through Ray Data stages and retrieval's
+# database is embedded on Ray Data (`axk/features/ray_stream.py`), the rest one actor per
+# shard; "shards": every source one actor per shard.
 RAY_PIPELINES = ("auto", "shards")
 
 
@@ -384,11 +385,14 @@ def run(config, workdir: str) -> dict[str, str]:
                      for k in v})
       if config.get("engine", "local") == "ray" and config.stage == "all":
         files.write_json(os.path.join(source.parts_dir, "run.json"), source.setup.run_info())
-        if config.ray.get("pipeline", "auto") == "auto" and name == "generation":
-          from axk.features import ray_stream  # pylint: disable=g-import-not-at-top
+        from axk.features import ray_engine  # pylint: disable=g-import-not-at-top
+        from axk.features import ray_stream  # pylint: disable=g-import-not-at-top
+        streams = config.ray.get("pipeline", "auto") == "auto"
+        if streams and name == "generation":
           ray_stream.acquire(source, config, workdir, paths, keys)
         else:
-          from axk.features import ray_engine  # pylint: disable=g-import-not-at-top
+          if streams and name == "retrieval":
+            ray_stream.embed_database(source, config, workdir, paths, keys)
           ray_engine.acquire(acquire_stage, source, config, workdir, paths, keys)
       else:
         acquire_stage(source, config, keys, config.stage)

@@ -1,5 +1,5 @@
-"""ITH's acquisition as a streaming Ray Data pipeline (`--config.engine=ray`, the default
-`ray.pipeline="auto"` for the generation source).
+"""ITH's acquisition, and retrieval's database embedding, as streaming Ray Data pipelines
+(`--config.engine=ray` with the default `ray.pipeline="auto"`).
 
 Each stage is a Ray Data operator with its own resources and batch size, so that the
 GPU-bound generator, the CPU-bound audio work and CLAP and AST run side by side on the
@@ -13,6 +13,11 @@ same clips, at their own batch sizes, across every GPU and host of the Ray insta
                           cache, mono, AST's rate) -> embed (actor pool `ray.embed`: AST,
                           and CLAP for clips accepted from an earlier run's cache)
                           -> write (CPU tasks: the part files)
+  database (retrieval):   missing chunks' clips -> decode (CPU actors `ray.decode`, as many
+                          as `ray.workers`: each lists the database once) -> CLAP (actor
+                          pool `ray.score`) -> the chunk files, written by the driver as
+                          each chunk completes (`axk.features.index.embed`); the retrieval
+                          itself then runs on shard actors (`axk/features/ray_engine.py`)
 
 The driver keeps the decisions of rejection sampling (`RejectionSampler`, the in-process
 code) and the CLAP text model; every clip, CLAP audio embedding and AST feature is made and
@@ -298,23 +303,122 @@ def ast_rate(source) -> int:
       source.setup.paths["ast"]).sampling_rate)
 
 
-def check_fits(config, resources: Mapping[str, float]) -> None:
+class DecodeClips:
+  """Actor (CPU): database clips, mono at CLAP's rate (`ok` False, and no audio, for a clip
+  that does not decode). An actor, so that the database is listed once per worker."""
+
+  def __init__(self, config_dict: dict, workdir: str, paths: Mapping[str, str], name: str,
+               rate: int):
+    self.db = _source(config_dict, workdir, paths, name).db
+    self.rate = rate
+
+  def __call__(self, batch: dict) -> dict:
+    waves, ok = [], []
+    for j in batch["clip"]:
+      try:
+        waves.append(self.db.load(int(j), self.rate))
+        ok.append(True)
+      except audio_lib.DecodeError as e:
+        logger.warning("database: skipping undecodable clip %s (%s)", self.db.clips[int(j)].id,
+                       e)
+        waves.append(np.zeros(0, np.float32))
+        ok.append(False)
+    batch["wave"], batch["ok"] = _column(waves), np.array(ok, bool)
+    return batch
+
+
+class EmbedClips:
+  """Actor: CLAP audio embeddings of the decodable clips of a batch."""
+
+  def __init__(self, config_dict: dict, workdir: str, paths: Mapping[str, str], name: str):
+    self.clap = _source(config_dict, workdir, paths, name).clap
+
+  def __call__(self, batch: dict) -> dict:
+    ok = np.asarray(batch["ok"], bool)
+    emb = np.zeros((len(ok), self.clap.dim), np.float32)
+    if ok.any():
+      emb[ok] = self.clap.audio([np.asarray(w) for w, k in zip(batch["wave"], ok) if k])
+    return {"clip": batch["clip"], "ok": ok, "emb": emb}
+
+
+def database_chunks(source, config, workdir: str, paths: Mapping[str, str], chunk_size: int):
+  """`axk.features.index.embed`'s `compute` on Ray Data: the missing chunks' clips decoded
+  by CPU actors (`ray.decode`, `ray.workers` of them) and embedded by CLAP actors
+  (`ray.score`); each chunk is handed back as soon as all its clips are in."""
+  from axk.features import index  # pylint: disable=g-import-not-at-top
+
+  def compute(missing: Sequence[int]):
+    import ray  # pylint: disable=g-import-not-at-top
+    clips = source.db.clips
+    bounds = {c: (c * chunk_size, min((c + 1) * chunk_size, len(clips))) for c in missing}
+    rows = [{"clip": j} for lo, hi in bounds.values() for j in range(lo, hi)]
+    if not rows:
+      return
+    args = (config.to_dict(), workdir, dict(paths), source.name)
+    batch = _batch(config, "decode", 8)
+    ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), batch))
+    ds = ds.map_batches(DecodeClips, fn_constructor_args=(*args, source.clap.sampling_rate),
+                        batch_size=batch, num_cpus=float(config.ray.decode.cpus),
+                        compute=ray.data.ActorPoolStrategy(size=int(config.ray.workers)))
+    ds = ds.map_batches(EmbedClips, fn_constructor_args=args,
+                        batch_size=_batch(config, "score", config.clap.batch_size),
+                        **_stage(config, "score"))
+    chunk_of = {j: c for c, (lo, hi) in bounds.items() for j in range(lo, hi)}
+    got: dict[int, dict[int, tuple[bool, np.ndarray]]] = {c: {} for c in missing}
+    for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
+      for j, ok, emb in zip(out["clip"], out["ok"], out["emb"]):
+        c = chunk_of[int(j)]
+        got[c][int(j)] = (bool(ok), emb)
+        lo, hi = bounds[c]
+        if len(got[c]) == hi - lo:
+          ok_c = np.array([got[c][k][0] for k in range(lo, hi)])
+          embs = np.stack([got[c][k][1] for k in range(lo, hi)])[ok_c]
+          yield c, index.chunk_arrays(clips[lo:hi], ok_c, embs, source.clap.dim)
+          del got[c]
+
+  return compute
+
+
+def embed_database(source, config, workdir: str, paths: Mapping[str, str],
+                   keys: Sequence[str]) -> None:
+  """Retrieval's database embedded on Ray Data (`database_chunks`), into the same chunk
+  cache the in-process stage reads, when any of `keys` is still to acquire: the shard actors
+  that retrieve then find it done."""
+  if all(k in parts.finished(source.parts_dir) for k in keys):
+    return
+  ray_engine.init(config)
+  import ray  # pylint: disable=g-import-not-at-top
+  if not config.ray.address:
+    check_fits(config, ray.cluster_resources(), ("database",))
+  ray.data.DataContext.get_current().enable_progress_bars = False
+  chunk_size = int(source.db_config.chunk_size)
+  source.db.embed(source.clap, source.db_config.cache_dir, chunk_size=chunk_size,
+                  compute=database_chunks(source, config, workdir, paths, chunk_size))
+
+
+def check_fits(config, resources: Mapping[str, float],
+               which: Sequence[str] = ("draw", "features")) -> None:
   """Raises ValueError (one line) when a pipeline's actor pools and one CPU task at a time
   need more CPUs or GPUs than `resources` (a local Ray instance, which never grows), where
   Ray Data would wait for them forever."""
-  pipelines = {"draw": ("generate", "score"), "features": ("embed",)}
-  for pipeline, stages in pipelines.items():
-    for kind in ("cpus", "gpus"):
-      need = sum(_pool_size(config, s) * float(config.ray[s][kind]) for s in stages)
-      need += float(config.ray.decode.cpus) if kind == "cpus" else 0.0
-      have = float(resources.get(kind[:-1].upper(), 0.0))
+  pools = {s: (_pool_size(config, s), float(config.ray[s].cpus), float(config.ray[s].gpus))
+           for s in STAGES}
+  # One CPU task at a time, or (the database's decoders) `ray.workers` CPU actors.
+  pools["decode"] = (1, float(config.ray.decode.cpus), 0.0)
+  pools["decode (actors)"] = (int(config.ray.workers), float(config.ray.decode.cpus), 0.0)
+  pipelines = {"draw": ("generate", "decode", "score"), "features": ("decode", "embed"),
+               "database": ("decode (actors)", "score")}
+  for pipeline in which:
+    stages = pipelines[pipeline]
+    for k, kind in ((1, "CPU"), (2, "GPU")):
+      need = sum(pools[s][0] * pools[s][k] for s in stages)
+      have = float(resources.get(kind, 0.0))
       if need > have + 1e-9:
-        asks = " + ".join(f"ray.{s}: {_pool_size(config, s)} x {float(config.ray[s][kind])}"
-                          for s in stages)
-        raise ValueError(f"the {pipeline} pipeline needs {need:g} {kind[:-1].upper()}s ({asks}"
-                         f"{' + ray.decode.cpus' if kind == 'cpus' else ''}) and this Ray "
-                         f"instance has {have:g}: lower --config.ray.<stage>.workers or "
-                         f".{kind}, or raise --config.ray.num_cpus")
+        asks = " + ".join(f"ray.{s}: {pools[s][0]} x {pools[s][k]}" for s in stages
+                          if pools[s][k])
+        raise ValueError(f"the {pipeline} pipeline needs {need:g} {kind}s ({asks}) and this "
+                         f"Ray instance has {have:g}: lower --config.ray.<stage>.workers or "
+                         f".{kind.lower()}s, or raise --config.ray.num_cpus")
 
 
 def acquire(source, config, workdir: str, paths: Mapping[str, str], keys: Sequence[str]) -> None:

@@ -127,14 +127,14 @@ class AudioDatabase:
     return hub.digest({"clips": rows, "max_seconds": self.max_seconds})
 
   def embed(self, clap, cache_dir: str, *, chunk_size: int = 256, shard_index: int = 0,
-            num_shards: int = 1) -> None:
+            num_shards: int = 1, compute=None) -> None:
     """Computes (or loads) the CLAP audio embeddings of every clip, in chunks cached under
     `<cache_dir>/<fingerprint>/` that workers sharing the folder split
-    (`axk.features.index.embed`)."""
+    (`axk.features.index.embed`; `compute` computes the missing chunks elsewhere)."""
     self.fingerprint = embedding_index.cache_fingerprint(self.content_fingerprint(), clap)
     self.embeddings, self.valid = embedding_index.embed(
         self.clips, self.load, clap, cache_dir, self.fingerprint, description=self.description,
-        chunk_size=chunk_size, shard_index=shard_index, num_shards=num_shards)
+        chunk_size=chunk_size, shard_index=shard_index, num_shards=num_shards, compute=compute)
 
   @property
   def info(self) -> dict:
