@@ -131,12 +131,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Its actor pools: size (0: ray.workers), resources of each actor and batch size (0: the
   # in-process one: generation.spans_per_call * n clips, clap.batch_size, ast.batch_size).
   # On a machine with G GPUs: workers=G for each, gpus 0.5 (generate), 0.25 (score, embed).
-  for stage in ("generate", "score", "embed"):
-    s = c.ray[stage] = ml_collections.ConfigDict()
-    s.workers = 0  # Actors in this pool of the streaming pipeline (0: ray.workers).
-    s.gpus = 0.0  # GPUs each actor asks for (a share: 0.5 generate, 0.25 score and embed).
-    s.cpus = 1.0  # CPUs each actor asks for.
-    s.batch_size = 0  # Clips a call (0: the in-process size).
+  c.ray.generate = ml_collections.ConfigDict()
+  c.ray.generate.workers = 0  # Generator actors (0: ray.workers).
+  c.ray.generate.gpus = 0.0  # GPUs each asks for (0.5: two share a GPU).
+  c.ray.generate.cpus = 1.0  # CPUs each generator actor asks for.
+  c.ray.generate.batch_size = 0  # Clips a generator call (0: generation.spans_per_call * n).
+  c.ray.score = ml_collections.ConfigDict()
+  c.ray.score.workers = 0  # CLAP actors scoring clips and embedding the database (0: ray.workers).
+  c.ray.score.gpus = 0.0  # GPUs each asks for (0.25: four share a GPU).
+  c.ray.score.cpus = 1.0  # CPUs each CLAP actor asks for.
+  c.ray.score.batch_size = 0  # Clips a CLAP call (0: clap.batch_size).
+  c.ray.embed = ml_collections.ConfigDict()
+  c.ray.embed.workers = 0  # AST actors (0: ray.workers).
+  c.ray.embed.gpus = 0.0  # GPUs each asks for (0.25: four share a GPU).
+  c.ray.embed.cpus = 1.0  # CPUs each AST actor asks for.
+  c.ray.embed.batch_size = 0  # Clips an AST call (0: ast.batch_size).
   # Its CPU tasks (the FLAC round trip, reading clips, resampling; writing parts).
   c.ray.decode = ml_collections.ConfigDict()
   c.ray.decode.cpus = 1.0  # CPUs each CPU task (or database decoder actor) asks for.

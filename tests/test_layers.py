@@ -23,7 +23,7 @@ LAYERS = (
      ("axk.train", "axk.provenance", "axk.publish", "axk.report")),
     ("runs", ("axk.runs",)),
     ("entry points", ("axk.main", "axk.predict", "axk.demo", "axk.push", "axk.glue_spans",
-                      "axk.bench")),
+                      "axk.label_spans", "axk.bench")),
 )
 
 
