@@ -20,7 +20,7 @@ does not have. Pass that one (or any other) with `--prompt_file`, a `str.format`
 with one field, `{sentence}` (literal braces written `{{` and `}}`).
 
 Outputs in `--out`:
-  * `labels/<task>_<split>.jsonl`: a line per text, `{"id": "<row id>/text1" (text2 for a
+  * `labels/<task>_<split>.jsonl`: a line per text, `{"id": "<row id>#0" (#1 for a
     pair's second), "sentence", "spans": [[start, end], ...], "split": "train" | "dev"}`, the
     format of `axk.data.spans.read_labels`, plus the reply (`reply`), the phrases read from
     it (`phrases`, null without a list) and those not found (`not_found`);
@@ -149,8 +149,9 @@ def text_rows(examples, task: str, split: str) -> list[dict]:
   first."""
   rows = []
   for e in examples:
-    for k, text in enumerate((e.text_a, e.text_b) if e.text_b else (e.text_a,), 1):
-      rows.append({"id": f"{e.id}/text{k}", "sentence": text, "split": label_split_of(split)})
+    for k, text in enumerate((e.text_a, e.text_b) if e.text_b else (e.text_a,)):
+      rows.append({"id": glue_data.text_id(e.id, k), "sentence": text,
+                   "split": label_split_of(split)})
   return rows
 
 

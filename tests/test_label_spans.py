@@ -143,8 +143,8 @@ def test_locate_case_repeats_word_boundaries_and_misses():
 
 
 def test_label_rows_count_replies_without_a_list():
-  rows = [{"id": "a/text1", "sentence": SENTENCE, "split": "train"},
-          {"id": "b/text1", "sentence": SENTENCE, "split": "dev"}]
+  rows = [{"id": "a#0", "sentence": SENTENCE, "split": "train"},
+          {"id": "b#0", "sentence": SENTENCE, "split": "dev"}]
   out = label_spans.label_rows(rows, ['I see ["Meow", "horse"]', "no idea"])
   assert out[0]["spans"] == [[57, 61]] and out[0]["not_found"] == ["horse"]
   assert out[0]["phrases"] == ["Meow", "horse"]
@@ -221,8 +221,8 @@ def test_command_with_the_tiny_decoder_writes_labels_and_continues(tiny_decoder,
   names = sorted(p.name for p in (out / "labels").iterdir())
   assert names == ["sst2_dev.jsonl", "sst2_train.jsonl", "stsb_dev.jsonl", "stsb_train.jsonl"]
   rows = spans_lib.read_labels(str(out / "labels" / "stsb_dev.jsonl"))
-  assert [r.id for r in rows] == ["stsb/dev/0/text1", "stsb/dev/0/text2", "stsb/dev/1/text1",
-                                  "stsb/dev/1/text2"]
+  assert [r.id for r in rows] == ["stsb/dev/0#0", "stsb/dev/0#1", "stsb/dev/1#0",
+                                  "stsb/dev/1#1"]
   assert {r.split for r in rows} == {"dev"}
   assert rows[0].sentence == "The kettle's whistle echoed behind the school."
   every = spans_lib.read_labels(str(out / "labels.jsonl"))
@@ -297,12 +297,12 @@ def test_command_spans_and_summary_from_a_fixed_reply(tmp_path, monkeypatch, cap
                      "stsb": {"train": counts(6, 3, 0, 3, 15), "dev": counts(6, 0, 2, 0, 12)}}
   spans = {e.id: [(s.start, s.end, s.text) for s in e.spans]
            for e in spans_lib.read_labels(str(out / "labels.jsonl"))}
-  assert spans["sst2/train/2/text1"] == [(4, 15, "church bell")]
-  assert spans["sst2/dev/0/text1"] == [(2, 6, "drum")]
-  assert spans["stsb/train/0/text1"] == spans["stsb/train/0/text2"] == [
+  assert spans["sst2/train/2#0"] == [(4, 15, "church bell")]
+  assert spans["sst2/dev/0#0"] == [(2, 6, "drum")]
+  assert spans["stsb/train/0#0"] == spans["stsb/train/0#1"] == [
       (4, 20, "rain on the roof")]
-  assert spans["stsb/train/2/text1"] == [(2, 6, "drum")]
-  assert spans["stsb/train/2/text2"] == [] and spans["stsb/dev/1/text1"] == []
+  assert spans["stsb/train/2#0"] == [(2, 6, "drum")]
+  assert spans["stsb/train/2#1"] == [] and spans["stsb/dev/1#0"] == []
   table = capsys.readouterr().out
   assert "| stsb | train | 6 | 3 | 0 | 3 | 15 |" in table
 

@@ -4,6 +4,7 @@ actors (two, one killed with `ray.kill`) give the same features as the in-proces
 no span lost or acquired twice; a killed driver reruns to the same features."""
 
 import glob
+import json
 import os
 import threading
 import time
@@ -93,6 +94,9 @@ def test_streaming_pipeline_with_a_generator_actor_killed_equals_the_in_process_
   runner.join(timeout=600)
   assert not runner.is_alive()
   assert killed_at < len(glob.glob(sidecars)), "the kill came while clips were still to draw"
+  with open(os.path.join(local, shards.ACQUISITIONS), encoding="utf-8") as f:
+    tried = [len(json.loads(line)["scores"]) for line in f]
+  assert 1 in tried and 2 in tried, "some spans needed a second round of draws"
   after = [a for a in ray_state.actors().values() if a["ActorID"] == generators[0]["ActorID"]]
   assert after and after[0]["NumRestarts"] >= 1, "the killed actor was restarted by Ray"
   _same(local, result["generation"])

@@ -54,6 +54,7 @@ from axk.features import parts
 from axk.features import ray_engine
 from axk.features import sources as sources_lib
 from axk.features.clips import ClipCache
+from axk.features.clips import cached_clip_path
 from axk.features.sources.base import empty_arrays
 from axk.features.sources.base import to_part
 from axk.features.sources import generation as source_lib
@@ -122,7 +123,7 @@ class Score:
     keep = np.array([self.keep_rejected or s >= k for s, k in zip(scores, batch["keep_at"])])
     for b, key in enumerate(batch["key"]):
       key = str(key)
-      if self.cache.sidecar(key) is None:
+      if not os.path.exists(cached_clip_path(self.cache.folder, key, "json")):
         cand = (key, str(batch["prompt"][b]), int(batch["seed"][b]))
         sidecar = generation.clip_sidecar(
             cand, str(batch["span"][b]), int(batch["index"][b]), scores[b],
@@ -269,9 +270,9 @@ def draw(items, source, config, workdir: str, paths: Mapping[str, str]):
 
 
 def features(source, config, workdir: str, paths: Mapping[str, str], keys: Sequence[str],
-             results: Sequence, bar) -> None:
+             results: Sequence, bar, ast_hz: int) -> None:
   """The part files of `keys` from the sampler's `results`: AST (and missing CLAP)
-  features made and written on Ray Data."""
+  features made and written on Ray Data (`ast_hz`: AST's sampling rate, `ast_rate_of`)."""
   import ray  # pylint: disable=g-import-not-at-top
   outcome = source.outcome(results)
   # The in-process source's arrays, in its order (`GenerationSource.acquire`).
@@ -285,7 +286,7 @@ def features(source, config, workdir: str, paths: Mapping[str, str], keys: Seque
   ds = ray.data.from_items(rows, override_num_blocks=_blocks(len(rows), part))
   cpu = {"batch_size": _batch(config, "decode", 8), "num_cpus": float(config.ray.decode.cpus)}
   ds = ds.map_batches(load, fn_kwargs={"cache_dir": source.cache_dir,
-                                       "ast_rate": ast_rate(source),
+                                       "ast_rate": ast_hz,
                                        "clap_rate": source.clap.sampling_rate}, **cpu)
   ds = ds.map_batches(Embed, fn_constructor_args=args,
                       batch_size=_batch(config, "embed", config.ast.batch_size),
@@ -296,7 +297,7 @@ def features(source, config, workdir: str, paths: Mapping[str, str], keys: Seque
     bar.update(int(np.sum(batch["written"])))
 
 
-def ast_rate(source) -> int:
+def ast_rate_of(source) -> int:
   """AST's sampling rate, from its feature extractor's config (no model loads)."""
   import transformers  # pylint: disable=g-import-not-at-top
   return int(transformers.AutoFeatureExtractor.from_pretrained(
@@ -435,6 +436,7 @@ def acquire(source, config, workdir: str, paths: Mapping[str, str], keys: Sequen
     check_fits(config, ray.cluster_resources())
   ray.data.DataContext.get_current().enable_progress_bars = False
   sampler = StreamSampler(source, config, workdir, paths)
+  ast_hz = ast_rate_of(source)
   chunk = max(1, int(config.ray.chunk))
   bar = tqdm.tqdm(total=len(keys), initial=len(keys) - len(pending), unit="span",
                   desc=f"{source.name} on Ray Data")
@@ -442,7 +444,7 @@ def acquire(source, config, workdir: str, paths: Mapping[str, str], keys: Sequen
     for lo in range(0, len(pending), chunk):
       batch = pending[lo:lo + chunk]
       results = sampler(*source.requests(batch))
-      features(source, config, workdir, paths, batch, results, bar)
+      features(source, config, workdir, paths, batch, results, bar, ast_hz)
   finally:
     bar.close()
   logger.info("%s: %d acquisitions on Ray Data in %s", source.name, len(pending), folder)
