@@ -29,7 +29,9 @@ decays by a cosine.
 
 Outputs: results.json/.md (the task's GLUE metrics per dev split, in percent, and the
 majority baseline), predictions/ (JSON lines per split), submission/ (the leaderboard's TSV
-files of the test splits), export/ (a transformers `BertForSequenceClassification`).
+files of the test splits), export/ (a transformers `BertForSequenceClassification`),
+encoded/ (the splits' tokens, read a batch at a time and reused by the next run of the same
+data; `data.encoded_dir`).
 """
 
 import ml_collections
@@ -51,6 +53,9 @@ def get_config(arg=None):
   c.data.layout = "auto"  # "tsv", "hf", "tfds", or "auto" (whichever the folder holds).
   c.data.task = "sst2"  # One of sst2, qnli, qqp, mnli, mrpc, stsb.
   c.data.max_length = 128  # Tokens of a row; longer pairs are cut longest-first.
+  # The splits tokenised to disk (axk/data/encoded.py) and read a batch at a time; a later run
+  # of the same files, tokenizer and length opens them ("": <workdir>/encoded).
+  c.data.encoded_dir = ""
   c.train.epochs = 10
   c.train.batch_size = 32
   c.train.learning_rate = 2e-5  # The rate when learning_rates is empty.

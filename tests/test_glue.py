@@ -16,6 +16,7 @@ import sklearn.metrics
 import torch
 import transformers
 
+from axk.data import encoded
 from axk.data import glue
 from axk.runs import preflight
 from axk.runs import sentence
@@ -187,7 +188,20 @@ def test_preflight_names_a_bad_row_before_any_work(tmp_path):
   assert len(plan.problems) == 1 and plan.problems[0].startswith(f"{bad}, line ")
   assert "label 'positive!' is not a label of SST-2" in plan.problems[0]
   config.data.dir = str(SAMPLE)
-  assert preflight.plan(config, str(tmp_path / "w")).problems == []
+  plan = preflight.plan(config, str(tmp_path / "w"))
+  assert plan.problems == []
+  counts = {s: len(glue.read_split(str(SAMPLE), "sst2", s)) for s in ("train", "dev", "test")}
+  assert plan.data[str(SAMPLE / "SST-2")] == ", ".join(f"{s} {n}" for s, n in counts.items())
+  hf = tmp_path / "hf"  # The Hugging Face layout: the plan names its own folder.
+  (hf / "sst2").mkdir(parents=True)
+  for split, name in (("train", "train"), ("dev", "validation"), ("test", "test")):
+    rows = glue.read_split(str(SAMPLE), "sst2", split)
+    (hf / "sst2" / f"{name}.jsonl").write_text("".join(
+        json.dumps({"sentence": r.text_a, "label": -1 if r.label is None else r.label,
+                    "idx": r.index}) + "\n" for r in rows))
+  config.data.dir = str(hf)
+  plan = preflight.plan(config, str(tmp_path / "w"))
+  assert plan.problems == [] and list(plan.data) == [str(hf / "sst2")]
 
 
 @pytest.mark.e2e
@@ -201,12 +215,11 @@ def test_learning_rate_grid_picks_the_best_mean_dev_metric(tmp_path, monkeypatch
   config.train.epochs = 1
   config.seeds = (0, 1)
   config.train.learning_rates = (3e-3, 1e-5)
-  encoded = []
-  original = sentence.encode
-  monkeypatch.setattr(sentence, "encode", lambda *a, **k: encoded.append(1) or original(*a, **k))
-  sentence._ENCODED.clear()  # pylint: disable=protected-access
+  built = []
+  original = encoded.build
+  monkeypatch.setattr(encoded, "build", lambda *a, **k: built.append(a[0]) or original(*a, **k))
   results = sentence.run(config, str(tmp_path))
-  assert len(encoded) == 3  # Train, dev and test encoded once for the 4 runs.
+  assert len(built) == 3  # Train, dev and test tokenised once for the 4 runs.
   means = {}
   for rate in ("0.003", "1e-05"):
     seeds = [json.loads((tmp_path / f"lr_{rate}" / f"seed_{s}" / "results.json").read_text())

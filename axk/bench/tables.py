@@ -122,13 +122,28 @@ def rows_of(name: str, payload: dict) -> list[str]:
                  f"models, {how} | {row['spans_per_s']:.1f} spans/s "
                  f"(±{row['spread'] / 2:.0%}) | in-process {local['spans_per_s']:.1f} spans/s "
                  f"(±{local['spread'] / 2:.0%}) | {_ratio(row, 'ratio_vs_local')} | {mach} |")
-    elif kind == "glue_scale":
-      out.append(f"| GLUE at scale (`{name}`) | {row['pairs']} invented pairs, max length "
-                 f"{row['max_length']}, batch {row['batch']} | read {row['read_s']:.1f} s, "
-                 f"encode {row['encode_s']:.1f} s, peak RSS {row['peak_rss_mb']:.0f} MB; "
-                 f"padding {row['padding_grouped']:.1%} grouped by length "
-                 f"({row['group_by_length']} batches) | padding {row['padding_plain']:.1%} "
-                 f"shuffled | | {mach} |")
+    elif kind == "glue_scale" and row["side"] != "memory":
+      memory = next(r for r in payload["rows"] if r["side"] == "memory")
+      config = (f"{memory['pairs']} invented pairs, max length {row.get('max_length', 128)}, "
+                f"batch {memory['batch']}")
+      if row["side"] == "disk":
+        out.append(
+            f"| GLUE at scale (`{name}`) | {config}: the split tokenised to disk, read a batch at "
+            f"a time | prepared in {row['prepare_s']:.1f} s, a batch read in "
+            f"{row['read_grouped_us']:.0f} us, peak RSS {row['peak_rss_mb']:.0f} MB; padding "
+            f"{row['padding_grouped']:.1%} grouped by length ({row['group_by_length']} batches), "
+            f"{row['padding_plain']:.1%} shuffled | in memory: prepared in "
+            f"{memory['prepare_s']:.1f} s, a batch read in {memory['read_grouped_us']:.0f} us, "
+            f"peak RSS {memory['peak_rss_mb']:.0f} MB | RSS "
+            f"{memory['peak_rss_mb'] / row['peak_rss_mb']:.2f}x lower | {mach} |")
+      elif row["side"] == "reopened":
+        out.append(f"| GLUE at scale (`{name}`) | {config}: a second start opens the split on "
+                   f"disk | opened in {row['prepare_s']:.2f} s | read and tokenised in "
+                   f"{memory['prepare_s']:.1f} s | | {mach} |")
+      else:
+        out.append(f"| GLUE at scale (`{name}`) | {config}: one epoch of configs/glue.py:smoke "
+                   f"(`axk.main`) | {row['train_s']:.0f} s, peak RSS {row['peak_rss_mb']:.0f} "
+                   f"MB | | | {mach} |")
     elif kind == "generation_window" and row["window"] == "clip":
       full = next(r for r in payload["rows"] if r["window"] == "full")
       ratio = {"ratio": payload["wall_ratio_full_over_clip"],

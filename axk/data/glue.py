@@ -32,6 +32,7 @@ import os
 import pathlib
 import re
 import sys
+from typing import Iterator
 
 from axk.tasks import glue as glue_tasks
 from axk.tasks.base import get as get_task
@@ -39,7 +40,7 @@ from axk.utils import files
 
 LAYOUTS = ("auto", "tsv", "hf", "tfds")
 _VERSION = re.compile(r"(\d+)\.(\d+)\.(\d+)")
-_TFDS_CHUNK = 4096  # Rows decoded a batch.
+_TFDS_CHUNK = 4096  # Rows decoded a batch (TFDS, Parquet).
 
 
 class GlueDataError(ValueError):
@@ -101,6 +102,14 @@ def layout_of(root: str, task: str, layout: str = "auto") -> str:
                       f"for task {task}")
 
 
+def task_folder(root: str, task: str, layout: str = "auto") -> str:
+  """The folder that holds `task` in `root`'s layout (`<root>/SST-2`, `<root>/sst2` or
+  `<root>/glue/sst2`)."""
+  spec = spec_of(task)
+  sub = {"tsv": (spec.folder,), "hf": (spec.name,), "tfds": ("glue", spec.name)}
+  return os.path.join(root, *sub[layout_of(root, task, layout)])
+
+
 def _split_names(spec, split: str) -> tuple[str, str]:
   """(GLUE TSV file stem, Hugging Face / TFDS split name) of `split`."""
   if split not in spec.splits:
@@ -135,30 +144,58 @@ def split_files(root: str, task: str, split: str, layout: str = "auto") -> list[
 def read_split(root: str, task: str, split: str, layout: str = "auto"
                ) -> list[SentenceExample]:
   """Every example of `task`/`split`, in file order (a TFDS split: in `idx` order)."""
+  return list(iter_split(root, task, split, layout))
+
+
+def iter_split(root: str, task: str, split: str, layout: str = "auto"
+               ) -> Iterator[SentenceExample]:
+  """`read_split`'s examples one at a time: a TSV, JSON Lines or Parquet split is read as it
+  is iterated, so host memory holds a row (Parquet: a record batch), not the split; a TFDS
+  split is read whole first (its rows are stored shuffled and come out in `idx` order)."""
   spec = spec_of(task)
   labelled = not split.startswith("test")
   _, hf_split = _split_names(spec, split)
   if layout_of(root, task, layout) == "tfds":
-    return _read_tfds(root, spec, split, hf_split, labelled)
+    yield from _read_tfds(root, spec, split, hf_split, labelled)
+    return
   paths = split_files(root, task, split, layout)
   if paths[0].endswith(".tsv"):
-    return _read_tsv(paths[0], spec, split, labelled)
-  rows = []
-  for path in paths:
-    rows += [(path, n, r) for n, r in enumerate(_hf_rows(path), 1)]
-  out = []
+    yield from _read_tsv(paths[0], spec, split, labelled)
+    return
   a, b = spec.hf_columns
-  for position, (path, n, row) in enumerate(rows):
-    where = f"{path}, row {n}"
-    for column in (a, b, "label") if labelled else (a, b):
-      if column and column not in row:
-        raise GlueDataError(f"{where}: no column {column!r} (task {task} reads "
-                            f"{', '.join(c for c in (a, b) if c)} and label)")
-    label = _label(spec, row["label"], where, "label") if labelled else None
-    index = int(row.get("idx", position))
-    out.append(SentenceExample(f"{task}/{split}/{index}", index, str(row[a]),
-                               str(row[b]) if b else "", label))
-  return out
+  position = 0
+  for path in paths:
+    for n, row in enumerate(_hf_rows(path), 1):
+      where = f"{path}, row {n}"
+      for column in (a, b, "label") if labelled else (a, b):
+        if column and column not in row:
+          raise GlueDataError(f"{where}: no column {column!r} (task {task} reads "
+                              f"{', '.join(c for c in (a, b) if c)} and label)")
+      label = _label(spec, row["label"], where, "label") if labelled else None
+      index = int(row.get("idx", position))
+      yield SentenceExample(f"{task}/{split}/{index}", index, str(row[a]),
+                            str(row[b]) if b else "", label)
+      position += 1
+
+
+def split_rows(root: str, task: str, split: str, layout: str = "auto") -> int:
+  """The rows of `task`/`split` without parsing them (a progress bar's total): a TSV's lines
+  but its header, or JSON Lines' lines (an upper bound: blank and short lines count),
+  Parquet's or TFDS's own counts."""
+  spec = spec_of(task)
+  _, hf_split = _split_names(spec, split)
+  if layout_of(root, task, layout) == "tfds":
+    return len(_tfds_split(root, spec, split, hf_split, not split.startswith("test"))[1])
+  total = 0
+  for path in split_files(root, task, split, layout):
+    if path.endswith(".parquet"):
+      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+      total += pq.ParquetFile(path).metadata.num_rows
+      continue
+    with open(path, "rb") as f:
+      lines = sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    total += lines - path.endswith(".tsv")  # A TSV's header.
+  return max(total, 0)
 
 
 def _tfds_hint(root: str, spec) -> str:
@@ -272,7 +309,8 @@ def _hf_rows(path: str):
   except ImportError:
     raise GlueDataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or "
                         "save the dataset as JSON Lines") from None
-  yield from pq.read_table(path).to_pylist()
+  for batch in pq.ParquetFile(path).iter_batches(batch_size=_TFDS_CHUNK):
+    yield from batch.to_pylist()
 
 
 def _label(spec, value, where: str, column: str):
@@ -291,7 +329,7 @@ def _label(spec, value, where: str, column: str):
                       f"{', '.join(spec.labels)} or ids 0-{len(spec.labels) - 1})")
 
 
-def _read_tsv(path: str, spec, split: str, labelled: bool) -> list[SentenceExample]:
+def _read_tsv(path: str, spec, split: str, labelled: bool) -> Iterator[SentenceExample]:
   a, b, label_column, index_column = spec.tsv_columns
   csv.field_size_limit(sys.maxsize)  # MNLI's parse columns are long.
   with open(path, encoding="utf-8-sig", newline="") as f:
@@ -305,7 +343,7 @@ def _read_tsv(path: str, spec, split: str, labelled: bool) -> list[SentenceExamp
       raise GlueDataError(f"{path}, line 1: no column {', '.join(map(repr, missing))} in the "
                           f"header (task {spec.name} reads {', '.join(needed)})")
     at = {c: header.index(c) for c in header}
-    out, short = [], []
+    rows, short = 0, []
     for line, fields in enumerate(reader, 2):
       if not fields:
         continue
@@ -314,20 +352,19 @@ def _read_tsv(path: str, spec, split: str, labelled: bool) -> list[SentenceExamp
         continue
       where = f"{path}, line {line}"
       label = _label(spec, fields[at[label_column]], where, label_column) if labelled else None
-      position = len(out)
-      index = position
+      index = rows
       if index_column in at:
         raw = fields[at[index_column]].strip()
         if not raw.isdigit():
           raise GlueDataError(f"{where}: {index_column} {raw!r} is not a row index")
         index = int(raw)
-      out.append(SentenceExample(f"{spec.name}/{split}/{index}", index, fields[at[a]],
-                                 fields[at[b]] if b else "", label))
+      yield SentenceExample(f"{spec.name}/{split}/{index}", index, fields[at[a]],
+                            fields[at[b]] if b else "", label)
+      rows += 1
   if short:
     logging.warning("%s: skipped %d line(s) with fewer than %d fields (lines %s)", path,
                     len(short), len(header), ", ".join(map(str, short[:10]))
                     + (", ..." if len(short) > 10 else ""))
-  return out
 
 
 def submission_name(task: str, split: str) -> str:
@@ -339,20 +376,21 @@ def submission_name(task: str, split: str) -> str:
   return f"{spec.submission[split]}.tsv"
 
 
-def write_submission(out_dir: str, task: str, split: str, examples, predictions) -> str:
-  """Writes the leaderboard's `index<TAB>prediction` file of a test split, atomically:
+def write_submission(out_dir: str, task: str, split: str, indices, predictions) -> str:
+  """Writes the leaderboard's `index<TAB>prediction` file of a test split (`indices`: the
+  rows' `index`, in the order of `predictions`), atomically:
   label names for QNLI and MNLI, ids for the other classification tasks, scores with three
   decimals for STS-B. Returns its path."""
   spec = spec_of(task)
   path = os.path.join(out_dir, submission_name(task, split))
   named = spec.name in ("qnli", "mnli")
   lines = ["index\tprediction"]
-  for example, p in zip(examples, predictions, strict=True):
+  for index, p in zip(indices, predictions, strict=True):
     if spec.head == "regression":
       value = f"{float(p):.3f}"
     else:
       value = spec.labels[int(p)] if named else str(int(p))
-    lines.append(f"{example.index}\t{value}")
+    lines.append(f"{index}\t{value}")
   files.write_text(path, "\n".join(lines) + "\n")
   return path
 

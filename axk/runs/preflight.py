@@ -568,12 +568,12 @@ def _sentence(ctx: _Context, c, workdir: str, stage: str = "") -> None:
   for split in spec.splits:
     if ctx.read_rows:
       try:
-        rows[split] = len(glue.read_split(root, spec.name, split, c.data.layout))
+        rows[split] = sum(1 for _ in glue.iter_split(root, spec.name, split, c.data.layout))
       except glue.GlueDataError as e:
         ctx.plan.problem(_prefix(stage) + str(e))
         return
   if rows:
-    ctx.plan.data[os.path.join(root, spec.folder)] = ", ".join(
+    ctx.plan.data[glue.task_folder(root, spec.name, c.data.layout)] = ", ".join(
         f"{s} {n}" for s, n in rows.items())
     steps = rows["train"] // c.train.batch_size * c.train.epochs
     ctx.plan.costs.append(f"{stage or spec.name}: {steps} train steps a seed x "

@@ -3,9 +3,11 @@ classifier or a regressor (transformers' `BertForSequenceClassification`), the e
 `configs/glue.py`.
 
 Data: one task of `axk/tasks/glue.py` read from a local folder (`axk/data/glue.py`: GLUE's
-TSV layout, the Hugging Face dataset's files or a TFDS data_dir). Inputs: `[CLS] a [SEP] b [SEP]` with token
-types, truncated to `data.max_length` longest-first (as transformers' GLUE example does;
-the count of cut rows is logged); batches are trimmed to their longest row (in steps of 16).
+TSV layout, the Hugging Face dataset's files or a TFDS data_dir), tokenised once to disk
+(`axk/data/encoded.py`, under `data.encoded_dir`) and read back a batch at a time. Inputs:
+`[CLS] a [SEP] b [SEP]` with token types, truncated to `data.max_length` longest-first (as
+transformers' GLUE example does; the count of cut rows is logged); batches are trimmed to
+their longest row (in steps of 16).
 Selection: the task's metric on its first dev split (MNLI: matched). Outputs, beside the
 loop's results.json/.md: `predictions/<task>_<split>.jsonl` (id, label, prediction and the
 classifier's logits), the
@@ -16,6 +18,7 @@ the model as a transformers checkpoint in `export/`. Several `seeds`: one run ea
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -30,6 +33,7 @@ from axk import hf
 from axk import methods
 from axk.data import benchmark
 from axk.data import encode as enc
+from axk.data import encoded
 from axk.data import glue as glue_data
 from axk.data import types
 from axk.features import shards
@@ -79,47 +83,102 @@ def validate(config) -> None:
                                f"{spec.name} (built for {', '.join(built) or 'none'}).")
 
 
+def encode_rows(tokenizer, part, max_length: int) -> tuple[list, list, int]:
+  """(token ids, token types, rows cut) of each example of `part`: `[CLS] a [SEP] b [SEP]`,
+  uncut where it fits in `max_length` tokens, else tokenised again cut longest-first."""
+  pair = bool(part) and bool(part[0].text_b)
+  a = [e.text_a for e in part]
+  b = [e.text_b for e in part] if pair else None
+  full = tokenizer(a, b, truncation=False, return_attention_mask=False,
+                   return_token_type_ids=True, verbose=False)
+  ids, types = list(full["input_ids"]), list(full["token_type_ids"])
+  long_rows = [i for i, row in enumerate(ids) if len(row) > max_length]
+  if long_rows:  # Only these are tokenised again, cut longest-first.
+    tok = tokenizer([a[i] for i in long_rows], [b[i] for i in long_rows] if pair else None,
+                    truncation="longest_first" if pair else True, max_length=max_length,
+                    return_attention_mask=False, return_token_type_ids=True, verbose=False)
+    for j, i in enumerate(long_rows):
+      ids[i], types[i] = tok["input_ids"][j], tok["token_type_ids"][j]
+  return ids, types, len(long_rows)
+
+
+def _labels(examples, label_dtype) -> np.ndarray:
+  missing = -1 if label_dtype == np.int32 else np.nan
+  return np.asarray([missing if e.label is None else e.label for e in examples], label_dtype)
+
+
 def encode(tokenizer, examples, max_length: int, label_dtype, chunk: int = 4096
            ) -> tuple[dict, int]:
-  """(arrays, rows cut): `input_ids`, `attention_mask`, `token_type_ids` [rows, longest row]
-  and `labels` (-1 / NaN for a test split's). Tokenised `chunk` rows at a time into arrays
-  of `max_length` columns, so host memory holds the arrays and one chunk's tokens (a whole
-  split's tokenizer output at once took 10.8 GB for 400k pairs)."""
+  """(arrays, rows cut) in memory: `input_ids`, `attention_mask`, `token_type_ids` [rows,
+  longest row] and `labels` (-1 / NaN for a test split's), tokenised `chunk` rows at a time
+  (`encode_rows`). Runs read their splits from disk instead (`encode_split`)."""
   n = len(examples)
-  pair = bool(examples) and bool(examples[0].text_b)
   out = {k: np.zeros((n, max_length), np.int32)
          for k in ("input_ids", "attention_mask", "token_type_ids")}
   out["input_ids"][:] = tokenizer.pad_token_id or 0  # RoBERTa's position ids skip its padding.
   cut = longest = 0
-  starts = tqdm.tqdm(range(0, n, chunk), desc="tokenising", unit="chunk",
-                     disable=n <= 4 * chunk or not metrics_lib.is_writer())
-  for start in starts:
-    part = examples[start:start + chunk]
-    a = [e.text_a for e in part]
-    b = [e.text_b for e in part] if pair else None
-    full = tokenizer(a, b, truncation=False, return_attention_mask=False,
-                     return_token_type_ids=True, verbose=False)
-    long_rows = []
-    for i, (ids, types) in enumerate(zip(full["input_ids"], full["token_type_ids"])):
-      if len(ids) > max_length:
-        long_rows.append(i)
-        continue
-      row = start + i
-      out["input_ids"][row, :len(ids)] = ids
-      out["token_type_ids"][row, :len(ids)] = types
-      out["attention_mask"][row, :len(ids)] = 1
-      longest = max(longest, len(ids))
-    if long_rows:  # Only these are tokenised again, cut longest-first.
-      cut += len(long_rows)
-      longest = max_length
-      tok = tokenizer([a[i] for i in long_rows], [b[i] for i in long_rows] if pair else None,
-                      truncation="longest_first" if pair else True, max_length=max_length,
-                      padding="max_length", return_tensors="np", return_token_type_ids=True)
-      for k in out:
-        out[k][[start + i for i in long_rows]] = tok[k]
-  missing = -1 if label_dtype == np.int32 else np.nan
-  labels = np.asarray([missing if e.label is None else e.label for e in examples], label_dtype)
-  return {**{k: v[:, :longest] for k, v in out.items()}, "labels": labels}, cut
+  for start in range(0, n, chunk):
+    ids, types, c = encode_rows(tokenizer, examples[start:start + chunk], max_length)
+    cut += c
+    for i, (row, kinds) in enumerate(zip(ids, types)):
+      out["input_ids"][start + i, :len(row)] = row
+      out["token_type_ids"][start + i, :len(row)] = kinds
+      out["attention_mask"][start + i, :len(row)] = 1
+      longest = max(longest, len(row))
+  return {**{k: v[:, :longest] for k, v in out.items()},
+          "labels": _labels(examples, label_dtype)}, cut
+
+
+def _tokenizer_digest(tokenizer) -> str:
+  """What identifies a tokenizer's output: its whole definition (a fast tokenizer's JSON),
+  less the truncation and padding that each call sets on it."""
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is not None:
+    definition = {k: v for k, v in json.loads(backend.to_str()).items()
+                  if k not in ("truncation", "padding")}
+  else:
+    definition = sorted(tokenizer.get_vocab().items())
+  return encoded.digest({"tokenizer": definition, "class": type(tokenizer).__name__,
+                         "pad": tokenizer.pad_token_id})
+
+
+def encode_split(folder: str, root: str, spec, split: str, layout: str, tokenizer,
+                 max_length: int, chunk: int = 4096) -> encoded.EncodedSplit:
+  """`spec`'s `split` as a split on disk in `folder` (`axk.data.encoded`): opened when it
+  was built from the same files with the same tokenizer and length, else read and tokenised
+  `chunk` rows at a time into it (the texts are never all in memory)."""
+  key = {"task": spec.name, "split": split, "layout": glue_data.layout_of(root, spec.name, layout),
+         "files": encoded.file_stamps(glue_data.split_files(root, spec.name, split, layout)),
+         "max_length": int(max_length), "tokenizer": _tokenizer_digest(tokenizer)}
+  found = encoded.open_split(folder, key)
+  if found is not None:
+    return found
+  label_dtype = np.float32 if spec.head == "regression" else np.int32
+  total = glue_data.split_rows(root, spec.name, split, layout)
+  bar = tqdm.tqdm(total=total, desc=f"tokenising {spec.name}/{split}", unit="row",
+                  disable=total <= 4 * chunk or not metrics_lib.is_writer())
+  cut = [0]
+
+  def chunks():
+    rows = glue_data.iter_split(root, spec.name, split, layout)
+    while part := list(itertools.islice(rows, chunk)):
+      ids, types, c = encode_rows(tokenizer, part, max_length)
+      cut[0] += c
+      bar.update(len(part))
+      yield encoded.Chunk([e.id for e in part], [e.index for e in part],
+                          _labels(part, label_dtype),
+                          {"input_ids": [np.asarray(r) for r in ids],
+                           "token_type_ids": [np.asarray(r) for r in types]})
+
+  with bar:
+    out = encoded.build(folder, key, chunks(), dtypes={"input_ids": "int32",
+                                                       "token_type_ids": "uint8"},
+                        label_dtype=label_dtype.__name__,
+                        pads={"input_ids": tokenizer.pad_token_id or 0}, width=max_length)
+  if cut[0]:
+    logging.warning("%s/%s: %d of %d rows longer than %d tokens, cut longest-first.",
+                    spec.name, split, cut[0], out.rows, max_length)
+  return out
 
 
 def text_examples(spec, split: str, row) -> list[types.Example]:
@@ -148,9 +207,10 @@ def span_ids(tokenizer, rows, spans, arrays, max_length: int, chunk: int = 4096
     tok = tokenizer([e.text_a for e in part], [e.text_b for e in part] if pair else None,
                     truncation="longest_first" if pair else True, max_length=max_length,
                     return_offsets_mapping=True, verbose=False)
+    stored = arrays["input_ids"][np.arange(start, start + len(part))]
     for i in range(len(part)):
       r, ids = start + i, tok["input_ids"][i]
-      if ids != arrays["input_ids"][r, :len(ids)].tolist():
+      if ids != stored[i, :len(ids)].tolist():
         raise AssertionError(f"{part[i].id}: tokenised differently for its spans")
       texts = spans[r]
       first = [0, len(texts[0])]
@@ -182,32 +242,19 @@ def audio_inputs(config, spec, examples, arrays, tokenizer, features, audio_dim:
     a.update(audio)
 
 
-# The last data read and encoded, by what it depends on: the seeds and learning rates of one
-# command train on the same rows (2 rates x 5 seeds read MNLI once, not ten times).
-_ENCODED: dict = {}
-_AUDIO: dict = {}  # The same for ITH's audio inputs (`audio_inputs`), by their features.
+# ITH's audio inputs (`audio_inputs`) of the last run, by its features and its splits on
+# disk: the seeds and learning rates of one command read them once.
+_AUDIO: dict = {}
 
 
-def _read_and_encode(config, spec, tokenizer) -> tuple[dict, dict]:
-  """({split: examples}, {split: arrays}) of `spec`'s splits, kept for the next run of the
-  same data, task, layout, length and tokenizer (`model.init`: a `tiny` model copies its
-  tokenizer)."""
+def encoded_splits(config, spec, tokenizer, workdir: str) -> dict:
+  """{split: `axk.data.encoded.EncodedSplit`} of `spec`'s splits, under `data.encoded_dir`
+  ("": `<workdir>/encoded`), each built on its first run and opened on the next."""
   root = glue_data.resolve_dir(config.data.dir)
-  key = (os.path.abspath(root), spec.name, config.data.layout, int(config.data.max_length),
-         str(config.model.init), str(config.model.get("revision", "")))
-  if _ENCODED.get("key") != key:
-    _ENCODED.clear()
-    examples = {s: glue_data.read_split(root, spec.name, s, config.data.layout)
-                for s in spec.splits}
-    dtype = np.float32 if spec.head == "regression" else np.int32
-    arrays = {}
-    for split, rows in examples.items():
-      arrays[split], cut = encode(tokenizer, rows, config.data.max_length, dtype)
-      if cut:
-        logging.warning("%s/%s: %d of %d rows longer than %d tokens, cut longest-first.",
-                        spec.name, split, cut, len(rows), config.data.max_length)
-    _ENCODED.update(key=key, examples=examples, arrays=arrays)
-  return _ENCODED["examples"], _ENCODED["arrays"]
+  where = config.data.get("encoded_dir") or os.path.join(workdir, "encoded")
+  return {split: encode_split(os.path.join(where, spec.name, split), root, spec, split,
+                              config.data.layout, tokenizer, config.data.max_length)
+          for split in spec.splits}
 
 
 class SentenceTask:
@@ -225,17 +272,23 @@ class SentenceTask:
     self.bert_module = bert_lib.Bert(self.bert_config, head="sequence_classification")
     self.model = self.bert_module
     self.tokenizer = enc.load_tokenizer(self.path)
-    self.examples, arrays = _read_and_encode(config, spec, self.tokenizer)
+    self.splits = encoded_splits(config, spec, self.tokenizer, workdir)
+    arrays = self.splits
     if self.ith:
       manifest = shards.verify(config.features.dir)  # sizes always, hashes when changed
       dims = manifest.get("dims", {})
       audio_dim = int(dims.get("ast", config.features.audio_dim))
       audio_tokens = int(dims.get("num_audio_tokens", config.features.audio_tokens))
-      key = (os.path.abspath(config.features.dir), _ENCODED["key"], int(config.data.max_spans))
+      key = (os.path.abspath(config.features.dir), int(config.data.max_spans),
+             tuple(v.meta["digest"] for v in arrays.values()))
       if _AUDIO.get("key") != key:  # Once for the seeds and rates of a command.
         _AUDIO.clear()
+        # Its spans are matched to the texts: those of every split are read (held in memory).
+        root = glue_data.resolve_dir(config.data.dir)
+        examples = {s: glue_data.read_split(root, spec.name, s, config.data.layout)
+                    for s in spec.splits}
         audio = {k: dict(v) for k, v in arrays.items()}  # The text arrays stay shared.
-        audio_inputs(config, spec, self.examples, audio, self.tokenizer,
+        audio_inputs(config, spec, examples, audio, self.tokenizer,
                      inputs_lib.FeatureSpans(config.features.dir), audio_dim, audio_tokens)
         _AUDIO.update(key=key, arrays=audio)
       arrays = _AUDIO["arrays"]
@@ -245,7 +298,7 @@ class SentenceTask:
       except ValueError as e:
         raise common.ConfigError(f"--config.model.{e}") from None
     self.train_arrays = arrays["train"]
-    self.train_ids = [e.id for e in self.examples["train"]]
+    self.train_ids = self.splits["train"].ids  # Read from disk for an error message.
     self.eval_arrays = {f"{spec.name}/{s}": {"paper": arrays[s]}
                         for s in (*spec.eval_splits, *spec.test_splits)}
     self.selection = f"{spec.name}/{spec.eval_splits[0]}/{spec.selection_metric}"
@@ -314,12 +367,15 @@ class SentenceTask:
       split = key.split("/")[1]
       predicted = np.asarray(out["paper"]["prediction"])
       logits = np.asarray(out["paper"]["logits"]) if "logits" in out["paper"] else None
+      stored = self.splits[split]
+      labels = stored["labels"].tolist()
       rows = []
-      for i, (e, p) in enumerate(zip(self.examples[split], predicted.tolist(), strict=True)):
+      for i, (row_id, p) in enumerate(zip(stored.ids, predicted.tolist(), strict=True)):
         shown = p if spec.head == "regression" else spec.labels[p]
-        gold = None if e.label is None else (
-            e.label if spec.head == "regression" else spec.labels[e.label])
-        row = {"id": e.id, "label": gold, "prediction": shown}
+        gold = None
+        if split not in spec.test_splits:  # A score as the file wrote it (float32 stored).
+          gold = round(labels[i], 6) if spec.head == "regression" else spec.labels[labels[i]]
+        row = {"id": row_id, "label": gold, "prediction": shown}
         if logits is not None:
           row["logits"] = logits[i].tolist()
         rows.append(json.dumps(row) + "\n")
@@ -327,7 +383,7 @@ class SentenceTask:
                              "".join(rows))
       if split in spec.test_splits:
         glue_data.write_submission(os.path.join(workdir, "submission"), spec.name, split,
-                                   self.examples[split], predicted.tolist())
+                                   stored.index.tolist(), predicted.tolist())
     export = os.path.join(workdir, "export")
     hf.save(params["bert"] if self.ith else params, self.bert_config, export,
             head="sequence_classification", tokenizer_from=self.path,
@@ -374,6 +430,8 @@ def run(config, workdir: str) -> dict:
   validate(config)
   spec = glue_data.spec_of(config.data.task)
   config = config.copy_and_resolve_references()
+  if not config.data.get("encoded_dir"):  # Shared by the command's seeds and rates.
+    config.data.encoded_dir = os.path.join(workdir, "encoded")
   if config.model.get("name") == "ith" and config.features.dir == stages.AUTO:
     config.features.dir = stages.prepare_glue(config, workdir)  # Reused when done.
   config.train.selection_split = spec.eval_splits[0]

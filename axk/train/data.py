@@ -1,7 +1,8 @@
 """Batches for the train and eval steps: seeded, resumable, per-host, few shapes.
 
 A split is a dict of numpy arrays with the same number of rows (the output of
-`axk.data.encode`). Training batches come from a grain `MapDataset` over row indices,
+`axk.data.encode`), or of arrays read a batch of rows at a time (`axk.data.encoded`: a
+split on disk). Training batches come from a grain `MapDataset` over row indices,
 shuffled with the run's seed, repeated for the epochs and batched, which has random access:
 batch `step` is the same whatever happened before, so a resumed run continues with exactly
 the batches the interrupted one would have seen. Every process computes the same global
@@ -81,6 +82,14 @@ def num_rows(arrays: Mapping[str, np.ndarray]) -> int:
   return sizes.pop()
 
 
+def row_lengths(arrays: Mapping[str, Any]) -> np.ndarray:
+  """Each row's real tokens: the mask's own `lengths` where it keeps them (a split on disk,
+  `axk.data.encoded`, whose mask is never read whole), else the mask's row sums."""
+  mask = arrays["attention_mask"]
+  lengths = getattr(mask, "lengths", None)
+  return np.asarray(lengths) if lengths is not None else np.asarray(mask).sum(axis=1)
+
+
 def bucket_length(attention_mask: np.ndarray, bucket: int, limit: int) -> int:
   longest = int(attention_mask.sum(axis=1).max()) if len(attention_mask) else 1
   return min(limit, max(bucket, int(math.ceil(longest / bucket)) * bucket))
@@ -139,7 +148,7 @@ class TrainBatches:
     self.local = process_rows(batch_size, sharding)
     self.seed, self.epochs, self.group = seed, epochs, int(group_by_length)
     if self.group > 0:
-      self.lengths = np.asarray(self.arrays["attention_mask"]).sum(axis=1)
+      self.lengths = row_lengths(self.arrays)
       self._epoch: tuple[int, np.ndarray] | None = None
       return
     # Each epoch is reshuffled (grain reseeds a shuffle per repetition); batches may span an
