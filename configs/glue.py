@@ -53,8 +53,8 @@ def get_config(arg=None):
   c.data.layout = "auto"  # "tsv", "hf", "tfds", or "auto" (whichever the folder holds).
   c.data.task = "sst2"  # One of sst2, qnli, qqp, mnli, mrpc, stsb.
   c.data.max_length = 128  # Tokens of a row; longer pairs are cut longest-first.
-  # The splits tokenised to disk (axk/data/encoded.py) and read a batch at a time; a later run
-  # of the same files, tokenizer and length opens them ("": <workdir>/encoded).
+  # The splits tokenised to disk (axk/data/encoded.py) and read a batch at a time, a folder per
+  # files, tokenizer and length, which a later run opens ("": <workdir>/encoded).
   c.data.encoded_dir = ""
   c.train.epochs = 10
   c.train.batch_size = 32

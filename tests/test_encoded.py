@@ -84,9 +84,12 @@ def test_reopened_unless_its_files_tokenizer_or_length_change(tmp_path, tokenize
   def encode(limit=32):
     return sentence.encode_split(folder, root, spec, "train", "tsv", tokenizer, limit)
 
-  assert encode().rows == 40 and len(built) == 1
-  assert encode().rows == 40 and len(built) == 1  # Opened, not built.
-  assert encode(48)["input_ids"].shape[1] > 32 and len(built) == 2  # Another length.
+  first = encode()
+  assert first.rows == 40 and len(built) == 1
+  assert encode().folder == first.folder and len(built) == 1  # Opened, not built.
+  longer = encode(48)  # Another length: its own folder; the first one stays.
+  assert longer["input_ids"].shape[1] > 32 and len(built) == 2
+  assert longer.folder != first.folder and encoded.open_split(first.folder, first.meta["key"])
   path = tmp_path / "glue" / "MNLI" / "train.tsv"
   lines = path.read_text().splitlines()
   path.write_text("\n".join(lines[:-1]) + "\n")  # One row fewer.
@@ -95,6 +98,7 @@ def test_reopened_unless_its_files_tokenizer_or_length_change(tmp_path, tokenize
   other.add_tokens(["kettlewhistle"])  # Another vocabulary: another tokenizer.
   sentence.encode_split(folder, root, spec, "train", "tsv", other, 48)
   assert len(built) == 4
+  assert len(list((tmp_path / "enc" / "mnli").iterdir())) == 4
 
 
 def test_an_interrupted_build_leaves_no_split_and_names_the_line(tmp_path, tokenizer):
@@ -105,13 +109,13 @@ def test_an_interrupted_build_leaves_no_split_and_names_the_line(tmp_path, token
   path = tmp_path / "glue" / "MNLI" / "train.tsv"
   text = path.read_text()
   path.write_text(text.rsplit("\t", 1)[0] + "\tmaybe\n")
-  folder = tmp_path / "enc" / "mnli" / "train"
+  where = tmp_path / "enc"
   with pytest.raises(glue.GlueDataError, match=r"train.tsv, line 51: gold_label 'maybe'"):
-    sentence.encode_split(str(folder), root, glue.spec_of("mnli"), "train", "tsv", tokenizer,
+    sentence.encode_split(str(where), root, glue.spec_of("mnli"), "train", "tsv", tokenizer,
                           32, chunk=8)
-  assert not folder.exists() and not list(folder.parent.iterdir())
+  assert not list((where / "mnli").iterdir())  # Neither the split nor its temporary.
   path.write_text(text)
-  assert sentence.encode_split(str(folder), root, glue.spec_of("mnli"), "train", "tsv",
+  assert sentence.encode_split(str(where), root, glue.spec_of("mnli"), "train", "tsv",
                                tokenizer, 32, chunk=8).rows == 50
 
 

@@ -269,12 +269,12 @@ def _run_sentence(config, row: Row, workdir: str) -> bool:
   """Runs the row on each GLUE task (`<row>/<task>/`, a finished one is read), then writes
   the row's results.json: each task's results, and the learning rate each chose. ITH rows
   share the tables' span detector (`stages/span`, trained on their AuditoryBench data), its
-  GLUE spans and their features (`stages/glue/`) and the clip cache. Each row's tokenised
-  splits are kept in `encoded/<row>/` (its seeds and rates share them; a rerun opens them)."""
+  GLUE spans and their features (`stages/glue/`) and the clip cache. The rows share their
+  tokenised splits (`encoded/`, one folder per tokenizer and length; a rerun opens them)."""
   merged, rates = {}, {}
   for task, c in sentence_configs(config, row).items():
     if not c.data.get("encoded_dir"):
-      c.data.encoded_dir = os.path.join(os.path.abspath(workdir), "encoded", row.name)
+      c.data.encoded_dir = os.path.join(os.path.abspath(workdir), "encoded")
     if c.model.get("name") == "ith" and c.features.dir == stages.AUTO:
       c.stages.span_data = config.data.dir
       c.stages.root = os.path.join(os.path.abspath(workdir), "stages", "glue")

@@ -142,14 +142,17 @@ def _tokenizer_digest(tokenizer) -> str:
                          "pad": tokenizer.pad_token_id})
 
 
-def encode_split(folder: str, root: str, spec, split: str, layout: str, tokenizer,
+def encode_split(where: str, root: str, spec, split: str, layout: str, tokenizer,
                  max_length: int, chunk: int = 4096) -> encoded.EncodedSplit:
-  """`spec`'s `split` as a split on disk in `folder` (`axk.data.encoded`): opened when it
-  was built from the same files with the same tokenizer and length, else read and tokenised
-  `chunk` rows at a time into it (the texts are never all in memory)."""
+  """`spec`'s `split` as a split on disk (`axk.data.encoded`) in
+  `<where>/<task>/<split>-<key hash>`: opened when one was built from the same files with
+  the same tokenizer and length, else read and tokenised `chunk` rows at a time into it
+  (the texts are never all in memory). Other keys have other folders, so runs of other
+  tokenizers or lengths can share `where` at the same time."""
   key = {"task": spec.name, "split": split, "layout": glue_data.layout_of(root, spec.name, layout),
          "files": encoded.file_stamps(glue_data.split_files(root, spec.name, split, layout)),
          "max_length": int(max_length), "tokenizer": _tokenizer_digest(tokenizer)}
+  folder = os.path.join(where, spec.name, f"{split}-{encoded.digest(key)[:16]}")
   found = encoded.open_split(folder, key)
   if found is not None:
     return found
@@ -249,11 +252,14 @@ _AUDIO: dict = {}
 
 def encoded_splits(config, spec, tokenizer, workdir: str) -> dict:
   """{split: `axk.data.encoded.EncodedSplit`} of `spec`'s splits, under `data.encoded_dir`
-  ("": `<workdir>/encoded`), each built on its first run and opened on the next."""
+  ("": `<workdir>/encoded`), each built on its first run and opened on the next. Each
+  process of a multi-host run builds and reads its own (`process_<i>/`)."""
   root = glue_data.resolve_dir(config.data.dir)
   where = config.data.get("encoded_dir") or os.path.join(workdir, "encoded")
-  return {split: encode_split(os.path.join(where, spec.name, split), root, spec, split,
-                              config.data.layout, tokenizer, config.data.max_length)
+  if jax.process_count() > 1:
+    where = os.path.join(where, f"process_{jax.process_index()}")
+  return {split: encode_split(where, root, spec, split, config.data.layout, tokenizer,
+                              config.data.max_length)
           for split in spec.splits}
 
 
