@@ -1,6 +1,8 @@
 """GLUE splits tokenised to disk (axk/data/encoded.py, axk.runs.sentence.encode_split) and
 read back a batch at a time, against transformers' tokenizer called on the whole split."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -87,17 +89,26 @@ def test_reopened_unless_its_files_tokenizer_or_length_change(tmp_path, tokenize
   first = encode()
   assert first.rows == 40 and len(built) == 1
   assert encode().folder == first.folder and len(built) == 1  # Opened, not built.
+  want = first["input_ids"][np.arange(40)]
+  # Damaged since: a token file cut short, an index file emptied: built again, read right.
+  for name in ("input_ids.bin", "offsets.npy"):
+    path = pathlib.Path(first.folder) / name
+    path.write_bytes(path.read_bytes()[:-3] if name.endswith(".bin") else b"")
+    rebuilt = encode()
+    assert rebuilt.folder == first.folder
+    np.testing.assert_array_equal(rebuilt["input_ids"][np.arange(40)], want)
+  assert len(built) == 3
   longer = encode(48)  # Another length: its own folder; the first one stays.
-  assert longer["input_ids"].shape[1] > 32 and len(built) == 2
+  assert longer["input_ids"].shape[1] > 32 and len(built) == 4
   assert longer.folder != first.folder and encoded.open_split(first.folder, first.meta["key"])
   path = tmp_path / "glue" / "MNLI" / "train.tsv"
   lines = path.read_text().splitlines()
   path.write_text("\n".join(lines[:-1]) + "\n")  # One row fewer.
-  assert encode(48).rows == 39 and len(built) == 3
+  assert encode(48).rows == 39 and len(built) == 5
   other = enc.load_tokenizer(common.minilm_dir())
   other.add_tokens(["kettlewhistle"])  # Another vocabulary: another tokenizer.
   sentence.encode_split(folder, root, spec, "train", "tsv", other, 48)
-  assert len(built) == 4
+  assert len(built) == 6
   assert len(list((tmp_path / "enc" / "mnli").iterdir())) == 4
 
 

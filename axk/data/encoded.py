@@ -23,13 +23,15 @@ resident memory (a memory map would count every page it touched).
 A folder is written whole into a temporary sibling and moved into place
 (`axk.utils.files.atomic_dir`): an interrupted build leaves no folder, and the next start
 builds it again. `open_split` returns None for a folder built for another key (other source
-files, tokenizer or length), which the caller then rebuilds.
+files, tokenizer or length) or damaged since (a token file of the wrong size, an unreadable
+index), which the caller then builds again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -114,12 +116,28 @@ def build(folder: str, key: Mapping, chunks: Iterable[Chunk], *, dtypes: Mapping
 
 
 def open_split(folder: str, key: Mapping) -> "EncodedSplit | None":
-  """The split in `folder` if it was built for `key`, else None (absent, or built for
-  another key or format)."""
+  """The split in `folder` if it was built for `key`, else None (absent, built for another
+  key or format, or damaged: a file missing, cut short or unreadable, which is logged)."""
   meta = files.read_json(os.path.join(folder, META))
   if not meta or meta.get("format") != FORMAT or meta.get("digest") != digest(key):
     return None
-  return EncodedSplit(folder)
+  for name, dtype in meta["dtypes"].items():
+    path = os.path.join(folder, f"{name}.bin")
+    size = os.path.getsize(path) if os.path.isfile(path) else -1
+    if size != int(meta["tokens"]) * np.dtype(dtype).itemsize:
+      logging.warning("%s: %d bytes, %d expected; the split is built again.", path, size,
+                      int(meta["tokens"]) * np.dtype(dtype).itemsize)
+      return None
+  try:
+    split = EncodedSplit(folder)
+  except (OSError, ValueError, KeyError, EOFError) as e:
+    logging.warning("%s: unreadable (%s); the split is built again.", folder, e)
+    return None
+  if len(split.lengths) != split.rows or len(split.ids) != split.rows:
+    logging.warning("%s: its index does not hold %d rows; the split is built again.", folder,
+                    split.rows)
+    return None
+  return split
 
 
 class _Rows:
