@@ -29,23 +29,17 @@ index), which the caller then builds again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from axk import hub
 from axk.utils import files
 
 FORMAT = 1
 META = "meta.json"
-
-
-def digest(key: Mapping) -> str:
-  """A stable hash of a JSON-able key."""
-  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def file_stamps(paths: Sequence[str]) -> list[list]:
@@ -81,8 +75,8 @@ def build(folder: str, key: Mapping, chunks: Iterable[Chunk], *, dtypes: Mapping
     try:
       with open(os.path.join(tmp, "ids.bin"), "wb") as id_file:
         id_bytes = 0
+        first = next(iter(dtypes))
         for chunk in chunks:
-          first = next(iter(dtypes))
           lengths += [len(t) for t in chunk.columns[first]]
           for name, dtype in dtypes.items():
             rows = chunk.columns[name]
@@ -109,7 +103,8 @@ def build(folder: str, key: Mapping, chunks: Iterable[Chunk], *, dtypes: Mapping
     np.save(os.path.join(tmp, "ids.npy"), np.asarray([0] + id_ends, np.int64))
     longest = max(lengths, default=0)
     files.write_json(os.path.join(tmp, META), {
-        "format": FORMAT, "key": dict(key), "digest": digest(key), "rows": len(lengths),
+        "format": FORMAT, "key": dict(key), "digest": hub.digest(key, 64),
+        "rows": len(lengths),
         "tokens": int(offsets[-1]), "longest": longest, "width": int(max(1, min(width, longest))),
         "dtypes": dict(dtypes), "pads": {k: int(v) for k, v in pads.items()}})
   return EncodedSplit(folder)
@@ -119,7 +114,7 @@ def open_split(folder: str, key: Mapping) -> "EncodedSplit | None":
   """The split in `folder` if it was built for `key`, else None (absent, built for another
   key or format, or damaged: a file missing, cut short or unreadable, which is logged)."""
   meta = files.read_json(os.path.join(folder, META))
-  if not meta or meta.get("format") != FORMAT or meta.get("digest") != digest(key):
+  if not meta or meta.get("format") != FORMAT or meta.get("digest") != hub.digest(key, 64):
     return None
   for name, dtype in meta["dtypes"].items():
     path = os.path.join(folder, f"{name}.bin")

@@ -30,6 +30,7 @@ import numpy as np
 import tqdm
 
 from axk import hf
+from axk import hub
 from axk import methods
 from axk.data import benchmark
 from axk.data import encode as enc
@@ -138,7 +139,7 @@ def _tokenizer_digest(tokenizer) -> str:
                   if k not in ("truncation", "padding")}
   else:
     definition = sorted(tokenizer.get_vocab().items())
-  return encoded.digest({"tokenizer": definition, "class": type(tokenizer).__name__,
+  return hub.digest({"tokenizer": definition, "class": type(tokenizer).__name__,
                          "pad": tokenizer.pad_token_id})
 
 
@@ -152,7 +153,7 @@ def encode_split(where: str, root: str, spec, split: str, layout: str, tokenizer
   key = {"task": spec.name, "split": split, "layout": glue_data.layout_of(root, spec.name, layout),
          "files": encoded.file_stamps(glue_data.split_files(root, spec.name, split, layout)),
          "max_length": int(max_length), "tokenizer": _tokenizer_digest(tokenizer)}
-  folder = os.path.join(where, spec.name, f"{split}-{encoded.digest(key)[:16]}")
+  folder = os.path.join(where, spec.name, f"{split}-{hub.digest(key)}")
   found = encoded.open_split(folder, key)
   if found is not None:
     return found
